@@ -1,0 +1,34 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+# Pinned and installed first: an unpinned torch pulls a multi-GB CUDA build. GPU users override it,
+# e.g. `make test TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"`.
+TORCH  ?= torch==2.13.0
+PY     := $(VENV)/bin/python
+TB     := $(VENV)/bin/tb
+STAMP  := $(VENV)/.tb-plugin-installed
+DEMO   ?= runs/demo
+
+.PHONY: setup test demo clean-demo
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+# The main job on the built-in simulated data; everything goes under $(DEMO)/ (ignored by git).
+demo: setup
+	$(TB) simulate --events 24 --pileup 20 --seed 1 --first-event 1000 --out $(DEMO)/simulated
+	$(TB) run configs/pipelines/demo.yaml
+
+clean-demo:
+	rm -rf $(DEMO)
