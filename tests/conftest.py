@@ -16,3 +16,65 @@ def shared_trackml() -> Path:
     if not (SHARED_TRACKML / "detectors.csv").is_file():
         pytest.skip(f"real TrackML files not found at {SHARED_TRACKML} (../shared/trackml beside the checkout)")
     return SHARED_TRACKML
+
+
+def _tiny_detector_csv(path: Path) -> None:
+    """Four pixel-barrel modules facing the beam line along +x, at the real layer radii."""
+    header = (
+        "volume_id,layer_id,module_id,cx,cy,cz,rot_xu,rot_xv,rot_xw,rot_yu,rot_yv,rot_yw,"
+        "rot_zu,rot_zv,rot_zw,module_t,module_minhu,module_maxhu,module_hv,pitch_u,pitch_v"
+    )
+    rows = [
+        f"8,{layer},1,{r},0,0,0,0,1,1,0,0,0,1,0,0.15,8.4,8.4,36,0.05,0.05625"
+        for layer, r in ((2, 32.0), (4, 72.0), (6, 116.0), (8, 172.0))
+    ]
+    path.write_text("\n".join([header, *rows]) + "\n")
+
+
+def tiny_event_frames(event_id: int):
+    """One hand-made event: particle A (4 hits, vertex at the origin), particle B (3 hits, vertex
+    at x = 200 mm, so it travels inwards: its hits are ordered from the outside in), one noise hit.
+    hit_ids are deliberately not in trajectory order."""
+    import pandas as pd
+
+    radii = {2: 32.0, 4: 72.0, 6: 116.0, 8: 172.0}
+    pid_a, pid_b = 4503668346847232 + event_id, 4503805785800704 + event_id
+    # (hit_id, layer, particle)
+    layout = [(5, 2, pid_a), (3, 4, pid_a), (8, 6, pid_a), (1, 8, pid_a),
+              (2, 8, pid_b), (7, 6, pid_b), (4, 4, pid_b), (6, 2, 0)]
+    hits = pd.DataFrame({
+        "hit_id": [h for h, _, _ in layout],
+        "x": [radii[l] for _, l, _ in layout],
+        "y": [0.5 * i for i in range(len(layout))],
+        "z": [0.1 * radii[l] for _, l, _ in layout],
+        "volume_id": 8, "layer_id": [l for _, l, _ in layout], "module_id": 1,
+    }).sort_values("hit_id").reset_index(drop=True)
+    by_hit = {h: (l, p) for h, l, p in layout}
+    truth = pd.DataFrame({
+        "hit_id": hits["hit_id"],
+        "particle_id": [by_hit[h][1] for h in hits["hit_id"]],
+        "tx": hits["x"], "ty": hits["y"], "tz": hits["z"],
+        "tpx": 1.0, "tpy": 0.0, "tpz": 0.1, "weight": 0.0,
+    })
+    truth.loc[truth.particle_id != 0, "weight"] = 1.0 / 7
+    particles = pd.DataFrame({
+        "particle_id": [pid_a, pid_b],
+        "vx": [0.0, 200.0], "vy": [0.0, 0.0], "vz": [0.0, 20.0],
+        "px": [3.0, -0.6], "py": [4.0, 0.8], "pz": [0.0, 0.0],
+        "q": [1, -1], "nhits": [4, 3],
+    })
+    return hits, particles, truth
+
+
+@pytest.fixture
+def tiny_trackml_folder(tmp_path: Path) -> Path:
+    """A folder of six hand-made TrackML events and its detectors.csv."""
+    from tb_plugin.trackml import event_prefix, write_event
+
+    folder = tmp_path / "trackml"
+    folder.mkdir()
+    _tiny_detector_csv(folder / "detectors.csv")
+    for event_id in range(100, 106):
+        hits, particles, truth = tiny_event_frames(event_id)
+        write_event(event_prefix(folder, event_id), hits=hits, particles=particles, truth=truth)
+    return folder

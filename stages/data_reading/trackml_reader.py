@@ -1,0 +1,196 @@
+"""`stage: data_reading, model: TrackMLReader`: a folder of TrackML events -> the feature store.
+
+Real and simulated folders are read the same way. Events are assigned to train/val/test by a
+seeded permutation of the sorted event ids, so the split depends only on the folder and the seed.
+Truth is optional: a folder with hits only (like the real hits in ../shared) gives hit features and
+no truth fields, which is enough for inference and timing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch_geometric.data import Data
+from tqdm import tqdm
+
+from tb_plugin import trackml
+from tb_plugin.atomic import atomic_path
+from tb_plugin.config import ConfigError
+from tb_plugin.conditions import Condition, parse_conditions, select
+from tb_plugin.event_store import (
+    SPLITS,
+    append_config,
+    event_file,
+    event_id_string,
+    iter_events,
+    save_event,
+)
+from tb_plugin.geometry import Detector
+from tb_plugin.stage import Stage, StageConfig
+from stages.data_reading.event_features import cell_features, hit_features, truth_features
+
+log = logging.getLogger(__name__)
+
+# hard_cuts may use ACORN's short particle names; they mean the truth-edge fields.
+SHORT_NAMES = ("pt", "eta", "nhits", "primary", "pdgId", "radius", "vx", "vy", "vz", "q")
+
+
+@dataclass(kw_only=True)
+class TrackMLReaderConfig(StageConfig):
+    input_dir: Path
+    data_split: list[int]
+    # detectors.csv of the data; None means input_dir/detectors.csv when present, else the built-in detector.
+    detector: Path | None = None
+    # Conditions on particles (ACORN syntax, pt in MeV); particles failing them lose their truth edges.
+    hard_cuts: dict[str, Any] = field(default_factory=dict)
+    # Read cells (cluster size and charge per hit) when the event has a cells file.
+    use_cells: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_conditions(self.hard_cuts, "key 'hard_cuts'")
+
+    @property
+    def cuts(self) -> list[Condition]:
+        conditions = parse_conditions(self.hard_cuts, "key 'hard_cuts'")
+        return [Condition(_track_field(c.field), c.op, c.value) for c in conditions]
+
+
+def _track_field(name: str) -> str:
+    return f"track_particle_{name}" if name in SHORT_NAMES else name
+
+
+def _has_part(prefix: Path, part: str) -> bool:
+    return any(Path(f"{prefix}-{part}{ext}").is_file() for ext in (".csv", ".csv.gz"))
+
+
+def assign_splits(event_ids: list[int], data_split: list[int], seed: int, source: str) -> dict[str, list[int]]:
+    """Deterministic split: a seeded permutation of the sorted ids, cut into train/val/test."""
+    wanted = sum(data_split)
+    if wanted > len(event_ids):
+        raise ConfigError(
+            f"{source}: key 'data_split' {data_split} {data_split} asks for {wanted} events but the input folder has {len(event_ids)}"
+        )
+    ids = np.array(sorted(event_ids))
+    ids = ids[np.random.default_rng(seed).permutation(len(ids))]
+    bounds = np.cumsum([0, *data_split])
+    return {split: sorted(ids[bounds[i] : bounds[i + 1]].tolist()) for i, split in enumerate(SPLITS)}
+
+
+class TrackMLReader(Stage):
+    config_class = TrackMLReaderConfig
+    config: TrackMLReaderConfig
+
+    def __init__(self, config: TrackMLReaderConfig) -> None:
+        super().__init__(config)
+        self._detector: Detector | None = None
+
+    @property
+    def detector(self) -> Detector:
+        if self._detector is None:
+            path = self.config.detector
+            if path is None and (Path(self.config.input_dir) / "detectors.csv").is_file():
+                path = Path(self.config.input_dir) / "detectors.csv"
+            self._detector = Detector.from_csv(path) if path is not None else Detector.builtin()
+        return self._detector
+
+    def splits(self) -> dict[str, list[tuple[int, Path]]]:
+        events = dict(trackml.list_events(self.config.input_dir))
+        source = f"data_reading (input_dir {self.config.input_dir})"
+        assigned = assign_splits(list(events), self.config.data_split, self.config.seed, source)
+        return {split: [(eid, events[eid]) for eid in ids] for split, ids in assigned.items()}
+
+    def build_event(self, event_id: int, prefix: Path) -> Data:
+        source = str(prefix)
+        (hits,) = trackml.load_event(prefix, parts=("hits",))
+        fields = hit_features(hits, self.detector, f"{prefix}-hits")
+        if self.config.use_cells and _has_part(prefix, "cells"):
+            (cells,) = trackml.load_event(prefix, parts=("cells",))
+            fields.update(cell_features(hits, cells))
+        if _has_part(prefix, "truth") and _has_part(prefix, "particles"):
+            truth, particles = trackml.load_event(prefix, parts=("truth", "particles"))
+            fields.update(truth_features(hits, truth, particles, source))
+            fields = self.apply_hard_cuts(fields, source)
+        data = Data(**fields, num_nodes=len(hits))
+        data.event_id = event_id_string(event_id)
+        append_config(data, self.config_record())
+        return data
+
+    def apply_hard_cuts(self, fields: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+        cuts = self.config.cuts
+        if not cuts:
+            return fields
+        n_edges = fields["track_edges"].shape[1]
+        track = {k: v for k, v in fields.items() if k.startswith("track_") and k != "track_edges"}
+        keep = select(track, cuts, n_edges, source)
+        fields = dict(fields)
+        fields["track_edges"] = fields["track_edges"][:, keep]
+        for k in track:
+            fields[k] = fields[k][keep]
+        return fields
+
+    def infer(self, overwrite: bool = False) -> None:
+        for split, events in self.splits().items():
+            written = skipped = 0
+            for event_id, prefix in tqdm(events, desc=f"data_reading {split}", unit="event", leave=False):
+                target = event_file(self.stage_dir, split, event_id)
+                if target.exists() and not overwrite:
+                    skipped += 1
+                    continue
+                save_event(self.build_event(event_id, prefix), target)
+                written += 1
+            log.info("data_reading %s: %d events written, %d already there", split, written, skipped)
+
+    def evaluate(self) -> dict[str, Any]:
+        """Per-split summary of the feature store, and plots of what it holds."""
+        metrics: dict[str, Any] = {}
+        pts: list[np.ndarray] = []
+        volumes: Counter[int] = Counter()
+        for split in SPLITS:
+            rows = []
+            for _, data in iter_events(self.stage_dir, split):
+                row = {"hits": data.num_nodes}
+                volumes.update(data.hit_volume_id.tolist())
+                if "track_edges" in data:
+                    pid = data.hit_particle_id
+                    _, first = np.unique(data.track_particle_id.numpy(), return_index=True)
+                    pts.append(data.track_particle_pt.numpy()[first] / 1000.0)
+                    row.update(
+                        noise_fraction=float((pid == 0).float().mean()),
+                        track_edges=int(data.track_edges.shape[1]),
+                        particles_with_edges=len(first),
+                    )
+                rows.append(row)
+            if rows:
+                metrics[split] = {"events": len(rows)} | {
+                    f"mean_{k}": float(np.mean([r[k] for r in rows if k in r]))
+                    for k in rows[0]
+                }
+        self.plot_summary(np.concatenate(pts) if pts else np.array([]), volumes)
+        path = self.write_metrics(metrics)
+        print(f"data_reading: {json.dumps(metrics)}\n  -> {path}")
+        return metrics
+
+    def plot_summary(self, pt_gev: np.ndarray, volumes: Counter[int]) -> None:
+        fig, (ax_pt, ax_vol) = plt.subplots(1, 2, figsize=(10, 4))
+        if len(pt_gev):
+            ax_pt.hist(pt_gev, bins=np.logspace(-1, 1.5, 40), histtype="step")
+        ax_pt.set(xscale="log", xlabel="particle pT [GeV]", ylabel="particles (with truth edges)", title="pT spectrum")
+        ids = sorted(volumes)
+        ax_vol.bar([str(v) for v in ids], [volumes[v] for v in ids])
+        ax_vol.set(xlabel="volume_id", ylabel="hits", title="hits per volume")
+        fig.tight_layout()
+        with atomic_path(self.stage_dir / "eval" / "summary.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)

@@ -1,0 +1,157 @@
+"""The `tb` command: simulate data, and train / infer / eval stages from YAML like `acorn`.
+
+    tb simulate --events N --pileup MU --seed S --out DIR [--detector PATH] [--particles PATH]
+    tb train CONFIG.yaml [--checkpoint PATH]
+    tb infer CONFIG.yaml [--overwrite]
+    tb eval  CONFIG.yaml
+    tb run   PIPELINE.yaml [--overwrite]
+    tb stages
+
+Errors in the user's input (configs, data files) are printed as one message naming the file and the
+key or column, without a traceback; `--traceback` shows it for debugging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tb_plugin.config import ConfigError
+from tb_plugin.event_store import EventFileError, MissingFieldError
+from tb_plugin.geometry import Detector, DetectorFormatError, UnknownModuleError
+from tb_plugin.trackml import SubmissionError, TrackMLFormatError
+
+# Problems with the user's files or configs: reported as a message, not a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    DetectorFormatError,
+    EventFileError,
+    FileNotFoundError,
+    MissingFieldError,
+    SubmissionError,
+    TrackMLFormatError,
+    UnknownModuleError,
+)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from stages.data_reading.event_features import EventContentError
+
+    return (*USER_ERRORS, EventContentError)
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from tb_plugin.simulation import SimulationConfig, simulate_dataset
+
+    detector = Detector.from_csv(args.detector) if args.detector else Detector.builtin()
+    options = dict(n_events=args.events, pileup=args.pileup, seed=args.seed, first_event=args.first_event, with_cells=args.cells)
+    if args.inefficiency is not None:
+        options["hit_inefficiency"] = args.inefficiency
+    if args.noise_fraction is not None:
+        options["noise_fraction"] = args.noise_fraction
+    try:
+        config = SimulationConfig(**options)
+    except ValueError as err:
+        raise ConfigError(f"tb simulate: {err}") from None
+    out = Path(args.out)
+    detector.to_csv(out / "detectors.csv")
+    prefixes = simulate_dataset(config, detector, out, replay_particles=args.particles, progress=True)
+    print(f"simulated {len(prefixes)} events into {out} (geometry written to {out / 'detectors.csv'})")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from tb_plugin.pipeline import load_stage
+
+    stage = load_stage(args.config)
+    if not stage.trainable:
+        raise ConfigError(f"{args.config}: stage '{stage.config.stage}' model '{stage.config.model}' has nothing to train; use 'tb infer'")
+    stage.train(checkpoint=Path(args.checkpoint) if args.checkpoint else None)
+
+
+def cmd_infer(args: argparse.Namespace) -> None:
+    from tb_plugin.pipeline import load_stage
+
+    load_stage(args.config).infer(overwrite=args.overwrite)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from tb_plugin.pipeline import load_stage
+
+    load_stage(args.config).evaluate()
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from tb_plugin.pipeline import run_pipeline
+
+    run_pipeline(args.pipeline, overwrite=args.overwrite)
+
+
+def cmd_stages(args: argparse.Namespace) -> None:
+    from tb_plugin.registry import available_stages
+
+    for (stage, model), target in sorted(available_stages().items()):
+        print(f"{stage:20s} {model:24s} {target}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tb", description="TrackingBERT plugin for ACORN-style tracking pipelines")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="write simulated TrackML events (the built-in data)")
+    sim.add_argument("--events", type=int, required=True, help="number of events")
+    sim.add_argument("--pileup", type=float, default=200.0, help="mean pp interactions per event (default 200)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--out", required=True, help="output folder")
+    sim.add_argument("--detector", help="detectors.csv to simulate (default: the built-in TrackML-like detector)")
+    sim.add_argument("--particles", type=Path, help="replay the kinematics of this TrackML particles file")
+    sim.add_argument("--first-event", type=int, default=1000, help="id of the first event (default 1000)")
+    sim.add_argument("--cells", action="store_true", help="also write cells files")
+    sim.add_argument("--inefficiency", type=float, help="probability that a crossing leaves no hit")
+    sim.add_argument("--noise-fraction", type=float, help="fraction of all hits that are noise")
+    sim.set_defaults(func=cmd_simulate)
+
+    train = sub.add_parser("train", help="train a stage from its YAML config")
+    train.add_argument("config")
+    train.add_argument("--checkpoint", help="resume from this checkpoint (default: the last one in stage_dir/artifacts)")
+    train.set_defaults(func=cmd_train)
+
+    infer = sub.add_parser("infer", help="run a stage over its input events")
+    infer.add_argument("config")
+    infer.add_argument("--overwrite", action="store_true", help="rewrite events already written")
+    infer.set_defaults(func=cmd_infer)
+
+    evaluate = sub.add_parser("eval", help="evaluate a stage: metrics.json and plots in stage_dir/eval")
+    evaluate.add_argument("config")
+    evaluate.set_defaults(func=cmd_eval)
+
+    run = sub.add_parser("run", help="run a pipeline of stage configs in order (resumable)")
+    run.add_argument("pipeline")
+    run.add_argument("--overwrite", action="store_true", help="rewrite events already written")
+    run.set_defaults(func=cmd_run)
+
+    stages = sub.add_parser("stages", help="list the registered stages")
+    stages.set_defaults(func=cmd_stages)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except _user_errors() as err:
+        if args.traceback:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"tb: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Running stages from YAML: one stage config (`tb train/infer/eval`) or a pipeline of them (`tb run`).
+
+A pipeline file lists stage configs in order:
+
+    stages:
+      - ../data_reading/simulated.yaml          # a stage config file, relative to this pipeline file
+      - config: ../graph_construction/ml.yaml   # a file plus keys that override it
+        max_epochs: 2
+      - {stage: track_building, model: ConnectedComponents, ...}   # or inline
+
+Each stage is trained (if it trains), then run in inference, then evaluated. Inference skips events
+already written, so re-running an interrupted pipeline picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tb_plugin.config import ConfigError, build, load_yaml, unknown_key_message
+from tb_plugin.registry import resolve
+from tb_plugin.stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+def stage_from_mapping(values: Mapping[str, Any], source: str) -> Stage:
+    """Select the stage class by `stage`/`model` and build its typed config."""
+    for key in ("stage", "model"):
+        if key not in values:
+            raise ConfigError(f"{source}: missing required key '{key}' (it selects the stage class)")
+        if not isinstance(values[key], str):
+            raise ConfigError(f"{source}: key '{key}' must be a string, got {values[key]!r}")
+    cls = resolve(values["stage"], values["model"], source)
+    config = build(cls.config_class, values, source)
+    return cls(config)
+
+
+def load_stage(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Stage:
+    values = load_yaml(path)
+    values.update(overrides or {})
+    return stage_from_mapping(values, str(path))
+
+
+@dataclass(frozen=True)
+class PipelineEntry:
+    values: dict[str, Any]
+    source: str
+
+
+def load_pipeline(path: str | Path) -> list[PipelineEntry]:
+    """Resolve every entry of a pipeline file into its stage config mapping, checking all before running any."""
+    path = Path(path)
+    spec = load_yaml(path)
+    unknown = set(spec) - {"stages"}
+    if unknown:
+        raise ConfigError(unknown_key_message(str(path), sorted(unknown)[0], ["stages"]))
+    entries = spec.get("stages")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: key 'stages' must be a non-empty list of stage config files or mappings")
+    resolved = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: stages[{i}]"
+        if isinstance(entry, str):
+            file = (path.parent / entry).resolve()
+            resolved.append(PipelineEntry(load_yaml(file), str(file)))
+        elif isinstance(entry, Mapping) and "config" in entry:
+            if not isinstance(entry["config"], str):
+                raise ConfigError(f"{where}: key 'config' must be a path to a stage config file")
+            file = (path.parent / entry["config"]).resolve()
+            values = load_yaml(file)
+            values.update({k: v for k, v in entry.items() if k != "config"})
+            resolved.append(PipelineEntry(values, f"{file} (with overrides from {where})"))
+        elif isinstance(entry, Mapping):
+            resolved.append(PipelineEntry(dict(entry), where))
+        else:
+            raise ConfigError(f"{where}: expected a config file path or a mapping, got {entry!r}")
+    return resolved
+
+
+def run_stage(stage: Stage, overwrite: bool = False) -> dict[str, Any]:
+    """Train (where the stage trains), infer, then evaluate one stage; returns its metrics."""
+    name = f"{stage.config.stage}/{stage.config.model}"
+    if stage.trainable:
+        log.info("[%s] train", name)
+        stage.train()
+    log.info("[%s] infer -> %s", name, stage.stage_dir)
+    start = time.perf_counter()
+    stage.infer(overwrite=overwrite)
+    log.info("[%s] infer took %.1f s", name, time.perf_counter() - start)
+    log.info("[%s] eval", name)
+    return stage.evaluate()
+
+
+def run_pipeline(path: str | Path, overwrite: bool = False) -> list[dict[str, Any]]:
+    entries = load_pipeline(path)
+    stages = [stage_from_mapping(e.values, e.source) for e in entries]
+    return [run_stage(stage, overwrite=overwrite) for stage in stages]

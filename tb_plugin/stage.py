@@ -1,0 +1,66 @@
+"""What every pipeline stage shares: the common config keys and the train / infer / eval contract.
+
+A stage is a plain class that owns its config. Stages that learn hold a LightningModule; they do not
+inherit from one. `tb train/infer/eval` and `tb run` only ever talk to this interface.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tb_plugin.atomic import write_text
+from tb_plugin.config import to_record
+
+
+@dataclass(kw_only=True)
+class StageConfig:
+    """Keys every stage understands (ACORN names)."""
+
+    stage: str
+    model: str
+    stage_dir: Path
+    input_dir: Path | None = None
+    data_split: list[int] | None = None  # [n_train, n_val, n_test] events
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.data_split is not None:
+            if len(self.data_split) != 3 or any(n < 0 for n in self.data_split):
+                raise ValueError(
+                    f"key 'data_split' must be three non-negative event counts [n_train, n_val, n_test], got {self.data_split}"
+                )
+
+
+class Stage:
+    """Base of the built-in stages. Subclasses set `config_class` and implement `infer`."""
+
+    config_class: ClassVar[type[StageConfig]] = StageConfig
+    trainable: ClassVar[bool] = False
+
+    def __init__(self, config: StageConfig) -> None:
+        self.config = config
+
+    @property
+    def stage_dir(self) -> Path:
+        return Path(self.config.stage_dir)
+
+    def train(self, checkpoint: Path | None = None) -> None:
+        raise NotImplementedError(f"stage '{self.config.stage}' model '{self.config.model}' does not train")
+
+    def infer(self, overwrite: bool = False) -> None:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, Any]:
+        return {}
+
+    def config_record(self) -> dict[str, Any]:
+        return to_record(self.config)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> Path:
+        """stage_dir/eval/metrics.json, with the config that produced it."""
+        path = self.stage_dir / "eval" / "metrics.json"
+        write_text(path, json.dumps({**metrics, "config": self.config_record()}, indent=2, default=float) + "\n")
+        return path
