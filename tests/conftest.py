@@ -78,3 +78,9 @@ def tiny_trackml_folder(tmp_path: Path) -> Path:
         hits, particles, truth = tiny_event_frames(event_id)
         write_event(event_prefix(folder, event_id), hits=hits, particles=particles, truth=truth)
     return folder
+
+
+@pytest.fixture
+def make_tiny_event():
+    """The builder of the hand-made event, for tests that alter one before writing it."""
+    return tiny_event_frames

@@ -47,17 +47,17 @@ def hit_features(hits: pd.DataFrame, detector: Detector, source: str) -> dict[st
             f"(volume_id, layer_id, module_id): {_first(ids)}. Is the detector file the one the data was made with?"
         )
     return {
-        "hit_id": torch.from_numpy(hits["hit_id"].to_numpy(np.int64)),
-        "hit_x": torch.from_numpy(x),
-        "hit_y": torch.from_numpy(y),
-        "hit_z": torch.from_numpy(z),
-        "hit_r": torch.from_numpy(r),
-        "hit_phi": torch.from_numpy(np.arctan2(y, x).astype(np.float32)),
-        "hit_eta": torch.from_numpy(np.arcsinh(z / np.maximum(r, 1e-6)).astype(np.float32)),
-        "hit_volume_id": torch.from_numpy(hits["volume_id"].to_numpy(np.int64)),
-        "hit_layer_id": torch.from_numpy(hits["layer_id"].to_numpy(np.int64)),
-        "hit_module_id": torch.from_numpy(hits["module_id"].to_numpy(np.int64)),
-        "hit_module_index": torch.from_numpy(module_index.astype(np.int64)),
+        "hit_id": torch.tensor(hits["hit_id"].to_numpy(np.int64)),
+        "hit_x": torch.tensor(x),
+        "hit_y": torch.tensor(y),
+        "hit_z": torch.tensor(z),
+        "hit_r": torch.tensor(r),
+        "hit_phi": torch.tensor(np.arctan2(y, x).astype(np.float32)),
+        "hit_eta": torch.tensor(np.arcsinh(z / np.maximum(r, 1e-6)).astype(np.float32)),
+        "hit_volume_id": torch.tensor(hits["volume_id"].to_numpy(np.int64)),
+        "hit_layer_id": torch.tensor(hits["layer_id"].to_numpy(np.int64)),
+        "hit_module_id": torch.tensor(hits["module_id"].to_numpy(np.int64)),
+        "hit_module_index": torch.tensor(module_index.astype(np.int64)),
     }
 
 
@@ -66,8 +66,8 @@ def cell_features(hits: pd.DataFrame, cells: pd.DataFrame) -> dict[str, torch.Te
     grouped = cells.groupby("hit_id")["value"].agg(["count", "sum"])
     per_hit = grouped.reindex(hits["hit_id"].to_numpy(), fill_value=0)
     return {
-        "hit_cell_count": torch.from_numpy(per_hit["count"].to_numpy(np.float32)),
-        "hit_cell_val": torch.from_numpy(per_hit["sum"].to_numpy(np.float32)),
+        "hit_cell_count": torch.tensor(per_hit["count"].to_numpy(np.float32)),
+        "hit_cell_val": torch.tensor(per_hit["sum"].to_numpy(np.float32)),
     }
 
 
@@ -141,21 +141,21 @@ def truth_features(
     pdg = p["particle_type"].to_numpy(np.int64) if "particle_type" in p else np.zeros(len(p), np.int64)
 
     def f32(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(a, dtype=np.float32))
+        return torch.tensor(np.asarray(a, dtype=np.float32))
 
     return {
-        "hit_particle_id": torch.from_numpy(pid),
+        "hit_particle_id": torch.tensor(pid),
         "hit_weight": f32(truth["weight"].to_numpy()),
-        "track_edges": torch.from_numpy(edges),
-        "track_particle_id": torch.from_numpy(edge_pid),
+        "track_edges": torch.tensor(edges),
+        "track_particle_id": torch.tensor(edge_pid),
         "track_particle_pt": f32(pt * MEV_PER_GEV),
         "track_particle_eta": f32(np.arcsinh(pz / np.maximum(pt, 1e-12))),
-        "track_particle_nhits": torch.from_numpy(p["nhits"].to_numpy(np.int64)),
-        "track_particle_primary": torch.from_numpy((generation == 0).astype(np.int64)),
-        "track_particle_pdgId": torch.from_numpy(pdg),
+        "track_particle_nhits": torch.tensor(p["nhits"].to_numpy(np.int64)),
+        "track_particle_primary": torch.tensor((generation == 0).astype(np.int64)),
+        "track_particle_pdgId": torch.tensor(pdg),
         "track_particle_radius": f32(np.hypot(vx, vy)),
         "track_particle_vx": f32(vx),
         "track_particle_vy": f32(vy),
         "track_particle_vz": f32(vz),
-        "track_particle_q": torch.from_numpy(p["q"].to_numpy(np.int64)),
+        "track_particle_q": torch.tensor(p["q"].to_numpy(np.int64)),
     }

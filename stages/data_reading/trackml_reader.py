@@ -48,8 +48,9 @@ SHORT_NAMES = ("pt", "eta", "nhits", "primary", "pdgId", "radius", "vx", "vy", "
 
 @dataclass(kw_only=True)
 class TrackMLReaderConfig(StageConfig):
-    input_dir: Path
-    data_split: list[int]
+    # Required here although optional in StageConfig (field() without a default makes them so).
+    input_dir: Path = field()
+    data_split: list[int] = field()
     # detectors.csv of the data; None means input_dir/detectors.csv when present, else the built-in detector.
     detector: Path | None = None
     # Conditions on particles (ACORN syntax, pt in MeV); particles failing them lose their truth edges.
@@ -80,7 +81,7 @@ def assign_splits(event_ids: list[int], data_split: list[int], seed: int, source
     wanted = sum(data_split)
     if wanted > len(event_ids):
         raise ConfigError(
-            f"{source}: key 'data_split' {data_split} {data_split} asks for {wanted} events but the input folder has {len(event_ids)}"
+            f"{source}: key 'data_split' {data_split} asks for {wanted} events but the input folder has {len(event_ids)}"
         )
     ids = np.array(sorted(event_ids))
     ids = ids[np.random.default_rng(seed).permutation(len(ids))]
