@@ -1,0 +1,129 @@
+"""Truth tracks as sentences of module tokens, read from feature-store events.
+
+A track is the module tokens of one particle's hits ordered along its trajectory, i.e. by distance
+from its production vertex (the public code kept hit_id order, which is not trajectory order). Only
+what ACORN-style files carry is used: `track_edges` say which hits belong to a particle, the
+`track_particle_*` fields give its vertex and pT, so events written by ACORN's own reader work too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+
+from tb_plugin.atomic import atomic_path
+from tb_plugin.event_store import require_field
+from tb_plugin.tokenizer import PAD, ModuleTokenizer
+
+LongTracks = Literal["truncate", "split"]
+
+
+@dataclass
+class TrackSet:
+    """Padded token sequences of many tracks with what the tasks need about each."""
+
+    tokens: np.ndarray  # [K, max_hits] int64, PAD after the end
+    length: np.ndarray  # [K] int64
+    pt: np.ndarray  # [K] float32, MeV
+    event_id: np.ndarray  # [K] int64
+    particle_id: np.ndarray  # [K] int64
+
+    def __len__(self) -> int:
+        return len(self.length)
+
+    @property
+    def max_hits(self) -> int:
+        return self.tokens.shape[1]
+
+    def save(self, path: str | Path) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **self.__dict__)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrackSet":
+        with np.load(path) as arrays:
+            return cls(**{k: arrays[k] for k in ("tokens", "length", "pt", "event_id", "particle_id")})
+
+    @classmethod
+    def concat(cls, sets: list["TrackSet"], max_hits: int) -> "TrackSet":
+        if not sets:
+            return cls(np.zeros((0, max_hits), np.int64), *(np.zeros(0, t) for t in (np.int64, np.float32, np.int64, np.int64)))
+        return cls(*(np.concatenate([getattr(s, k) for s in sets]) for k in ("tokens", "length", "pt", "event_id", "particle_id")))
+
+
+def particle_hits(data: Data, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(hit, particle_id, vertex [3], pt) per hit that belongs to a truth edge, one row per hit."""
+    edges = require_field(data, "track_edges", source).numpy()  # [2, T]
+    pid = require_field(data, "track_particle_id", source).numpy()  # [T]
+    pt = require_field(data, "track_particle_pt", source).numpy()  # [T]
+    if "track_particle_vx" in data:
+        vertex = np.stack([data[f"track_particle_v{c}"].numpy() for c in "xyz"], axis=1)  # [T, 3]
+    else:  # ACORN files without vertices: order from the origin, exact for prompt particles
+        vertex = np.zeros((len(pid), 3), np.float32)
+    hit = np.concatenate([edges[0], edges[1]])  # [2T]
+    rows = np.concatenate([np.arange(len(pid))] * 2)  # [2T] the edge each endpoint came from
+    hit, first = np.unique(hit, return_index=True)
+    rows = rows[first]
+    return hit, pid[rows], vertex[rows], pt[rows]
+
+
+def event_tracks(
+    data: Data,
+    tokenizer: ModuleTokenizer,
+    min_hits: int,
+    max_hits: int,
+    long_tracks: LongTracks,
+    source: str,
+) -> TrackSet:
+    """All tracks of one event with min_hits..max_hits hits inside the tokenizer's volumes."""
+    hit, pid, vertex, pt = particle_hits(data, source)
+    module = require_field(data, "hit_module_index", source).numpy()[hit]  # [H]
+    if tokenizer.volumes is not None:  # e.g. the paper's pixel-only tracks
+        inside = np.isin(require_field(data, "hit_volume_id", source).numpy()[hit], tokenizer.volumes)
+        hit, pid, vertex, pt, module = hit[inside], pid[inside], vertex[inside], pt[inside], module[inside]
+    pos = np.stack([data.hit_x.numpy()[hit], data.hit_y.numpy()[hit], data.hit_z.numpy()[hit]], axis=1)  # [H, 3]
+    distance = np.linalg.norm(pos - vertex, axis=1)  # [H]
+    order = np.lexsort((distance, pid))
+    pid, pt, tokens = pid[order], pt[order], tokenizer.encode(module[order])
+
+    starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])  # first hit of each particle
+    lengths = np.diff(np.r_[starts, len(pid)])
+    if long_tracks == "split":  # chunks of max_hits; a short last chunk is kept if it is long enough
+        n_chunks = -(-lengths // max_hits)  # [P] ceil
+        owner = np.repeat(np.arange(len(starts)), n_chunks)  # [C] particle of each chunk
+        nth = np.arange(len(owner)) - np.repeat(np.cumsum(n_chunks) - n_chunks, n_chunks)  # [C]
+        starts, lengths = starts[owner] + nth * max_hits, lengths[owner] - nth * max_hits
+    lengths = np.minimum(lengths, max_hits)
+    keep = lengths >= min_hits
+    starts, lengths = starts[keep], lengths[keep]
+
+    padded = np.full((len(starts), max_hits), PAD, dtype=np.int64)  # [K, max_hits]
+    column = np.arange(max_hits)
+    inside = column[None, :] < lengths[:, None]  # [K, max_hits]
+    padded[inside] = tokens[(starts[:, None] + column[None, :])[inside]]
+    event_id = event_number(data)
+    return TrackSet(
+        tokens=padded,
+        length=lengths.astype(np.int64),
+        pt=pt[starts].astype(np.float32),
+        event_id=np.full(len(starts), event_id, dtype=np.int64),
+        particle_id=pid[starts].astype(np.int64),
+    )
+
+
+def event_number(data: Data) -> int:
+    """ACORN stores the id as a zero-padded string, and as a one-element list after GNN inference."""
+    event_id = getattr(data, "event_id", -1)
+    if isinstance(event_id, (list, tuple)):
+        event_id = event_id[0]
+    return int(event_id)
+
+
+def as_tensor(tracks: TrackSet) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tracks.__dict__.items()}
