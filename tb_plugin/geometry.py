@@ -598,3 +598,13 @@ def _builtin_detector() -> Detector:
     pieces += [_endcap_disk_arrays(*disk) for disk in _endcap_disks()]
     merged = {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
     return Detector.from_arrays(**merged)
+
+
+def detector_for(folder: str | os.PathLike | None, explicit: str | os.PathLike | None = None) -> Detector:
+    """The geometry a stage works with: an explicit detectors.csv, else the one stored beside the
+    data (``folder/detectors.csv``, written by ``tb simulate`` and by data reading), else the built-in."""
+    if explicit is not None:
+        return Detector.from_csv(explicit)
+    if folder is not None and (Path(folder) / "detectors.csv").is_file():
+        return Detector.from_csv(Path(folder) / "detectors.csv")
+    return Detector.builtin()

@@ -36,7 +36,7 @@ from tb_plugin.event_store import (
     iter_events,
     save_event,
 )
-from tb_plugin.geometry import Detector
+from tb_plugin.geometry import Detector, detector_for
 from tb_plugin.stage import Stage, StageConfig
 from stages.data_reading.event_features import cell_features, hit_features, truth_features
 
@@ -100,10 +100,7 @@ class TrackMLReader(Stage):
     @property
     def detector(self) -> Detector:
         if self._detector is None:
-            path = self.config.detector
-            if path is None and (Path(self.config.input_dir) / "detectors.csv").is_file():
-                path = Path(self.config.input_dir) / "detectors.csv"
-            self._detector = Detector.from_csv(path) if path is not None else Detector.builtin()
+            self._detector = detector_for(self.config.input_dir, self.config.detector)
         return self._detector
 
     def splits(self) -> dict[str, list[tuple[int, Path]]]:
@@ -142,6 +139,7 @@ class TrackMLReader(Stage):
         return fields
 
     def infer(self, overwrite: bool = False) -> None:
+        self.store_detector()
         for split, events in self.splits().items():
             written = skipped = 0
             for event_id, prefix in tqdm(events, desc=f"data_reading {split}", unit="event", leave=False):
@@ -152,6 +150,12 @@ class TrackMLReader(Stage):
                 save_event(self.build_event(event_id, prefix), target)
                 written += 1
             log.info("data_reading %s: %d events written, %d already there", split, written, skipped)
+
+    def store_detector(self) -> None:
+        """Keep the geometry beside the feature store, so later stages tokenise with the same modules."""
+        path = self.stage_dir / "detectors.csv"
+        if not path.exists() or Detector.from_csv(path).geometry_hash() != self.detector.geometry_hash():
+            self.detector.to_csv(path)
 
     def evaluate(self) -> dict[str, Any]:
         """Per-split summary of the feature store, and plots of what it holds."""
