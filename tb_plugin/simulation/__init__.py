@@ -1,0 +1,12 @@
+"""Built-in TrackML-like event simulation, for users without real data.
+
+``simulate_event`` makes one event's hits, particles, truth (and cells) frames; ``simulate_dataset``
+writes a folder of events. The modules, one concept each: ``config`` (the knobs), ``kinematics``
+(which particles, with what momenta), ``propagation`` (helices through the module planes),
+``digitization`` (smearing, inefficiency, noise, cells) and ``event`` (putting an event together).
+"""
+
+from tb_plugin.simulation.config import SimulationConfig
+from tb_plugin.simulation.event import simulate_dataset, simulate_event
+
+__all__ = ["SimulationConfig", "simulate_event", "simulate_dataset"]
