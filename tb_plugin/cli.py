@@ -5,6 +5,7 @@
     tb infer CONFIG.yaml [--overwrite]
     tb eval  CONFIG.yaml
     tb run   PIPELINE.yaml [--overwrite]
+    tb export CONFIG.yaml [--format csv|npz|pt] [--out DIR]
     tb stages
 
 Errors in the user's input (configs, data files) are printed as one message naming the file and the
@@ -89,6 +90,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     run_pipeline(args.pipeline, overwrite=args.overwrite)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from tb_plugin.pipeline import load_stage
+
+    stage = load_stage(args.config)
+    if not hasattr(stage, "export"):
+        raise ConfigError(f"{args.config}: stage '{stage.config.stage}' has no embeddings to export (use a tracking_bert config)")
+    stage.export(args.format, Path(args.out) if args.out else None)
+
+
 def cmd_stages(args: argparse.Namespace) -> None:
     from tb_plugin.registry import available_stages
 
@@ -133,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("pipeline")
     run.add_argument("--overwrite", action="store_true", help="rewrite events already written")
     run.set_defaults(func=cmd_run)
+
+    export = sub.add_parser("export", help="write the module embedding table and vocabulary of a trained tracking_bert stage")
+    export.add_argument("config")
+    export.add_argument("--format", choices=("csv", "npz", "pt"), default="csv")
+    export.add_argument("--out", help="output folder (default: stage_dir/export)")
+    export.set_defaults(func=cmd_export)
 
     stages = sub.add_parser("stages", help="list the registered stages")
     stages.set_defaults(func=cmd_stages)

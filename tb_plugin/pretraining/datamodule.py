@@ -1,0 +1,138 @@
+"""The pretraining data as a LightningDataModule.
+
+`prepare_data` does the one-off I/O (feature-store events -> track sentences, cached per split);
+`setup` builds the pairs and their token layout. Train batches are masked afresh in every batch
+(BERT's dynamic masking); validation and test batches carry one fixed, seeded [MASK] per track so
+that every evaluation scores the same positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from tb_plugin.event_store import SPLITS, iter_events, list_event_files
+from tb_plugin.pretraining.masking import eval_mask_positions, mask_for_eval, mask_for_training
+from tb_plugin.pretraining.pairs import PairSet, layout_pairs, make_pairs
+from tb_plugin.pretraining.tracks import TrackSet, event_tracks
+from tb_plugin.tokenizer import ModuleTokenizer
+
+log = logging.getLogger(__name__)
+
+SPLIT_SEED_OFFSET = {"trainset": 0, "valset": 1, "testset": 2}
+
+
+@dataclass(frozen=True)
+class SequenceSettings:
+    """How tracks become training sentences (the paper: 4..8 hits)."""
+
+    min_hits: int = 4
+    max_hits: int = 8
+    long_tracks: Literal["truncate", "split"] = "truncate"
+    mask_rate: float = 0.5
+    batch_size: int = 512
+    num_workers: int = 0
+    seed: int = 0
+
+
+def read_tracks(input_dir: Path, split: str, tokenizer: ModuleTokenizer, settings: SequenceSettings) -> TrackSet:
+    sets = []
+    files = list_event_files(input_dir, split)
+    for path, data in tqdm(iter_events(input_dir, split), total=len(files), desc=f"tracks {split}", unit="event", leave=False):
+        sets.append(event_tracks(data, tokenizer, settings.min_hits, settings.max_hits, settings.long_tracks, str(path)))
+    if tokenizer.n_unknown:
+        log.warning("%s: %d hits of tracks fell outside the vocabulary and became [UNK]", split, tokenizer.n_unknown)
+    return TrackSet.concat(sets, settings.max_hits)
+
+
+class PairDataset(Dataset):
+    """Rows of the pair layout; `fixed_mask` (eval) replaces one module per track by [MASK]."""
+
+    def __init__(self, tracks: TrackSet, pairs: PairSet, fixed_mask_seed: int | None) -> None:
+        layout = layout_pairs(tracks, pairs)
+        self.rows = {k: torch.from_numpy(v) for k, v in layout.items()}
+        self.rows["ntp_labels"] = torch.from_numpy(pairs.label)
+        if fixed_mask_seed is not None:
+            chosen = eval_mask_positions(layout["segment_ids"], layout["hit_position"], fixed_mask_seed)
+            inputs, labels = mask_for_eval(layout["input_ids"], chosen)
+            self.rows["unmasked_ids"] = self.rows["input_ids"]
+            self.rows["input_ids"] = torch.from_numpy(inputs)
+            self.rows["mdm_labels"] = torch.from_numpy(labels)
+
+    def __len__(self) -> int:
+        return len(self.rows["ntp_labels"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.rows.items()}
+
+
+class TrainingMasker:
+    """Collate function that masks each training batch afresh (picklable for worker processes)."""
+
+    def __init__(self, rate: float, vocab_size: int) -> None:
+        self.rate, self.vocab_size = rate, vocab_size
+
+    def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+        batch["input_ids"], batch["mdm_labels"] = mask_for_training(batch["input_ids"], batch["hit_position"], self.rate, self.vocab_size)
+        return batch
+
+
+class TrackingBERTDataModule(L.LightningDataModule):
+    def __init__(self, input_dir: Path, cache_dir: Path, tokenizer: ModuleTokenizer, settings: SequenceSettings) -> None:
+        super().__init__()
+        self.input_dir, self.cache_dir = Path(input_dir), Path(cache_dir)
+        self.tokenizer, self.settings = tokenizer, settings
+        self.tracks: dict[str, TrackSet] = {}
+        self.datasets: dict[str, PairDataset] = {}
+
+    def cache_file(self, split: str) -> Path:
+        """Cache name keyed by everything that shapes the tracks, so a changed setting never reads stale tracks."""
+        s = self.settings
+        key = json.dumps([self.tokenizer.geometry_hash, self.tokenizer.volumes, s.min_hits, s.max_hits, s.long_tracks,
+                          [p.name for p in list_event_files(self.input_dir, split)]])
+        return self.cache_dir / f"tracks_{split}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
+
+    def prepare_data(self) -> None:
+        for split in SPLITS:
+            path = self.cache_file(split)
+            if not path.exists():
+                read_tracks(self.input_dir, split, self.tokenizer, self.settings).save(path)
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in SPLITS:
+            if split in self.datasets:
+                continue
+            tracks = TrackSet.load(self.cache_file(split))
+            seed = self.settings.seed + SPLIT_SEED_OFFSET[split]
+            self.tracks[split] = tracks
+            fixed = None if split == "trainset" else seed
+            self.datasets[split] = PairDataset(tracks, make_pairs(tracks, seed), fixed_mask_seed=fixed)
+            log.info("%s: %d tracks, %d pairs", split, len(tracks), len(self.datasets[split]))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if len(self.datasets[split]) == 0:
+            raise ValueError(f"{self.input_dir}/{split}: no tracks with {self.settings.min_hits}..{self.settings.max_hits} hits; "
+                             f"check the feature store has truth (track_edges) and events in this split")
+        collate = TrainingMasker(self.settings.mask_rate, self.tokenizer.vocab_size) if shuffle else None
+        return DataLoader(self.datasets[split], batch_size=self.settings.batch_size, shuffle=shuffle,
+                          num_workers=self.settings.num_workers, collate_fn=collate,
+                          persistent_workers=self.settings.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("trainset", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valset", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("testset", shuffle=False)

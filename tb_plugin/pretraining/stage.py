@@ -1,0 +1,253 @@
+"""`stage: tracking_bert, model: TrackingBERT`: pretrain on truth tracks, evaluate, inject, export.
+
+    tb train   pretrain (MDM + NTP) from the feature store; resumes from stage_dir/artifacts/last.ckpt
+    tb eval    stage_dir/eval/metrics.json and plots, TrackingBERT next to the count baseline
+    tb infer   every event again, with `hit_tb_emb` [N, D] (and flat columns on request)
+    tb export  the module embedding table and the vocabulary, for tools without this package
+
+The stage slots between data reading and graph construction: every field passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from tb_plugin.config import ConfigError
+from tb_plugin.event_store import SPLITS, append_config, event_file, list_event_files, load_event, save_event
+from tb_plugin.export import ExportFormat, export_embeddings
+from tb_plugin.geometry import Detector, detector_for
+from tb_plugin.injection import ModuleEmbedding
+from tb_plugin.model import OptimConfig, TrackingBERTConfig, TrackingBERTModule
+from tb_plugin.pretraining.datamodule import SequenceSettings, TrackingBERTDataModule
+from tb_plugin.pretraining.evaluation import evaluate_pretraining, summary_table
+from tb_plugin.stage import Stage, StageConfig
+from tb_plugin.tokenizer import UNK, ModuleTokenizer
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"]
+
+
+@dataclass(kw_only=True)
+class TrackingBERTStageConfig(StageConfig):
+    input_dir: Path = field()  # feature store written by data reading
+    detector: Path | None = None  # None: input_dir/detectors.csv (written by data reading), else built-in
+    volumes: list[int] | None = None  # vocabulary volumes, e.g. [7, 8, 9] as in the paper; None = all
+    # sentences and tasks
+    min_hits: int = 4
+    max_hits: int = 8
+    long_tracks: Literal["truncate", "split"] = "truncate"
+    mask_rate: float = 0.5
+    # model (paper defaults)
+    n_embd: int = 64
+    n_head: int = 8
+    n_layer: int = 12
+    d_ff: int = 512
+    dropout: float = 0.05
+    # optimisation
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 10000
+    ntp_weight: float = 1.0
+    batch_size: int = 512
+    max_epochs: int = 10
+    gradient_clip_val: float = 1.0
+    patience: int | None = None  # early stopping on metric_to_monitor; None = off
+    metric_to_monitor: str = "val/loss"
+    metric_mode: Literal["min", "max"] = "min"
+    # trainer
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Precision = "32-true"
+    logger: Literal["csv", "tensorboard"] = "csv"
+    num_workers: int = 0
+    # inference
+    flat_columns: bool = False  # also write hit_tb_emb_0 .. hit_tb_emb_{D-1}, for hosts that stack 1-D features
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 2 <= self.min_hits <= self.max_hits:
+            raise ValueError(f"keys 'min_hits' and 'max_hits' need 2 <= min_hits <= max_hits, got {self.min_hits} and {self.max_hits}")
+        if not 0.0 < self.mask_rate < 1.0:
+            raise ValueError(f"key 'mask_rate' must be between 0 and 1, got {self.mask_rate}")
+        for key in ("batch_size", "max_epochs", "num_nodes"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"key '{key}' must be at least 1, got {getattr(self, key)}")
+        self.model_config()  # checks the model keys (n_embd divisible by n_head, ...)
+
+    def model_config(self, vocab_size: int = 8) -> TrackingBERTConfig:
+        return TrackingBERTConfig(vocab_size=vocab_size, max_len=2 * self.max_hits + 3, n_embd=self.n_embd,
+                                  n_head=self.n_head, n_layer=self.n_layer, d_ff=self.d_ff, dropout=self.dropout)
+
+    def optim_config(self) -> OptimConfig:
+        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, ntp_weight=self.ntp_weight)
+
+    def sequence_settings(self) -> SequenceSettings:
+        return SequenceSettings(min_hits=self.min_hits, max_hits=self.max_hits, long_tracks=self.long_tracks,
+                                mask_rate=self.mask_rate, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed)
+
+
+class TrackingBERTStage(Stage):
+    config_class = TrackingBERTStageConfig
+    trainable = True
+    config: TrackingBERTStageConfig
+
+    @property
+    def artifacts(self) -> Path:
+        return self.stage_dir / "artifacts"
+
+    @property
+    def vocab_file(self) -> Path:
+        return self.artifacts / "vocab.json"
+
+    def detector(self) -> Detector:
+        return detector_for(self.config.input_dir, self.config.detector)
+
+    def tokenizer(self, detector: Detector) -> ModuleTokenizer:
+        """The vocabulary of this stage; one saved by an earlier run must match the data's geometry."""
+        if self.vocab_file.exists():
+            return ModuleTokenizer.load(self.vocab_file, detector)
+        return ModuleTokenizer(detector, self.config.volumes)
+
+    def datamodule(self, tokenizer: ModuleTokenizer) -> TrackingBERTDataModule:
+        return TrackingBERTDataModule(self.config.input_dir, self.stage_dir / "cache", tokenizer, self.config.sequence_settings())
+
+    # ------------------------------------------------------------------ train
+
+    def train(self, checkpoint: Path | None = None) -> None:
+        # artifacts/ also holds the vocabulary; small demo epochs log less often than every 10 steps
+        warnings.filterwarnings("ignore", message=r".*exists and is not empty")
+        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+        L.seed_everything(self.config.seed, workers=True, verbose=False)
+        tokenizer = self.tokenizer(self.detector())
+        if not self.vocab_file.exists():
+            tokenizer.save(self.vocab_file)
+        resume = checkpoint or self.last_checkpoint()
+        if checkpoint is not None and not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+        module = TrackingBERTModule(model=asdict(self.config.model_config(tokenizer.vocab_size)),
+                                    optim=asdict(self.config.optim_config()))
+        print(f"TrackingBERT: {module.model.num_params():,} parameters "
+              f"({module.model.num_params(non_embedding=True):,} outside the embeddings), vocabulary {tokenizer.vocab_size:,}")
+        trainer = self.trainer()
+        trainer.fit(module, datamodule=self.datamodule(tokenizer), ckpt_path=str(resume) if resume else None)
+
+    def last_checkpoint(self) -> Path | None:
+        path = self.artifacts / "last.ckpt"
+        return path if path.exists() else None
+
+    def trainer(self) -> L.Trainer:
+        c = self.config
+        checkpoint = ModelCheckpoint(dirpath=self.artifacts, filename="best", monitor=c.metric_to_monitor, mode=c.metric_mode,
+                                     save_top_k=1, save_last=True, enable_version_counter=False)
+        callbacks: list = [checkpoint]
+        if c.patience is not None:
+            callbacks.append(EarlyStopping(monitor=c.metric_to_monitor, mode=c.metric_mode, patience=c.patience))
+        return L.Trainer(
+            default_root_dir=self.stage_dir, max_epochs=c.max_epochs, accelerator=c.accelerator, devices=c.devices,
+            num_nodes=c.num_nodes, strategy=c.strategy, precision=c.precision, gradient_clip_val=c.gradient_clip_val,
+            logger=self.logger(), callbacks=callbacks, enable_progress_bar=True, log_every_n_steps=10,
+            deterministic=False,
+        )
+
+    def logger(self):
+        if self.config.logger == "tensorboard":
+            try:
+                from lightning.pytorch.loggers import TensorBoardLogger
+
+                return TensorBoardLogger(save_dir=self.stage_dir, name="logs")
+            except ModuleNotFoundError as err:
+                raise ConfigError(f"key 'logger': tensorboard is not installed ({err}); pip install tensorboard, or use logger: csv") from None
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=self.stage_dir, name="logs")
+
+    # ------------------------------------------------------------------ trained model
+
+    def trained(self) -> tuple[TrackingBERTModule, ModuleTokenizer, Detector]:
+        """The best checkpoint (else the last) with its vocabulary, checked against the data's geometry."""
+        path = self.artifacts / "best.ckpt"
+        if not path.exists():
+            path = self.artifacts / "last.ckpt"
+        if not path.exists() or not self.vocab_file.exists():
+            raise FileNotFoundError(f"no trained TrackingBERT in {self.artifacts} (expected best.ckpt or last.ckpt and "
+                                    f"vocab.json); run 'tb train' on this config first")
+        detector = self.detector()
+        tokenizer = ModuleTokenizer.load(self.vocab_file, detector)
+        module = TrackingBERTModule.load_from_checkpoint(path, map_location="cpu")
+        module.eval()
+        if module.model.config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"{path}: the checkpoint has {module.model.config.vocab_size} tokens but {self.vocab_file} "
+                             f"has {tokenizer.vocab_size}; they come from different runs")
+        return module, tokenizer, detector
+
+    # ------------------------------------------------------------------ eval
+
+    def evaluate(self) -> dict:
+        module, tokenizer, detector = self.trained()
+        data = self.datamodule(tokenizer)
+        data.prepare_data()
+        data.setup("test")
+        metrics = evaluate_pretraining(module.model, tokenizer, detector, data.tracks["trainset"], data.datasets["testset"],
+                                       self.stage_dir / "eval", batch_size=self.config.batch_size)
+        path = self.write_metrics(metrics)
+        print(summary_table(metrics) + f"\n  -> {path}")
+        return metrics
+
+    # ------------------------------------------------------------------ infer
+
+    def infer(self, overwrite: bool = False) -> None:
+        from tqdm import tqdm
+
+        module, tokenizer, detector = self.trained()
+        inject = ModuleEmbedding.from_token_embeddings(module.model.module_embeddings(), tokenizer, flat_columns=self.config.flat_columns)
+        if not (self.stage_dir / "detectors.csv").exists():  # downstream stages find the geometry beside their input
+            detector.to_csv(self.stage_dir / "detectors.csv")
+        record = self.config_record()
+        for split in SPLITS:
+            outside = total = 0
+            for path in tqdm(list_event_files(self.config.input_dir, split), desc=f"tracking_bert {split}", unit="event", leave=False):
+                target = event_file(self.stage_dir, split, path.stem.removeprefix("event"))
+                if target.exists() and not overwrite:
+                    continue
+                data = load_event(path)
+                if "hit_module_index" not in data:
+                    data.hit_module_index = module_index_from_ids(data, detector, path)
+                data = inject(data)
+                outside += int((tokenizer.module_to_token[data.hit_module_index.numpy()] == UNK).sum())
+                total += data.num_nodes
+                append_config(data, record)
+                save_event(data, target)
+            if outside:
+                log.warning("%s: %d of %d hits lie on modules outside the vocabulary and got the [UNK] embedding", split, outside, total)
+
+    # ------------------------------------------------------------------ export
+
+    def export(self, fmt: ExportFormat, out_dir: Path | None = None) -> list[Path]:
+        module, tokenizer, _ = self.trained()
+        paths = export_embeddings(module.model.module_embeddings(), tokenizer, out_dir or self.stage_dir / "export", fmt)
+        for p in paths:
+            print(f"wrote {p}")
+        return paths
+
+
+def module_index_from_ids(data, detector: Detector, source: Path) -> torch.Tensor:
+    """Dense module index from ACORN's id fields, for feature stores not written by our reader."""
+    names = ("hit_volume_id", "hit_layer_id", "hit_module_id")
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ValueError(f"{source}: needs 'hit_module_index' or the fields {', '.join(names)} (missing: {', '.join(missing)})")
+    index = detector.index_strict(*(data[n].numpy() for n in names))
+    return torch.from_numpy(np.asarray(index, dtype=np.int64))
+

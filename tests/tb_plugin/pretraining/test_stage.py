@@ -1,0 +1,140 @@
+"""The tracking_bert stage end to end: train, resume, eval, infer, export, DDP, and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from tb_plugin.config import ConfigError
+from tb_plugin.event_store import list_event_files, load_event
+from tb_plugin.pipeline import stage_from_mapping
+from tb_plugin.tokenizer import GeometryMismatchError, N_SPECIAL
+
+TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "d_ff": 32, "lr": 3e-3, "warmup_steps": 5, "batch_size": 256}
+
+
+def tb_stage(store, stage_dir, **overrides):
+    values = {"stage": "tracking_bert", "model": "TrackingBERT", "input_dir": str(store),
+              "stage_dir": str(stage_dir), "max_epochs": 1, **TINY, **overrides}
+    return stage_from_mapping(values, "tracking_bert.yaml")
+
+
+@pytest.fixture(scope="module")
+def trained(simulated_store, tmp_path_factory):
+    stage = tb_stage(simulated_store, tmp_path_factory.mktemp("tb"), flat_columns=True)
+    stage.train()
+    return stage
+
+
+def test_eval_writes_the_metrics_and_plots(trained):
+    metrics = trained.evaluate()
+    saved = json.loads((trained.stage_dir / "eval" / "metrics.json").read_text())
+    for model in ("trackingbert", "count_baseline"):
+        for key in ("top1", "top5", "within_20mm"):
+            assert 0.0 <= saved["mdm"][model][key] <= 1.0
+        assert saved["mdm"][model]["top1"] <= saved["mdm"][model]["top5"]
+    assert 0.0 <= saved["ntp"]["accuracy"] <= 1.0 and 0.0 <= saved["ntp"]["auc"] <= 1.0
+    assert saved["n_params"] == metrics["n_params"] > 0
+    assert saved["n_eval_tracks"] > 100
+    assert saved["config"]["stage"] == "tracking_bert"
+    # both models are scored on the same hidden positions
+    assert saved["mdm"]["trackingbert"]["n_masked"] == saved["mdm"]["count_baseline"]["n_masked"] == saved["n_eval_tracks"]
+    for name in ("mdm_accuracy_by_volume.png", "mdm_accuracy_by_position.png", "ntp_roc.png", "embedding_pca.png"):
+        assert (trained.stage_dir / "eval" / name).stat().st_size > 5000
+
+
+def test_infer_adds_the_module_embedding_and_keeps_every_field(trained, simulated_store):
+    trained.infer()
+    module, tokenizer, _ = trained.trained()
+    table = module.model.module_embeddings().detach()
+    for split in ("trainset", "valset", "testset"):
+        inputs = list_event_files(simulated_store, split)
+        outputs = list_event_files(trained.stage_dir, split)
+        assert [p.name for p in inputs] == [p.name for p in outputs]
+    before, after = load_event(inputs[0]), load_event(outputs[0])
+    for key in before.keys():
+        if key != "config":
+            assert torch.equal(torch.as_tensor(before[key]), torch.as_tensor(after[key])) if key != "event_id" else before[key] == after[key]
+    tokens = torch.from_numpy(tokenizer.encode(after.hit_module_index.numpy()))
+    assert after.hit_tb_emb.shape == (after.num_nodes, 16)
+    assert torch.allclose(after.hit_tb_emb, table[tokens])
+    assert torch.equal(after.hit_tb_emb_3, after.hit_tb_emb[:, 3])
+    assert [c["stage"] for c in after.config] == ["data_reading", "tracking_bert"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "npz", "pt"])
+def test_export_writes_table_and_vocabulary(trained, tmp_path, fmt):
+    table_path, vocab_path = trained.export(fmt, tmp_path)
+    module, tokenizer, _ = trained.trained()
+    emb = module.model.module_embeddings().detach().numpy()[N_SPECIAL:]
+    if fmt == "csv":
+        frame = pd.read_csv(table_path)
+        assert list(frame.columns[:4]) == ["volume_id", "layer_id", "module_id", "token"]
+        values, tokens = frame[[f"e{i}" for i in range(16)]].to_numpy(), frame["token"].to_numpy()
+    elif fmt == "npz":
+        with np.load(table_path) as arrays:
+            values, tokens = arrays["embedding"], arrays["token"]
+    else:
+        loaded = torch.load(table_path, weights_only=True)
+        values, tokens = loaded["embedding"].numpy(), loaded["token"].numpy()
+    assert len(tokens) == tokenizer.vocab_size - N_SPECIAL == 18728
+    assert np.allclose(values, emb, atol=1e-6)
+    assert json.loads(vocab_path.read_text())["geometry_hash"] == tokenizer.geometry_hash
+
+
+def test_training_resumes_from_the_last_checkpoint(simulated_store, tmp_path):
+    tb_stage(simulated_store, tmp_path).train()
+    first = torch.load(tmp_path / "artifacts" / "last.ckpt", weights_only=False)
+    tb_stage(simulated_store, tmp_path, max_epochs=2).train()
+    second = torch.load(tmp_path / "artifacts" / "last.ckpt", weights_only=False)
+    assert second["epoch"] == first["epoch"] + 1
+    assert second["global_step"] == 2 * first["global_step"]
+
+
+def test_refuses_a_vocabulary_of_another_geometry(trained, tmp_path):
+    other = tmp_path / "detectors.csv"
+    lines = (trained.config.input_dir / "detectors.csv").read_text().splitlines()
+    fields = lines[1].split(",")
+    fields[3] = str(float(fields[3]) + 5.0)  # move one module by 5 mm
+    other.write_text("\n".join([lines[0], ",".join(fields), *lines[2:]]) + "\n")
+    stage = tb_stage(trained.config.input_dir, trained.stage_dir, detector=str(other))
+    with pytest.raises(GeometryMismatchError, match="was built on detector geometry"):
+        stage.infer()
+
+
+def test_missing_checkpoint_is_a_clear_error(simulated_store, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no trained TrackingBERT in .*artifacts.*run 'tb train'"):
+        tb_stage(simulated_store, tmp_path).infer()
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    ({"min_hits": 9}, "need 2 <= min_hits <= max_hits"),
+    ({"n_embd": 30, "n_head": 4}, "n_embd"),
+    ({"mask_rate": 1.5}, "key 'mask_rate' must be between 0 and 1"),
+    ({"precision": "bf16"}, "key 'precision' has value 'bf16'"),
+])
+def test_config_errors(simulated_store, tmp_path, overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        tb_stage(simulated_store, tmp_path, **overrides)
+
+
+def test_ddp_on_two_cpu_processes(simulated_store, tmp_path):
+    config = {"stage": "tracking_bert", "model": "TrackingBERT", "input_dir": str(simulated_store),
+              "stage_dir": str(tmp_path / "tb"), "max_epochs": 1, **TINY,
+              "accelerator": "cpu", "devices": 2, "strategy": "ddp"}
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PL_DISABLE_FORK": "1"}
+    result = subprocess.run([sys.executable, "-m", "tb_plugin.cli", "train", str(path)], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=tmp_path)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "distributed_backend=gloo" in log
+    assert "MEMBER: 2/2" in log
+    assert (tmp_path / "tb" / "artifacts" / "last.ckpt").is_file()
