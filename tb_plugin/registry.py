@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "tb_plugin.stages"
 BUILTIN_STAGES: dict[tuple[str, str], str] = {
     ("data_reading", "TrackMLReader"): "stages.data_reading:TrackMLReader",
     ("tracking_bert", "TrackingBERT"): "tb_plugin.pretraining.stage:TrackingBERTStage",
+    ("track_building", "ConnectedComponents"): "stages.track_building:ConnectedComponents",
 }
 
 

@@ -11,6 +11,7 @@ The stage slots between data reading and graph construction: every field passes 
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from tb_plugin.config import ConfigError
 from tb_plugin.event_store import SPLITS, append_config, event_file, list_event_files, load_event, save_event
@@ -98,6 +99,16 @@ class TrackingBERTStageConfig(StageConfig):
                                 mask_rate=self.mask_rate, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed)
 
 
+class EpochTimer(Callback):
+    """Logs the wall time of each training epoch (`train/epoch_time_s`), the figure the demo reports."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        module.log("train/epoch_time_s", time.perf_counter() - self.start)
+
+
 class TrackingBERTStage(Stage):
     config_class = TrackingBERTStageConfig
     trainable = True
@@ -151,7 +162,7 @@ class TrackingBERTStage(Stage):
         c = self.config
         checkpoint = ModelCheckpoint(dirpath=self.artifacts, filename="best", monitor=c.metric_to_monitor, mode=c.metric_mode,
                                      save_top_k=1, save_last=True, enable_version_counter=False)
-        callbacks: list = [checkpoint]
+        callbacks: list = [checkpoint, EpochTimer()]
         if c.patience is not None:
             callbacks.append(EarlyStopping(monitor=c.metric_to_monitor, mode=c.metric_mode, patience=c.patience))
         return L.Trainer(

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from torch_geometric.data import Data
 
 from tb_plugin.atomic import atomic_path
@@ -124,6 +123,3 @@ def event_number(data: Data) -> int:
         event_id = event_id[0]
     return int(event_id)
 
-
-def as_tensor(tracks: TrackSet) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tracks.__dict__.items()}

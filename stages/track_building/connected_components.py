@@ -1,0 +1,388 @@
+"""`stage: track_building, model: ConnectedComponents`: scored graphs -> track candidates.
+
+Infer keeps the edges with `edge_scores > score_cut` (ACORN's key and comparison), runs undirected
+connected components on them (scipy) and writes every event again into
+`stage_dir/{trainset,valset,testset}/` with one new field:
+
+    hit_track_labels  int64 [N]  the track of each hit, 0..K-1; -1 = in no track
+
+ACORN's ConnectedComponents stores the same per-hit labels under the name `edge_track_labels`
+(older ACORN: `labels`), although the field is per hit, not per edge: `hit_track_labels` here is
+ACORN's `edge_track_labels`. Hits in no kept edge, and components with fewer than
+`min_track_length` hits, are in no track (-1), as isolated hits are in ACORN.
+
+Each event also gets a TrackML submission, `stage_dir/submissions/{split}/event{ID:09d}-submission.csv`
+(event_id, hit_id, track_id). A submission must list every hit exactly once, so each hit labelled
+-1 becomes a track of its own there (track ids K, K+1, ... after the real tracks); the per-hit
+labels keep -1, so the matching metrics never count those singletons as tracks.
+
+Evaluate matches the tracks of the `dataset` split (testset by default, ACORN's key) to the truth
+particles in the three styles of `matching.py` and writes `stage_dir/eval/metrics.json`, the TrackML
+score of the submissions, and efficiency plots vs pT and eta. The truth per hit is `hit_particle_id`;
+events written by ACORN have none, and their hits take the particle of the truth edges
+(`track_edges`, `track_particle_id`) they lie on, hits on no truth edge being noise. Events with
+no truth at all are skipped with a warning.
+
+Particles (the efficiency denominator) are the real particles with hits in the event that have at
+least `min_particle_hits` hits there and pass `target_tracks` (ACORN conditions on the particle
+fields `track_particle_*`, short names like `pt` allowed, pT in MeV, plus `n_true_hits`, the
+particle's hit count in the event). `efficiency_pt1` has a fixed denominator, independent of those
+keys so it compares across configs: particles with pT > 1 GeV and at least 5 hits in the event.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sps
+import torch
+from torch_geometric.data import Data
+from tqdm import tqdm
+
+from stages.data_reading.trackml_reader import SHORT_NAMES
+from stages.plots import plot_efficiency_curves
+from stages.track_building.matching import (
+    STYLES,
+    MatchCounts,
+    check_matching_fraction,
+    count_matches,
+    match_event,
+)
+from tb_plugin.atomic import atomic_path
+from tb_plugin.conditions import Condition, parse_conditions, select
+from tb_plugin.event_store import (
+    EVENT_FILE,
+    SPLITS,
+    append_config,
+    list_event_files,
+    load_event,
+    require_field,
+    save_event,
+)
+from tb_plugin.stage import Stage, StageConfig
+from tb_plugin.trackml import score_event
+
+log = logging.getLogger(__name__)
+
+LABELS_FIELD = "hit_track_labels"  # ACORN: edge_track_labels (a per-hit field despite the name)
+PT1_MEV = 1000.0
+PT1_MIN_HITS = 5
+PT_BINS_GEV = np.logspace(-1, 2, 16)  # 0.1 .. 100 GeV
+ETA_BINS = np.linspace(-4.0, 4.0, 21)
+
+
+@dataclass(kw_only=True)
+class ConnectedComponentsConfig(StageConfig):
+    # The scored graphs (edge_index, edge_scores), usually the GNN stage's stage_dir.
+    input_dir: Path = field()
+    # Edges with edge_scores > score_cut are kept (ACORN's name and strict comparison).
+    score_cut: float = 0.5
+    # Components with fewer hits are not tracks (their hits get label -1).
+    min_track_length: int = 3
+    # f of the matching styles, in [0.5, 1]; strict at 0.5 (see matching.py).
+    matching_fraction: float = 0.5
+    # ACORN conditions on particles for the efficiency denominator (pT in MeV).
+    target_tracks: dict[str, Any] = field(default_factory=dict)
+    # A particle with fewer hits in the event is never in the efficiency denominator.
+    min_particle_hits: int = 5
+    # Write a TrackML submission CSV per event.
+    write_submission: bool = True
+    # The split that evaluate reads (ACORN's key).
+    dataset: Literal["trainset", "valset", "testset"] = "testset"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if math.isnan(self.score_cut):
+            raise ValueError("key 'score_cut' must be a number, got nan")
+        if self.min_track_length < 2:
+            raise ValueError(f"key 'min_track_length' must be at least 2 (a track needs an edge), got {self.min_track_length}")
+        if self.min_particle_hits < 1:
+            raise ValueError(f"key 'min_particle_hits' must be at least 1, got {self.min_particle_hits}")
+        check_matching_fraction(self.matching_fraction)
+        parse_conditions(self.target_tracks, "key 'target_tracks'")
+
+    @property
+    def target_conditions(self) -> list[Condition]:
+        conditions = parse_conditions(self.target_tracks, "key 'target_tracks'")
+        return [Condition(particle_field(c.field), c.op, c.value) for c in conditions]
+
+
+def particle_field(name: str) -> str:
+    return f"track_particle_{name}" if name in SHORT_NAMES else name
+
+
+# ------------------------------------------------------------------------------------- building
+
+
+def track_labels(edge_index: np.ndarray, edge_scores: np.ndarray, num_nodes: int, score_cut: float,
+                 min_track_length: int) -> np.ndarray:
+    """Per-hit track label (0..K-1, -1 = no track) from the connected components of the kept edges.
+
+    Labels are numbered in the order of each track's lowest hit index, so they are reproducible.
+    """
+    kept = edge_index[:, edge_scores > score_cut]
+    graph = sps.coo_matrix((np.ones(kept.shape[1], dtype=np.int8), (kept[0], kept[1])), shape=(num_nodes, num_nodes))
+    _, component = sps.csgraph.connected_components(graph, directed=False, return_labels=True)
+    size = np.bincount(component, minlength=num_nodes)
+    is_track = size[component] >= min_track_length
+    labels = np.full(num_nodes, -1, dtype=np.int64)
+    _, labels[is_track] = np.unique(component[is_track], return_inverse=True)
+    return labels
+
+
+def graph_arrays(data: Data, source: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """edge_index [2, E], edge_scores [E] and the hit count, checked against each other."""
+    edge_index = require_field(data, "edge_index", source)
+    edge_scores = require_field(data, "edge_scores", source)
+    num_nodes = data.num_nodes
+    if num_nodes is None:
+        raise ValueError(f"{source}: cannot tell the number of hits (no hit_* fields)")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"{source}: edge_index must have shape [2, E], got {list(edge_index.shape)}")
+    if edge_scores.shape != (edge_index.shape[1],):
+        raise ValueError(f"{source}: edge_scores has shape {list(edge_scores.shape)}, expected [{edge_index.shape[1]}] (one per edge)")
+    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
+        raise ValueError(f"{source}: edge_index refers to hits outside 0..{num_nodes - 1}")
+    return edge_index.numpy().astype(np.int64), edge_scores.float().numpy(), int(num_nodes)
+
+
+def submission_frame(event_id: int, hit_id: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """TrackML submission: every hit once; hits in no track become singleton tracks after the real ones."""
+    labels = np.asarray(labels, dtype=np.int64)
+    alone = labels < 0
+    track_id = labels.copy()
+    first_free = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
+    track_id[alone] = first_free + np.arange(int(alone.sum()))
+    return pd.DataFrame({
+        "event_id": np.full(len(labels), int(event_id), dtype=np.int64),
+        "hit_id": np.asarray(hit_id, dtype=np.int64),
+        "track_id": track_id,
+    })
+
+
+def check_submission(frame: pd.DataFrame, hit_id: np.ndarray, source: str | Path) -> None:
+    """Every hit of the event exactly once, each with a track: what the TrackML scorer demands."""
+    ids = frame.hit_id.to_numpy()
+    if len(ids) != len(hit_id) or not np.array_equal(np.sort(ids), np.sort(hit_id)):
+        raise ValueError(f"{source}: the submission does not list the event's {len(hit_id)} hits")
+    if np.unique(ids).size != len(ids):
+        raise ValueError(f"{source}: the event's hit_id values repeat, so no submission can list every hit once")
+    if frame.track_id.isna().any():
+        raise ValueError(f"{source}: submission has hits without a track")
+
+
+def submission_path(stage_dir: Path, split: str, event_id: int) -> Path:
+    return stage_dir / "submissions" / split / f"event{event_id:09d}-submission.csv"
+
+
+def file_event_id(path: Path) -> int:
+    match = EVENT_FILE.match(path.name)
+    if match is None:
+        raise ValueError(f"{path}: not an event file name (event<ID>.pyg)")
+    return int(match.group(1))
+
+
+# ------------------------------------------------------------------------------------- truth
+
+
+def hit_particle_ids(data: Data) -> np.ndarray | None:
+    """The truth particle of each hit (0 = noise), or None for an event without truth.
+
+    ACORN's files carry no per-hit particle: there each hit takes the particle of the truth edges it
+    is an end of, and a hit on no truth edge (noise, or a particle's only hit) counts as noise.
+    """
+    if "hit_particle_id" in data:
+        return data.hit_particle_id.numpy().astype(np.int64)
+    if "track_edges" not in data or "track_particle_id" not in data:
+        return None
+    pid = np.zeros(int(data.num_nodes), dtype=np.int64)
+    edges = data.track_edges.numpy()
+    particle = data.track_particle_id.numpy().astype(np.int64)
+    pid[edges[0]] = particle
+    pid[edges[1]] = particle
+    return pid
+
+
+def particle_features(data: Data, particle_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Every `track_particle_*` field per particle (float64; NaN for a particle with no truth edge)."""
+    if "track_particle_id" not in data:
+        return {}
+    edge_pid = data.track_particle_id.numpy().astype(np.int64)
+    known, first = np.unique(edge_pid, return_index=True)
+    row = pd.Index(known).get_indexer(np.asarray(particle_ids, dtype=np.int64))
+    found = row >= 0
+    features = {}
+    for key in data.keys():
+        value = data[key]
+        if key.startswith("track_particle_") and torch.is_tensor(value) and value.shape == edge_pid.shape:
+            per_particle = np.full(len(row), np.nan)
+            per_particle[found] = value.numpy().astype(np.float64)[first][row[found]]
+            features[key] = per_particle
+    return features
+
+
+# ------------------------------------------------------------------------------------- the stage
+
+
+class ConnectedComponents(Stage):
+    config_class = ConnectedComponentsConfig
+    config: ConnectedComponentsConfig
+
+    def input_files(self, split: str) -> list[Path]:
+        """Sorted event files of a split; data_split, when given, takes the first n of each."""
+        files = list_event_files(self.config.input_dir, split)
+        if self.config.data_split is not None:
+            files = files[: self.config.data_split[SPLITS.index(split)]]
+        return files
+
+    def infer(self, overwrite: bool = False) -> None:
+        total = 0
+        for split in SPLITS:
+            files = self.input_files(split)
+            if not files:
+                continue
+            written = skipped = 0
+            for path in tqdm(files, desc=f"track_building {split}", unit="event", leave=False):
+                target = self.stage_dir / split / path.name
+                submission = submission_path(self.stage_dir, split, file_event_id(path))
+                done = target.exists() and (submission.exists() or not self.config.write_submission)
+                if done and not overwrite:
+                    skipped += 1
+                    continue
+                self.build_event(path, split)
+                written += 1
+            total += len(files)
+            log.info("track_building %s: %d events written, %d already there", split, written, skipped)
+        if total == 0:
+            raise FileNotFoundError(f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing to build tracks on")
+
+    def build_event(self, path: Path, split: str) -> Data:
+        """Label one event's hits and write its submission, then the event (its existence marks it done)."""
+        data = load_event(path)
+        edge_index, edge_scores, num_nodes = graph_arrays(data, path)
+        labels = track_labels(edge_index, edge_scores, num_nodes, self.config.score_cut, self.config.min_track_length)
+        if self.config.write_submission:
+            hit_id = require_field(data, "hit_id", path).numpy()
+            if hit_id.shape != (num_nodes,):
+                raise ValueError(f"{path}: hit_id has shape {list(hit_id.shape)}, expected [{num_nodes}] (one per hit)")
+            frame = submission_frame(file_event_id(path), hit_id, labels)
+            check_submission(frame, hit_id, path)
+            with atomic_path(submission_path(self.stage_dir, split, file_event_id(path))) as tmp:
+                frame.to_csv(tmp, index=False, lineterminator="\n")
+        data[LABELS_FIELD] = torch.from_numpy(labels)
+        append_config(data, self.config_record())
+        save_event(data, self.stage_dir / split / path.name)
+        return data
+
+    # --------------------------------------------------------------------------------- evaluate
+
+    def evaluate(self) -> dict[str, Any]:
+        split = self.config.dataset
+        files = list_event_files(self.stage_dir, split)
+        if not files:
+            raise FileNotFoundError(f"no event files in {self.stage_dir / split}: run infer first")
+        counts = {style: MatchCounts() for style in STYLES}
+        counts_pt1 = {style: MatchCounts() for style in STYLES}
+        scores: list[float] = []
+        plotted: list[pd.DataFrame] = []
+        without_truth = 0
+        for path in tqdm(files, desc=f"track_building eval {split}", unit="event", leave=False):
+            data = load_event(path)
+            labels = require_field(data, LABELS_FIELD, path).numpy()
+            pid = hit_particle_ids(data)
+            if pid is None:
+                log.warning("%s: no truth (hit_particle_id or track_edges + track_particle_id); skipped", path)
+                without_truth += 1
+                continue
+            tracks, particles = match_event(labels, pid, self.config.matching_fraction)
+            features = particle_features(data, particles.particle_id.to_numpy())
+            target, pt1 = self.particle_selections(particles, features, path)
+            for style in STYLES:
+                counts[style] = counts[style] + count_matches(tracks, particles, target, style)
+                counts_pt1[style] = counts_pt1[style] + count_matches(tracks, particles, pt1, style)
+            plotted.append(particles.assign(
+                pt_gev=features.get("track_particle_pt", np.full(len(particles), np.nan)) / 1000.0,
+                eta=features.get("track_particle_eta", np.full(len(particles), np.nan)),
+            )[target])
+            if "hit_weight" in data:
+                scores.append(self.trackml_score(data, labels, pid, path))
+        if without_truth == len(files):
+            raise ValueError(f"none of the {len(files)} events in {self.stage_dir / split} has truth "
+                             "(hit_particle_id, or track_edges with track_particle_id): nothing to evaluate")
+        metrics = self.summarise(counts, counts_pt1, scores, len(files) - without_truth, without_truth)
+        self.plot_efficiency(pd.concat(plotted, ignore_index=True))
+        path = self.write_metrics(metrics)
+        two_way = metrics["two_way"]
+        print(
+            f"track_building ({split}, {metrics['events']} events, f={self.config.matching_fraction}): "
+            f"two_way efficiency {_fmt(two_way['efficiency'])} (pT>1 GeV {_fmt(two_way['efficiency_pt1'])}), "
+            f"fake {_fmt(two_way['fake_rate'])}, duplicate {_fmt(two_way['duplicate_rate'])}; "
+            f"TrackML score {_fmt(metrics['trackml_score'])}\n  -> {path}"
+        )
+        return metrics
+
+    def particle_selections(self, particles: pd.DataFrame, features: dict[str, np.ndarray],
+                            source: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(target, pT > 1 GeV and >= 5 hits) masks over the rows of `particles`."""
+        n_hits = particles.n_hits.to_numpy()
+        fields = {k: torch.from_numpy(v) for k, v in features.items()}
+        fields["n_true_hits"] = torch.from_numpy(n_hits.astype(np.float64))
+        target = select(fields, self.config.target_conditions, len(particles), str(source)).numpy()
+        target &= n_hits >= self.config.min_particle_hits
+        if "track_particle_pt" in features:
+            pt1 = (features["track_particle_pt"] > PT1_MEV) & (n_hits >= PT1_MIN_HITS)
+        else:
+            pt1 = np.zeros(len(particles), dtype=bool)
+        return target, pt1
+
+    @staticmethod
+    def trackml_score(data: Data, labels: np.ndarray, pid: np.ndarray, source: Path) -> float:
+        hit_id = require_field(data, "hit_id", source).numpy()
+        truth = pd.DataFrame({"hit_id": hit_id, "particle_id": pid, "weight": data.hit_weight.numpy()})
+        return score_event(truth, submission_frame(file_event_id(source), hit_id, labels))
+
+    def summarise(self, counts: dict[str, MatchCounts], counts_pt1: dict[str, MatchCounts], scores: list[float],
+                  events: int, without_truth: int) -> dict[str, Any]:
+        metrics: dict[str, Any] = {
+            "dataset": self.config.dataset,
+            "events": events,
+            "events_without_truth": without_truth,
+            "matching_fraction": self.config.matching_fraction,
+            "score_cut": self.config.score_cut,
+        }
+        for style in STYLES:
+            pt1 = counts_pt1[style].rates()
+            metrics[style] = counts[style].rates() | {
+                "efficiency_pt1": pt1["efficiency"],
+                "n_particles_pt1": pt1["n_particles"],
+                "n_reconstructed_particles_pt1": pt1["n_reconstructed_particles"],
+            }
+        metrics["trackml_score"] = float(np.mean(scores)) if scores else None
+        metrics["trackml_score_events"] = len(scores)
+        return metrics
+
+    def plot_efficiency(self, particles: pd.DataFrame) -> list[Path]:
+        """Efficiency of the target particles vs pT and eta, the three styles overlaid."""
+        out = self.stage_dir / "eval"
+        curves = [
+            ("pt_gev", PT_BINS_GEV, "particle pT [GeV]", True, "track_efficiency_vs_pt.png"),
+            ("eta", ETA_BINS, "particle eta", False, "track_efficiency_vs_eta.png"),
+        ]
+        written = []
+        for column, bins, xlabel, logx, name in curves:
+            series = {style: (particles[column].to_numpy(), particles[f"reconstructed_{style}"].to_numpy()) for style in STYLES}
+            written.append(plot_efficiency_curves(
+                series, bins, xlabel, out / name, logx=logx,
+                title=f"track efficiency, target particles (f = {self.config.matching_fraction})",
+            ))
+        return written
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
