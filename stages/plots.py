@@ -50,7 +50,10 @@ def wilson_interval(passed: np.ndarray, total: np.ndarray, z: float = 1.0) -> tu
         half = z * np.sqrt(eff * (1 - eff) / total + z**2 / (4 * total**2)) / denom
     empty = total <= 0
     eff[empty] = centre[empty] = half[empty] = np.nan
-    return eff, np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+    # rounding can put a bound a hair on the wrong side of e at e = 0 or 1; error bars must not be negative
+    lower = np.minimum(np.clip(centre - half, 0.0, 1.0), eff)
+    upper = np.maximum(np.clip(centre + half, 0.0, 1.0), eff)
+    return eff, lower, upper
 
 
 def binned_efficiency(x: np.ndarray, passed: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

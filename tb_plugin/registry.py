@@ -21,6 +21,10 @@ ENTRY_POINT_GROUP = "tb_plugin.stages"
 BUILTIN_STAGES: dict[tuple[str, str], str] = {
     ("data_reading", "TrackMLReader"): "stages.data_reading:TrackMLReader",
     ("tracking_bert", "TrackingBERT"): "tb_plugin.pretraining.stage:TrackingBERTStage",
+    ("graph_construction", "ModuleMap"): "stages.graph_construction:ModuleMap",
+    ("graph_construction", "PyModuleMap"): "stages.graph_construction:ModuleMap",  # ACORN's name
+    ("graph_construction", "MetricLearning"): "stages.graph_construction:MetricLearning",
+    ("edge_classifier", "InteractionGNN"): "stages.edge_classifier:InteractionGNN",
     ("track_building", "ConnectedComponents"): "stages.track_building:ConnectedComponents",
 }
 

@@ -39,3 +39,12 @@ def test_mismatched_lengths_are_refused(tmp_path):
 def test_histograms(tmp_path):
     out = plot_histograms({"true": np.array([0.9, 0.8]), "false": np.array([0.1, np.nan])}, 10, "score", tmp_path / "h.png", logy=True)
     assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_wilson_bounds_never_cross_the_efficiency():
+    from stages.plots import wilson_interval
+
+    total = np.arange(1, 2000, dtype=float)
+    for passed in (total, np.zeros_like(total)):
+        eff, lo, hi = wilson_interval(passed, total)
+        assert (lo <= eff).all() and (hi >= eff).all()

@@ -1,0 +1,234 @@
+"""The Interaction Network edge classifier (ACORN's InteractionGNN), nanoGPT style.
+
+Built up from the smallest piece: the config, an MLP builder, one message-passing round, the full
+model, the weighted loss, and at the end a thin LightningModule that owns the optimiser. Inputs are
+one graph (or a PyG batch of graphs, which is one graph with offset indices):
+
+    x           [N, F_node]   scaled node features
+    edge_index  [2, E]        src -> dst (inner to outer hit)
+    edge_attr   [E, F_edge]   per-edge features (F_edge may be 0)
+
+and the output is one logit per edge, [E]. Every round updates the edges from their two hits, then
+the hits from the sum (or mean / max) of the messages on their incoming and on their outgoing edges,
+kept apart so a hit can tell the hits before it from those after it. Both updates are residual, so
+eight rounds train as easily as one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from torch_geometric.utils import scatter
+
+from tb_plugin.model import warmup_linear_decay
+
+ACTIVATIONS = {"SiLU": nn.SiLU, "ReLU": nn.ReLU, "GELU": nn.GELU, "Tanh": nn.Tanh, "LeakyReLU": nn.LeakyReLU}
+AGGREGATIONS = ("sum", "mean", "max")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class GNNConfig:
+    node_dim: int  # F_node: scaled node features per hit
+    edge_dim: int = 0  # F_edge: extra per-edge features (dr, dphi, tb_sim, ...)
+    hidden: int = 64
+    n_graph_iters: int = 8
+    nb_node_layer: int = 2  # layers of every node MLP
+    nb_edge_layer: int = 2  # layers of every edge MLP
+    layernorm: bool = True
+    hidden_activation: str = "SiLU"
+    aggregation: str = "sum"  # of the messages into a hit: sum (ACORN), mean or max
+    dropout: float = 0.0
+    recurrent: bool = False  # one set of message-passing weights shared by all rounds
+    checkpointing: bool = False  # recompute each round in the backward pass: memory for time
+
+    def __post_init__(self) -> None:
+        for name in ("node_dim", "hidden", "n_graph_iters", "nb_node_layer", "nb_edge_layer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"GNNConfig.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.edge_dim, bool) or not isinstance(self.edge_dim, int) or self.edge_dim < 0:
+            raise ValueError(f"GNNConfig.edge_dim must be an integer >= 0, got {self.edge_dim!r}")
+        if self.hidden_activation not in ACTIVATIONS:
+            raise ValueError(f"GNNConfig.hidden_activation must be one of {', '.join(ACTIVATIONS)}, got {self.hidden_activation!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"GNNConfig.aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"GNNConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear warm-up, then linear decay to 0 at the last step (tb_plugin.model)
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"OptimConfig.lr must be > 0, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"OptimConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"OptimConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pieces
+
+
+def make_mlp(d_in: int, d_hidden: int, d_out: int, n_layers: int, config: GNNConfig, output_activation: bool = True) -> nn.Sequential:
+    """Linear [-> LayerNorm] -> activation [-> dropout], n_layers times; the last layer bare when
+    output_activation is False (the classifier head, whose output is a logit)."""
+    layers: list[nn.Module] = []
+    sizes = [d_in] + [d_hidden] * (n_layers - 1) + [d_out]
+    for i in range(n_layers):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i == n_layers - 1 and not output_activation:
+            break
+        if config.layernorm:
+            layers.append(nn.LayerNorm(sizes[i + 1]))
+        layers.append(ACTIVATIONS[config.hidden_activation]())
+        if config.dropout > 0:
+            layers.append(nn.Dropout(config.dropout))
+    return nn.Sequential(*layers)
+
+
+class InteractionLayer(nn.Module):
+    """One round of message passing: edges from [e, x_src, x_dst], then hits from [x, in, out]."""
+
+    def __init__(self, config: GNNConfig) -> None:
+        super().__init__()
+        h = config.hidden
+        self.aggregation = config.aggregation
+        self.edge_net = make_mlp(3 * h, h, h, config.nb_edge_layer, config)
+        self.node_net = make_mlp(3 * h, h, h, config.nb_node_layer, config)
+
+    def forward(self, x: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        src, dst = edge_index  # [E] each
+        e = e + self.edge_net(torch.cat([e, x[src], x[dst]], dim=1))  # [E, h]
+        n = x.shape[0]
+        incoming = scatter(e, dst, dim=0, dim_size=n, reduce=self.aggregation)  # [N, h] from the hits before
+        outgoing = scatter(e, src, dim=0, dim_size=n, reduce=self.aggregation)  # [N, h] from the hits after
+        x = x + self.node_net(torch.cat([x, incoming, outgoing], dim=1))  # [N, h]
+        return x, e
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+
+
+class InteractionNetwork(nn.Module):
+    def __init__(self, config: GNNConfig) -> None:
+        super().__init__()
+        self.config = config
+        h = config.hidden
+        self.node_encoder = make_mlp(config.node_dim, h, h, config.nb_node_layer, config)
+        self.edge_encoder = make_mlp(2 * h + config.edge_dim, h, h, config.nb_edge_layer, config)
+        n_layers = 1 if config.recurrent else config.n_graph_iters
+        self.layers = nn.ModuleList(InteractionLayer(config) for _ in range(n_layers))
+        self.classifier = make_mlp(3 * h, h, 1, config.nb_edge_layer, config, output_activation=False)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
+        """Edge logits [E]."""
+        if x.dim() != 2 or x.shape[1] != self.config.node_dim:
+            raise ValueError(f"x must be [N, {self.config.node_dim}] (GNNConfig.node_dim), got {list(x.shape)}")
+        E = edge_index.shape[1]
+        if edge_attr is None:
+            edge_attr = x.new_zeros((E, 0))
+        if edge_attr.shape != (E, self.config.edge_dim):
+            raise ValueError(f"edge_attr must be [{E}, {self.config.edge_dim}] (GNNConfig.edge_dim), got {list(edge_attr.shape)}")
+        src, dst = edge_index  # [E] each
+        x = self.node_encoder(x)  # [N, h]
+        e = self.edge_encoder(torch.cat([x[src], x[dst], edge_attr], dim=1))  # [E, h]
+        for i in range(self.config.n_graph_iters):
+            layer = self.layers[0 if self.config.recurrent else i]
+            if self.config.checkpointing and self.training and torch.is_grad_enabled():
+                x, e = checkpoint(layer, x, e, edge_index, use_reentrant=False)
+            else:
+                x, e = layer(x, e, edge_index)
+        return self.classifier(torch.cat([e, x[src], x[dst]], dim=1)).squeeze(-1)  # [E]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+
+def weighted_bce(logits: Tensor, edge_y: Tensor, weights: Tensor) -> Tensor:
+    """ACORN's edge loss: BCE with per-edge weights, summed and divided by the edges that count.
+
+    weight > 0 trains the edge with its own label, weight 0 leaves it out, weight < 0 trains it as a
+    fake with |weight| (ACORN's way to push down true edges of particles that are not wanted).
+    """
+    negative = ((~edge_y) & (weights != 0)) | (weights < 0)  # [E]
+    positive = edge_y & (weights > 0)  # [E]
+    target = positive.float()  # [E]
+    counted = positive | negative
+    losses = F.binary_cross_entropy_with_logits(logits.float(), target, weight=weights.abs().float(), reduction="none")
+    return (losses * counted).sum() / counted.sum().clamp(min=1)
+
+
+def edge_metrics(logits: Tensor, edge_y: Tensor, edge_cut: float) -> dict[str, Tensor]:
+    """Efficiency and purity of all true edges at the score cut: what a training log should show."""
+    kept = torch.sigmoid(logits) > edge_cut  # [E]
+    tp = (kept & edge_y).sum().float()
+    return {"eff": tp / edge_y.sum().clamp(min=1), "pur": tp / kept.sum().clamp(min=1)}
+
+
+class EdgeClassifierModule(lightning.LightningModule):
+    """Loss, metrics and optimiser around InteractionNetwork. Hyperparameters are plain dicts, so a
+    checkpoint loads without this file's dataclasses being importable under the same names.
+
+    A batch is a PyG Data (or Batch) with x, edge_index, edge_attr, edge_y (bool) and edge_weights.
+    """
+
+    def __init__(self, model: dict, optim: dict, edge_cut: float = 0.5) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = InteractionNetwork(GNNConfig(**model))
+        self.optim = OptimConfig(**optim)
+        self.edge_cut = edge_cut
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
+        return self.model(x, edge_index, edge_attr)
+
+    def step(self, batch, split: str) -> Tensor:
+        """The one step of training, validation and test: loss, then logging."""
+        logits = self.model(batch.x, batch.edge_index, batch.edge_attr)  # [E]
+        edge_y = batch.edge_y.bool()
+        loss = weighted_bce(logits, edge_y, batch.edge_weights)
+        sync = split != "train"  # epoch-level val/test figures must be averaged over DDP ranks
+        n_graphs = int(getattr(batch, "num_graphs", 1))
+        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=n_graphs, sync_dist=sync)
+        with torch.no_grad():
+            for name, value in edge_metrics(logits.detach(), edge_y, self.edge_cut).items():
+                self.log(f"{split}/{name}", value, prog_bar=split == "val", batch_size=n_graphs, sync_dist=sync)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self.step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        return self.step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> Tensor:
+        return self.step(batch, "test")
+
+    def configure_optimizers(self):
+        o = self.optim
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        warmup = int(min(o.warmup_steps, total)) if math.isfinite(total) else o.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_linear_decay(step, max(warmup, 1), total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

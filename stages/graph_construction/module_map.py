@@ -1,0 +1,369 @@
+"""`stage: graph_construction, model: ModuleMap`: candidate edges between hits on module pairs that
+truth tracks have connected before.
+
+    tb train   learns the map: every (module of the inner hit, module of the outer hit) pair of the
+               trainset's truth edges `track_edges` (those passing `map_tracks`), with how often it
+               was seen, and per layer pair the window of dphi and z0 of those truth edges; saved
+               atomically to stage_dir/artifacts/module_map.npz
+    tb infer   every event again with edge_index, edge_y, track_to_edge_map (stages.graph_construction.truth)
+    tb eval    graph efficiency (all and target truth edges), purity and size on `dataset`
+
+Building is vectorised: hits are sorted by module, so the hits of module m are one slice of that
+order; a pair (a, b) contributes the n_a x n_b combinations of its two slices, enumerated with
+repeat / integer division over many pairs at once. Pairs are processed in chunks of at most
+`chunk_edges` candidates, each cut before the next is made, so peak memory stays bounded on
+100k-hit events; an event whose graph would still exceed `max_edges` keeps its shortest edges (with
+a warning) instead of exhausting memory.
+
+Doublet cuts, as ACORN's module map applies per module pair: a candidate is kept when its dphi and
+z0 (see doublet_features) lie in the window of its layer pair: the central `window_coverage`
+of that layer pair's truth edges (from histograms, so learning needs no memory per edge), widened by
+`window_margin` of its width on each side. A min/max range would be set by the rare loopers and
+secondaries, and cut nothing. Ranges are learned per layer pair rather than per
+module pair: a module pair is seen a handful of times in a training set of reasonable size, too few
+to know its range, while a layer pair is seen thousands of times. `doublet_cuts: false` turns them off.
+
+The map lives in `hit_module_index` space (the detector's dense module index), so it only applies to
+data read with the same detector. Its coverage grows with the training events: a module pair never
+seen in the trainset gives no edge, so the map wants many training events (they are cheap to simulate).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+from tqdm import tqdm
+
+from stages.graph_construction.truth import GraphBuilderStage
+from stages.graph_metrics import target_conditions, target_truth_mask
+from tb_plugin.atomic import atomic_path
+from tb_plugin.event_store import load_event, require_field
+from tb_plugin.stage import StageConfig
+
+log = logging.getLogger(__name__)
+
+PAIR_SHIFT = np.int64(1 << 32)  # key of a pair of ids: src * 2^32 + dst
+MAP_FILE = "module_map.npz"
+WINDOW_NAMES = ("dphi", "z0")
+
+
+def _default_target() -> dict[str, Any]:
+    return {"track_particle_pt": [1000.0, math.inf]}  # pT > 1 GeV, in MeV
+
+
+def _default_window_tracks() -> dict[str, Any]:
+    return {"track_particle_pt": [500.0, math.inf]}
+
+
+@dataclass(kw_only=True)
+class ModuleMapConfig(StageConfig):
+    # The feature store (data reading or tracking_bert output) with hit_module_index and track_edges.
+    input_dir: Path = field()
+    # ACORN conditions on the truth edges that teach the map (pT in MeV); {} = all truth edges.
+    map_tracks: dict[str, Any] = field(default_factory=dict)
+    # A module pair seen fewer times in the trainset is left out of the graph.
+    min_count: int = 1
+    # Cut candidates on the dphi / z0 range of their layer pair's truth edges.
+    doublet_cuts: bool = True
+    # ACORN conditions on the truth edges whose dphi / z0 set the windows (pT in MeV); the default
+    # keeps the loopers and soft secondaries of a few hundred MeV from opening every window wide.
+    window_tracks: dict[str, Any] = field(default_factory=_default_window_tracks)
+    # Fraction of a layer pair's truth edges (map_tracks and window_tracks) inside its dphi / z0 window.
+    window_coverage: float = 0.99
+    # Each window is widened by this fraction of its width on both sides.
+    window_margin: float = 0.1
+    # Candidate edges enumerated at a time (bounds the temporaries of the enumeration).
+    chunk_edges: int = 4_000_000
+    # Largest graph of one event; a bigger one keeps its shortest edges, with a warning.
+    max_edges: int = 20_000_000
+    # ACORN conditions on particles for target_efficiency (pT in MeV); default pT > 1 GeV.
+    target_tracks: dict[str, Any] = field(default_factory=_default_target)
+    # The split that evaluate reads (ACORN's key).
+    dataset: Literal["trainset", "valset", "testset"] = "testset"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("min_count", "chunk_edges", "max_edges"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"key '{key}' must be at least 1, got {getattr(self, key)}")
+        if not (self.window_margin >= 0 and math.isfinite(self.window_margin)):
+            raise ValueError(f"key 'window_margin' must be a finite number >= 0, got {self.window_margin}")
+        if not 0.0 < self.window_coverage <= 1.0:
+            raise ValueError(f"key 'window_coverage' must be in (0, 1], got {self.window_coverage}")
+        target_conditions(self.target_tracks)
+        target_conditions(self.map_tracks, "key 'map_tracks'")
+        target_conditions(self.window_tracks, "key 'window_tracks'")
+
+
+# ------------------------------------------------------------------------------------- the map
+
+
+def doublet_features(data: Data, edges: np.ndarray, source: str | Path) -> np.ndarray:
+    """float64 [E, 2] per edge (inner hit -> outer hit): dphi, wrapped to [-pi, pi), and z0, the z
+    where the straight line through the two hits in (r, z) meets the beam line (mm).
+
+    z0 rather than deta: eta is measured from the origin, and a vertex 50 mm along the beam line
+    changes the deta of a stiff track between the first pixel layers by a whole unit, while its z0
+    stays near the vertex. Hits at one radius (an endcap disk's overlaps) give z0 = +-inf, which the
+    histograms clip into their edge bins.
+    """
+    phi = require_field(data, "hit_phi", source).numpy().astype(np.float64)
+    r = require_field(data, "hit_r", source).numpy().astype(np.float64)
+    z = require_field(data, "hit_z", source).numpy().astype(np.float64)
+    src, dst = edges
+    dphi = np.remainder(phi[dst] - phi[src] + np.pi, 2 * np.pi) - np.pi
+    dr, dz = r[dst] - r[src], z[dst] - z[src]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z0 = z[src] - r[src] * dz / dr
+    z0 = np.where(np.isnan(z0), np.inf, z0)  # same hit position twice: no line, no cut
+    return np.stack([dphi, z0], axis=1)
+
+
+def layer_key(data: Data, source: str | Path) -> np.ndarray:
+    """int64 [N]: volume_id * 1000 + layer_id of each hit."""
+    volume = require_field(data, "hit_volume_id", source).numpy().astype(np.int64)
+    layer = require_field(data, "hit_layer_id", source).numpy().astype(np.int64)
+    return volume * 1000 + layer
+
+
+# Histogram binning of the doublet features, for the per-layer-pair quantile windows.
+FEATURE_RANGE = np.array([[-np.pi, np.pi], [-3000.0, 3000.0]])  # [F, 2] dphi (rad), z0 (mm)
+N_BINS = 4000
+
+
+def feature_bins(features: np.ndarray) -> np.ndarray:
+    """int64 [E, F]: the histogram bin of each feature value (out of range values go to the edge bins)."""
+    lo, hi = FEATURE_RANGE[:, 0], FEATURE_RANGE[:, 1]
+    position = np.clip((features - lo) / (hi - lo) * N_BINS, 0, N_BINS - 1)  # clipped before the cast: +-inf stay in range
+    return position.astype(np.int64)
+
+
+def _empty_int() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+def _empty_hist() -> np.ndarray:
+    return np.zeros((0, len(WINDOW_NAMES), N_BINS), dtype=np.int64)
+
+
+@dataclass
+class MapLearner:
+    """Running module-pair counts and per-layer-pair feature histograms over the training events;
+    memory follows the map's size, not the number of truth edges read."""
+
+    pair_keys: np.ndarray = field(default_factory=_empty_int)  # [P] sorted module-pair keys
+    pair_counts: np.ndarray = field(default_factory=_empty_int)  # [P]
+    pair_layer: np.ndarray = field(default_factory=_empty_int)  # [P] layer-pair key of each module pair
+    layer_keys: np.ndarray = field(default_factory=_empty_int)  # [L] sorted layer-pair keys
+    hist: np.ndarray = field(default_factory=_empty_hist)  # [L, F, B] truth edges per feature bin
+    n_events: int = 0
+
+    def add(self, data: Data, keep: np.ndarray, in_window: np.ndarray, source: str | Path) -> None:
+        """One event's truth edges: those with `keep` [T] teach the pairs, those with keep & in_window
+        [T] the windows."""
+        edges = require_field(data, "track_edges", source).numpy().astype(np.int64)[:, keep]  # [2, T']
+        in_window = in_window[keep]  # [T']
+        module = require_field(data, "hit_module_index", source).numpy().astype(np.int64)  # [N]
+        layer = layer_key(data, source)  # [N]
+        pairs = module[edges[0]] * PAIR_SHIFT + module[edges[1]]  # [T']
+        layers = layer[edges[0]] * PAIR_SHIFT + layer[edges[1]]  # [T']
+
+        keys = np.concatenate([self.pair_keys, pairs])
+        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        weights = np.concatenate([self.pair_counts, np.ones(pairs.size, dtype=np.int64)])
+        self.pair_counts = np.bincount(inverse, weights=weights, minlength=unique.size).astype(np.int64)
+        self.pair_layer = np.concatenate([self.pair_layer, layers])[first]
+        self.pair_keys = unique
+
+        unique, inverse = np.unique(np.concatenate([self.layer_keys, layers]), return_inverse=True)
+        hist = np.zeros((unique.size, len(WINDOW_NAMES), N_BINS), dtype=np.int64)
+        hist[inverse[: self.layer_keys.size]] = self.hist
+        row = inverse[self.layer_keys.size:][in_window]  # [T''] layer-pair row of each windowing truth edge
+        bins = feature_bins(doublet_features(data, edges[:, in_window], source))  # [T'', F]
+        for f in range(len(WINDOW_NAMES)):
+            np.add.at(hist[:, f, :], (row, bins[:, f]), 1)
+        self.layer_keys, self.hist = unique, hist
+        self.n_events += 1
+
+    def windows(self, coverage: float) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) [L, F]: the central `coverage` of each layer pair's truth edges, per feature
+        (bin edges, so a window is never narrower than one bin)."""
+        cumulative = np.cumsum(self.hist, axis=2)  # [L, F, B]
+        total = cumulative[:, :, -1:]
+        tail = (1.0 - coverage) / 2.0
+        first = (cumulative <= tail * total).sum(axis=2)  # [L, F] first bin holding the window's low end
+        last = (cumulative < (1.0 - tail) * total).sum(axis=2)  # [L, F] bin holding its high end
+        lo, hi = FEATURE_RANGE[:, 0], FEATURE_RANGE[:, 1]
+        width = (hi - lo) / N_BINS
+        low, high = lo + first * width, lo + (last + 1) * width
+        # values beyond the histogram's range were clipped into the edge bins; a layer pair without
+        # windowing truth edges (only soft particles seen there) is not cut
+        low = np.where((first == 0) | (total[:, :, 0] == 0), -np.inf, low)
+        high = np.where((last >= N_BINS - 1) | (total[:, :, 0] == 0), np.inf, high)
+        return low, high
+
+    def save(self, path: Path, coverage: float) -> None:
+        """The map as npz, written atomically: pairs [P, 2], counts [P], window [P] (row of the pair's
+        layer pair), layer_pairs [L, 2], low / high [L, F], window_names [F], n_events."""
+        window = np.searchsorted(self.layer_keys, self.pair_layer)
+        low, high = self.windows(coverage)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, pairs=np.stack([self.pair_keys // PAIR_SHIFT, self.pair_keys % PAIR_SHIFT], axis=1),
+                     counts=self.pair_counts, window=window.astype(np.int64),
+                     layer_pairs=np.stack([self.layer_keys // PAIR_SHIFT, self.layer_keys % PAIR_SHIFT], axis=1),
+                     low=low, high=high, window_names=np.array(WINDOW_NAMES), n_events=np.int64(self.n_events))
+
+
+@dataclass
+class ModuleMapTable:
+    """A learned map: pairs int64 [P, 2] with counts [P], and per pair the row `window` [P] of its
+    layer pair's feature window in low / high [L, F]."""
+
+    pairs: np.ndarray
+    counts: np.ndarray
+    window: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def load(cls, path: Path) -> ModuleMapTable:
+        if not path.is_file():
+            raise FileNotFoundError(f"no module map at {path}; run 'tb train' on this config first")
+        names = ("pairs", "counts", "window", "low", "high")
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in names if k not in npz.files]
+            if missing:
+                raise ValueError(f"{path}: not a module map of this version (missing {', '.join(missing)}); run 'tb train' again")
+            table = cls(*(npz[k] for k in names))
+        if table.pairs.ndim != 2 or table.pairs.shape[1] != 2 or table.counts.shape != (len(table.pairs),):
+            raise ValueError(f"{path}: not a module map (pairs {table.pairs.shape}, counts {table.counts.shape})")
+        return table
+
+    def select(self, min_count: int) -> ModuleMapTable:
+        keep = self.counts >= min_count
+        return ModuleMapTable(self.pairs[keep], self.counts[keep], self.window[keep], self.low, self.high)
+
+    def windows(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) [P, F] per pair: its layer pair's window widened by margin x width on each side."""
+        width = np.where(np.isfinite(self.high - self.low), self.high - self.low, 0.0)
+        return (self.low - margin * width)[self.window], (self.high + margin * width)[self.window]
+
+
+# ------------------------------------------------------------------------------------- building
+
+
+def module_slices(module: np.ndarray, n_modules: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hits sorted by module [N], first position of each module in that order [M], hits per module [M])."""
+    order = np.argsort(module, kind="stable")  # [N]
+    count = np.bincount(module, minlength=n_modules)  # [M]
+    start = np.cumsum(count) - count  # [M]
+    return order, start, count
+
+
+def pair_edges(order: np.ndarray, start: np.ndarray, count: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([2, C], [C]): every (hit on a, hit on b) combination of the module pairs [P, 2] (C = sum of
+    n_a * n_b) and the row in `pairs` of each."""
+    a, b = pairs[:, 0], pairs[:, 1]  # [P]
+    n_b = count[b]
+    size = count[a] * n_b  # [P] candidates per pair
+    pair = np.repeat(np.arange(len(pairs)), size)  # [C] the pair of each candidate
+    k = np.arange(pair.size) - np.repeat(np.cumsum(size) - size, size)  # [C] index inside its pair
+    src = order[start[a][pair] + k // n_b[pair]]
+    dst = order[start[b][pair] + k % n_b[pair]]
+    return np.stack([src, dst]), pair
+
+
+def build_module_map_edges(module: np.ndarray, pairs: np.ndarray, chunk_edges: int,
+                           cut: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """[2, E] candidate edges of one event from the map, enumerated chunk by chunk of pairs.
+
+    `cut(edges [2, C], pair_row [C]) -> keep [C]` filters each chunk as it is made, so the uncut
+    candidates never exist all at once.
+    """
+    n_modules = int(max(module.max(initial=-1), pairs.max(initial=-1)) + 1)
+    order, start, count = module_slices(module, n_modules)
+    size = count[pairs[:, 0]] * count[pairs[:, 1]]  # [P]
+    rows = np.flatnonzero(size > 0)  # the pairs with hits on both modules
+    end = np.cumsum(size[rows])  # candidates up to and including each of them
+    chunks, first = [], 0
+    while first < len(rows):
+        done = end[first - 1] if first else 0
+        last = max(int(np.searchsorted(end, done + chunk_edges, side="right")), first + 1)  # a huge pair goes alone
+        edges, pair = pair_edges(order, start, count, pairs[rows[first:last]])
+        if cut is not None:
+            edges = edges[:, cut(edges, rows[first:last][pair])]
+        chunks.append(edges)
+        first = last
+    return np.concatenate(chunks, axis=1) if chunks else np.zeros((2, 0), dtype=np.int64)
+
+
+def cap_edges(edges: np.ndarray, position: np.ndarray, max_edges: int, source: str | Path) -> np.ndarray:
+    """At most max_edges edges: the shortest ones (a graph too big for memory is worse than a short one)."""
+    if edges.shape[1] <= max_edges:
+        return edges
+    length = np.linalg.norm(position[edges[1]] - position[edges[0]], axis=1)  # [E]
+    keep = np.argpartition(length, max_edges - 1)[:max_edges]
+    log.warning("%s: %d candidate edges exceed max_edges = %d; the %d shortest are kept", source, edges.shape[1], max_edges, max_edges)
+    return edges[:, np.sort(keep)]
+
+
+# ------------------------------------------------------------------------------------- the stage
+
+
+class ModuleMap(GraphBuilderStage):
+    config_class = ModuleMapConfig
+    config: ModuleMapConfig
+
+    def __init__(self, config: ModuleMapConfig) -> None:
+        super().__init__(config)
+        self.table: ModuleMapTable | None = None
+
+    @property
+    def map_file(self) -> Path:
+        return self.stage_dir / "artifacts" / MAP_FILE
+
+    def train(self, checkpoint: Path | None = None) -> None:
+        """Learn the map from the trainset truth; a rerun rebuilds it (it is deterministic and fast)."""
+        if checkpoint is not None:
+            log.warning("ModuleMap: the map is rebuilt from the trainset; checkpoint %s is not used", checkpoint)
+        files = self.input_files("trainset")
+        if not files:
+            raise FileNotFoundError(f"no event files in {Path(self.config.input_dir) / 'trainset'}: nothing to learn the module map from")
+        learner = MapLearner()
+        for path in tqdm(files, desc="module map trainset", unit="event", leave=False):
+            data = load_event(path)
+            learner.add(data, target_truth_mask(data, self.config.map_tracks, str(path)).numpy(),
+                        target_truth_mask(data, self.config.window_tracks, str(path)).numpy(), path)
+        learner.save(self.map_file, self.config.window_coverage)
+        print(f"module map: {len(learner.pair_keys):,} module pairs ({len(learner.layer_keys)} layer pairs) from "
+              f"{int(learner.pair_counts.sum()):,} truth edges in {len(files)} events -> {self.map_file}")
+
+    def prepare_inference(self) -> None:
+        self.table = ModuleMapTable.load(self.map_file).select(self.config.min_count)
+
+    def build_edges(self, data: Data, source: Path) -> np.ndarray:
+        if self.table is None:
+            self.prepare_inference()
+        table = self.table
+        module = require_field(data, "hit_module_index", source).numpy().astype(np.int64)  # [N]
+        cut = None
+        if self.config.doublet_cuts:
+            low, high = table.windows(self.config.window_margin)  # [P, F] each
+
+            def cut(edges: np.ndarray, pair: np.ndarray) -> np.ndarray:
+                features = doublet_features(data, edges, source)  # [C, F]
+                return ((features >= low[pair]) & (features <= high[pair])).all(axis=1)
+
+        edges = build_module_map_edges(module, table.pairs, self.config.chunk_edges, cut)
+        if edges.shape[1] > self.config.max_edges:
+            position = torch.stack([data.hit_x, data.hit_y, data.hit_z], dim=1).numpy()  # [N, 3]
+            edges = cap_edges(edges, position, self.config.max_edges, source)
+        return edges

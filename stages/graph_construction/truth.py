@@ -1,0 +1,190 @@
+"""Truth of a constructed graph, in ACORN's contract.
+
+    edge_index         int64 [2, E]  each edge oriented inner -> outer by r^2 + z^2, no duplicates, no self loops
+    edge_y             bool  [E]     the edge equals a column of track_edges, in the same direction
+    track_to_edge_map  int64 [T]     the graph edge equal to truth edge t, -1 where the graph lacks it
+
+Edges are compared through int64 keys src * N + dst, so deduplication and matching are one sort and
+one searchsorted, whatever the graph size. Orientation uses the rank of each hit in (r^2 + z^2, hit
+index) order: ties in r^2 + z^2 (rare, but possible on the disks of a hand-made event) still give one
+direction, the same for the graph and the truth, so a truth edge and its graph edge always agree.
+The data reader already orients track_edges this way; a file from elsewhere whose truth edges point
+outside-in still matches, because the truth is compared in its oriented form (the file's
+track_edges are left as they are).
+
+`GraphBuilderStage` is what the graph-construction stages share: the infer loop that writes graph
+files in this contract, and their evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+from tqdm import tqdm
+
+from stages.graph_metrics import GraphEvaluation
+from tb_plugin.atomic import atomic_path
+from tb_plugin.event_store import SPLITS, append_config, list_event_files, load_event, save_event
+from tb_plugin.stage import Stage
+
+log = logging.getLogger(__name__)
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _np(x: ArrayLike) -> np.ndarray:
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+def hit_order(hit_r2z2: ArrayLike) -> np.ndarray:
+    """int64 [N]: each hit's rank from the beam line outwards (r^2 + z^2, ties by hit index)."""
+    r2z2 = _np(hit_r2z2).astype(np.float64)
+    order = np.lexsort((np.arange(r2z2.size), r2z2))  # [N] hits, innermost first
+    rank = np.empty(r2z2.size, dtype=np.int64)
+    rank[order] = np.arange(r2z2.size)
+    return rank
+
+
+def orient_edges(edges: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """[2, E] with each edge pointing from its inner hit to its outer hit."""
+    src, dst = edges  # [E] each
+    flip = rank[src] > rank[dst]
+    return np.stack([np.where(flip, dst, src), np.where(flip, src, dst)])
+
+
+def graph_truth(edge_index: ArrayLike, track_edges: ArrayLike, hit_r2z2: ArrayLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(edge_index [2, E'] oriented and deduplicated, edge_y bool [E'], track_to_edge_map int64 [T]).
+
+    The edges come back sorted by (src, dst), so the output does not depend on the order in which a
+    builder found them.
+    """
+    edges = _np(edge_index).astype(np.int64).reshape(2, -1)  # [2, E]
+    truth = _np(track_edges).astype(np.int64).reshape(2, -1)  # [2, T]
+    rank = hit_order(hit_r2z2)
+    n = np.int64(max(rank.size, 1))
+    for name, e in (("edge_index", edges), ("track_edges", truth)):
+        if e.size and (e.min() < 0 or e.max() >= rank.size):
+            raise ValueError(f"{name} refers to hits outside 0..{rank.size - 1}")
+
+    edges = orient_edges(edges, rank)
+    edges = edges[:, edges[0] != edges[1]]  # self loops are never track segments
+    keys = np.unique(edges[0] * n + edges[1])  # [E'] sorted, unique
+    oriented_truth = orient_edges(truth, rank)  # [2, T]
+    truth_keys = oriented_truth[0] * n + oriented_truth[1]  # [T]
+
+    pos = np.searchsorted(keys, truth_keys)  # [T]
+    pos_clipped = np.minimum(pos, max(keys.size - 1, 0))
+    found = (pos < keys.size) & (keys[pos_clipped] == truth_keys) if keys.size else np.zeros(truth_keys.size, bool)
+    track_to_edge_map = np.where(found, pos, -1).astype(np.int64)  # [T]
+    edge_y = np.zeros(keys.size, dtype=bool)
+    edge_y[track_to_edge_map[found]] = True
+
+    oriented = np.stack([keys // n, keys % n]).astype(np.int64)  # [2, E']
+    return torch.from_numpy(oriented), torch.from_numpy(edge_y), torch.from_numpy(track_to_edge_map)
+
+
+def hit_r2z2(data: Data) -> torch.Tensor:
+    """[N] r^2 + z^2 of each hit in float64: from hit_x, hit_y, hit_z when present (the data reader
+    orients track_edges by x^2 + y^2 + z^2), else from hit_r, hit_z."""
+    if all(k in data for k in ("hit_x", "hit_y", "hit_z")):
+        return data.hit_x.double() ** 2 + data.hit_y.double() ** 2 + data.hit_z.double() ** 2
+    return data.hit_r.double() ** 2 + data.hit_z.double() ** 2
+
+
+# ------------------------------------------------------------------------------------- the stage loop
+
+
+class GraphBuilderStage(Stage):
+    """What the graph-construction stages share: the infer loop that writes graph files in the contract
+    above (every input field passes through, the config is appended, finished events are skipped) and
+    the evaluation of the graphs of one split. Subclasses implement `build_edges`."""
+
+    trainable = True
+
+    def build_edges(self, data: Data, source: Path) -> np.ndarray:
+        """[2, E] candidate edges of one event (any orientation; duplicates allowed)."""
+        raise NotImplementedError
+
+    def prepare_inference(self) -> None:
+        """Load what build_edges needs (a model, a map); called once before the event loop."""
+
+    def input_files(self, split: str) -> list[Path]:
+        """Sorted event files of a split; data_split, when given, takes the first n of each."""
+        files = list_event_files(self.config.input_dir, split)
+        if self.config.data_split is not None:
+            files = files[: self.config.data_split[SPLITS.index(split)]]
+        return files
+
+    def infer(self, overwrite: bool = False) -> None:
+        self.prepare_inference()
+        self.copy_detector()
+        record = self.config_record()
+        total = 0
+        for split in SPLITS:
+            files = self.input_files(split)
+            total += len(files)
+            written = 0
+            for path in tqdm(files, desc=f"{self.config.stage} {split}", unit="event", leave=False):
+                target = self.stage_dir / split / path.name
+                if target.exists() and not overwrite:
+                    continue
+                data = load_event(path)
+                self.add_graph(data, self.build_edges(data, path), path)
+                append_config(data, record)
+                save_event(data, target)
+                written += 1
+            if files:
+                log.info("%s %s: %d events written, %d already there", self.config.stage, split, written, len(files) - written)
+        if total == 0:
+            raise FileNotFoundError(f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing to build graphs on")
+
+    @staticmethod
+    def add_graph(data: Data, edges: np.ndarray, source: Path) -> Data:
+        """Set edge_index, edge_y and (with truth) track_to_edge_map on `data`, in the contract."""
+        truth = data.track_edges if "track_edges" in data else torch.zeros((2, 0), dtype=torch.long)
+        edge_index, edge_y, track_to_edge_map = graph_truth(edges, truth, hit_r2z2(data))
+        data.edge_index = edge_index
+        data.edge_y = edge_y
+        if "track_edges" in data:
+            data.track_to_edge_map = track_to_edge_map
+        return data
+
+    def copy_detector(self) -> None:
+        """Keep the geometry beside the output, so later stages find it where they read."""
+        source, target = Path(self.config.input_dir) / "detectors.csv", self.stage_dir / "detectors.csv"
+        if source.is_file() and not target.exists():
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
+
+    def evaluate(self) -> dict[str, Any]:
+        split = self.config.dataset
+        files = list_event_files(self.stage_dir, split)
+        if not files:
+            raise FileNotFoundError(f"no event files in {self.stage_dir / split}: run infer first")
+        evaluation = GraphEvaluation(self.config.target_tracks)
+        skipped = 0
+        for path in tqdm(files, desc=f"{self.config.stage} eval {split}", unit="event", leave=False):
+            data = load_event(path)
+            if "track_edges" not in data:
+                skipped += 1
+                continue
+            evaluation.add(data, str(path))
+        if skipped == len(files):
+            raise ValueError(f"none of the {len(files)} events in {self.stage_dir / split} has truth (track_edges): nothing to evaluate")
+        metrics = {"dataset": split, "events_without_truth": skipped, **evaluation.metrics()}
+        evaluation.plot(self.stage_dir / "eval", title=self.config.model)
+        path = self.write_metrics(metrics)
+        print(f"{self.config.stage} {self.config.model} ({split}, {metrics['events']} events): "
+              f"efficiency {_fmt(metrics['efficiency'])}, target efficiency {_fmt(metrics['target_efficiency'])}, "
+              f"purity {_fmt(metrics['purity'])}, {_fmt(metrics['edges_per_event'], '.0f')} edges per event\n  -> {path}")
+        return metrics
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)

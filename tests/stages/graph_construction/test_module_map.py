@@ -1,0 +1,119 @@
+"""ModuleMap: learns module pairs from hand-made truth and builds exactly the expected candidate edges."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Data
+
+from stages.graph_construction.module_map import ModuleMap, ModuleMapConfig, build_module_map_edges
+from tb_plugin.config import ConfigError, build
+from tb_plugin.event_store import load_event, save_event
+
+# Six modules on three barrel layers (2 per layer, at phi 0 and pi), at radii 30, 70, 110 mm.
+MODULE_LAYER = np.array([2, 2, 4, 4, 6, 6])
+MODULE_R = np.array([30.0, 30.0, 70.0, 70.0, 110.0, 110.0])
+MODULE_PHI = np.array([0.0, np.pi - 0.01, 0.0, np.pi - 0.01, 0.0, np.pi - 0.01])
+
+
+def make_event(modules: list[int], truth: list[tuple[int, int]], dphi: list[float] | None = None) -> Data:
+    """Hits on the given modules (hit i on modules[i]), straight from the origin, small phi offsets."""
+    m = np.asarray(modules)
+    phi = MODULE_PHI[m] + (np.asarray(dphi) if dphi is not None else 0.0)
+    r, z = MODULE_R[m], 0.5 * MODULE_R[m]
+    edges = torch.tensor(truth, dtype=torch.long).T.reshape(2, -1)
+    t = edges.shape[1]
+    return Data(
+        hit_x=torch.tensor(r * np.cos(phi), dtype=torch.float32), hit_y=torch.tensor(r * np.sin(phi), dtype=torch.float32),
+        hit_z=torch.tensor(z, dtype=torch.float32), hit_r=torch.tensor(r, dtype=torch.float32),
+        hit_phi=torch.tensor(phi, dtype=torch.float32), hit_eta=torch.tensor(np.arcsinh(z / r), dtype=torch.float32),
+        hit_volume_id=torch.full((len(m),), 8), hit_layer_id=torch.tensor(MODULE_LAYER[m]),
+        hit_module_index=torch.tensor(m), track_edges=edges,
+        track_particle_pt=torch.full((t,), 2000.0), track_particle_eta=torch.full((t,), 0.5),
+        num_nodes=len(m), event_id="000000001", config=[{"stage": "data_reading"}],
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Trainset: tracks on modules 0 -> 2 -> 4 (twice) and 1 -> 3. Test event: several hits per module."""
+    train = [make_event([0, 2, 4], [(0, 1), (1, 2)]), make_event([0, 2, 4, 1, 3], [(0, 1), (1, 2), (3, 4)])]
+    for i, data in enumerate(train):
+        save_event(data, tmp_path / "store" / "trainset" / f"event{i:09d}.pyg")
+    test = make_event([0, 0, 2, 2, 2, 4, 1, 3, 5], [(0, 2), (2, 5), (6, 7), (7, 8)])
+    save_event(test, tmp_path / "store" / "testset" / "event000000100.pyg")
+    return tmp_path
+
+
+def stage(root, **keys) -> ModuleMap:
+    values = {"stage": "graph_construction", "model": "ModuleMap", "input_dir": str(root / "store"),
+              "stage_dir": str(root / "out"), "doublet_cuts": False, **keys}
+    return ModuleMap(build(ModuleMapConfig, values, "module_map.yaml"))
+
+
+def test_learns_pairs_and_builds_exactly_the_expected_edges(store):
+    mm = stage(store)
+    mm.train()
+    with np.load(mm.map_file) as npz:
+        learned = {tuple(p): c for p, c in zip(npz["pairs"].tolist(), npz["counts"].tolist())}
+    assert learned == {(0, 2): 2, (2, 4): 2, (1, 3): 1}
+
+    mm.infer()
+    data = load_event(store / "out" / "testset" / "event000000100.pyg")
+    on = lambda module: [i for i, m in enumerate([0, 0, 2, 2, 2, 4, 1, 3, 5]) if m == module]  # noqa: E731
+    expected = set(itertools.product(on(0), on(2))) | set(itertools.product(on(2), on(4))) | set(itertools.product(on(1), on(3)))
+    assert set(map(tuple, data.edge_index.T.tolist())) == expected and data.edge_index.shape[1] == len(expected)
+    assert data.edge_index.dtype == torch.int64 and data.edge_y.dtype == torch.bool
+    # truth: (0,2), (2,5), (6,7) found; (7,8) lies on the unseen pair 3 -> 5
+    mapping = data.track_to_edge_map.tolist()
+    assert mapping[3] == -1 and all(m >= 0 for m in mapping[:3])
+    assert int(data.edge_y.sum()) == 3
+    # input fields pass through, config appended
+    assert torch.equal(data.hit_module_index, torch.tensor([0, 0, 2, 2, 2, 4, 1, 3, 5]))
+    assert [c["stage"] for c in data.config] == ["data_reading", "graph_construction"]
+
+    metrics = mm.evaluate()
+    assert metrics["efficiency"] == pytest.approx(0.75) and metrics["edges_per_event"] == len(expected)
+    assert json.loads((store / "out" / "eval" / "metrics.json").read_text())["purity"] == pytest.approx(3 / len(expected))
+
+
+def test_resume_skips_written_events_unless_overwrite(store):
+    mm = stage(store)
+    mm.train()
+    mm.infer()
+    target = store / "out" / "testset" / "event000000100.pyg"
+    stamp = target.stat().st_mtime_ns
+    mm.infer()
+    assert target.stat().st_mtime_ns == stamp
+    mm.infer(overwrite=True)
+    assert target.stat().st_mtime_ns != stamp
+
+
+def test_doublet_cuts_drop_candidates_outside_the_learned_window(store):
+    mm = stage(store, doublet_cuts=True, window_tracks={}, window_margin=0.0)
+    mm.train()
+    mm.prepare_inference()
+    # two hits on module 0, one at the learned dphi (0) and one turned by 0.3 rad; both to one hit on module 2
+    data = make_event([0, 0, 2], [(0, 2)], dphi=[0.0, 0.3, 0.0])
+    edges = mm.build_edges(data, "hand-made")
+    assert set(map(tuple, edges.T.tolist())) == {(0, 2)}
+
+
+def test_chunks_give_the_same_edges():
+    module = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    pairs = np.array([[0, 1], [1, 2], [0, 2]])
+    whole = build_module_map_edges(module, pairs, chunk_edges=1_000)
+    for chunk in (1, 2, 5, 7):
+        assert np.array_equal(build_module_map_edges(module, pairs, chunk_edges=chunk), whole)
+    assert whole.shape[1] == 3 * 2 + 2 * 4 + 3 * 4
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="min_count"):
+        stage(tmp_path, min_count=0)
+    with pytest.raises(ConfigError, match="target_tracks"):
+        stage(tmp_path, target_tracks={"pt": ["above", 3]})
+    with pytest.raises(ConfigError, match="window_coverage"):
+        stage(tmp_path, window_coverage=1.5)
