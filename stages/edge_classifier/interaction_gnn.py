@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +40,6 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from matplotlib.figure import Figure
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
@@ -62,7 +60,7 @@ from tb_plugin.event_store import (
     save_event,
 )
 from tb_plugin.pretraining.metrics import roc_auc, roc_curve
-from tb_plugin.pretraining.stage import EpochTimer
+from tb_plugin.training import last_checkpoint, make_trainer, trained_checkpoint
 from tb_plugin.stage import Stage, StageConfig
 
 log = logging.getLogger(__name__)
@@ -353,13 +351,10 @@ class InteractionGNN(Stage):
     # --------------------------------------------------------------------------------- train
 
     def train(self, checkpoint: Path | None = None) -> None:
-        warnings.filterwarnings("ignore", message=r".*exists and is not empty")
-        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
-        warnings.filterwarnings("ignore", message=r".*does not have many workers")
         L.seed_everything(self.config.seed, workers=True, verbose=False)
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} not found")
-        resume = checkpoint or self.last_checkpoint()
+        resume = checkpoint or last_checkpoint(self.stage_dir)
         train_files, val_files = self.input_files("trainset"), self.input_files("valset")
         if not train_files:
             raise FileNotFoundError(f"no event files in {self.config.input_dir / 'trainset'}: nothing to train on")
@@ -376,45 +371,14 @@ class InteractionGNN(Stage):
         trainer = self.trainer(validate=val_loader is not None)
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=str(resume) if resume else None)
 
-    def last_checkpoint(self) -> Path | None:
-        path = self.artifacts / "last.ckpt"
-        return path if path.exists() else None
-
     def trainer(self, validate: bool = True) -> L.Trainer:
         c = self.config
         monitor = c.metric_to_monitor if validate or not c.metric_to_monitor.startswith("val/") else "train/loss"
-        checkpoint = ModelCheckpoint(dirpath=self.artifacts, filename="best", monitor=monitor, mode=c.metric_mode,
-                                     save_top_k=1, save_last=True, enable_version_counter=False)
-        callbacks: list = [checkpoint, EpochTimer()]
-        if c.patience is not None:
-            callbacks.append(EarlyStopping(monitor=monitor, mode=c.metric_mode, patience=c.patience))
-        return L.Trainer(
-            default_root_dir=self.stage_dir, max_epochs=c.max_epochs, accelerator=c.accelerator, devices=c.devices,
-            num_nodes=c.num_nodes, strategy=c.strategy, precision=c.precision, gradient_clip_val=c.gradient_clip_val,
-            logger=self.logger(), callbacks=callbacks, enable_progress_bar=True, log_every_n_steps=10,
-            limit_val_batches=1.0 if validate else 0, deterministic=False,
-        )
-
-    def logger(self):
-        if self.config.logger == "tensorboard":
-            try:
-                from lightning.pytorch.loggers import TensorBoardLogger
-
-                return TensorBoardLogger(save_dir=self.stage_dir, name="logs")
-            except ModuleNotFoundError as err:
-                raise ConfigError(f"key 'logger': tensorboard is not installed ({err}); pip install tensorboard, or use logger: csv") from None
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=self.stage_dir, name="logs")
+        return make_trainer(c, self.stage_dir, monitor=monitor, limit_val_batches=1.0 if validate else 0)
 
     def trained(self) -> EdgeClassifierModule:
         """The best checkpoint (else the last), in eval mode."""
-        path = self.artifacts / "best.ckpt"
-        if not path.exists():
-            path = self.artifacts / "last.ckpt"
-        if not path.exists():
-            raise FileNotFoundError(f"no trained InteractionGNN in {self.artifacts} (expected best.ckpt or last.ckpt); "
-                                    "run 'tb train' on this config first")
+        path = trained_checkpoint(self.stage_dir, "InteractionGNN")
         module = EdgeClassifierModule.load_from_checkpoint(path, map_location="cpu")
         module.eval()
         return module

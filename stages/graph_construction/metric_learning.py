@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +24,6 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Data
 
@@ -33,7 +31,7 @@ from stages.features import check_feature_config, node_feature_matrix
 from stages.graph_construction.embedding_model import EmbeddingSettings, MetricLearningModule, radius_knn
 from stages.graph_construction.truth import GraphBuilderStage, hit_r2z2
 from stages.graph_metrics import target_conditions
-from tb_plugin.config import ConfigError
+from tb_plugin.training import last_checkpoint, make_trainer, trained_checkpoint
 from tb_plugin.event_store import load_event, require_field
 from tb_plugin.stage import StageConfig
 
@@ -192,9 +190,6 @@ class MetricLearning(GraphBuilderStage):
     # --------------------------------------------------------------------------------- train
 
     def train(self, checkpoint: Path | None = None) -> None:
-        warnings.filterwarnings("ignore", message=r".*exists and is not empty")
-        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
-        warnings.filterwarnings("ignore", message=r".*does not have many workers")
         L.seed_everything(self.config.seed, workers=True, verbose=False)
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} not found")
@@ -205,49 +200,14 @@ class MetricLearning(GraphBuilderStage):
             raise FileNotFoundError(f"no event files in {Path(self.config.input_dir) / 'valset'}: metric learning validates on valset")
         in_dim = training_event(train[0], self.config.node_features, self.config.node_scales).x.shape[1]
         module = MetricLearningModule(asdict(self.config.settings(in_dim)))
-        resume = checkpoint or self.last_checkpoint()
-        self.trainer().fit(module, datamodule=MetricLearningData(train, val, self.config), ckpt_path=str(resume) if resume else None)
-
-    def last_checkpoint(self) -> Path | None:
-        path = self.artifacts / "last.ckpt"
-        return path if path.exists() else None
-
-    def trainer(self) -> L.Trainer:
-        c = self.config
-        checkpoint = ModelCheckpoint(dirpath=self.artifacts, filename="best", monitor=c.metric_to_monitor, mode=c.metric_mode,
-                                     save_top_k=1, save_last=True, enable_version_counter=False)
-        callbacks: list = [checkpoint]
-        if c.patience is not None:
-            callbacks.append(EarlyStopping(monitor=c.metric_to_monitor, mode=c.metric_mode, patience=c.patience))
-        return L.Trainer(
-            default_root_dir=self.stage_dir, max_epochs=c.max_epochs, accelerator=c.accelerator, devices=c.devices,
-            num_nodes=c.num_nodes, strategy=c.strategy, precision=c.precision, gradient_clip_val=c.gradient_clip_val,
-            logger=self.logger(), callbacks=callbacks, enable_progress_bar=True, log_every_n_steps=10,
-            deterministic=False,
-        )
-
-    def logger(self):
-        if self.config.logger == "tensorboard":
-            try:
-                from lightning.pytorch.loggers import TensorBoardLogger
-
-                return TensorBoardLogger(save_dir=self.stage_dir, name="logs")
-            except ModuleNotFoundError as err:
-                raise ConfigError(f"key 'logger': tensorboard is not installed ({err}); pip install tensorboard, or use logger: csv") from None
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=self.stage_dir, name="logs")
+        resume = checkpoint or last_checkpoint(self.stage_dir)
+        make_trainer(self.config, self.stage_dir).fit(module, datamodule=MetricLearningData(train, val, self.config), ckpt_path=str(resume) if resume else None)
 
     # --------------------------------------------------------------------------------- infer
 
     def trained(self) -> MetricLearningModule:
         """The best checkpoint, else the last."""
-        path = self.artifacts / "best.ckpt"
-        if not path.exists():
-            path = self.artifacts / "last.ckpt"
-        if not path.exists():
-            raise FileNotFoundError(f"no trained metric-learning model in {self.artifacts} (expected best.ckpt or last.ckpt); "
-                                    f"run 'tb train' on this config first")
+        path = trained_checkpoint(self.stage_dir, "metric-learning model")
         module = MetricLearningModule.load_from_checkpoint(path, map_location="cpu")
         module.eval()
         return module

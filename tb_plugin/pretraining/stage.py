@@ -11,8 +11,6 @@ The stage slots between data reading and graph construction: every field passes 
 from __future__ import annotations
 
 import logging
-import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,9 +18,7 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from tb_plugin.config import ConfigError
 from tb_plugin.event_store import SPLITS, append_config, event_file, list_event_files, load_event, save_event
 from tb_plugin.export import ExportFormat, export_embeddings
 from tb_plugin.geometry import Detector, detector_for
@@ -32,6 +28,7 @@ from tb_plugin.pretraining.datamodule import SequenceSettings, TrackingBERTDataM
 from tb_plugin.pretraining.evaluation import evaluate_pretraining, summary_table
 from tb_plugin.stage import Stage, StageConfig
 from tb_plugin.tokenizer import UNK, ModuleTokenizer
+from tb_plugin.training import last_checkpoint, make_trainer, trained_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +96,6 @@ class TrackingBERTStageConfig(StageConfig):
                                 mask_rate=self.mask_rate, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed)
 
 
-class EpochTimer(Callback):
-    """Logs the wall time of each training epoch (`train/epoch_time_s`), the figure the demo reports."""
-
-    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        module.log("train/epoch_time_s", time.perf_counter() - self.start)
-
-
 class TrackingBERTStage(Stage):
     config_class = TrackingBERTStageConfig
     trainable = True
@@ -137,63 +124,27 @@ class TrackingBERTStage(Stage):
     # ------------------------------------------------------------------ train
 
     def train(self, checkpoint: Path | None = None) -> None:
-        # artifacts/ also holds the vocabulary; small demo epochs log less often than every 10 steps
-        warnings.filterwarnings("ignore", message=r".*exists and is not empty")
-        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
         L.seed_everything(self.config.seed, workers=True, verbose=False)
         tokenizer = self.tokenizer(self.detector())
         if not self.vocab_file.exists():
             tokenizer.save(self.vocab_file)
-        resume = checkpoint or self.last_checkpoint()
+        resume = checkpoint or last_checkpoint(self.stage_dir)
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} not found")
         module = TrackingBERTModule(model=asdict(self.config.model_config(tokenizer.vocab_size)),
                                     optim=asdict(self.config.optim_config()))
         print(f"TrackingBERT: {module.model.num_params():,} parameters "
               f"({module.model.num_params(non_embedding=True):,} outside the embeddings), vocabulary {tokenizer.vocab_size:,}")
-        trainer = self.trainer()
+        trainer = make_trainer(self.config, self.stage_dir)
         trainer.fit(module, datamodule=self.datamodule(tokenizer), ckpt_path=str(resume) if resume else None)
-
-    def last_checkpoint(self) -> Path | None:
-        path = self.artifacts / "last.ckpt"
-        return path if path.exists() else None
-
-    def trainer(self) -> L.Trainer:
-        c = self.config
-        checkpoint = ModelCheckpoint(dirpath=self.artifacts, filename="best", monitor=c.metric_to_monitor, mode=c.metric_mode,
-                                     save_top_k=1, save_last=True, enable_version_counter=False)
-        callbacks: list = [checkpoint, EpochTimer()]
-        if c.patience is not None:
-            callbacks.append(EarlyStopping(monitor=c.metric_to_monitor, mode=c.metric_mode, patience=c.patience))
-        return L.Trainer(
-            default_root_dir=self.stage_dir, max_epochs=c.max_epochs, accelerator=c.accelerator, devices=c.devices,
-            num_nodes=c.num_nodes, strategy=c.strategy, precision=c.precision, gradient_clip_val=c.gradient_clip_val,
-            logger=self.logger(), callbacks=callbacks, enable_progress_bar=True, log_every_n_steps=10,
-            deterministic=False,
-        )
-
-    def logger(self):
-        if self.config.logger == "tensorboard":
-            try:
-                from lightning.pytorch.loggers import TensorBoardLogger
-
-                return TensorBoardLogger(save_dir=self.stage_dir, name="logs")
-            except ModuleNotFoundError as err:
-                raise ConfigError(f"key 'logger': tensorboard is not installed ({err}); pip install tensorboard, or use logger: csv") from None
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=self.stage_dir, name="logs")
 
     # ------------------------------------------------------------------ trained model
 
     def trained(self) -> tuple[TrackingBERTModule, ModuleTokenizer, Detector]:
         """The best checkpoint (else the last) with its vocabulary, checked against the data's geometry."""
-        path = self.artifacts / "best.ckpt"
-        if not path.exists():
-            path = self.artifacts / "last.ckpt"
-        if not path.exists() or not self.vocab_file.exists():
-            raise FileNotFoundError(f"no trained TrackingBERT in {self.artifacts} (expected best.ckpt or last.ckpt and "
-                                    f"vocab.json); run 'tb train' on this config first")
+        path = trained_checkpoint(self.stage_dir, "TrackingBERT")
+        if not self.vocab_file.exists():
+            raise FileNotFoundError(f"{self.vocab_file} is missing beside the checkpoint; run 'tb train' on this config again")
         detector = self.detector()
         tokenizer = ModuleTokenizer.load(self.vocab_file, detector)
         module = TrackingBERTModule.load_from_checkpoint(path, map_location="cpu")

@@ -1,0 +1,76 @@
+"""The Lightning Trainer of every stage that learns, built once from the stage's config keys.
+
+The keys are ACORN's (max_epochs, accelerator, devices, num_nodes, strategy, precision,
+gradient_clip_val, metric_to_monitor, metric_mode, patience, logger); checkpoints live in
+`stage_dir/artifacts/` as best.ckpt and last.ckpt, and training resumes from last.ckpt.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from tb_plugin.config import ConfigError
+
+
+class EpochTimer(Callback):
+    """Logs the wall time of each training epoch (`train/epoch_time_s`), the figure benchmarks report."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        module.log("train/epoch_time_s", time.perf_counter() - self.start)
+
+
+def make_logger(kind: str, stage_dir: Path):
+    """CSV logs by default (stage_dir/logs); TensorBoard when asked and installed."""
+    if kind == "tensorboard":
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            return TensorBoardLogger(save_dir=stage_dir, name="logs")
+        except ModuleNotFoundError as err:
+            raise ConfigError(f"key 'logger': tensorboard is not installed ({err}); pip install tensorboard, or use logger: csv") from None
+    from lightning.pytorch.loggers import CSVLogger
+
+    return CSVLogger(save_dir=stage_dir, name="logs")
+
+
+def make_trainer(config: Any, stage_dir: Path, monitor: str | None = None, **trainer_options: Any) -> L.Trainer:
+    """A Trainer from the config's trainer keys; `monitor` overrides metric_to_monitor (e.g. without validation)."""
+    # artifacts/ also holds other files of the stage; small demo epochs log less often than every 10 steps
+    warnings.filterwarnings("ignore", message=r".*exists and is not empty")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers")  # one event per batch loads fast
+    monitor = monitor or config.metric_to_monitor
+    checkpoint = ModelCheckpoint(dirpath=Path(stage_dir) / "artifacts", filename="best", monitor=monitor, mode=config.metric_mode,
+                                 save_top_k=1, save_last=True, enable_version_counter=False)
+    callbacks: list[Callback] = [checkpoint, EpochTimer()]
+    if config.patience is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=config.metric_mode, patience=config.patience))
+    return L.Trainer(
+        default_root_dir=stage_dir, max_epochs=config.max_epochs, accelerator=config.accelerator, devices=config.devices,
+        num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
+        gradient_clip_val=config.gradient_clip_val, logger=make_logger(config.logger, Path(stage_dir)), callbacks=callbacks,
+        enable_progress_bar=True, log_every_n_steps=10, deterministic=False, **trainer_options,
+    )
+
+
+def last_checkpoint(stage_dir: Path) -> Path | None:
+    path = Path(stage_dir) / "artifacts" / "last.ckpt"
+    return path if path.exists() else None
+
+
+def trained_checkpoint(stage_dir: Path, what: str) -> Path:
+    """best.ckpt, else last.ckpt; a clear error when the stage was never trained."""
+    artifacts = Path(stage_dir) / "artifacts"
+    for name in ("best.ckpt", "last.ckpt"):
+        if (artifacts / name).exists():
+            return artifacts / name
+    raise FileNotFoundError(f"no trained {what} in {artifacts} (expected best.ckpt or last.ckpt); run 'tb train' on this config first")
