@@ -7,12 +7,20 @@ inherit from one. `tb train/infer/eval` and `tb run` only ever talk to this inte
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from torch_geometric.data import Data
+from tqdm import tqdm
+
 from tb_plugin.atomic import write_text
 from tb_plugin.config import to_record
+from tb_plugin.event_store import SPLITS, append_config, list_event_files, load_event, save_event
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -55,6 +63,38 @@ class Stage:
 
     def evaluate(self) -> dict[str, Any]:
         return {}
+
+    def input_files(self, split: str) -> list[Path]:
+        """Sorted event files of a split of input_dir; data_split, when given, takes the first n of each."""
+        files = list_event_files(self.config.input_dir, split)
+        if self.config.data_split is not None:
+            files = files[: self.config.data_split[SPLITS.index(split)]]
+        return files
+
+    def rewrite_events(self, add_fields: Callable[[Data, Path], Data], overwrite: bool) -> None:
+        """The inference loop of a stage that adds fields to events: every input event is read, given
+        its new fields, stamped with this stage's config and written atomically to stage_dir; events
+        already written are skipped (resume) unless `overwrite`."""
+        record = self.config_record()
+        total = 0
+        name = self.config.stage
+        for split in SPLITS:
+            files = self.input_files(split)
+            total += len(files)
+            written = 0
+            for path in tqdm(files, desc=f"{name} {split}", unit="event", leave=False):
+                target = self.stage_dir / split / path.name
+                if target.exists() and not overwrite:
+                    continue
+                data = load_event(path)
+                data = add_fields(data, path)
+                append_config(data, record)
+                save_event(data, target)
+                written += 1
+            if files:
+                log.info("%s %s: %d events written, %d already there", name, split, written, len(files) - written)
+        if total == 0:
+            raise FileNotFoundError(f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing for {name} to do")
 
     def config_record(self) -> dict[str, Any]:
         return to_record(self.config)

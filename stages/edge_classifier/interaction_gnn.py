@@ -52,12 +52,9 @@ from stages.plots import plot_efficiency_curves, plot_histograms, save_figure
 from tb_plugin.conditions import Condition, parse_conditions
 from tb_plugin.config import ConfigError
 from tb_plugin.event_store import (
-    SPLITS,
-    append_config,
     list_event_files,
     load_event,
     require_field,
-    save_event,
 )
 from tb_plugin.pretraining.metrics import roc_auc, roc_curve
 from tb_plugin.training import last_checkpoint, make_trainer, trained_checkpoint
@@ -336,13 +333,6 @@ class InteractionGNN(Stage):
     def artifacts(self) -> Path:
         return self.stage_dir / "artifacts"
 
-    def input_files(self, split: str) -> list[Path]:
-        """Sorted event files of a split; data_split, when given, takes the first n of each."""
-        files = list_event_files(self.config.input_dir, split)
-        if self.config.data_split is not None:
-            files = files[: self.config.data_split[SPLITS.index(split)]]
-        return files
-
     def feature_dims(self, files: list[Path]) -> tuple[int, int]:
         """(node_dim, edge_dim) read off the first event, so [N, D] features size the model themselves."""
         graph = model_inputs(load_event(files[0]), self.config, files[0], torch.arange(0))
@@ -401,24 +391,12 @@ class InteractionGNN(Stage):
 
     def infer(self, overwrite: bool = False) -> None:
         module = self.trained().to(self.device())
-        record = self.config_record()
-        total = 0
-        for split in SPLITS:
-            files = self.input_files(split)
-            total += len(files)
-            written = 0
-            for path in tqdm(files, desc=f"edge_classifier {split}", unit="event", leave=False):
-                target = self.stage_dir / split / path.name
-                if target.exists() and not overwrite:
-                    continue
-                data = load_event(path)
-                data[SCORES_FIELD] = self.score(module, data, path)
-                append_config(data, record)
-                save_event(data, target)
-                written += 1
-            log.info("edge_classifier %s: %d events written, %d already there", split, written, len(files) - written)
-        if total == 0:
-            raise FileNotFoundError(f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing to score")
+
+        def add_scores(data: Data, path: Path) -> Data:
+            data[SCORES_FIELD] = self.score(module, data, path)
+            return data
+
+        self.rewrite_events(add_scores, overwrite)
 
     # --------------------------------------------------------------------------------- evaluate
 

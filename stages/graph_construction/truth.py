@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from stages.graph_metrics import GraphEvaluation
 from tb_plugin.atomic import atomic_path
-from tb_plugin.event_store import SPLITS, append_config, list_event_files, load_event, save_event
+from tb_plugin.event_store import list_event_files, load_event
 from tb_plugin.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -114,35 +114,10 @@ class GraphBuilderStage(Stage):
     def prepare_inference(self) -> None:
         """Load what build_edges needs (a model, a map); called once before the event loop."""
 
-    def input_files(self, split: str) -> list[Path]:
-        """Sorted event files of a split; data_split, when given, takes the first n of each."""
-        files = list_event_files(self.config.input_dir, split)
-        if self.config.data_split is not None:
-            files = files[: self.config.data_split[SPLITS.index(split)]]
-        return files
-
     def infer(self, overwrite: bool = False) -> None:
         self.prepare_inference()
         self.copy_detector()
-        record = self.config_record()
-        total = 0
-        for split in SPLITS:
-            files = self.input_files(split)
-            total += len(files)
-            written = 0
-            for path in tqdm(files, desc=f"{self.config.stage} {split}", unit="event", leave=False):
-                target = self.stage_dir / split / path.name
-                if target.exists() and not overwrite:
-                    continue
-                data = load_event(path)
-                self.add_graph(data, self.build_edges(data, path), path)
-                append_config(data, record)
-                save_event(data, target)
-                written += 1
-            if files:
-                log.info("%s %s: %d events written, %d already there", self.config.stage, split, written, len(files) - written)
-        if total == 0:
-            raise FileNotFoundError(f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing to build graphs on")
+        self.rewrite_events(lambda data, path: self.add_graph(data, self.build_edges(data, path), path), overwrite)
 
     @staticmethod
     def add_graph(data: Data, edges: np.ndarray, source: Path) -> Data:

@@ -18,8 +18,8 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
+from torch_geometric.data import Data
 
-from tb_plugin.event_store import SPLITS, append_config, event_file, list_event_files, load_event, save_event
 from tb_plugin.export import ExportFormat, export_embeddings
 from tb_plugin.geometry import Detector, detector_for
 from tb_plugin.injection import ModuleEmbedding
@@ -170,29 +170,23 @@ class TrackingBERTStage(Stage):
     # ------------------------------------------------------------------ infer
 
     def infer(self, overwrite: bool = False) -> None:
-        from tqdm import tqdm
-
         module, tokenizer, detector = self.trained()
         inject = ModuleEmbedding.from_token_embeddings(module.model.module_embeddings(), tokenizer, flat_columns=self.config.flat_columns)
         if not (self.stage_dir / "detectors.csv").exists():  # downstream stages find the geometry beside their input
             detector.to_csv(self.stage_dir / "detectors.csv")
-        record = self.config_record()
-        for split in SPLITS:
-            outside = total = 0
-            for path in tqdm(list_event_files(self.config.input_dir, split), desc=f"tracking_bert {split}", unit="event", leave=False):
-                target = event_file(self.stage_dir, split, path.stem.removeprefix("event"))
-                if target.exists() and not overwrite:
-                    continue
-                data = load_event(path)
-                if "hit_module_index" not in data:
-                    data.hit_module_index = module_index_from_ids(data, detector, path)
-                data = inject(data)
-                outside += int((tokenizer.module_to_token[data.hit_module_index.numpy()] == UNK).sum())
-                total += data.num_nodes
-                append_config(data, record)
-                save_event(data, target)
-            if outside:
-                log.warning("%s: %d of %d hits lie on modules outside the vocabulary and got the [UNK] embedding", split, outside, total)
+        counts = {"outside": 0, "hits": 0}
+
+        def add_embedding(data: Data, path: Path) -> Data:
+            if "hit_module_index" not in data:
+                data.hit_module_index = module_index_from_ids(data, detector, path)
+            data = inject(data)
+            counts["outside"] += int((tokenizer.module_to_token[data.hit_module_index.numpy()] == UNK).sum())
+            counts["hits"] += data.num_nodes
+            return data
+
+        self.rewrite_events(add_embedding, overwrite)
+        if counts["outside"]:
+            log.warning("%d of %d hits lie on modules outside the vocabulary and got the [UNK] embedding", counts["outside"], counts["hits"])
 
     # ------------------------------------------------------------------ export
 
