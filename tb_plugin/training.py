@@ -7,15 +7,47 @@ gradient_clip_val, metric_to_monitor, metric_mode, patience, logger); checkpoint
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from tb_plugin.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"]
+
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    """The Trainer keys every learning stage shares (mixed into its config dataclass)."""
+
+    patience: int | None = None  # early stopping on metric_to_monitor; None = off
+    metric_to_monitor: str = "val/loss"
+    metric_mode: Literal["min", "max"] = "min"
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Precision = "32-true"
+    logger: Literal["csv", "tensorboard"] = "csv"
+    num_workers: int = 0
+
+
+def inference_device(accelerator: str) -> torch.device:
+    """The GPU when the config asks for one and it is there; else the CPU."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if accelerator in ("gpu", "cuda"):
+        log.warning("accelerator %s asked for, but no CUDA device is available: inference runs on the CPU", accelerator)
+    return torch.device("cpu")
 
 
 class EpochTimer(Callback):

@@ -57,12 +57,11 @@ from tb_plugin.event_store import (
     require_field,
 )
 from tb_plugin.pretraining.metrics import roc_auc, roc_curve
-from tb_plugin.training import last_checkpoint, make_trainer, trained_checkpoint
+from tb_plugin.training import TrainerConfig, inference_device, last_checkpoint, make_trainer, trained_checkpoint
 from tb_plugin.stage import Stage, StageConfig
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"]
 SCORES_FIELD = "edge_scores"
 
 
@@ -81,7 +80,7 @@ def default_weighting() -> list[WeightSpec]:
 
 
 @dataclass(kw_only=True)
-class InteractionGNNConfig(StageConfig):
+class InteractionGNNConfig(StageConfig, TrainerConfig):
     input_dir: Path = field()  # graphs with edge_index, edge_y, track_to_edge_map (graph construction's stage_dir)
     # features
     node_features: list[str] = field(default_factory=lambda: ["hit_r", "hit_phi", "hit_z"])
@@ -112,17 +111,7 @@ class InteractionGNNConfig(StageConfig):
     max_epochs: int = 20
     batch_size: int = 1  # events per batch (ACORN: 1)
     gradient_clip_val: float | None = 1.0
-    patience: int | None = None  # early stopping on metric_to_monitor; None = off
-    metric_to_monitor: str = "val/loss"
-    metric_mode: Literal["min", "max"] = "min"
-    # trainer
-    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: Precision = "32-true"
-    logger: Literal["csv", "tensorboard"] = "csv"
-    num_workers: int = 0
+    # trainer keys (accelerator, devices, strategy, precision, ...): TrainerConfig
     # evaluation
     dataset: Literal["trainset", "valset", "testset"] = "testset"
 
@@ -373,10 +362,6 @@ class InteractionGNN(Stage):
         module.eval()
         return module
 
-    def device(self) -> torch.device:
-        wants_gpu = self.config.accelerator in ("gpu", "cuda", "auto")
-        return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
-
     # --------------------------------------------------------------------------------- infer
 
     @torch.no_grad()
@@ -390,7 +375,7 @@ class InteractionGNN(Stage):
         return torch.sigmoid(module(graph.x, graph.edge_index, graph.edge_attr).float()).cpu()  # [E]
 
     def infer(self, overwrite: bool = False) -> None:
-        module = self.trained().to(self.device())
+        module = self.trained().to(inference_device(self.config.accelerator))
 
         def add_scores(data: Data, path: Path) -> Data:
             data[SCORES_FIELD] = self.score(module, data, path)

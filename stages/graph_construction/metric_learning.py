@@ -31,21 +31,18 @@ from stages.features import check_feature_config, node_feature_matrix
 from stages.graph_construction.embedding_model import EmbeddingSettings, MetricLearningModule, radius_knn
 from stages.graph_construction.truth import GraphBuilderStage, hit_r2z2
 from stages.graph_metrics import target_conditions
-from tb_plugin.training import last_checkpoint, make_trainer, trained_checkpoint
+from tb_plugin.training import TrainerConfig, inference_device, last_checkpoint, make_trainer, trained_checkpoint
 from tb_plugin.event_store import load_event, require_field
 from tb_plugin.stage import StageConfig
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"]
-
 
 def _default_target() -> dict[str, Any]:
     return {"track_particle_pt": [1000.0, math.inf]}  # pT > 1 GeV, in MeV
 
 
 @dataclass(kw_only=True)
-class MetricLearningConfig(StageConfig):
+class MetricLearningConfig(StageConfig, TrainerConfig):
     # The feature store (data reading or tracking_bert output).
     input_dir: Path = field()
     # node features: event fields, each divided by its scale (ACORN keys)
@@ -71,22 +68,12 @@ class MetricLearningConfig(StageConfig):
     max_epochs: int = 10
     batch_size: int = 1  # events per step
     gradient_clip_val: float | None = None
-    patience: int | None = None  # early stopping on metric_to_monitor; None = off
-    metric_to_monitor: str = "val/loss"
-    metric_mode: Literal["min", "max"] = "min"
     # validation graph
     knn_val: int = 100
     # inference graph
     r_infer: float = 0.1
     knn_infer: int = 100
-    # trainer
-    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: Precision = "32-true"
-    logger: Literal["csv", "tensorboard"] = "csv"
-    num_workers: int = 0
+    # trainer keys (accelerator, devices, strategy, precision, ...): TrainerConfig
     # evaluation
     target_tracks: dict[str, Any] = field(default_factory=_default_target)
     dataset: Literal["trainset", "valset", "testset"] = "testset"
@@ -212,16 +199,8 @@ class MetricLearning(GraphBuilderStage):
         module.eval()
         return module
 
-    def inference_device(self) -> torch.device:
-        """The GPU when the config asks for one and it is there; else the CPU (cKDTree search)."""
-        if self.config.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-            return torch.device("cuda")
-        if self.config.accelerator in ("gpu", "cuda"):
-            log.warning("accelerator %s asked for, but no CUDA device is available: inference runs on the CPU", self.config.accelerator)
-        return torch.device("cpu")
-
     def prepare_inference(self) -> None:
-        self.device = self.inference_device()
+        self.device = inference_device(self.config.accelerator)
         self.module = self.trained().to(self.device)
 
     def embed(self, data: Data, source: Path) -> torch.Tensor:

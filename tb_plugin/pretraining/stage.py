@@ -28,15 +28,12 @@ from tb_plugin.pretraining.datamodule import SequenceSettings, TrackingBERTDataM
 from tb_plugin.pretraining.evaluation import evaluate_pretraining, summary_table
 from tb_plugin.stage import Stage, StageConfig
 from tb_plugin.tokenizer import UNK, ModuleTokenizer
-from tb_plugin.training import last_checkpoint, make_trainer, trained_checkpoint
+from tb_plugin.training import TrainerConfig, last_checkpoint, make_trainer, trained_checkpoint
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"]
-
-
 @dataclass(kw_only=True)
-class TrackingBERTStageConfig(StageConfig):
+class TrackingBERTStageConfig(StageConfig, TrainerConfig):
     input_dir: Path = field()  # feature store written by data reading
     detector: Path | None = None  # None: input_dir/detectors.csv (written by data reading), else built-in
     volumes: list[int] | None = None  # vocabulary volumes, e.g. [7, 8, 9] as in the paper; None = all
@@ -59,17 +56,7 @@ class TrackingBERTStageConfig(StageConfig):
     batch_size: int = 512
     max_epochs: int = 10
     gradient_clip_val: float = 1.0
-    patience: int | None = None  # early stopping on metric_to_monitor; None = off
-    metric_to_monitor: str = "val/loss"
-    metric_mode: Literal["min", "max"] = "min"
-    # trainer
-    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: Precision = "32-true"
-    logger: Literal["csv", "tensorboard"] = "csv"
-    num_workers: int = 0
+    # trainer keys (accelerator, devices, strategy, precision, ...): TrainerConfig
     # inference
     flat_columns: bool = False  # also write hit_tb_emb_0 .. hit_tb_emb_{D-1}, for hosts that stack 1-D features
 
