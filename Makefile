@@ -25,10 +25,12 @@ setup: $(STAMP)
 test: setup
 	$(PY) -m pytest -q
 
-# The main job on the built-in simulated data; everything goes under $(DEMO)/ (ignored by git).
+# The main job on the built-in simulated data (pile-up 10): the baseline pipeline, then the A/B against
+# the same pipeline with TrackingBERT features. Everything goes under $(DEMO)/ (ignored by git).
 demo: setup
-	$(TB) simulate --events 24 --pileup 20 --seed 1 --first-event 1000 --out $(DEMO)/simulated
-	$(TB) run configs/pipelines/demo.yaml
+	$(TB) simulate --events 400 --pileup 10 --seed 1 --first-event 1000 --out $(DEMO)/simulated
+	$(TB) run configs/pipelines/demo_baseline.yaml
+	$(TB) ab configs/ab/demo.yaml
 
 clean-demo:
 	rm -rf $(DEMO)

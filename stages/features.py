@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data
 
-from tb_plugin.event_store import MissingFieldError, require_field
+from tb_plugin.event_store import MissingFieldError, hit_count, require_field
 
 EDGE_FEATURES = ("dr", "dphi", "dz", "deta", "phislope", "rphislope", "tb_sim")
 
@@ -39,7 +39,7 @@ def check_feature_config(node_features: Sequence[str], node_scales: Sequence[flo
 def node_feature_matrix(data: Data, names: Sequence[str], scales: Sequence[float] | None, source: str | Path) -> torch.Tensor:
     """[N, F]: the listed fields, scaled, side by side (an [N, D] field contributes D columns)."""
     columns = []
-    n = data.num_nodes
+    n = hit_count(data)
     for i, name in enumerate(names):
         value = require_field(data, name, source).float()
         if value.shape[0] != n or value.dim() > 2:

@@ -5,6 +5,7 @@
     tb infer CONFIG.yaml [--overwrite]
     tb eval  CONFIG.yaml
     tb run   PIPELINE.yaml [--overwrite]
+    tb ab    AB.yaml [--low-label]
     tb export CONFIG.yaml [--format csv|npz|pt] [--out DIR]
     tb stages
 
@@ -90,6 +91,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     run_pipeline(args.pipeline, overwrite=args.overwrite)
 
 
+def cmd_ab(args: argparse.Namespace) -> None:
+    from tb_plugin.ab.runner import load_runner
+
+    load_runner(args.config).run(low_label=args.low_label)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from tb_plugin.pipeline import load_stage
 
@@ -143,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("pipeline")
     run.add_argument("--overwrite", action="store_true", help="rewrite events already written")
     run.set_defaults(func=cmd_run)
+
+    ab = sub.add_parser("ab", help="A/B: the baseline pipeline against the same pipeline with TrackingBERT features")
+    ab.add_argument("config", help="the A/B config (configs/ab/demo.yaml)")
+    ab.add_argument("--low-label", action="store_true", help="also run the low-label sweep of the config's low_label section")
+    ab.set_defaults(func=cmd_ab)
 
     export = sub.add_parser("export", help="write the module embedding table and vocabulary of a trained tracking_bert stage")
     export.add_argument("config")

@@ -24,7 +24,7 @@ from torch_geometric.data import Data
 from tb_plugin.atomic import atomic_path
 
 SPLITS = ("trainset", "valset", "testset")
-EVENT_FILE = re.compile(r"^event(\d+)\.pyg$")
+EVENT_FILE = re.compile(r"^event(\d+)(?:-graph)?\.pyg$")  # ours, and ACORN data reading's event{ID}-graph.pyg
 
 # The PyG classes a saved `Data` refers to; nothing else is allowed through the unpickler.
 SAFE_GLOBALS: list[Any] = [
@@ -60,6 +60,17 @@ def list_event_files(stage_dir: str | Path, split: str) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if EVENT_FILE.match(p.name))
+
+
+def hit_count(data: Data) -> int | None:
+    """Hits in an event: num_nodes when stored (ours), else the length of hit_id (ACORN's events store
+    no num_nodes, and PyG's guess would come from track_edges)."""
+    stored = data._store.get("num_nodes") if hasattr(data, "_store") else None
+    if stored is not None:
+        return int(stored)
+    if "hit_id" in data:
+        return int(data.hit_id.shape[0])
+    return data.num_nodes
 
 
 def save_event(data: Data, path: str | Path) -> None:

@@ -35,6 +35,9 @@ class StageConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)  # the mixins' checks (TrainerConfig)
+        if parent is not None:
+            parent()
         if self.data_split is not None:
             if len(self.data_split) != 3 or any(n < 0 for n in self.data_split):
                 raise ValueError(
@@ -42,8 +45,14 @@ class StageConfig:
                 )
 
 
+EventProcessor = Callable[[Data, Path], Data]
+"""Adds one stage's fields to one in-memory event; the Path names the event's source, for messages."""
+
+
 class Stage:
-    """Base of the built-in stages. Subclasses set `config_class` and implement `infer`."""
+    """Base of the built-in stages. Subclasses set `config_class` and implement `infer`; stages that
+    add fields to events implement `event_processor`, which both their `infer` (disk to disk) and
+    `stages.inference_chain.InferenceChain` (in memory) run."""
 
     config_class: ClassVar[type[StageConfig]] = StageConfig
     trainable: ClassVar[bool] = False
@@ -64,6 +73,12 @@ class Stage:
     def evaluate(self) -> dict[str, Any]:
         return {}
 
+    def event_processor(self) -> EventProcessor:
+        """Load what inference needs once (checkpoint, map, tokenizer) and return the function that adds
+        this stage's fields to one in-memory event. One function serves `infer` and the in-memory
+        chain, so the two cannot drift apart."""
+        raise NotImplementedError(f"stage '{self.config.stage}' model '{self.config.model}' has no per-event inference")
+
     def input_files(self, split: str) -> list[Path]:
         """Sorted event files of a split of input_dir; data_split, when given, takes the first n of each."""
         files = list_event_files(self.config.input_dir, split)
@@ -71,7 +86,7 @@ class Stage:
             files = files[: self.config.data_split[SPLITS.index(split)]]
         return files
 
-    def rewrite_events(self, add_fields: Callable[[Data, Path], Data], overwrite: bool) -> None:
+    def rewrite_events(self, add_fields: EventProcessor, overwrite: bool) -> None:
         """The inference loop of a stage that adds fields to events: every input event is read, given
         its new fields, stamped with this stage's config and written atomically to stage_dir; events
         already written are skipped (resume) unless `overwrite`."""

@@ -39,6 +39,11 @@ class TrainerConfig:
     precision: Precision = "32-true"
     logger: Literal["csv", "tensorboard"] = "csv"
     num_workers: int = 0
+    val_every_n_epochs: int = 1  # validate every n-th epoch (Lightning's check_val_every_n_epoch): tiny epochs need not validate each time
+
+    def __post_init__(self) -> None:
+        if isinstance(self.val_every_n_epochs, bool) or self.val_every_n_epochs < 1:
+            raise ValueError(f"key 'val_every_n_epochs' must be an integer >= 1, got {self.val_every_n_epochs!r}")
 
 
 def inference_device(accelerator: str) -> torch.device:
@@ -90,7 +95,8 @@ def make_trainer(config: Any, stage_dir: Path, monitor: str | None = None, **tra
         default_root_dir=stage_dir, max_epochs=config.max_epochs, accelerator=config.accelerator, devices=config.devices,
         num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
         gradient_clip_val=config.gradient_clip_val, logger=make_logger(config.logger, Path(stage_dir)), callbacks=callbacks,
-        enable_progress_bar=True, log_every_n_steps=10, deterministic=False, **trainer_options,
+        enable_progress_bar=True, log_every_n_steps=10, deterministic=False,
+        check_val_every_n_epoch=config.val_every_n_epochs, **trainer_options,
     )
 
 

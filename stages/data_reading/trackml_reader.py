@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +38,14 @@ from tb_plugin.event_store import (
     save_event,
 )
 from tb_plugin.geometry import Detector, detector_for
-from tb_plugin.stage import Stage, StageConfig
+from tb_plugin.stage import EventProcessor, Stage, StageConfig
 from stages.data_reading.event_features import cell_features, hit_features, truth_features
 
 log = logging.getLogger(__name__)
 
 # hard_cuts may use ACORN's short particle names; they mean the truth-edge fields.
 SHORT_NAMES = ("pt", "eta", "nhits", "primary", "pdgId", "radius", "vx", "vy", "vz", "q")
+_EVENT_PREFIX = re.compile(r"^event(\d+)$")
 
 
 @dataclass(kw_only=True)
@@ -70,6 +72,15 @@ class TrackMLReaderConfig(StageConfig):
 
 def _track_field(name: str) -> str:
     return f"track_particle_{name}" if name in SHORT_NAMES else name
+
+
+def prefix_event_id(prefix: str | Path) -> int:
+    """The event id of a TrackML prefix folder/event{ID}; anything else is an error naming the prefix."""
+    match = _EVENT_PREFIX.match(Path(prefix).name)
+    if match is None:
+        raise ValueError(f"{prefix}: a TrackML event prefix must end in event<ID> (like folder/event000001000, "
+                         f"the files being event000001000-hits.csv, ...), got '{Path(prefix).name}'")
+    return int(match.group(1))
 
 
 def _has_part(prefix: Path, part: str) -> bool:
@@ -109,6 +120,21 @@ class TrackMLReader(Stage):
         assigned = assign_splits(list(events), self.config.data_split, self.config.seed, source)
         return {split: [(eid, events[eid]) for eid in ids] for split, ids in assigned.items()}
 
+    def read_event(self, prefix: str | Path) -> Data:
+        """One TrackML event, `prefix` = folder/event{ID:09d}, as the Data that infer writes, in memory:
+        where an in-memory inference chain starts. The event id is read off the prefix."""
+        return self.build_event(prefix_event_id(prefix), Path(prefix))
+
+    def event_processor(self) -> EventProcessor:
+        """Load the geometry once; the function reads the event whose TrackML prefix is `source`.
+        Data reading has no event to add to, so the function ignores its Data argument (pass None)."""
+        _ = self.detector  # read the geometry now, not inside the first event
+
+        def read(data: Data | None, source: Path) -> Data:
+            return self.read_event(source)
+
+        return read
+
     def build_event(self, event_id: int, prefix: Path) -> Data:
         source = str(prefix)
         (hits,) = trackml.load_event(prefix, parts=("hits",))
@@ -140,6 +166,7 @@ class TrackMLReader(Stage):
 
     def infer(self, overwrite: bool = False) -> None:
         self.store_detector()
+        read = self.event_processor()
         for split, events in self.splits().items():
             written = skipped = 0
             for event_id, prefix in tqdm(events, desc=f"data_reading {split}", unit="event", leave=False):
@@ -147,7 +174,7 @@ class TrackMLReader(Stage):
                 if target.exists() and not overwrite:
                     skipped += 1
                     continue
-                save_event(self.build_event(event_id, prefix), target)
+                save_event(read(None, prefix), target)
                 written += 1
             log.info("data_reading %s: %d events written, %d already there", split, written, skipped)
 

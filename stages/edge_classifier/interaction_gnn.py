@@ -58,7 +58,7 @@ from tb_plugin.event_store import (
 )
 from tb_plugin.pretraining.metrics import roc_auc, roc_curve
 from tb_plugin.training import TrainerConfig, inference_device, last_checkpoint, make_trainer, trained_checkpoint
-from tb_plugin.stage import Stage, StageConfig
+from tb_plugin.stage import EventProcessor, Stage, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -374,14 +374,18 @@ class InteractionGNN(Stage):
                              f"but the checkpoint was trained with {expected[0]} and {expected[1]}")
         return torch.sigmoid(module(graph.x, graph.edge_index, graph.edge_attr).float()).cpu()  # [E]
 
-    def infer(self, overwrite: bool = False) -> None:
+    def event_processor(self) -> EventProcessor:
+        """Load the trained checkpoint once onto the inference device; the function adds edge_scores."""
         module = self.trained().to(inference_device(self.config.accelerator))
 
-        def add_scores(data: Data, path: Path) -> Data:
-            data[SCORES_FIELD] = self.score(module, data, path)
+        def add_scores(data: Data, source: Path) -> Data:
+            data[SCORES_FIELD] = self.score(module, data, source)
             return data
 
-        self.rewrite_events(add_scores, overwrite)
+        return add_scores
+
+    def infer(self, overwrite: bool = False) -> None:
+        self.rewrite_events(self.event_processor(), overwrite)
 
     # --------------------------------------------------------------------------------- evaluate
 

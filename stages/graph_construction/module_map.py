@@ -45,7 +45,7 @@ from tqdm import tqdm
 from stages.graph_construction.truth import GraphBuilderStage
 from stages.graph_metrics import target_conditions, target_truth_mask
 from tb_plugin.atomic import atomic_path
-from tb_plugin.event_store import load_event, require_field
+from tb_plugin.event_store import list_event_files, load_event, require_field
 from tb_plugin.stage import StageConfig
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,10 @@ class ModuleMapConfig(StageConfig):
     chunk_edges: int = 4_000_000
     # Largest graph of one event; a bigger one keeps its shortest edges, with a warning.
     max_edges: int = 20_000_000
+    # Trainset events the map learns from (default: those data_split selects). Larger than data_split's
+    # first entry, it lets the map see many events while graphs are written only for the events the
+    # next stages use: the map is cheap to learn and wants coverage, the GNN does not need 1000 graphs.
+    map_events: int | None = None
     # ACORN conditions on particles for target_efficiency (pT in MeV); default pT > 1 GeV.
     target_tracks: dict[str, Any] = field(default_factory=_default_target)
     # The split that evaluate reads (ACORN's key).
@@ -91,6 +95,8 @@ class ModuleMapConfig(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.map_events is not None and self.map_events < 1:
+            raise ValueError(f"key 'map_events' must be at least 1 or null (the events data_split selects), got {self.map_events}")
         for key in ("min_count", "chunk_edges", "max_edges"):
             if getattr(self, key) < 1:
                 raise ValueError(f"key '{key}' must be at least 1, got {getattr(self, key)}")
@@ -334,9 +340,7 @@ class ModuleMap(GraphBuilderStage):
         """Learn the map from the trainset truth; a rerun rebuilds it (it is deterministic and fast)."""
         if checkpoint is not None:
             log.warning("ModuleMap: the map is rebuilt from the trainset; checkpoint %s is not used", checkpoint)
-        files = self.input_files("trainset")
-        if not files:
-            raise FileNotFoundError(f"no event files in {Path(self.config.input_dir) / 'trainset'}: nothing to learn the module map from")
+        files = self.map_training_files()
         learner = MapLearner()
         for path in tqdm(files, desc="module map trainset", unit="event", leave=False):
             data = load_event(path)
@@ -345,6 +349,20 @@ class ModuleMap(GraphBuilderStage):
         learner.save(self.map_file, self.config.window_coverage)
         print(f"module map: {len(learner.pair_keys):,} module pairs ({len(learner.layer_keys)} layer pairs) from "
               f"{int(learner.pair_counts.sum()):,} truth edges in {len(files)} events -> {self.map_file}")
+
+    def map_training_files(self) -> list[Path]:
+        """The first map_events trainset events, else those data_split selects."""
+        if self.config.map_events is None:
+            files = self.input_files("trainset")
+        else:
+            files = list_event_files(self.config.input_dir, "trainset")
+            if len(files) < self.config.map_events:
+                raise FileNotFoundError(f"key 'map_events' asks for {self.config.map_events} events, but "
+                                        f"{Path(self.config.input_dir) / 'trainset'} holds {len(files)}")
+            files = files[: self.config.map_events]
+        if not files:
+            raise FileNotFoundError(f"no event files in {Path(self.config.input_dir) / 'trainset'}: nothing to learn the module map from")
+        return files
 
     def prepare_inference(self) -> None:
         self.table = ModuleMapTable.load(self.map_file).select(self.config.min_count)

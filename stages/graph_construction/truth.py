@@ -31,7 +31,7 @@ from tqdm import tqdm
 from stages.graph_metrics import GraphEvaluation
 from tb_plugin.atomic import atomic_path
 from tb_plugin.event_store import list_event_files, load_event
-from tb_plugin.stage import Stage
+from tb_plugin.stage import EventProcessor, Stage
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,19 @@ class GraphBuilderStage(Stage):
     def prepare_inference(self) -> None:
         """Load what build_edges needs (a model, a map); called once before the event loop."""
 
-    def infer(self, overwrite: bool = False) -> None:
+    def event_processor(self) -> EventProcessor:
+        """Load the map or model once; the function builds one event's graph in the contract above."""
         self.prepare_inference()
+
+        def add_edges(data: Data, source: Path) -> Data:
+            return self.add_graph(data, self.build_edges(data, source), source)
+
+        return add_edges
+
+    def infer(self, overwrite: bool = False) -> None:
+        process = self.event_processor()
         self.copy_detector()
-        self.rewrite_events(lambda data, path: self.add_graph(data, self.build_edges(data, path), path), overwrite)
+        self.rewrite_events(process, overwrite)
 
     @staticmethod
     def add_graph(data: Data, edges: np.ndarray, source: Path) -> Data:

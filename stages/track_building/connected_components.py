@@ -65,7 +65,7 @@ from tb_plugin.event_store import (
     require_field,
     save_event,
 )
-from tb_plugin.stage import Stage, StageConfig
+from tb_plugin.stage import EventProcessor, Stage, StageConfig
 from tb_plugin.trackml import score_event
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,25 @@ PT_BINS_GEV = np.logspace(-1, 2, 16)  # 0.1 .. 100 GeV
 ETA_BINS = np.linspace(-4.0, 4.0, 21)
 
 
+@dataclass
+class EventMatches:
+    """One event's matching outcome (see ConnectedComponents.event_matches)."""
+
+    counts: dict[str, MatchCounts]  # per style, the target particles
+    counts_pt1: dict[str, MatchCounts]  # per style, particles with pT > 1 GeV and >= 5 hits
+    trackml_score: float | None  # None without hit weights
+    particles: pd.DataFrame  # the target particles, with pt_gev, eta and reconstructed_<style>
+
+
 @dataclass(kw_only=True)
 class ConnectedComponentsConfig(StageConfig):
     # The scored graphs (edge_index, edge_scores), usually the GNN stage's stage_dir.
     input_dir: Path = field()
     # Edges with edge_scores > score_cut are kept (ACORN's name and strict comparison).
     score_cut: float = 0.5
+    # Keep at each hit only its best edge inwards and outwards (both ends must agree) before taking the
+    # components, so that one wrong edge above score_cut cannot merge two tracks (best_chain_edges).
+    chains: bool = False
     # Components with fewer hits are not tracks (their hits get label -1).
     min_track_length: int = 3
     # f of the matching styles, in [0.5, 1]; strict at 0.5 (see matching.py).
@@ -120,13 +133,39 @@ def particle_field(name: str) -> str:
 # ------------------------------------------------------------------------------------- building
 
 
+def best_chain_edges(edge_index: np.ndarray, edge_scores: np.ndarray) -> np.ndarray:
+    """bool [E]: edges that are both the highest-scoring edge out of their inner hit and the highest-
+    scoring edge into their outer hit.
+
+    Keeping only those makes every component a chain (one hit after another), which is what a track
+    is: a single wrong edge above the cut no longer merges two tracks at a junction, it loses to the
+    right edge of the same hit. Ties go to the lower edge index, so the result is reproducible.
+    """
+    E = edge_index.shape[1]
+    keep = np.zeros(E, dtype=bool)
+    if E == 0:
+        return keep
+    order = np.lexsort((np.arange(E), -edge_scores))  # best first, ties by index
+    best_out = np.zeros(E, dtype=bool)
+    best_in = np.zeros(E, dtype=bool)
+    _, first_out = np.unique(edge_index[0, order], return_index=True)
+    _, first_in = np.unique(edge_index[1, order], return_index=True)
+    best_out[order[first_out]] = True
+    best_in[order[first_in]] = True
+    return best_out & best_in
+
+
 def track_labels(edge_index: np.ndarray, edge_scores: np.ndarray, num_nodes: int, score_cut: float,
-                 min_track_length: int) -> np.ndarray:
-    """Per-hit track label (0..K-1, -1 = no track) from the connected components of the kept edges.
+                 min_track_length: int, chains: bool = False) -> np.ndarray:
+    """Per-hit track label (0..K-1, -1 = no track) from the connected components of the kept edges
+    (with `chains`, of the kept edges that best_chain_edges keeps).
 
     Labels are numbered in the order of each track's lowest hit index, so they are reproducible.
     """
-    kept = edge_index[:, edge_scores > score_cut]
+    above = edge_scores > score_cut
+    kept = edge_index[:, above]
+    if chains:
+        kept = kept[:, best_chain_edges(kept, edge_scores[above])]
     graph = sps.coo_matrix((np.ones(kept.shape[1], dtype=np.int8), (kept[0], kept[1])), shape=(num_nodes, num_nodes))
     _, component = sps.csgraph.connected_components(graph, directed=False, return_labels=True)
     size = np.bincount(component, minlength=num_nodes)
@@ -241,7 +280,21 @@ class ConnectedComponents(Stage):
             files = files[: self.config.data_split[SPLITS.index(split)]]
         return files
 
+    def event_processor(self) -> EventProcessor:
+        """Nothing to load; the function adds hit_track_labels to one scored event (no file is written:
+        `infer` writes the submission from these labels)."""
+
+        def add_labels(data: Data, source: Path) -> Data:
+            edge_index, edge_scores, num_nodes = graph_arrays(data, source)
+            labels = track_labels(edge_index, edge_scores, num_nodes, self.config.score_cut, self.config.min_track_length,
+                                  chains=self.config.chains)
+            data[LABELS_FIELD] = torch.from_numpy(labels)
+            return data
+
+        return add_labels
+
     def infer(self, overwrite: bool = False) -> None:
+        process = self.event_processor()
         total = 0
         for split in SPLITS:
             files = self.input_files(split)
@@ -255,18 +308,19 @@ class ConnectedComponents(Stage):
                 if done and not overwrite:
                     skipped += 1
                     continue
-                self.build_event(path, split)
+                self.build_event(path, split, process)
                 written += 1
             total += len(files)
             log.info("track_building %s: %d events written, %d already there", split, written, skipped)
         if total == 0:
             raise FileNotFoundError(f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing to build tracks on")
 
-    def build_event(self, path: Path, split: str) -> Data:
-        """Label one event's hits and write its submission, then the event (its existence marks it done)."""
-        data = load_event(path)
-        edge_index, edge_scores, num_nodes = graph_arrays(data, path)
-        labels = track_labels(edge_index, edge_scores, num_nodes, self.config.score_cut, self.config.min_track_length)
+    def build_event(self, path: Path, split: str, process: EventProcessor) -> Data:
+        """Label one event's hits (`process`, from event_processor) and write its submission, then the
+        event (its existence marks it done)."""
+        data = process(load_event(path), path)
+        labels = data[LABELS_FIELD].numpy()
+        num_nodes = labels.shape[0]
         if self.config.write_submission:
             hit_id = require_field(data, "hit_id", path).numpy()
             if hit_id.shape != (num_nodes,):
@@ -275,7 +329,6 @@ class ConnectedComponents(Stage):
             check_submission(frame, hit_id, path)
             with atomic_path(submission_path(self.stage_dir, split, file_event_id(path))) as tmp:
                 frame.to_csv(tmp, index=False, lineterminator="\n")
-        data[LABELS_FIELD] = torch.from_numpy(labels)
         append_config(data, self.config_record())
         save_event(data, self.stage_dir / split / path.name)
         return data
@@ -293,25 +346,17 @@ class ConnectedComponents(Stage):
         plotted: list[pd.DataFrame] = []
         without_truth = 0
         for path in tqdm(files, desc=f"track_building eval {split}", unit="event", leave=False):
-            data = load_event(path)
-            labels = require_field(data, LABELS_FIELD, path).numpy()
-            pid = hit_particle_ids(data)
-            if pid is None:
+            matches = self.event_matches(path)
+            if matches is None:
                 log.warning("%s: no truth (hit_particle_id or track_edges + track_particle_id); skipped", path)
                 without_truth += 1
                 continue
-            tracks, particles = match_event(labels, pid, self.config.matching_fraction)
-            features = particle_features(data, particles.particle_id.to_numpy())
-            target, pt1 = self.particle_selections(particles, features, path)
             for style in STYLES:
-                counts[style] = counts[style] + count_matches(tracks, particles, target, style)
-                counts_pt1[style] = counts_pt1[style] + count_matches(tracks, particles, pt1, style)
-            plotted.append(particles.assign(
-                pt_gev=features.get("track_particle_pt", np.full(len(particles), np.nan)) / 1000.0,
-                eta=features.get("track_particle_eta", np.full(len(particles), np.nan)),
-            )[target])
-            if "hit_weight" in data:
-                scores.append(self.trackml_score(data, labels, pid, path))
+                counts[style] = counts[style] + matches.counts[style]
+                counts_pt1[style] = counts_pt1[style] + matches.counts_pt1[style]
+            plotted.append(matches.particles)
+            if matches.trackml_score is not None:
+                scores.append(matches.trackml_score)
         if without_truth == len(files):
             raise ValueError(f"none of the {len(files)} events in {self.stage_dir / split} has truth "
                              "(hit_particle_id, or track_edges with track_particle_id): nothing to evaluate")
@@ -326,6 +371,28 @@ class ConnectedComponents(Stage):
             f"TrackML score {_fmt(metrics['trackml_score'])}\n  -> {path}"
         )
         return metrics
+
+    def event_matches(self, path: Path) -> EventMatches | None:
+        """Match counts of one labelled event (every style; target and pT > 1 GeV particles), its TrackML
+        score and its target particles; None for an event without truth. Pooled by `evaluate`, and
+        kept per event by the A/B statistics."""
+        data = load_event(path)
+        labels = require_field(data, LABELS_FIELD, path).numpy()
+        pid = hit_particle_ids(data)
+        if pid is None:
+            return None
+        tracks, particles = match_event(labels, pid, self.config.matching_fraction)
+        features = particle_features(data, particles.particle_id.to_numpy())
+        target, pt1 = self.particle_selections(particles, features, path)
+        return EventMatches(
+            counts={style: count_matches(tracks, particles, target, style) for style in STYLES},
+            counts_pt1={style: count_matches(tracks, particles, pt1, style) for style in STYLES},
+            trackml_score=self.trackml_score(data, labels, pid, path) if "hit_weight" in data else None,
+            particles=particles.assign(
+                pt_gev=features.get("track_particle_pt", np.full(len(particles), np.nan)) / 1000.0,
+                eta=features.get("track_particle_eta", np.full(len(particles), np.nan)),
+            )[target],
+        )
 
     def particle_selections(self, particles: pd.DataFrame, features: dict[str, np.ndarray],
                             source: Path) -> tuple[np.ndarray, np.ndarray]:

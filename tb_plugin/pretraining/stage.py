@@ -26,7 +26,7 @@ from tb_plugin.injection import ModuleEmbedding
 from tb_plugin.model import OptimConfig, TrackingBERTConfig, TrackingBERTModule
 from tb_plugin.pretraining.datamodule import SequenceSettings, TrackingBERTDataModule
 from tb_plugin.pretraining.evaluation import evaluate_pretraining, summary_table
-from tb_plugin.stage import Stage, StageConfig
+from tb_plugin.stage import EventProcessor, Stage, StageConfig
 from tb_plugin.tokenizer import UNK, ModuleTokenizer
 from tb_plugin.training import TrainerConfig, last_checkpoint, make_trainer, trained_checkpoint
 
@@ -87,6 +87,10 @@ class TrackingBERTStage(Stage):
     config_class = TrackingBERTStageConfig
     trainable = True
     config: TrackingBERTStageConfig
+
+    def __init__(self, config: TrackingBERTStageConfig) -> None:
+        super().__init__(config)
+        self.unknown_hits: dict[str, int] = {"outside": 0, "hits": 0}  # filled by event_processor's function
 
     @property
     def artifacts(self) -> Path:
@@ -156,22 +160,30 @@ class TrackingBERTStage(Stage):
 
     # ------------------------------------------------------------------ infer
 
-    def infer(self, overwrite: bool = False) -> None:
+    def event_processor(self) -> EventProcessor:
+        """Load the checkpoint and vocabulary once; the function adds hit_tb_emb to one event. Hits on
+        modules outside the vocabulary are counted in `self.unknown_hits` ("outside" of "hits", since
+        this call), so `infer` can warn once for the whole run rather than once per event."""
         module, tokenizer, detector = self.trained()
         inject = ModuleEmbedding.from_token_embeddings(module.model.module_embeddings(), tokenizer, flat_columns=self.config.flat_columns)
-        if not (self.stage_dir / "detectors.csv").exists():  # downstream stages find the geometry beside their input
-            detector.to_csv(self.stage_dir / "detectors.csv")
-        counts = {"outside": 0, "hits": 0}
+        counts = self.unknown_hits = {"outside": 0, "hits": 0}
 
-        def add_embedding(data: Data, path: Path) -> Data:
+        def add_embedding(data: Data, source: Path) -> Data:
             if "hit_module_index" not in data:
-                data.hit_module_index = module_index_from_ids(data, detector, path)
+                data.hit_module_index = module_index_from_ids(data, detector, source)
             data = inject(data)
             counts["outside"] += int((tokenizer.module_to_token[data.hit_module_index.numpy()] == UNK).sum())
-            counts["hits"] += data.num_nodes
+            counts["hits"] += len(data.hit_module_index)  # not num_nodes: ACORN's reader does not set it
             return data
 
-        self.rewrite_events(add_embedding, overwrite)
+        return add_embedding
+
+    def infer(self, overwrite: bool = False) -> None:
+        process = self.event_processor()
+        if not (self.stage_dir / "detectors.csv").exists():  # downstream stages find the geometry beside their input
+            self.detector().to_csv(self.stage_dir / "detectors.csv")
+        self.rewrite_events(process, overwrite)
+        counts = self.unknown_hits
         if counts["outside"]:
             log.warning("%d of %d hits lie on modules outside the vocabulary and got the [UNK] embedding", counts["outside"], counts["hits"])
 

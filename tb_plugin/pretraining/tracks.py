@@ -16,7 +16,8 @@ import numpy as np
 from torch_geometric.data import Data
 
 from tb_plugin.atomic import atomic_path
-from tb_plugin.event_store import require_field
+from tb_plugin.event_store import MissingFieldError, require_field
+from tb_plugin.geometry import Detector
 from tb_plugin.tokenizer import PAD, ModuleTokenizer
 
 LongTracks = Literal["truncate", "split"]
@@ -72,6 +73,19 @@ def particle_hits(data: Data, source: str) -> tuple[np.ndarray, np.ndarray, np.n
     return hit, pid[rows], vertex[rows], pt[rows]
 
 
+def hit_module_index(data: Data, detector: Detector, source: str) -> np.ndarray:
+    """[N] dense module index of every hit: `hit_module_index` where the file has it (our reader),
+    else from the TrackML ids, which is what ACORN's TrackML reader writes (hit_volume_id, hit_layer_id,
+    hit_module_id)."""
+    if "hit_module_index" in data:
+        return data.hit_module_index.numpy()
+    names = ("hit_volume_id", "hit_layer_id", "hit_module_id")
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise MissingFieldError(f"{source}: needs 'hit_module_index' or the fields {', '.join(names)} (missing: {', '.join(missing)})")
+    return np.asarray(detector.index_strict(*(data[n].numpy() for n in names)), dtype=np.int64)
+
+
 def event_tracks(
     data: Data,
     tokenizer: ModuleTokenizer,
@@ -82,7 +96,7 @@ def event_tracks(
 ) -> TrackSet:
     """All tracks of one event with min_hits..max_hits hits inside the tokenizer's volumes."""
     hit, pid, vertex, pt = particle_hits(data, source)
-    module = require_field(data, "hit_module_index", source).numpy()[hit]  # [H]
+    module = hit_module_index(data, tokenizer.detector, source)[hit]  # [H]
     if tokenizer.volumes is not None:  # e.g. the paper's pixel-only tracks
         inside = np.isin(require_field(data, "hit_volume_id", source).numpy()[hit], tokenizer.volumes)
         hit, pid, vertex, pt, module = hit[inside], pid[inside], vertex[inside], pt[inside], module[inside]

@@ -117,3 +117,21 @@ def test_config_errors_name_the_key(tmp_path):
         stage(tmp_path, target_tracks={"pt": ["above", 3]})
     with pytest.raises(ConfigError, match="window_coverage"):
         stage(tmp_path, window_coverage=1.5)
+
+
+def test_map_events_learns_from_more_events_than_it_writes(store):
+    # data_split writes no training graph, yet map_events: 2 learns the pair 1 -> 3 from the second event
+    built = stage(store, data_split=[0, 0, 1], map_events=2)
+    built.train()
+    built.infer()
+    assert not (store / "out" / "trainset").exists()
+    test = load_event(store / "out" / "testset" / "event000000100.pyg")
+    pairs = {(int(a), int(b)) for a, b in test.edge_index.T}
+    assert (6, 7) in pairs  # hits on modules 1 -> 3
+    only_first = stage(store, data_split=[1, 0, 1], map_events=None, stage_dir=str(store / "out1"))
+    only_first.train()
+    only_first.infer()
+    test = load_event(store / "out1" / "testset" / "event000000100.pyg")
+    assert (6, 7) not in {(int(a), int(b)) for a, b in test.edge_index.T}
+    with pytest.raises(FileNotFoundError, match="map_events.*3 events.*holds 2"):
+        stage(store, map_events=3, stage_dir=str(store / "out2")).train()

@@ -10,6 +10,7 @@ from torch_geometric.data import Data
 from stages.track_building import ConnectedComponents, ConnectedComponentsConfig
 from stages.track_building.connected_components import (
     LABELS_FIELD,
+    best_chain_edges,
     hit_particle_ids,
     particle_features,
     submission_frame,
@@ -94,6 +95,20 @@ def test_score_cut_min_track_length_and_labels():
     assert track_labels(edge_index, scores, 8, 0.5, 2).tolist() == [0, 0, 0, 1, 1, -1, -1, -1]
     assert track_labels(edge_index, scores, 8, 0.4, 2).tolist() == [0, 0, 0, 1, 1, 2, 2, -1]
     assert track_labels(np.zeros((2, 0), int), np.zeros(0), 3, 0.5, 2).tolist() == [-1, -1, -1]
+
+
+def test_chains_keep_each_hits_best_edge_so_a_junction_does_not_merge_tracks():
+    # Track A: 0-1-2-3, track B: 4-5-6-7; a wrong edge 1 -> 6 (0.6) above the cut joins them in plain CC.
+    edge_index = np.array([[0, 1, 2, 4, 5, 6, 1], [1, 2, 3, 5, 6, 7, 6]])
+    scores = np.array([0.9, 0.9, 0.9, 0.9, 0.8, 0.9, 0.6])
+    assert track_labels(edge_index, scores, 8, 0.5, 3).tolist() == [0] * 8
+    assert track_labels(edge_index, scores, 8, 0.5, 3, chains=True).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    keep = best_chain_edges(edge_index, scores)
+    assert keep.tolist() == [True, True, True, True, True, True, False]
+    # both ends must agree: when 1 -> 6 beats 1 -> 2 at hit 1 and 5 -> 6 at hit 6, it is kept and those two go
+    scores_b = np.array([0.9, 0.7, 0.9, 0.9, 0.8, 0.9, 0.85])
+    assert best_chain_edges(edge_index, scores_b).tolist() == [True, False, True, True, False, True, True]
+    assert best_chain_edges(np.zeros((2, 0), int), np.zeros(0)).tolist() == []
 
 
 def test_submission_lists_every_hit_once_and_loners_get_their_own_track():

@@ -1,0 +1,313 @@
+"""Per-stage inference time and peak memory of the baseline chain on full-occupancy events, on the CPU.
+
+    .venv/bin/python benchmarks/inference_speed.py [--events 3] [--map-events 30] [--threads 2]
+                                                   [--hidden H] [--iters K] [--out runs/bench/inference_speed.json]
+
+The chain is data reading (TrackML CSVs -> Data) -> ModuleMap -> InteractionGNN -> ConnectedComponents,
+run in memory by stages.inference_chain.InferenceChain, one event at a time, with the keys of the
+shipped baseline configs (configs/graph_construction/module_map.yaml, configs/edge_classifier/
+interaction_gnn.yaml, configs/track_building/connected_components.yaml; --hidden / --iters override
+the GNN's size). Target (issue): under 10 s per pile-up-200 event on a 2-core CPU, peak memory under 8 GB.
+
+Setup, in a child process so its memory does not count (everything under --work, reused by a rerun):
+  1. simulates `--map-events` pile-up-200 training events and `--events` test events (the real
+     detector's geometry when ../shared/trackml/detectors.csv exists, else the built-in one);
+  2. reads the training events and learns the module map from all of them;
+  3. builds the graph of one training event and trains the GNN for one epoch on a phi sector of it.
+     The scores are meaningless; inference time does not depend on them (the edges cut by
+     score_cut only change the connected-components step, which is the cheapest).
+Timing, in this process (setup's memory does not count): one untimed warm-up event (a training
+event), then every test event through the chain, from its CSV files to its track labels; then the real
+hits of ../shared/trackml/event000001001-hits.csv (no truth file exists: time, graph size and memory
+only), read with the real detectors.csv. Peak memory is ru_maxrss of this process: the peak over the
+whole timing run (interpreter, torch, loaded models and the largest event), not a per-event figure.
+
+Prints one JSON object to stdout (progress goes to stderr) and writes it to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from stages.inference_chain import InferenceChain  # noqa: E402
+from tb_plugin.config import load_yaml  # noqa: E402
+from tb_plugin.event_store import list_event_files, load_event, save_event  # noqa: E402
+from tb_plugin.geometry import Detector  # noqa: E402
+from tb_plugin.pipeline import stage_from_mapping  # noqa: E402
+from tb_plugin.simulation import SimulationConfig, simulate_dataset  # noqa: E402
+from tb_plugin.stage import Stage  # noqa: E402
+from tb_plugin.trackml import event_prefix, list_events  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "trackml"
+REAL_EVENT = 1001
+CONFIGS = {
+    "graph_construction": REPO / "configs" / "graph_construction" / "module_map.yaml",
+    "edge_classifier": REPO / "configs" / "edge_classifier" / "interaction_gnn.yaml",
+    "track_building": REPO / "configs" / "track_building" / "connected_components.yaml",
+}
+TARGET_SECONDS = 10.0
+TARGET_MEMORY_MB = 8 * 1024
+FIRST_TRAIN_EVENT, FIRST_TEST_EVENT = 1000, 5000
+GNN_TRAIN_EDGES = 50_000  # the phi sector the one-epoch GNN trains on
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def peak_memory_mb() -> float:
+    """ru_maxrss of this process (kB on Linux): its peak resident memory so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ------------------------------------------------------------------------------------- setup
+
+
+def sim_detector(shared: Path) -> tuple[Detector, str]:
+    """The real geometry when the shared folder has it (the real hits then share the map's module
+    index exactly), else the built-in detector."""
+    if (shared / "detectors.csv").is_file():
+        return Detector.from_csv(shared / "detectors.csv"), str(shared / "detectors.csv")
+    return Detector.builtin(), "builtin"
+
+
+def simulate(folder: Path, n_events: int, first_event: int, pileup: float, seed: int, detector: Detector) -> None:
+    """Simulated events in `folder` unless a previous run left exactly these there."""
+    wanted = list(range(first_event, first_event + n_events))
+    have = [event_id for event_id, _ in list_events(folder)] if folder.is_dir() else []
+    stored = folder / "detectors.csv"
+    if have == wanted and stored.is_file() and Detector.from_csv(stored).geometry_hash() == detector.geometry_hash():
+        log(f"reusing {n_events} simulated events in {folder}")
+        return
+    if folder.is_dir():
+        for path in folder.iterdir():
+            path.unlink()
+    log(f"simulating {n_events} events at pile-up {pileup:g} into {folder}")
+    simulate_dataset(SimulationConfig(n_events=n_events, pileup=pileup, seed=seed, first_event=first_event), detector, folder)
+    detector.to_csv(stored)
+
+
+def stage_values(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The shipped baseline config of a host stage, pointed at the benchmark's folders."""
+    values = load_yaml(CONFIGS[name])
+    if name == "graph_construction":
+        values.update(input_dir=str(work / "store"), stage_dir=str(work / "module_map"), data_split=[args.map_events, 0, 0])
+        values.pop("map_events", None)
+    elif name == "edge_classifier":
+        values.update(input_dir=str(work / "graphs"), stage_dir=str(work / "gnn"), data_split=[1, 0, 0], max_epochs=1,
+                      warmup_steps=0, max_train_edges=GNN_TRAIN_EDGES, accelerator="cpu", devices=1, num_workers=0,
+                      logger="csv")
+        if args.hidden is not None:
+            values["hidden"] = args.hidden
+        if args.iters is not None:
+            values["n_graph_iters"] = args.iters
+    else:
+        values.update(input_dir=str(work / "gnn"), stage_dir=str(work / "track_building"))
+    return values
+
+
+def reader(input_dir: Path, stage_dir: Path, detector: str, n_events: int) -> Stage:
+    values = {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(input_dir), "stage_dir": str(stage_dir),
+              "data_split": [n_events, 0, 0], "use_cells": False}
+    if detector != "builtin":
+        values["detector"] = detector
+    return stage_from_mapping(values, "inference_speed reader")
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Everything the timing needs: simulated events, the learned map, a (briefly) trained GNN."""
+    torch.set_num_threads(args.threads)
+    work = args.work
+    detector, detector_name = sim_detector(args.shared)
+    simulate(work / "sim" / "train", args.map_events, FIRST_TRAIN_EVENT, args.pileup, args.seed, detector)
+    simulate(work / "sim" / "test", args.events, FIRST_TEST_EVENT, args.pileup, args.seed + 1, detector)
+    reader(work / "sim" / "train", work / "store", detector_name, args.map_events).infer()
+    module_map = stage_from_mapping(stage_values("graph_construction", work, args), str(CONFIGS["graph_construction"]))
+    module_map.train()
+    first = list_event_files(work / "store", "trainset")[0]
+    graph_file = work / "graphs" / "trainset" / first.name
+    if not graph_file.exists():
+        save_event(module_map.event_processor()(load_event(first), first), graph_file)
+    gnn = stage_from_mapping(stage_values("edge_classifier", work, args), str(CONFIGS["edge_classifier"]))
+    for old in (work / "gnn" / "artifacts").glob("*.ckpt"):  # a new size or config: train afresh
+        old.unlink()
+    gnn.train()
+
+
+# ------------------------------------------------------------------------------------- timing
+
+
+def event_row(event_id: int, data: Any, seconds: dict[str, float]) -> dict[str, Any]:
+    labels = data.hit_track_labels
+    return {
+        "event_id": event_id,
+        "hits": int(data.num_nodes),
+        "edges": int(data.edge_index.shape[1]),
+        "tracks": int(labels.max()) + 1 if labels.numel() else 0,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "total_seconds": round(sum(seconds.values()), 3),
+    }
+
+
+def host_stages(work: Path, args: argparse.Namespace) -> list[Stage]:
+    return [stage_from_mapping(stage_values(name, work, args), str(CONFIGS[name])) for name in CONFIGS]
+
+
+def time_simulated(args: argparse.Namespace, detector_name: str) -> dict[str, Any]:
+    work = args.work
+    start = time.perf_counter()
+    chain = InferenceChain([reader(work / "sim" / "test", work / "read", detector_name, args.events), *host_stages(work, args)])
+    load_seconds = time.perf_counter() - start
+    warm = list_events(work / "sim" / "train")[0]
+    log(f"warm-up on training event {warm[0]} (not timed)")
+    chain.run(None, warm[1])
+    rows = []
+    for event_id, prefix in list_events(work / "sim" / "test"):
+        data, seconds = chain.run(None, prefix)
+        rows.append(event_row(event_id, data, seconds))
+        log(f"event {event_id}: {rows[-1]['hits']:,} hits, {rows[-1]['edges']:,} edges, {rows[-1]['total_seconds']:.2f} s {rows[-1]['seconds']}")
+        del data
+    totals = [r["total_seconds"] for r in rows]
+    return {
+        "events": rows,
+        "mean_seconds": {name: round(float(np.mean([r["seconds"][name] for r in rows])), 3) for name in chain.stage_names},
+        "mean_total_seconds": round(float(np.mean(totals)), 3),
+        "max_total_seconds": round(float(np.max(totals)), 3),
+        "mean_hits": round(float(np.mean([r["hits"] for r in rows]))),
+        "mean_edges": round(float(np.mean([r["edges"] for r in rows]))),
+        "load_seconds": round(load_seconds, 3),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+    }
+
+
+def map_compatibility(sim: Detector, real: Detector) -> tuple[bool, str]:
+    """Whether a map learned on `sim` applies to hits indexed with `real`: the map stores dense module
+    indices, the rank of (volume, layer, module) in the sorted module table, so it applies when both
+    tables hold the same ids."""
+    if sim.geometry_hash() == real.geometry_hash():
+        return True, "the map was learned on events simulated with this detectors.csv: same geometry, same module index"
+    same_ids = len(sim) == len(real) and all(np.array_equal(getattr(sim, k), getattr(real, k))
+                                             for k in ("volume_id", "layer_id", "module_id"))
+    if same_ids:
+        return True, ("the simulation used the built-in detector, which has the real file's (volume, layer, module) ids, "
+                      "so the module index agrees; its module positions differ slightly, so the doublet windows are approximate")
+    return False, "the real detector's module ids differ from the simulated detector's: a map learned there cannot apply"
+
+
+def time_real(args: argparse.Namespace) -> dict[str, Any]:
+    hits = args.shared / f"event{REAL_EVENT:09d}-hits.csv"
+    if not hits.is_file() or not (args.shared / "detectors.csv").is_file():
+        return {"skipped": f"{hits} or {args.shared / 'detectors.csv'} not found (../shared/trackml beside the checkout)"}
+    sim_name = sim_detector(args.shared)[1]
+    sim = Detector.builtin() if sim_name == "builtin" else Detector.from_csv(sim_name)
+    applies, why = map_compatibility(sim, Detector.from_csv(args.shared / "detectors.csv"))
+    read = reader(args.shared, args.work / "read_real", str(args.shared / "detectors.csv"), 1)
+    chain = InferenceChain([read, *host_stages(args.work, args)] if applies else [read])
+    data, seconds = chain.run(None, event_prefix(args.shared, REAL_EVENT))
+    result = {"file": str(hits), "truth": "none (no truth file: time, graph size and memory only)", "module_map": why}
+    if applies:
+        result.update(event_row(REAL_EVENT, data, seconds))
+    else:
+        result.update(hits=int(data.num_nodes), seconds={k: round(v, 3) for k, v in seconds.items()})
+    result["peak_memory_mb"] = round(peak_memory_mb(), 1)
+    return result
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    detector_name = sim_detector(args.shared)[1]
+    simulated = time_simulated(args, detector_name)
+    real = time_real(args)
+    gnn = load_yaml(CONFIGS["edge_classifier"])
+    hidden, iters = args.hidden or gnn.get("hidden", 64), args.iters or gnn.get("n_graph_iters", 8)
+    total = simulated["mean_total_seconds"]
+    peak = peak_memory_mb()
+    slowest = max(simulated["mean_seconds"], key=simulated["mean_seconds"].get)
+    return {
+        "per_stage_seconds": simulated["mean_seconds"],
+        "total_seconds": total,
+        "peak_memory_mb": round(peak, 1),
+        "target": {
+            "seconds": TARGET_SECONDS, "memory_mb": TARGET_MEMORY_MB,
+            "seconds_met": total < TARGET_SECONDS, "memory_met": peak < TARGET_MEMORY_MB,
+            "slowest_stage": slowest,
+            "over_by_seconds": round(max(total - TARGET_SECONDS, 0.0), 3),
+        },
+        "notes": [
+            "per_stage_seconds and total_seconds: mean over the simulated pile-up-200 test events, wall clock, "
+            "from the CSV files to the track labels, after one untimed warm-up event",
+            "peak_memory_mb: ru_maxrss of the timing process, the peak over the whole timing run (models, "
+            "every event, the real hits); setup (simulation, map learning, GNN training) ran in another process",
+            f"the GNN (hidden {hidden}, {iters} iterations) was trained for one epoch on one event: its scores are "
+            "not meaningful, and inference time does not depend on them",
+        ],
+        "simulated": simulated,
+        "real_hits": real,
+        "setup": {
+            "pileup": args.pileup, "map_events": args.map_events, "test_events": args.events,
+            "detector": detector_name, "gnn_hidden": hidden, "gnn_iters": iters, "seed": args.seed,
+            "configs": {name: str(path.relative_to(REPO)) for name, path in CONFIGS.items()},
+        },
+        "machine": {
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=3, help="pile-up-200 test events timed (default 3)")
+    parser.add_argument("--map-events", type=int, default=30, help="pile-up-200 events the module map learns from (default 30)")
+    parser.add_argument("--pileup", type=float, default=200.0)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--hidden", type=int, default=None, help="GNN hidden size (default: the config's)")
+    parser.add_argument("--iters", type=int, default=None, help="GNN message-passing iterations (default: the config's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench" / "inference_speed", help="setup folder (reused)")
+    parser.add_argument("--shared", type=Path, default=SHARED, help="folder of the real TrackML files")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "inference_speed.json")
+    parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)  # the setup child process
+    args = parser.parse_args(argv)
+    for key in ("events", "map_events", "threads"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+
+    if args.prepare_only:
+        with contextlib.redirect_stdout(sys.stderr):
+            prepare(args)
+        return 0
+    child = [sys.executable, str(Path(__file__).resolve()), "--prepare-only", *(argv if argv is not None else sys.argv[1:])]
+    start = time.perf_counter()
+    subprocess.run(child, check=True, stdout=sys.stderr)
+    log(f"setup took {time.perf_counter() - start:.0f} s")
+    if not (args.shared / "detectors.csv").is_file():
+        log(f"{args.shared} not found: the real-hits part is skipped")
+    with contextlib.redirect_stdout(sys.stderr):  # stages print summaries; stdout carries only the JSON
+        result = measure(args)
+    text = json.dumps(result, indent=2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""The A/B config (`tb ab AB.yaml`): which pipeline is the baseline, which TrackingBERT stage the other
+arm adds, and what it adds downstream. Validated once here; the runner only sees `ABConfig`.
+
+    ab_dir: runs/demo/ab                      # everything the A/B writes (relative to where tb runs)
+    pipeline: ../pipelines/demo_baseline.yaml # the baseline arm (relative to this file); data reading first
+    tracking_bert: ../tracking_bert/demo.yaml # the stage the trackingbert arm inserts after data reading
+    seeds: [0, 1, 2]                          # K seeds of the downstream stages, the same in both arms
+    trackingbert_features:                    # appended to every downstream stage that has the key
+      node_features: [hit_tb_emb]
+      node_scales: [1.0]
+      edge_features: [tb_sim]
+      edge_scales: [1.0]
+    low_label: {n_labelled: [1, 2, 4, 8], seeds: [0], run: false}   # `tb ab --low-label` runs it
+    bootstrap: {samples: 2000, confidence: 0.95, seed: 0}
+    timing_events: 5                          # test events whose in-memory inference is timed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tb_plugin.config import ConfigError, build, load_yaml
+
+
+@dataclass(kw_only=True)
+class FeatureAddition:
+    """What the trackingbert arm appends to the downstream stages' feature lists."""
+
+    node_features: list[str] = field(default_factory=lambda: ["hit_tb_emb"])
+    node_scales: list[float] = field(default_factory=lambda: [1.0])
+    edge_features: list[str] = field(default_factory=lambda: ["tb_sim"])
+    edge_scales: list[float] = field(default_factory=lambda: [1.0])
+
+    def __post_init__(self) -> None:
+        if len(self.node_scales) != len(self.node_features):
+            raise ValueError(f"key 'trackingbert_features.node_scales' needs one scale per node feature "
+                             f"({len(self.node_features)}), got {self.node_scales}")
+        if len(self.edge_scales) != len(self.edge_features):
+            raise ValueError(f"key 'trackingbert_features.edge_scales' needs one scale per edge feature "
+                             f"({len(self.edge_features)}), got {self.edge_scales}")
+        if not self.node_features and not self.edge_features:
+            raise ValueError("key 'trackingbert_features' adds no feature: the two arms would be identical")
+
+
+@dataclass(kw_only=True)
+class LowLabelConfig:
+    """The low-label sweep: the gradient-trained downstream stages retrained on the first n labelled
+    training events (plus all of them), with as many optimiser steps as the full run."""
+
+    n_labelled: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    seeds: list[int] | None = None  # default: the A/B seeds
+    run: bool = False  # also run it with every `tb ab` (else only with --low-label)
+
+    def __post_init__(self) -> None:
+        if not self.n_labelled or any(n < 1 for n in self.n_labelled):
+            raise ValueError(f"key 'low_label.n_labelled' must list event counts >= 1, got {self.n_labelled}")
+        if self.seeds is not None and not self.seeds:
+            raise ValueError("key 'low_label.seeds' must list at least one seed (or be null: the A/B seeds)")
+
+
+@dataclass(kw_only=True)
+class BootstrapConfig:
+    samples: int = 2000
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 100:
+            raise ValueError(f"key 'bootstrap.samples' must be at least 100, got {self.samples}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise ValueError(f"key 'bootstrap.confidence' must be in [0.5, 1), got {self.confidence}")
+
+
+@dataclass(kw_only=True)
+class ABConfig:
+    ab_dir: Path
+    pipeline: Path
+    tracking_bert: Path
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    trackingbert_features: FeatureAddition = field(default_factory=FeatureAddition)
+    low_label: LowLabelConfig | None = None
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    timing_events: int = 5
+    timing_repeats: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("key 'seeds' must list at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"key 'seeds' repeats a seed: {self.seeds}")
+        if self.timing_events < 1 or self.timing_repeats < 1:
+            raise ValueError(f"keys 'timing_events' and 'timing_repeats' must be at least 1, got "
+                             f"{self.timing_events} and {self.timing_repeats}")
+
+    @property
+    def low_label_seeds(self) -> list[int]:
+        return list(self.low_label.seeds or self.seeds) if self.low_label else []
+
+
+def load_ab_config(path: str | Path) -> ABConfig:
+    """The typed A/B config; `pipeline` and `tracking_bert` are resolved against the file's folder."""
+    path = Path(path)
+    values = load_yaml(path)
+    config = build(ABConfig, values, str(path))
+    for key in ("pipeline", "tracking_bert"):
+        resolved = (path.parent / getattr(config, key)).resolve()
+        if not resolved.is_file():
+            raise ConfigError(f"{path}: key '{key}' names {getattr(config, key)}, but {resolved} does not exist")
+        setattr(config, key, resolved)
+    return config

@@ -1,0 +1,307 @@
+"""REPORT.md of the A/B benchmark: metric differences with their intervals, costs, overhead, low-label sweep.
+
+The wording follows the statistics and nothing else: a metric is called better or worse only when its
+whole bootstrap interval lies on one side of zero, and "no significant difference" is never rephrased
+as a gain. The report is rendered from results.json alone (differences may be `Difference` objects or
+their `as_dict()` form), so it can be regenerated without rerunning anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tb_plugin.ab.statistics import ARMS, Difference, seed_summary
+from tb_plugin.atomic import write_text
+
+BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no significant difference"
+NOT_COMPARED = "not compared"
+MISSING = "n/a"
+
+
+# ---------------------------------------------------------------------------- number formats
+
+
+def format_value(x: float | None) -> str:
+    """4 significant digits for rates and scores; whole numbers with thousands separators from 1000 up
+    (edges per event), where 4 significant digits would switch to exponent notation."""
+    if x is None or not math.isfinite(x):
+        return MISSING
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.4g}"
+
+
+def format_signed(x: float | None) -> str:
+    """format_value with an explicit sign, so a difference reads as a direction."""
+    text = format_value(x)
+    return text if text == MISSING or text.startswith("-") else f"+{text}"
+
+
+def format_spread(x: float | None) -> str:
+    """A std to 2 significant digits without exponent notation: its third digit is noise."""
+    if x is None or not math.isfinite(x):
+        return MISSING
+    if x == 0:
+        return "0"
+    digits = max(0, 1 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{digits}f}"
+
+
+def format_seconds(x: float | None) -> str:
+    return MISSING if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def _mean_std(mean: float, std: float, fmt=format_value, spread=format_spread) -> str:
+    """'mean ± std', or the mean alone when the seeds agree (std 0)."""
+    if not math.isfinite(mean):
+        return MISSING
+    return fmt(mean) if not std else f"{fmt(mean)} ± {spread(std)}"
+
+
+# ---------------------------------------------------------------------------- verdicts
+
+
+def _as_difference(diff: Difference | Mapping[str, Any]) -> Difference:
+    return diff if isinstance(diff, Difference) else Difference.from_dict(diff)
+
+
+def verdict(diff: Difference | Mapping[str, Any] | None, higher_is_better: bool) -> str:
+    """'better' / 'worse' for trackingbert when the interval excludes zero, else 'no significant difference'."""
+    if diff is None:
+        return NOT_COMPARED
+    d = _as_difference(diff)
+    if not d.significant:
+        return NO_DIFFERENCE
+    return BETTER if (d.estimate > 0) == higher_is_better else WORSE
+
+
+def _metric_specs(results: Mapping[str, Any], differences: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """results['metrics'] in report order, plus any compared metric it does not list (label = name)."""
+    specs = [dict(m) for m in results.get("metrics", [])]
+    listed = {m["name"] for m in specs}
+    specs += [{"name": n, "label": n, "higher_is_better": True} for n in differences if n not in listed]
+    return specs
+
+
+def _confidence(differences: Mapping[str, Any], results: Mapping[str, Any]) -> float:
+    for diff in differences.values():
+        return _as_difference(diff).confidence
+    return float(results.get("config", {}).get("bootstrap", {}).get("confidence", 0.95))
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+def summary_table(results: Mapping[str, Any], differences: Mapping[str, Difference | Mapping[str, Any]]) -> str:
+    """The metric table: one row per metric with both arms' mean ± std over seeds, the pooled difference
+    with its interval and the verdict."""
+    seeds = len(results["arms"][ARMS[0]]["seeds"])
+    level = f"{_confidence(differences, results):.0%}"
+    lines = [
+        f"| metric | {ARMS[0]} (mean ± std, {seeds} seeds) | {ARMS[1]} (mean ± std, {seeds} seeds) "
+        f"| difference {ARMS[1]} − {ARMS[0]} [{level} CI] | verdict |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for spec in _metric_specs(results, differences):
+        name = spec["name"]
+        cells = [spec.get("label", name)]
+        for arm in ARMS:
+            cells.append(_mean_std(*seed_summary(results, arm, name)))
+        raw = differences.get(name)
+        if raw is None:
+            cells.append(MISSING)
+        else:
+            d = _as_difference(raw)
+            cells.append(f"{format_signed(d.estimate)} [{format_signed(d.ci_low)}, {format_signed(d.ci_high)}]")
+        cells.append(verdict(raw, bool(spec.get("higher_is_better", True))))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _verdict_counts(results: Mapping[str, Any], differences: Mapping[str, Any]) -> str:
+    counts = {BETTER: 0, WORSE: 0, NO_DIFFERENCE: 0}
+    for spec in _metric_specs(results, differences):
+        if spec["name"] in differences:
+            counts[verdict(differences[spec["name"]], bool(spec.get("higher_is_better", True)))] += 1
+    n = sum(counts.values())
+    return (f"Of {n} metrics compared, {ARMS[1]} is significantly better on {counts[BETTER]}, significantly "
+            f"worse on {counts[WORSE]}, and shows no significant difference on {counts[NO_DIFFERENCE]}.")
+
+
+def _compact(value: Any, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _setup_section(results: Mapping[str, Any], differences: Mapping[str, Any]) -> list[str]:
+    baseline_seeds = results["arms"][ARMS[0]]["seeds"]
+    seeds = sorted(int(s["seed"]) for s in baseline_seeds)
+    n_events = len(baseline_seeds[0]["event_ids"]) if baseline_seeds else 0
+    config = results.get("config") or {}
+    bootstrap = config.get("bootstrap", {}) if isinstance(config, Mapping) else {}
+    level = _confidence(differences, results)
+    samples = bootstrap.get("samples") if isinstance(bootstrap, Mapping) else None
+    lines = [
+        "## What was compared",
+        "",
+        f"- arms: `{ARMS[0]}` (the pipeline as configured) and `{ARMS[1]}` (the same pipeline with "
+        "TrackingBERT module-embedding features)",
+        f"- seeds: {', '.join(map(str, seeds))} ({len(seeds)} per arm, the same in both)",
+        f"- test events: {n_events}, the same events in every arm and seed",
+        f"- differences: pooled over all (seed, event) cells (ratio of sums); intervals: {level:.0%} percentile "
+        f"intervals of a paired bootstrap{f' with {samples} replicates' if samples else ''} that resamples "
+        "seeds and events, one event draw shared by both arms",
+    ]
+    if len(seeds) == 1:
+        lines.append("- with one seed only events are resampled: the intervals do not include seed-to-seed variation")
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            if key != "bootstrap":
+                lines.append(f"- `{key}`: `{_compact(value)}`")
+    return lines + [""]
+
+
+def _seed_stats(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, std ddof = 1); std exactly 0 when the seeds agree, where float rounding would leave ~1e-17."""
+    if not values:
+        return math.nan, math.nan
+    same = max(values) == min(values)
+    return float(np.mean(values)), 0.0 if same else float(np.std(values, ddof=1))
+
+
+def _keys(results: Mapping[str, Any], field: str) -> list[str]:
+    """Components named under `field` in any seed of either arm, first-seen order, 'total' last."""
+    seen: dict[str, None] = {}
+    for arm in ARMS:
+        for s in results["arms"][arm]["seeds"]:
+            seen.update(dict.fromkeys(s.get(field, {}) or {}))
+    keys = [k for k in seen if k != "total"]
+    return keys + (["total"] if "total" in seen else [])
+
+
+def _resource_cell(results: Mapping[str, Any], arm: str, field: str, key: str, fmt) -> str:
+    values = [float(s[field][key]) for s in results["arms"][arm]["seeds"]
+              if isinstance(s.get(field), Mapping) and s[field].get(key) is not None]
+    return _mean_std(*_seed_stats(values), fmt=fmt, spread=fmt)
+
+
+def _count(x: float | None) -> str:
+    return MISSING if x is None or not math.isfinite(x) else f"{x:,.0f}"
+
+
+def _resources_section(results: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for field, what, fmt in (("trainable_parameters", "trainable parameters", _count),
+                             ("train_time_s", "training time [s]", format_seconds),
+                             ("inference_s_per_event", "inference [s per event]", format_seconds)):
+        for key in _keys(results, field):
+            cells = [f"{what}: {key}"] + [_resource_cell(results, arm, field, key, fmt) for arm in ARMS]
+            rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["## Cost", "", "Mean ± std over seeds (no ± when every seed gave the same value).", "",
+            f"| quantity | {ARMS[0]} | {ARMS[1]} |", "| --- | ---: | ---: |", *rows, ""]
+
+
+def overhead_line(overhead: Mapping[str, Any] | None) -> str:
+    """One sentence: both arms' inference time per event, their ratio, and whether it meets the target."""
+    if not overhead or overhead.get("inference_ratio") is None:
+        return "Inference overhead: not measured."
+    ratio = float(overhead["inference_ratio"])
+    target = overhead.get("target")
+    times = ""
+    if overhead.get("baseline_s_per_event") is not None and overhead.get("trackingbert_s_per_event") is not None:
+        times = (f"{ARMS[1]} takes {format_seconds(float(overhead['trackingbert_s_per_event']))} s per event, "
+                 f"{ARMS[0]} {format_seconds(float(overhead['baseline_s_per_event']))} s; ")
+    text = f"Inference overhead: {times}ratio {ratio:.3f} ({ratio - 1:+.1%})"
+    if target is None:
+        return text + "."
+    meets = "meets" if ratio <= float(target) else "does not meet"
+    return text + f", which **{meets}** the target of at most {float(target):.3f}."
+
+
+def _low_label_section(results: Mapping[str, Any], differences: Mapping[str, Any]) -> list[str]:
+    low = results.get("low_label")
+    if not low:
+        return []
+    n_labelled = list(low["n_labelled"])
+    arms = low["arms"]
+    specs = {m["name"]: m for m in _metric_specs(results, differences)}
+    names = [n for n in specs if all(n in arms.get(a, {}) for a in ARMS)]
+    names += sorted(n for n in arms.get(ARMS[0], {}) if n in arms.get(ARMS[1], {}) and n not in specs)
+    # the runner lists every metric, None where the pipeline has no such stage: such rows say nothing
+    names = [n for n in names if any(v is not None for a in ARMS for v in arms[a][n]["mean"])]
+    lines = ["## Low-label sweep", "",
+             "The downstream stages retrained on the first n labelled training events; mean ± std over seeds"
+             + (f" {', '.join(map(str, low['seeds']))}" if low.get("seeds") else "") + ".", "",
+             f"| metric | labelled events | {ARMS[0]} | {ARMS[1]} |", "| --- | ---: | ---: | ---: |"]
+    for name in names:
+        label = specs.get(name, {}).get("label", name)
+        for i, n in enumerate(n_labelled):
+            cells = [label, str(n)]
+            for arm in ARMS:
+                entry = arms[arm][name]
+                mean, std = _nan(entry["mean"][i]), _nan((entry.get("std") or [0.0] * len(n_labelled))[i])
+                cells.append(_mean_std(mean, std if math.isfinite(std) else 0.0))
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _plots_section(plots: Iterable[str | os.PathLike], relative_to: Path | None) -> list[str]:
+    lines = []
+    for p in plots:
+        path = Path(p)
+        if relative_to is not None and path.is_absolute():
+            path = Path(os.path.relpath(path, relative_to))
+        lines.append(f"- [{path.name}]({path.as_posix()})")
+    return ["## Plots", "", *lines, ""] if lines else []
+
+
+def render_report(
+    results: Mapping[str, Any],
+    differences: Mapping[str, Difference | Mapping[str, Any]],
+    *,
+    relative_to: str | os.PathLike | None = None,
+) -> str:
+    """REPORT.md text. Plot paths in results['plots'] are linked as given, or relative to `relative_to`
+    (the report's folder) when they are absolute."""
+    level = _confidence(differences, results)
+    lines = [f"# A/B benchmark: {ARMS[1]} vs {ARMS[0]}", ""]
+    lines += _setup_section(results, differences)
+    lines += [
+        "## Metrics", "",
+        summary_table(results, differences).rstrip("\n"), "",
+        _verdict_counts(results, differences), "",
+        f"A verdict is *{BETTER}* or *{WORSE}* only when the whole {level:.0%} interval lies on one side of zero; "
+        f"*{NO_DIFFERENCE}* means the interval includes zero, so the data show no difference of either sign "
+        "(which is not the same as showing the arms equal). With many metrics, about "
+        f"{1 - level:.0%} of them can come out significant by chance alone.", "",
+    ]
+    lines += _resources_section(results)
+    lines += ["## Inference overhead", "", overhead_line(results.get("overhead")), ""]
+    lines += _low_label_section(results, differences)
+    lines += _plots_section(results.get("plots", []) or [], Path(relative_to) if relative_to is not None else None)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_report(path: str | os.PathLike, text: str) -> Path:
+    """Write REPORT.md atomically (a rerun never leaves half a report)."""
+    write_text(path, text)
+    return Path(path)
+
+
+__all__: Sequence[str] = [
+    "BETTER", "WORSE", "NO_DIFFERENCE", "NOT_COMPARED", "format_value", "format_signed", "format_spread", "format_seconds",
+    "verdict", "summary_table", "overhead_line", "render_report", "write_report",
+]

@@ -1,0 +1,138 @@
+"""The A/B runner end to end on a tiny simulated pipeline: the arms, resume, results and report."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tb_plugin.ab.config import load_ab_config
+from tb_plugin.ab.runner import ARMS, ABRunner, load_runner
+from tb_plugin.cli import main
+from tb_plugin.config import ConfigError
+from tb_plugin.geometry import Detector
+from tb_plugin.simulation import SimulationConfig, simulate_dataset
+
+TB_TINY = {"stage": "tracking_bert", "model": "TrackingBERT", "input_dir": "unused", "stage_dir": "unused",
+           "volumes": [7, 8, 9], "n_layer": 1, "n_embd": 8, "n_head": 2, "d_ff": 16, "lr": 3e-3, "warmup_steps": 2,
+           "batch_size": 256, "max_epochs": 1, "accelerator": "cpu", "flat_columns": False}
+
+
+def write_yaml(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ab_setup(tmp_path_factory) -> Path:
+    """Simulated events, a four-stage pipeline, a TrackingBERT config and an A/B config, all tiny."""
+    root = tmp_path_factory.mktemp("ab")
+    detector = Detector.builtin()
+    simulate_dataset(SimulationConfig(n_events=7, pileup=3, seed=5), detector, root / "events", progress=False)
+    detector.to_csv(root / "events" / "detectors.csv")
+    configs = root / "configs"
+    configs.mkdir()
+    stages = [
+        {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(root / "events"),
+         "stage_dir": str(root / "feature_store"), "data_split": [4, 1, 2]},
+        {"stage": "graph_construction", "model": "ModuleMap", "input_dir": "x", "stage_dir": "x"},
+        {"stage": "edge_classifier", "model": "InteractionGNN", "input_dir": "x", "stage_dir": "x",
+         "node_features": ["hit_r", "hit_phi", "hit_z"], "node_scales": [1000, 3.14159, 1000],
+         "edge_features": ["dr", "dphi"], "edge_scales": [100, 0.1], "hidden": 8, "n_graph_iters": 1,
+         "max_epochs": 2, "lr": 3e-3},
+        {"stage": "track_building", "model": "ConnectedComponents", "input_dir": "x", "stage_dir": "x"},
+    ]
+    write_yaml(configs / "pipeline.yaml", {"stages": stages})
+    write_yaml(configs / "tb.yaml", TB_TINY)
+    write_yaml(configs / "ab.yaml", {
+        "ab_dir": str(root / "ab"), "pipeline": "pipeline.yaml", "tracking_bert": "tb.yaml", "seeds": [0, 1],
+        "bootstrap": {"samples": 200}, "timing_events": 1, "timing_repeats": 1,
+        "low_label": {"n_labelled": [1, 2], "seeds": [0]},
+    })
+    return configs / "ab.yaml"
+
+
+def test_the_arms_differ_only_in_the_features(ab_setup):
+    runner = load_runner(ab_setup)
+    base, tb = runner.arm_values("baseline", 0), runner.arm_values("trackingbert", 0)
+    assert [v["stage"] for v in base] == [v["stage"] for v in tb] == ["graph_construction", "edge_classifier", "track_building"]
+    for b, t in zip(base, tb):
+        differing = {k for k in set(b) | set(t) if b.get(k) != t.get(k)}
+        assert differing <= {"input_dir", "stage_dir", "node_features", "node_scales", "edge_features", "edge_scales"}
+    gnn_b, gnn_t = base[1], tb[1]
+    assert gnn_t["node_features"] == gnn_b["node_features"] + ["hit_tb_emb"]
+    assert gnn_t["node_scales"] == gnn_b["node_scales"] + [1.0]
+    assert gnn_t["edge_features"] == gnn_b["edge_features"] + ["tb_sim"]
+    assert gnn_t["edge_scales"] == gnn_b["edge_scales"] + [1.0]
+    # the trackingbert arm reads the pretrained stage; the baseline reads data reading directly
+    assert Path(tb[0]["input_dir"]) == runner.pretraining_stage().stage_dir
+    assert Path(base[0]["input_dir"]) == runner.reading_stage().stage_dir
+    # seeds change the seed of every stage and the folders of the gradient-trained ones only
+    other = runner.arm_values("baseline", 1)
+    assert other[0]["stage_dir"] == base[0]["stage_dir"]  # the module map is seed-free and shared
+    assert other[1]["stage_dir"] != base[1]["stage_dir"] and other[1]["seed"] == 1
+
+
+def test_low_label_keeps_the_steps_and_the_module_map(ab_setup):
+    runner = load_runner(ab_setup)
+    full, low = runner.arm_values("baseline", 0), runner.arm_values("baseline", 0, n_labelled=1)
+    assert low[0] == full[0]
+    assert low[1]["data_split"][0] == 1
+    assert low[1]["max_epochs"] == full[1]["max_epochs"] * 4  # 4 training events -> 4x the epochs of 1 event
+    assert "low_label" in str(low[1]["stage_dir"]) and "low_label" in str(low[2]["stage_dir"])
+
+
+def test_ab_runs_resumes_and_reports(ab_setup, capsys):
+    assert main(["-q", "ab", str(ab_setup), "--low-label"]) == 0
+    ab_dir = load_ab_config(ab_setup).ab_dir
+    results = json.loads((ab_dir / "results.json").read_text())
+    for arm in ARMS:
+        seeds = results["arms"][arm]["seeds"]
+        assert [s["seed"] for s in seeds] == [0, 1]
+        for s in seeds:
+            assert len(s["event_ids"]) == 2
+            eff = s["metrics"]["track_building.two_way.efficiency"]
+            assert eff is None or 0.0 <= eff <= 1.0
+            per_event = s["per_event"]["graph_construction.edges_per_event"]
+            assert len(per_event["num"]) == 2 and per_event["den"] == [1.0, 1.0]
+            assert s["inference_s_per_event"]["total"] > 0
+            assert s["trainable_parameters"]["edge_classifier"] > 0
+    tb_seed = results["arms"]["trackingbert"]["seeds"][0]
+    assert tb_seed["trainable_parameters"]["tracking_bert"] > 0 and "tracking_bert" in tb_seed["inference_s_per_event"]
+    assert "tracking_bert" not in results["arms"]["baseline"]["seeds"][0]["inference_s_per_event"]
+    # the TrackingBERT arm's GNN has more inputs, so more parameters in its first layers
+    assert tb_seed["trainable_parameters"]["edge_classifier"] > results["arms"]["baseline"]["seeds"][0]["trainable_parameters"]["edge_classifier"]
+    assert results["overhead"]["inference_ratio"] > 0
+    diff = results["differences"]["graph_construction.edges_per_event"]
+    assert diff["estimate"] == pytest.approx(0.0) and diff["significant"] is False  # same module map in both arms
+    assert results["low_label"]["n_labelled"] == [1, 2, 4]
+    report = (ab_dir / "REPORT.md").read_text()
+    assert "trackingbert" in report and "baseline" in report
+    for plot in results["plots"]:
+        assert (ab_dir / plot).stat().st_size > 0
+    assert "tracks: efficiency (two_way)" in capsys.readouterr().out
+
+    # resume: a second run recomputes nothing (result files untouched) and gives the same numbers
+    result_file = ab_dir / "baseline" / "seed0" / "result.json"
+    mtime = result_file.stat().st_mtime_ns
+    assert main(["-q", "ab", str(ab_setup)]) == 0
+    assert result_file.stat().st_mtime_ns == mtime
+    again = json.loads((ab_dir / "results.json").read_text())
+    assert again["arms"]["baseline"]["seeds"][0]["metrics"] == results["arms"]["baseline"]["seeds"][0]["metrics"]
+
+
+def test_config_errors_name_the_key(tmp_path, ab_setup):
+    bad = write_yaml(tmp_path / "ab.yaml", {"ab_dir": "x", "pipeline": str(ab_setup.parent / "pipeline.yaml"),
+                                            "tracking_bert": str(ab_setup.parent / "tb.yaml"), "seedz": [0]})
+    with pytest.raises(ConfigError, match="seedz.*did you mean 'seeds'"):
+        load_ab_config(bad)
+    missing = write_yaml(tmp_path / "ab2.yaml", {"ab_dir": "x", "pipeline": "nope.yaml", "tracking_bert": "tb.yaml"})
+    with pytest.raises(ConfigError, match="pipeline"):
+        load_ab_config(missing)
+    no_reading = write_yaml(tmp_path / "p.yaml", {"stages": [{"stage": "track_building", "model": "ConnectedComponents",
+                                                              "input_dir": "x", "stage_dir": "y"}]})
+    cfg = load_ab_config(write_yaml(tmp_path / "ab3.yaml", {"ab_dir": "x", "pipeline": str(no_reading),
+                                                            "tracking_bert": str(ab_setup.parent / "tb.yaml")}))
+    with pytest.raises(ConfigError, match="data reading"):
+        ABRunner(cfg)
