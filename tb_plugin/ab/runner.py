@@ -112,15 +112,15 @@ class ABRunner:
         wired = []
         for values in self.downstream:
             values = copy.deepcopy(values)
-            values["seed"] = seed
             values["input_dir"] = upstream
             if arm == "trackingbert":
                 self.add_features(values)
             stage = stage_from_mapping(values, "the A/B arm")
-            relabelled = n_labelled is not None and gradient_trained(stage)
-            if relabelled:
+            if n_labelled is not None and gradient_trained(stage):
                 self.set_labelled_events(values, stage, n_labelled)
             seeded = seeded or gradient_trained(stage)
+            if seeded:  # a seed-free stage keeps its own seed: one run of it serves every seed
+                values["seed"] = seed
             root = self.ab_dir
             if n_labelled is not None and seeded:
                 root = root / "low_label" / f"n{n_labelled}"
@@ -158,18 +158,22 @@ class ABRunner:
         values["val_every_n_epochs"] = stage.config.val_every_n_epochs * factor
 
     def training_events(self, stage: Stage) -> int:
-        """Training events of a downstream stage: its data_split's first entry, capped by the events
-        data reading puts in the trainset (from its data_split, or its output once written)."""
-        reading = self.reading_stage()
+        """Training events a downstream stage sees: the smallest first data_split entry along the chain
+        from data reading to it (a stage only reads the events its upstream stages wrote)."""
         counts = []
+        reading = self.reading_stage()
         if reading.config.data_split is not None:
             counts.append(reading.config.data_split[0])
         else:
             written = list_event_files(reading.stage_dir, "trainset")
             if written:
                 counts.append(len(written))
-        if stage.config.data_split is not None:
-            counts.append(stage.config.data_split[0])
+        for values in self.downstream:
+            split = values.get("data_split")
+            if split is not None:
+                counts.append(split[0])
+            if values.get("stage") == stage.config.stage and values.get("model") == stage.config.model:
+                break
         if not counts:
             raise ConfigError(f"{self.config.pipeline}: cannot tell how many labelled training events there are before "
                               "data reading has run (give data reading a data_split)")
@@ -321,7 +325,9 @@ def run_once(stage: Stage) -> dict[str, Any]:
     """Train (timed), infer and evaluate a stage unless its record says it is done; returns the record."""
     record_path = stage.stage_dir / STAGE_RECORD
     if record_path.exists():
-        return json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text())
+        check_same_config(record, stage, record_path)
+        return record
     train_time = 0.0
     if stage.trainable:
         start = time.perf_counter()
@@ -333,6 +339,18 @@ def run_once(stage: Stage) -> dict[str, Any]:
               "config": to_record(stage.config)}
     write_text(record_path, json.dumps(record, indent=2, default=_json_default) + "\n")
     return record
+
+
+def check_same_config(record: dict[str, Any], stage: Stage, record_path: Path) -> None:
+    """A finished stage is reused only for the config that produced it: after a config edit, resuming
+    would silently mix old results into the new A/B."""
+    current = json.loads(json.dumps(to_record(stage.config), default=_json_default))
+    previous = record.get("config", {})
+    changed = sorted(k for k in set(current) | set(previous) if current.get(k) != previous.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
+        raise ConfigError(f"{record_path}: this stage finished with another config ({details}); remove "
+                          f"{stage.stage_dir} (or use another ab_dir) to rerun it with the new one")
 
 
 def trainable_parameters(stage: Stage) -> int:

@@ -70,7 +70,7 @@ def test_the_arms_differ_only_in_the_features(ab_setup):
     assert Path(base[0]["input_dir"]) == runner.reading_stage().stage_dir
     # seeds change the seed of every stage and the folders of the gradient-trained ones only
     other = runner.arm_values("baseline", 1)
-    assert other[0]["stage_dir"] == base[0]["stage_dir"]  # the module map is seed-free and shared
+    assert other[0] == base[0]  # the module map is seed-free: one config, one folder, shared by the seeds
     assert other[1]["stage_dir"] != base[1]["stage_dir"] and other[1]["seed"] == 1
 
 
@@ -81,6 +81,9 @@ def test_low_label_keeps_the_steps_and_the_module_map(ab_setup):
     assert low[1]["data_split"][0] == 1
     assert low[1]["max_epochs"] == full[1]["max_epochs"] * 4  # 4 training events -> 4x the epochs of 1 event
     assert "low_label" in str(low[1]["stage_dir"]) and "low_label" in str(low[2]["stage_dir"])
+    # the GNN reads only what the module map wrote: an upstream data_split bounds the full count
+    runner.downstream[0]["data_split"] = [2, 1, 2]
+    assert runner.arm_values("baseline", 0, n_labelled=1)[1]["max_epochs"] == full[1]["max_epochs"] * 2
 
 
 def test_ab_runs_resumes_and_reports(ab_setup, capsys):
@@ -120,6 +123,17 @@ def test_ab_runs_resumes_and_reports(ab_setup, capsys):
     assert result_file.stat().st_mtime_ns == mtime
     again = json.loads((ab_dir / "results.json").read_text())
     assert again["arms"]["baseline"]["seeds"][0]["metrics"] == results["arms"]["baseline"]["seeds"][0]["metrics"]
+
+    # an edited config is not silently mixed with finished results: the stage that changed is named
+    pipeline = yaml.safe_load((ab_setup.parent / "pipeline.yaml").read_text())
+    pipeline["stages"][2]["max_epochs"] = 3
+    write_yaml(ab_setup.parent / "pipeline.yaml", pipeline)
+    try:
+        assert main(["-q", "ab", str(ab_setup)]) == 2
+        assert "max_epochs: 2 -> 3" in capsys.readouterr().err
+    finally:
+        pipeline["stages"][2]["max_epochs"] = 2
+        write_yaml(ab_setup.parent / "pipeline.yaml", pipeline)
 
 
 def test_config_errors_name_the_key(tmp_path, ab_setup):
