@@ -31,6 +31,7 @@ import copy
 import json
 import logging
 import math
+import os
 import shutil
 import statistics
 import time
@@ -198,7 +199,7 @@ class ABRunner:
         pretrain_record = run_once(pretraining)
         pretrain_record["trainable_parameters"] = trainable_parameters(pretraining)
 
-        results: dict[str, Any] = {"config": to_record(self.config), "metrics": metric_specs(),
+        results: dict[str, Any] = {"config": self.config_record(), "metrics": metric_specs(),
                                    "arms": {arm: {"seeds": []} for arm in ARMS}}
         collected: dict[str, list[ArmEvents]] = {arm: [] for arm in ARMS}
         for seed in self.config.seeds:
@@ -218,6 +219,13 @@ class ABRunner:
         print(summary_table(results, differences))
         print(f"  -> {self.ab_dir / 'REPORT.md'}, {self.ab_dir / 'results.json'}")
         return results
+
+    def config_record(self) -> dict[str, Any]:
+        """The A/B config as recorded in results.json, its file paths relative to the working folder."""
+        record = to_record(self.config)
+        for key in ("pipeline", "tracking_bert"):
+            record[key] = os.path.relpath(record[key]) if Path(record[key]).is_absolute() else record[key]
+        return record
 
     def run_seed(self, plan: ArmPlan, pretrain_record: dict[str, Any]) -> tuple[dict[str, Any], ArmEvents]:
         """One arm and seed: its stages (resuming), then its per-event metrics and timings."""
