@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 from torch_geometric.data import Data
 
@@ -25,6 +24,7 @@ from tb_plugin.geometry import Detector, detector_for
 from tb_plugin.injection import ModuleEmbedding
 from tb_plugin.model import OptimConfig, TrackingBERTConfig, TrackingBERTModule
 from tb_plugin.pretraining.datamodule import SequenceSettings, TrackingBERTDataModule
+from tb_plugin.pretraining.tracks import hit_module_index
 from tb_plugin.pretraining.evaluation import evaluate_pretraining, summary_table
 from tb_plugin.stage import EventProcessor, Stage, StageConfig
 from tb_plugin.tokenizer import UNK, ModuleTokenizer
@@ -170,7 +170,7 @@ class TrackingBERTStage(Stage):
 
         def add_embedding(data: Data, source: Path) -> Data:
             if "hit_module_index" not in data:
-                data.hit_module_index = module_index_from_ids(data, detector, source)
+                data.hit_module_index = torch.from_numpy(hit_module_index(data, detector, str(source)))
             data = inject(data)
             counts["outside"] += int((tokenizer.module_to_token[data.hit_module_index.numpy()] == UNK).sum())
             counts["hits"] += len(data.hit_module_index)  # not num_nodes: ACORN's reader does not set it
@@ -195,14 +195,4 @@ class TrackingBERTStage(Stage):
         for p in paths:
             print(f"wrote {p}")
         return paths
-
-
-def module_index_from_ids(data, detector: Detector, source: Path) -> torch.Tensor:
-    """Dense module index from ACORN's id fields, for feature stores not written by our reader."""
-    names = ("hit_volume_id", "hit_layer_id", "hit_module_id")
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise ValueError(f"{source}: needs 'hit_module_index' or the fields {', '.join(names)} (missing: {', '.join(missing)})")
-    index = detector.index_strict(*(data[n].numpy() for n in names))
-    return torch.from_numpy(np.asarray(index, dtype=np.int64))
 
