@@ -2,12 +2,18 @@
 
 TrackingBERT learns one vector per detector module; injecting it is a table look-up by the hit's
 dense module index, so the downstream stages pay almost nothing for it at inference.
+
+The table can be conditioned once, when the transform is built (never per event): `normalize:
+standard` standardises each dimension over the modules in the vocabulary (the raw token table has a
+std of about 0.02 at initialisation, next to node inputs of order 1), and `dim: k` keeps the first k
+principal components of the (normalised) table, so the host's first layer grows by k inputs, not D.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -16,28 +22,86 @@ from torch_geometric.transforms import BaseTransform
 
 from tb_plugin.atomic import atomic_path
 from tb_plugin.event_store import MissingFieldError
-from tb_plugin.tokenizer import ModuleTokenizer
+from tb_plugin.tokenizer import UNK, ModuleTokenizer
+
+Normalize = Literal["none", "standard"]
+NORMALIZE: tuple[str, ...] = ("none", "standard")
+
+
+def check_table_options(normalize: str, dim: int | None, width: int, width_name: str = "the table width") -> None:
+    """The injection options against a table `width` wide; one-line errors naming the config key."""
+    if normalize not in NORMALIZE:
+        raise ValueError(f"key 'normalize' has value {normalize!r}. Allowed: {', '.join(NORMALIZE)}")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= width):
+        raise ValueError(f"key 'dim' must be null or an integer from 1 to {width_name} = {width}, got {dim!r}")
+
+
+def fit_table(table: torch.Tensor, in_vocab: np.ndarray, normalize: str = "none", dim: int | None = None) -> torch.Tensor:
+    """The per-module table [M, D] conditioned for injection, fitted on the rows of `in_vocab` [M] only
+    (modules outside the vocabulary share [UNK]'s row and would skew the statistics), applied to all.
+
+    normalize 'standard': per dimension (x - mean) / std (population std); a dimension with zero spread
+    over the vocabulary becomes 0 for every row. dim k: the first k principal components, by SVD of the
+    centred in-vocabulary rows, in decreasing variance, each with its largest-magnitude loading positive
+    (so the same table always gives the same output). Defaults return the table unchanged.
+    """
+    table = table.detach().float().cpu()
+    check_table_options(normalize, dim, table.shape[1])
+    if normalize == "none" and dim is None:
+        return table
+    in_vocab = np.asarray(in_vocab, dtype=bool)
+    if in_vocab.shape != (table.shape[0],):
+        raise ValueError(f"in_vocab has shape {in_vocab.shape}, expected ({table.shape[0]},), one flag per table row")
+    if not in_vocab.any():
+        raise ValueError("no module of the table is in the vocabulary: nothing to fit normalize/dim on")
+    x = table.numpy().astype(np.float64)  # [M, D]
+    rows = x[in_vocab]  # [K, D]
+    if normalize == "standard":
+        mean, std = rows.mean(axis=0), rows.std(axis=0)  # [D] each
+        flat = np.ptp(rows, axis=0) == 0  # zero spread: the dimension carries nothing, it becomes 0
+        x = np.where(flat, 0.0, (x - mean) / np.where(flat, 1.0, std))
+        rows = x[in_vocab]
+    if dim is not None:
+        centre = rows.mean(axis=0)  # [D]
+        centred = rows - centre
+        # full V also when there are fewer rows than dimensions (then U is only [K, K]), so k may reach D
+        _, _, vt = np.linalg.svd(centred, full_matrices=centred.shape[0] < centred.shape[1])  # vt [D, D]
+        components = vt[:dim]  # [k, D], by decreasing singular value
+        peak = components[np.arange(dim), np.abs(components).argmax(axis=1)]  # [k]
+        components = components * np.where(peak < 0, -1.0, 1.0)[:, None]
+        x = (x - centre) @ components.T  # [M, k]
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
 class ModuleEmbedding(BaseTransform):
     """Adds `key` [N, D] = table[hit_module_index] and, with `flat_columns`, `key_0 .. key_{D-1}` [N].
 
     ACORN stacks 1-D node features only, so a host like it needs the flat columns, each listed in its
-    `node_features` with its own `node_scales` entry.
+    `node_features` with its own `node_scales` entry. `normalize` and `pca_dim` only record how the
+    table was fitted (see `from_table` / `from_token_embeddings`); the constructor takes the table as it is.
     """
 
     def __init__(self, table: torch.Tensor, flat_columns: bool = False, key: str = "hit_tb_emb",
-                 index_key: str = "hit_module_index") -> None:
+                 index_key: str = "hit_module_index", normalize: str = "none", pca_dim: int | None = None) -> None:
         if table.dim() != 2:
             raise ValueError(f"the embedding table must be [modules, dim], got shape {tuple(table.shape)}")
         self.table = table.detach().float().cpu()  # [M, D]
         self.flat_columns, self.key, self.index_key = flat_columns, key, index_key
+        self.normalize, self.pca_dim = normalize, pca_dim
 
     @classmethod
-    def from_token_embeddings(cls, token_embeddings: torch.Tensor, tokenizer: ModuleTokenizer, **kwargs) -> "ModuleEmbedding":
-        """Per-module table from the model's token table; modules outside the vocabulary get [UNK]'s vector."""
+    def from_table(cls, table: torch.Tensor, in_vocab: np.ndarray, normalize: str = "none", dim: int | None = None,
+                   **kwargs) -> "ModuleEmbedding":
+        """The transform of `fit_table(table, in_vocab, normalize, dim)`: fitted here, once."""
+        return cls(fit_table(table, in_vocab, normalize, dim), normalize=normalize, pca_dim=dim, **kwargs)
+
+    @classmethod
+    def from_token_embeddings(cls, token_embeddings: torch.Tensor, tokenizer: ModuleTokenizer, normalize: str = "none",
+                              dim: int | None = None, **kwargs) -> "ModuleEmbedding":
+        """Per-module table from the model's token table; modules outside the vocabulary get [UNK]'s vector.
+        normalize / dim are fitted on the modules in the vocabulary (see `fit_table`)."""
         tokens = torch.from_numpy(tokenizer.module_to_token)  # [M] token of every detector module (UNK if outside)
-        return cls(token_embeddings.detach()[tokens], **kwargs)
+        return cls.from_table(token_embeddings.detach()[tokens], tokenizer.module_to_token != UNK, normalize, dim, **kwargs)
 
     @property
     def dim(self) -> int:
@@ -58,9 +122,8 @@ class ModuleEmbedding(BaseTransform):
         return data
 
     def __repr__(self) -> str:
-        return (f"{self.__class__.__name__}(modules={len(self.table)}, dim={self.dim}, key='{self.key}', "
-                f"index_key='{self.index_key}', flat_columns={self.flat_columns})")
-
+        return (f"{self.__class__.__name__}(modules={len(self.table)}, dim={self.dim}, normalize='{self.normalize}', "
+                f"pca_dim={self.pca_dim}, key='{self.key}', index_key='{self.index_key}', flat_columns={self.flat_columns})")
 
 
 # ------------------------------------------------------------------------------------- the table on disk

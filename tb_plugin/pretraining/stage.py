@@ -2,7 +2,8 @@
 
     tb train   pretrain (MDM + NTP) from the feature store; resumes from stage_dir/artifacts/last.ckpt
     tb eval    stage_dir/eval/metrics.json and plots, TrackingBERT next to the count baseline
-    tb infer   every event again, with `hit_tb_emb` [N, D] (and flat columns on request)
+    tb infer   every event again, with `hit_tb_emb` [N, D] (and flat columns on request), and beside them
+               module_table.npz, the per-module table exactly as injected (for the module map's pair prior)
     tb export  the module embedding table and the vocabulary, for tools without this package
 
 The stage slots between data reading and graph construction: every field passes through unchanged.
@@ -21,7 +22,7 @@ from torch_geometric.data import Data
 
 from tb_plugin.export import ExportFormat, export_embeddings
 from tb_plugin.geometry import Detector, detector_for
-from tb_plugin.injection import ModuleEmbedding
+from tb_plugin.injection import MODULE_TABLE_FILE, ModuleEmbedding, Normalize, check_table_options, save_module_table
 from tb_plugin.model import OptimConfig, TrackingBERTConfig, TrackingBERTModule
 from tb_plugin.pretraining.datamodule import SequenceSettings, TrackingBERTDataModule
 from tb_plugin.pretraining.tracks import hit_module_index
@@ -59,6 +60,8 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
     # trainer keys (accelerator, devices, strategy, precision, ...): TrainerConfig
     # inference
     flat_columns: bool = False  # also write hit_tb_emb_0 .. hit_tb_emb_{D-1}, for hosts that stack 1-D features
+    normalize: Normalize = "none"  # standard: per-dimension mean 0 / std 1 over the modules in the vocabulary
+    dim: int | None = None  # keep the first `dim` principal components of the (normalised) table; None = all n_embd
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,6 +73,7 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
             if getattr(self, key) < 1:
                 raise ValueError(f"key '{key}' must be at least 1, got {getattr(self, key)}")
         self.model_config()  # checks the model keys (n_embd divisible by n_head, ...)
+        check_table_options(self.normalize, self.dim, self.n_embd, "n_embd")  # the table is n_embd wide
 
     def model_config(self, vocab_size: int = 8) -> TrackingBERTConfig:
         return TrackingBERTConfig(vocab_size=vocab_size, max_len=2 * self.max_hits + 3, n_embd=self.n_embd,
@@ -91,6 +95,8 @@ class TrackingBERTStage(Stage):
     def __init__(self, config: TrackingBERTStageConfig) -> None:
         super().__init__(config)
         self.unknown_hits: dict[str, int] = {"outside": 0, "hits": 0}  # filled by event_processor's function
+        self.injection: ModuleEmbedding | None = None  # the transform of the last event_processor() call
+        self.injection_vocab: ModuleTokenizer | None = None  # and its vocabulary
 
     @property
     def artifacts(self) -> Path:
@@ -163,9 +169,12 @@ class TrackingBERTStage(Stage):
     def event_processor(self) -> EventProcessor:
         """Load the checkpoint and vocabulary once; the function adds hit_tb_emb to one event. Hits on
         modules outside the vocabulary are counted in `self.unknown_hits` ("outside" of "hits", since
-        this call), so `infer` can warn once for the whole run rather than once per event."""
+        this call), so `infer` can warn once for the whole run rather than once per event. The table is
+        normalised / reduced (`normalize`, `dim`) here, once, and kept in `self.injection`."""
         module, tokenizer, detector = self.trained()
-        inject = ModuleEmbedding.from_token_embeddings(module.model.module_embeddings(), tokenizer, flat_columns=self.config.flat_columns)
+        inject = ModuleEmbedding.from_token_embeddings(module.model.module_embeddings(), tokenizer, normalize=self.config.normalize,
+                                                       dim=self.config.dim, flat_columns=self.config.flat_columns)
+        self.injection, self.injection_vocab = inject, tokenizer
         counts = self.unknown_hits = {"outside": 0, "hits": 0}
 
         def add_embedding(data: Data, source: Path) -> Data:
@@ -182,10 +191,21 @@ class TrackingBERTStage(Stage):
         process = self.event_processor()
         if not (self.stage_dir / "detectors.csv").exists():  # downstream stages find the geometry beside their input
             self.detector().to_csv(self.stage_dir / "detectors.csv")
+        self.write_module_table()
         self.rewrite_events(process, overwrite)
         counts = self.unknown_hits
         if counts["outside"]:
             log.warning("%d of %d hits lie on modules outside the vocabulary and got the [UNK] embedding", counts["outside"], counts["hits"])
+
+    def write_module_table(self) -> Path:
+        """stage_dir/module_table.npz: the table exactly as `event_processor` injects it (after normalize
+        and dim), rows by dense module index, with the vocabulary flags and the geometry hash. Written on
+        every infer (it is small), so it always matches this config."""
+        if self.injection is None or self.injection_vocab is None:
+            self.event_processor()
+        tokenizer = self.injection_vocab
+        return save_module_table(self.stage_dir / MODULE_TABLE_FILE, self.injection.table, tokenizer.module_to_token != UNK,
+                                 tokenizer.geometry_hash)
 
     # ------------------------------------------------------------------ export
 

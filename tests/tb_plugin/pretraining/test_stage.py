@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,8 +14,9 @@ import yaml
 
 from tb_plugin.config import ConfigError
 from tb_plugin.event_store import list_event_files, load_event
+from tb_plugin.injection import MODULE_TABLE_FILE, load_module_table
 from tb_plugin.pipeline import stage_from_mapping
-from tb_plugin.tokenizer import GeometryMismatchError, N_SPECIAL
+from tb_plugin.tokenizer import N_SPECIAL, UNK, GeometryMismatchError
 
 TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "d_ff": 32, "lr": 3e-3, "warmup_steps": 5, "batch_size": 256}
 
@@ -66,6 +68,33 @@ def test_infer_adds_the_module_embedding_and_keeps_every_field(trained, simulate
     assert torch.allclose(after.hit_tb_emb, table[tokens])
     assert torch.equal(after.hit_tb_emb_3, after.hit_tb_emb[:, 3])
     assert [c["stage"] for c in after.config] == ["data_reading", "tracking_bert"]
+    assert after.config[-1]["normalize"] == "none" and after.config[-1]["dim"] is None
+    # beside the events: the table as injected (here the raw one, bit for bit), every module, with its flags
+    saved = load_module_table(trained.stage_dir / MODULE_TABLE_FILE)
+    assert np.array_equal(saved.table, table[torch.from_numpy(tokenizer.module_to_token)].numpy())
+    assert np.array_equal(saved.table[after.hit_module_index.numpy()], after.hit_tb_emb.numpy())
+    assert np.array_equal(saved.in_vocab, tokenizer.module_to_token != UNK)
+    assert saved.geometry_hash == tokenizer.geometry_hash
+
+
+def test_infer_normalises_and_reduces_the_table_once(trained, simulated_store, tmp_path):
+    shutil.copytree(trained.artifacts, tmp_path / "artifacts")  # the same checkpoint, other injection options
+    stage = tb_stage(simulated_store, tmp_path, normalize="standard", dim=4, data_split=[1, 1, 1])
+    stage.infer()
+    assert repr(stage.injection).startswith("ModuleEmbedding(modules=18728, dim=4, normalize='standard', pca_dim=4,")
+    saved = load_module_table(tmp_path / MODULE_TABLE_FILE)
+    assert saved.table.shape == (18728, 4) and np.array_equal(saved.table, stage.injection.table.numpy())
+    rows = saved.table[saved.in_vocab].astype(np.float64)
+    var = rows.var(axis=0)
+    assert np.all(var[:-1] > var[1:])  # principal components of the standardised table
+    for split in ("trainset", "valset", "testset"):
+        [path] = list_event_files(tmp_path, split)
+        event = load_event(path)
+        assert event.hit_tb_emb.shape == (event.num_nodes, 4) and "hit_tb_emb_0" not in event
+        assert np.array_equal(saved.table[event.hit_module_index.numpy()], event.hit_tb_emb.numpy())
+        assert event.config[-1]["normalize"] == "standard" and event.config[-1]["dim"] == 4
+    stage.infer(overwrite=True)  # written again on every infer: the same table
+    assert np.array_equal(load_module_table(tmp_path / MODULE_TABLE_FILE).table, saved.table)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "npz", "pt"])
@@ -118,10 +147,14 @@ def test_missing_checkpoint_is_a_clear_error(simulated_store, tmp_path):
     ({"n_embd": 30, "n_head": 4}, "n_embd"),
     ({"mask_rate": 1.5}, "key 'mask_rate' must be between 0 and 1"),
     ({"precision": "bf16"}, "key 'precision' has value 'bf16'"),
+    ({"dim": 0}, r"key 'dim' must be null or an integer from 1 to n_embd = 16, got 0$"),
+    ({"dim": 17}, r"key 'dim' must be null or an integer from 1 to n_embd = 16, got 17$"),
+    ({"normalize": "zscore"}, r"key 'normalize' has value 'zscore'.* Allowed: 'none', 'standard'$"),
 ])
 def test_config_errors(simulated_store, tmp_path, overrides, pattern):
-    with pytest.raises(ConfigError, match=pattern):
+    with pytest.raises(ConfigError, match=pattern) as err:
         tb_stage(simulated_store, tmp_path, **overrides)
+    assert "\n" not in str(err.value)  # one line
 
 
 def test_ddp_on_two_cpu_processes(simulated_store, tmp_path):
