@@ -120,6 +120,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             try:
                 return coerce(value, option, where)
             except ConfigError as err:
+                # a mapping meant for a dataclass option: its own error names the inner key and choices
+                if isinstance(value, Mapping) and dataclasses.is_dataclass(option):
+                    raise
                 errors.append(err)
         raise ConfigError(f"{where} must be {describe(tp)}, got {value!r}")
     if origin is Literal:

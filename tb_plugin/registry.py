@@ -25,6 +25,7 @@ BUILTIN_STAGES: dict[tuple[str, str], str] = {
     ("graph_construction", "PyModuleMap"): "stages.graph_construction:ModuleMap",  # ACORN's name
     ("graph_construction", "MetricLearning"): "stages.graph_construction:MetricLearning",
     ("edge_classifier", "InteractionGNN"): "stages.edge_classifier:InteractionGNN",
+    ("edge_classifier", "Filter"): "stages.edge_classifier:Filter",
     ("track_building", "ConnectedComponents"): "stages.track_building:ConnectedComponents",
 }
 

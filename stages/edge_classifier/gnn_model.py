@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import lightning
 import torch
@@ -85,7 +86,15 @@ class OptimConfig:
 # Pieces
 
 
-def make_mlp(d_in: int, d_hidden: int, d_out: int, n_layers: int, config: GNNConfig, output_activation: bool = True) -> nn.Sequential:
+class MLPStyle(Protocol):
+    """What make_mlp reads from a model config (GNNConfig, filter_model.FilterNetworkConfig)."""
+
+    layernorm: bool
+    hidden_activation: str
+    dropout: float
+
+
+def make_mlp(d_in: int, d_hidden: int, d_out: int, n_layers: int, config: MLPStyle, output_activation: bool = True) -> nn.Sequential:
     """Linear [-> LayerNorm] -> activation [-> dropout], n_layers times; the last layer bare when
     output_activation is False (the classifier head, whose output is a logit)."""
     layers: list[nn.Module] = []
@@ -186,17 +195,35 @@ def edge_metrics(logits: Tensor, edge_y: Tensor, edge_cut: float) -> dict[str, T
     return {"eff": tp / edge_y.sum().clamp(min=1), "pur": tp / kept.sum().clamp(min=1)}
 
 
+ARCHITECTURES = ("InteractionNetwork", "Filter")
+
+
+def build_network(architecture: str, model: dict) -> nn.Module:
+    """The edge network named by `architecture`, from its config dict. The filter is imported here, not
+    at the top, because filter_model builds on this file's make_mlp."""
+    if architecture == "InteractionNetwork":
+        return InteractionNetwork(GNNConfig(**model))
+    if architecture == "Filter":
+        from stages.edge_classifier.filter_model import FilterNetworkConfig, FilterNetwork
+
+        return FilterNetwork(FilterNetworkConfig(**model))
+    raise ValueError(f"EdgeClassifierModule.architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+
+
 class EdgeClassifierModule(lightning.LightningModule):
-    """Loss, metrics and optimiser around InteractionNetwork. Hyperparameters are plain dicts, so a
-    checkpoint loads without this file's dataclasses being importable under the same names.
+    """Loss, metrics and optimiser around an edge network: the InteractionNetwork or the Filter MLP
+    (`architecture`). Hyperparameters are plain dicts, so a checkpoint loads without this file's
+    dataclasses being importable under the same names; `architecture` defaults to the GNN, so
+    checkpoints written before the filter existed still load.
 
     A batch is a PyG Data (or Batch) with x, edge_index, edge_attr, edge_y (bool) and edge_weights.
+    `edge_cut` only sets the cut of the logged eff / pur figures.
     """
 
-    def __init__(self, model: dict, optim: dict, edge_cut: float = 0.5) -> None:
+    def __init__(self, model: dict, optim: dict, edge_cut: float = 0.5, architecture: str = "InteractionNetwork") -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = InteractionNetwork(GNNConfig(**model))
+        self.model = build_network(architecture, model)
         self.optim = OptimConfig(**optim)
         self.edge_cut = edge_cut
 
