@@ -26,6 +26,11 @@ to know its range, while a layer pair is seen thousands of times. `doublet_cuts:
 The map lives in `hit_module_index` space (the detector's dense module index), so it only applies to
 data read with the same detector. Its coverage grows with the training events: a module pair never
 seen in the trainset gives no edge, so the map wants many training events (they are cheap to simulate).
+
+`prior:` (off by default) scores module pairs when the map is learned, from TrackingBERT's per-module
+vectors or, as the control, from geometry alone, to propose pairs the trainset never showed and to
+prune rarely seen ones (stages/graph_construction/pair_prior.py); the saved map then holds the final
+pairs, proposed ones with count 0, and a record of what the prior did.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from tqdm import tqdm
 from stages.graph_construction.truth import GraphBuilderStage
 from stages.graph_metrics import target_conditions, target_truth_mask
 from tb_plugin.atomic import atomic_path
+from tb_plugin.config import build
 from tb_plugin.event_store import list_event_files, load_event, require_field
 from tb_plugin.stage import StageConfig
 
@@ -61,6 +67,69 @@ def _default_target() -> dict[str, Any]:
 
 def _default_window_tracks() -> dict[str, Any]:
     return {"track_particle_pt": [500.0, math.inf]}
+
+
+PRIOR_SCORERS = ("tb", "geometry")
+PRIOR_HEADS = ("none", "bilinear", "mlp")
+
+
+@dataclass(kw_only=True)
+class PairPriorConfig:
+    """ModuleMap key `prior:`: score module pairs to fill the map's coverage holes and prune rare pairs
+    (stages/graph_construction/pair_prior.py does the work)."""
+
+    # tb: TrackingBERT's per-module vectors (the module table); geometry: the control without them.
+    scorer: Literal["tb", "geometry"] = "tb"
+    # none: cosine of the two vectors (tb) or how central the centres' dphi / z0 sit in the layer pair's
+    # window (geometry); bilinear / mlp: a small head on the frozen per-module vectors, trained with the
+    # pairs the map saw as positives and the candidate pairs it did not see as negatives.
+    head: Literal["none", "bilinear", "mlp"] = "none"
+    # Add unseen candidate pairs whose score is at least the propose_quantile of the seen pairs' scores.
+    propose: bool = True
+    propose_quantile: float = 0.5
+    # Remove pairs seen at most prune_max_count times whose score is below the prune_quantile of the seen pairs'.
+    prune: bool = False
+    prune_max_count: int = 1
+    prune_quantile: float = 0.1
+    # The module table (tb_plugin.injection.save_module_table); null = input_dir/module_table.npz.
+    table: Path | None = None
+    # Only pairs with both modules in these volumes are proposed or pruned; null = every volume (the tb
+    # scorer also leaves modules outside TrackingBERT's vocabulary alone).
+    volumes: list[int] | None = None
+    # Learned heads: optimiser steps, learning rate, pairs per step (half positive, half negative), MLP width.
+    head_steps: int = 300
+    head_lr: float = 0.01
+    head_batch: int = 2048
+    head_hidden: int = 64
+    # Quantiles of the seen pairs' scores taken per layer pair (scores of different layer pairs need not
+    # compare: barrel and endcap vectors, window widths) or over all seen pairs at once.
+    threshold: Literal["layer_pair", "global"] = "layer_pair"
+    # Learned heads are cross-fitted: pairs split by inner module into head_folds folds, each scored by
+    # the head trained on the other folds (1 = one head trained on, and scoring, every pair).
+    head_folds: int = 3
+    # Module pairs checked at a time while looking for candidates (bounds the temporaries).
+    chunk_pairs: int = 2_000_000
+
+    def __post_init__(self) -> None:
+        if not (self.propose or self.prune):
+            raise ValueError("key 'prior': set 'propose' or 'prune' (or both) to true, or 'prior: null' to turn the prior off")
+        for key in ("propose_quantile", "prune_quantile"):
+            value = getattr(self, key)
+            if not (0.0 <= value <= 1.0):
+                raise ValueError(f"key 'prior.{key}' must be in [0, 1], got {value}")
+        if self.prune_max_count < 1:
+            raise ValueError(f"key 'prior.prune_max_count' must be at least 1, got {self.prune_max_count}")
+        for key in ("head_steps", "head_batch", "head_hidden", "head_folds", "chunk_pairs"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"key 'prior.{key}' must be at least 1, got {getattr(self, key)}")
+        if not (self.head_lr > 0 and math.isfinite(self.head_lr)):
+            raise ValueError(f"key 'prior.head_lr' must be a finite number > 0, got {self.head_lr}")
+        if self.scorer not in PRIOR_SCORERS:  # typed configs are checked by build(); this guards direct construction
+            raise ValueError(f"key 'prior.scorer' has value {self.scorer!r}; choices: {', '.join(PRIOR_SCORERS)}")
+        if self.head not in PRIOR_HEADS:
+            raise ValueError(f"key 'prior.head' has value {self.head!r}; choices: {', '.join(PRIOR_HEADS)}")
+        if self.volumes is not None and not self.volumes:
+            raise ValueError("key 'prior.volumes' must list at least one volume id, or be null (every volume)")
 
 
 @dataclass(kw_only=True)
@@ -92,6 +161,8 @@ class ModuleMapConfig(StageConfig):
     target_tracks: dict[str, Any] = field(default_factory=_default_target)
     # The split that evaluate reads (ACORN's key).
     dataset: Literal["trainset", "valset", "testset"] = "testset"
+    # Module-pair prior applied when the map is learned (PairPriorConfig); null = off.
+    prior: PairPriorConfig | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,6 +178,8 @@ class ModuleMapConfig(StageConfig):
         target_conditions(self.target_tracks)
         target_conditions(self.map_tracks, "key 'map_tracks'")
         target_conditions(self.window_tracks, "key 'window_tracks'")
+        if isinstance(self.prior, dict):
+            self.prior = build(PairPriorConfig, self.prior, "key 'prior'")
 
 
 # ------------------------------------------------------------------------------------- the map
@@ -125,11 +198,17 @@ def doublet_features(data: Data, edges: np.ndarray, source: str | Path) -> np.nd
     r = require_field(data, "hit_r", source).numpy().astype(np.float64)
     z = require_field(data, "hit_z", source).numpy().astype(np.float64)
     src, dst = edges
-    dphi = np.remainder(phi[dst] - phi[src] + np.pi, 2 * np.pi) - np.pi
-    dr, dz = r[dst] - r[src], z[dst] - z[src]
+    return doublet_values(phi[src], r[src], z[src], phi[dst], r[dst], z[dst])
+
+
+def doublet_values(phi_in: np.ndarray, r_in: np.ndarray, z_in: np.ndarray,
+                   phi_out: np.ndarray, r_out: np.ndarray, z_out: np.ndarray) -> np.ndarray:
+    """float64 [E, 2] dphi, z0 (see doublet_features) of points given as arrays [E] each (inner, outer)."""
+    dphi = np.remainder(phi_out - phi_in + np.pi, 2 * np.pi) - np.pi
+    dr, dz = r_out - r_in, z_out - z_in
     with np.errstate(divide="ignore", invalid="ignore"):
-        z0 = z[src] - r[src] * dz / dr
-    z0 = np.where(np.isnan(z0), np.inf, z0)  # same hit position twice: no line, no cut
+        z0 = z_in - r_in * dz / dr
+    z0 = np.where(np.isnan(z0), np.inf, z0)  # same position twice: no line, no cut
     return np.stack([dphi, z0], axis=1)
 
 
@@ -216,16 +295,25 @@ class MapLearner:
         high = np.where((last >= N_BINS - 1) | (total[:, :, 0] == 0), np.inf, high)
         return low, high
 
-    def save(self, path: Path, coverage: float) -> None:
-        """The map as npz, written atomically: pairs [P, 2], counts [P], window [P] (row of the pair's
-        layer pair), layer_pairs [L, 2], low / high [L, F], window_names [F], n_events."""
+    def arrays(self, coverage: float) -> dict[str, np.ndarray]:
+        """The map's arrays as saved: pairs [P, 2], counts [P], window [P] (row of the pair's layer pair),
+        layer_pairs [L, 2], low / high [L, F], window_names [F], n_events."""
         window = np.searchsorted(self.layer_keys, self.pair_layer)
         low, high = self.windows(coverage)
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, pairs=np.stack([self.pair_keys // PAIR_SHIFT, self.pair_keys % PAIR_SHIFT], axis=1),
-                     counts=self.pair_counts, window=window.astype(np.int64),
-                     layer_pairs=np.stack([self.layer_keys // PAIR_SHIFT, self.layer_keys % PAIR_SHIFT], axis=1),
-                     low=low, high=high, window_names=np.array(WINDOW_NAMES), n_events=np.int64(self.n_events))
+        return {"pairs": np.stack([self.pair_keys // PAIR_SHIFT, self.pair_keys % PAIR_SHIFT], axis=1),
+                "counts": self.pair_counts, "window": window.astype(np.int64),
+                "layer_pairs": np.stack([self.layer_keys // PAIR_SHIFT, self.layer_keys % PAIR_SHIFT], axis=1),
+                "low": low, "high": high, "window_names": np.array(WINDOW_NAMES), "n_events": np.int64(self.n_events)}
+
+    def save(self, path: Path, coverage: float) -> None:
+        """The map as npz (see arrays), written atomically."""
+        save_map(path, self.arrays(coverage))
+
+
+def save_map(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a map's arrays (MapLearner.arrays, plus proposed [P] and prior when a prior ran) atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 @dataclass
@@ -238,6 +326,7 @@ class ModuleMapTable:
     window: np.ndarray
     low: np.ndarray
     high: np.ndarray
+    proposed: np.ndarray | None = None  # bool [P]: added by the pair prior (count 0); None: none was
 
     @classmethod
     def load(cls, path: Path) -> ModuleMapTable:
@@ -248,14 +337,18 @@ class ModuleMapTable:
             missing = [k for k in names if k not in npz.files]
             if missing:
                 raise ValueError(f"{path}: not a module map of this version (missing {', '.join(missing)}); run 'tb train' again")
-            table = cls(*(npz[k] for k in names))
+            table = cls(*(npz[k] for k in names), proposed=npz["proposed"].astype(bool) if "proposed" in npz.files else None)
         if table.pairs.ndim != 2 or table.pairs.shape[1] != 2 or table.counts.shape != (len(table.pairs),):
             raise ValueError(f"{path}: not a module map (pairs {table.pairs.shape}, counts {table.counts.shape})")
         return table
 
     def select(self, min_count: int) -> ModuleMapTable:
+        """The pairs seen at least min_count times, and those the pair prior proposed."""
         keep = self.counts >= min_count
-        return ModuleMapTable(self.pairs[keep], self.counts[keep], self.window[keep], self.low, self.high)
+        if self.proposed is not None:
+            keep |= self.proposed
+        return ModuleMapTable(self.pairs[keep], self.counts[keep], self.window[keep], self.low, self.high,
+                              None if self.proposed is None else self.proposed[keep])
 
     def windows(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) [P, F] per pair: its layer pair's window widened by margin x width on each side."""
@@ -340,15 +433,29 @@ class ModuleMap(GraphBuilderStage):
         """Learn the map from the trainset truth; a rerun rebuilds it (it is deterministic and fast)."""
         if checkpoint is not None:
             log.warning("ModuleMap: the map is rebuilt from the trainset; checkpoint %s is not used", checkpoint)
+        learner, files = self.learn()
+        arrays = self.with_prior(learner.arrays(self.config.window_coverage))
+        save_map(self.map_file, arrays)
+        print(f"module map: {len(arrays['pairs']):,} module pairs ({len(learner.layer_keys)} layer pairs) from "
+              f"{int(learner.pair_counts.sum()):,} truth edges in {len(files)} events -> {self.map_file}")
+
+    def learn(self) -> tuple[MapLearner, list[Path]]:
+        """Pair counts and window histograms from the map's training events (and those files)."""
         files = self.map_training_files()
         learner = MapLearner()
         for path in tqdm(files, desc="module map trainset", unit="event", leave=False):
             data = load_event(path)
             learner.add(data, target_truth_mask(data, self.config.map_tracks, str(path)).numpy(),
                         target_truth_mask(data, self.config.window_tracks, str(path)).numpy(), path)
-        learner.save(self.map_file, self.config.window_coverage)
-        print(f"module map: {len(learner.pair_keys):,} module pairs ({len(learner.layer_keys)} layer pairs) from "
-              f"{int(learner.pair_counts.sum()):,} truth edges in {len(files)} events -> {self.map_file}")
+        return learner, files
+
+    def with_prior(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The learned map's arrays after the pair prior (unchanged when `prior` is null)."""
+        if self.config.prior is None:
+            return arrays
+        from stages.graph_construction.pair_prior import apply_pair_prior
+
+        return apply_pair_prior(arrays, self.config.prior, self.config.input_dir, self.config.window_margin, self.config.seed)
 
     def map_training_files(self) -> list[Path]:
         """The first map_events trainset events, else those data_split selects."""

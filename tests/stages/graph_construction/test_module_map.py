@@ -135,3 +135,25 @@ def test_map_events_learns_from_more_events_than_it_writes(store):
     assert (6, 7) not in {(int(a), int(b)) for a, b in test.edge_index.T}
     with pytest.raises(FileNotFoundError, match="map_events.*3 events.*holds 2"):
         stage(store, map_events=3, stage_dir=str(store / "out2")).train()
+
+
+def test_select_keeps_the_pairs_the_prior_proposed(store):
+    from stages.graph_construction.module_map import ModuleMapTable
+
+    mm = stage(store)
+    mm.train()
+    table = ModuleMapTable.load(mm.map_file)
+    assert table.proposed is None  # a map learned without a prior has no record of proposals
+    assert {tuple(p) for p in table.select(2).pairs.tolist()} == {(0, 2), (2, 4)}
+    proposed = ModuleMapTable(np.array([[0, 2], [1, 3], [3, 5]]), np.array([2, 1, 0]), np.zeros(3, dtype=np.int64),
+                              table.low, table.high, proposed=np.array([False, False, True]))
+    kept = proposed.select(2)
+    assert kept.pairs.tolist() == [[0, 2], [3, 5]] and kept.proposed.tolist() == [False, True]
+
+
+def test_prior_key_defaults_to_off_and_builds_a_typed_config(tmp_path):
+    from stages.graph_construction.module_map import PairPriorConfig
+
+    assert stage(tmp_path).config.prior is None
+    built = stage(tmp_path, prior={"scorer": "geometry", "prune": True}).config.prior
+    assert isinstance(built, PairPriorConfig) and built.scorer == "geometry" and built.prune and built.propose
