@@ -65,6 +65,19 @@ def radius_knn_torch(points: torch.Tensor, r: float, k: int, query: torch.Tensor
     return torch.cat(edges, dim=1)
 
 
+def edge_lengths(points: np.ndarray | torch.Tensor, edges: np.ndarray | torch.Tensor) -> np.ndarray:
+    """float64 [E]: the Euclidean distance between the two points of each edge [2, E], in float64 from
+    the points' float32 values, the arithmetic of radius_knn_cpu's cKDTree: a cut `length < r` then
+    selects the edges its search at radius r finds (up to rounding at the boundary itself)."""
+    if torch.is_tensor(points):
+        points = points.detach().float().cpu().numpy()
+    if torch.is_tensor(edges):
+        edges = edges.detach().cpu().numpy()
+    p = np.asarray(points, dtype=np.float32).astype(np.float64)  # [N, D]
+    e = np.asarray(edges, dtype=np.int64).reshape(2, -1)  # [2, E]
+    return np.sqrt(((p[e[0]] - p[e[1]]) ** 2).sum(axis=1))  # [E]
+
+
 def radius_knn(points: torch.Tensor, r: float, k: int, query: torch.Tensor | None = None) -> torch.Tensor:
     """int64 [2, E] on points.device: cKDTree for CPU tensors, blocked cdist + topk on an accelerator."""
     points = points.detach()
@@ -95,7 +108,8 @@ def make_mlp(in_dim: int, hidden: int, nb_layer: int, out_dim: int, activation: 
 class EmbeddingSettings:
     """The hyperparameters of the module (saved in its checkpoint)."""
 
-    in_dim: int
+    in_dim: int  # columns of the node-feature matrix (an [N, D] field counts D), measured on the first training event
+    node_features: list[str] | None = None  # the fields behind in_dim, named when inference finds other columns (None: older checkpoints)
     emb_hidden: int = 256
     nb_layer: int = 3
     emb_dim: int = 12
@@ -109,6 +123,7 @@ class EmbeddingSettings:
     positive_weight: float = 1.0
     r_val: float = 0.1
     knn_val: int = 100
+    val_efficiency: float = 0.95
     lr: float = 1e-3
     lr_step_epochs: int | None = None
     lr_factor: float = 0.7
@@ -181,9 +196,13 @@ class MetricLearningModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: list[Data], batch_idx: int) -> None:
-        """val/loss, and the efficiency / purity of the radius graph (r_val, knn_val) on truth edges."""
+        """val/loss; the efficiency / purity / size of the radius graph (r_val, knn_val) on truth edges;
+        and val/edges_at_efficiency, the size of the graph whose radius keeps val_efficiency of each
+        event's truth edges: the operating point graphs are compared at, so the checkpoint to keep.
+        (val/loss is not: its random negatives make it noisy, and a hinge loss that rises while the
+        truth pairs tighten can still mean a smaller graph at the same efficiency.)"""
         s = self.settings
-        losses, found, true, edges, true_edges = [], 0, 0, 0, 0
+        losses, found, true, edges, true_edges, edges_at = [], 0, 0, 0, 0, 0
         for event in batch:
             losses.append(self.event_loss(event))
             emb = self(event.x)
@@ -191,11 +210,25 @@ class MetricLearningModule(L.LightningModule):
             _, edge_y, mapping = graph_truth(graph, event.track_edges.cpu(), event.hit_r2z2.cpu())
             counts = graph_counts(mapping, None, edge_y)
             found, true, edges, true_edges = found + counts.n_found, true + counts.n_true, edges + counts.n_edges, true_edges + counts.n_true_edges
+            edges_at += self.edges_at_efficiency(emb, event)
         n = len(batch)
         self.log("val/loss", torch.stack(losses).mean(), batch_size=n, prog_bar=True)
         self.log("val/efficiency", found / max(true, 1), batch_size=n, prog_bar=True)
         self.log("val/purity", true_edges / max(edges, 1), batch_size=n)
         self.log("val/edges", float(edges) / n, batch_size=n)
+        self.log("val/edges_at_efficiency", float(edges_at) / n, batch_size=n, prog_bar=True)
+
+    def edges_at_efficiency(self, emb: torch.Tensor, event: Data) -> int:
+        """Edges of one event's graph (knn_val cap) at the smallest radius that keeps val_efficiency of its
+        truth edges: the radius is the quantile of the truth edges' embedding distances."""
+        truth = event.track_edges.to(emb.device)  # [2, T]
+        if truth.shape[1] == 0:
+            return 0
+        distance = (emb[truth[0]] - emb[truth[1]]).norm(dim=1)  # [T]
+        r = float(torch.quantile(distance.float(), self.settings.val_efficiency, interpolation="higher")) * (1 + 1e-6)
+        graph = radius_knn(emb, r, self.settings.knn_val)  # [2, E] both directions
+        edge_index, _, _ = graph_truth(graph, truth.cpu(), event.hit_r2z2.cpu())
+        return int(edge_index.shape[1])
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.settings.lr)
