@@ -376,18 +376,21 @@ class ConnectedComponents(Stage):
         """Match counts of one labelled event (every style; target and pT > 1 GeV particles), its TrackML
         score and its target particles; None for an event without truth. Pooled by `evaluate`, and
         kept per event by the A/B statistics."""
-        data = load_event(path)
-        labels = require_field(data, LABELS_FIELD, path).numpy()
+        return self.matches(load_event(path), path)
+
+    def matches(self, data: Data, source: Path) -> EventMatches | None:
+        """event_matches of an event in memory (the A/B rebuilds tracks at other cuts without writing them)."""
+        labels = require_field(data, LABELS_FIELD, source).numpy()
         pid = hit_particle_ids(data)
         if pid is None:
             return None
         tracks, particles = match_event(labels, pid, self.config.matching_fraction)
         features = particle_features(data, particles.particle_id.to_numpy())
-        target, pt1 = self.particle_selections(particles, features, path)
+        target, pt1 = self.particle_selections(particles, features, source)
         return EventMatches(
             counts={style: count_matches(tracks, particles, target, style) for style in STYLES},
             counts_pt1={style: count_matches(tracks, particles, pt1, style) for style in STYLES},
-            trackml_score=self.trackml_score(data, labels, pid, path) if "hit_weight" in data else None,
+            trackml_score=self.trackml_score(data, labels, pid, source) if "hit_weight" in data else None,
             particles=particles.assign(
                 pt_gev=features.get("track_particle_pt", np.full(len(particles), np.nan)) / 1000.0,
                 eta=features.get("track_particle_eta", np.full(len(particles), np.nan)),

@@ -10,6 +10,9 @@ arm adds, and what it adds downstream. Validated once here; the runner only sees
       node_scales: [1.0]
       edge_features: [tb_sim]
       edge_scales: [1.0]
+    trackingbert_keys:                        # keys set on the trackingbert arm's stages, by model
+      ModuleMap: {prior: {scorer: tb}}
+    baseline_keys: {}                         # the same for the baseline arm (e.g. a geometry-only control)
     low_label: {n_labelled: [1, 2, 4, 8], seeds: [0], run: false}   # `tb ab --low-label` runs it
     bootstrap: {samples: 2000, confidence: 0.95, seed: 0}
     timing_events: 5                          # test events whose in-memory inference is timed
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tb_plugin.config import ConfigError, build, load_yaml
 
@@ -79,6 +83,8 @@ class ABConfig:
     tracking_bert: Path
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     trackingbert_features: FeatureAddition = field(default_factory=FeatureAddition)
+    trackingbert_keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> keys set in that arm only
+    baseline_keys: dict[str, dict[str, Any]] = field(default_factory=dict)
     low_label: LowLabelConfig | None = None
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     timing_events: int = 5

@@ -10,44 +10,65 @@ functions the stages' own `tb eval` uses, so the A/B numbers and the stage metri
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch_geometric.data import Data
 
-from stages.edge_classifier.interaction_gnn import InteractionGNN
+from stages.edge_classifier.operating_point import cut_for_efficiency
 from stages.graph_metrics import graph_counts, target_truth_mask
-from stages.track_building.connected_components import ConnectedComponents
 from tb_plugin.event_store import list_event_files, load_event
 from tb_plugin.pretraining.metrics import roc_auc
 from tb_plugin.stage import Stage
 
-# (name, label, higher_is_better), in report order
+# (name, label, higher_is_better), in report order. "filter" is an edge_classifier stage before the last one
+# (ACORN's Filter); "at95" / "at99" rows put each arm at the cut that keeps 95 % / 99 % of the target
+# truth edges on its own valset; "matched" track rows build tracks at the GNN cut that gives each arm the
+# baseline's valset target efficiency of the same seed (see collect_arm_events).
 METRICS: list[tuple[str, str, bool]] = [
     ("graph_construction.target_efficiency", "graph: efficiency, pT > 1 GeV truth edges", True),
     ("graph_construction.efficiency", "graph: efficiency, all truth edges", True),
     ("graph_construction.purity", "graph: purity", True),
     ("graph_construction.edges_per_event", "graph: edges per event", False),
+    ("edge_filter.target_efficiency", "filter: efficiency, pT > 1 GeV truth edges of its input graph", True),
+    ("edge_filter.purity", "filter: purity, all true edges", True),
+    ("edge_filter.edges_per_event", "filter: edges per event kept", False),
+    ("edge_filter.at99.target_purity", "filter at 99 % valset efficiency: purity, pT > 1 GeV", True),
+    ("edge_filter.at99.edges_per_event", "filter at 99 % valset efficiency: edges per event", False),
+    ("edge_filter.at95.target_purity", "filter at 95 % valset efficiency: purity, pT > 1 GeV", True),
     ("edge_classifier.auc", "edges: ROC AUC (mean over events)", True),
     ("edge_classifier.target_efficiency", "edges: efficiency, pT > 1 GeV", True),
     ("edge_classifier.target_purity", "edges: purity, pT > 1 GeV", True),
     ("edge_classifier.efficiency", "edges: efficiency, all true edges", True),
     ("edge_classifier.purity", "edges: purity, all true edges", True),
+    ("edge_classifier.at95.target_purity", "edges at 95 % valset efficiency: purity, pT > 1 GeV", True),
+    ("edge_classifier.at95.target_efficiency", "edges at 95 % valset efficiency: test efficiency, pT > 1 GeV", True),
+    ("edge_classifier.at99.target_purity", "edges at 99 % valset efficiency: purity, pT > 1 GeV", True),
+    ("edge_classifier.at99.target_efficiency", "edges at 99 % valset efficiency: test efficiency, pT > 1 GeV", True),
     ("track_building.two_way.efficiency", "tracks: efficiency (two_way)", True),
     ("track_building.two_way.efficiency_pt1", "tracks: efficiency, pT > 1 GeV, >= 5 hits (two_way)", True),
     ("track_building.two_way.fake_rate", "tracks: fake rate (two_way)", False),
     ("track_building.two_way.duplicate_rate", "tracks: duplicate rate (two_way)", False),
     ("track_building.trackml_score", "tracks: TrackML score (mean over events)", True),
+    ("track_building.matched.two_way.efficiency", "tracks at matched GNN efficiency: efficiency (two_way)", True),
+    ("track_building.matched.two_way.efficiency_pt1", "tracks at matched GNN efficiency: efficiency, pT > 1 GeV", True),
+    ("track_building.matched.two_way.fake_rate", "tracks at matched GNN efficiency: fake rate (two_way)", False),
+    ("track_building.matched.trackml_score", "tracks at matched GNN efficiency: TrackML score", True),
 ]
+METRIC_NAMES = frozenset(name for name, _, _ in METRICS)
+OPERATING_POINTS = {"at95": 0.95, "at99": 0.99}  # valset target efficiencies of the matched rows
 
-TRACK_METRICS = [name for name, _, _ in METRICS if name.startswith("track_building.")]
+TRACK_METRICS = ("two_way.efficiency", "two_way.efficiency_pt1", "two_way.fake_rate", "two_way.duplicate_rate", "trackml_score")
 ROC_EDGES_PER_EVENT = 20_000  # edges per event kept for the ROC plot (a fixed random subset)
 
 
 @dataclass
 class ArmEvents:
-    """Per-event (num, den) of every metric, plus what the plots need."""
+    """Per-event (num, den) of every metric, plus what the plots need and the matched operating point."""
 
     event_ids: list[str] = field(default_factory=list)
     per_event: dict[str, dict[str, list[float]]] = field(default_factory=dict)
@@ -55,6 +76,7 @@ class ArmEvents:
     roc_labels: list[np.ndarray] = field(default_factory=list)
     particle_pt_gev: list[np.ndarray] = field(default_factory=list)
     particle_reconstructed: list[np.ndarray] = field(default_factory=list)
+    operating_points: dict[str, float] = field(default_factory=dict)  # name -> cut or valset efficiency
 
     def add(self, name: str, num: float, den: float) -> None:
         entry = self.per_event.setdefault(name, {"num": [], "den": []})
@@ -79,10 +101,53 @@ def stage_of_kind(stages: list[Stage], kind: str) -> Stage | None:
     return found[-1] if found else None
 
 
-def collect_arm_events(stages: list[Stage], split: str = "testset") -> ArmEvents:
-    """Per-event metrics of the arm's graph construction, edge classifier and track building outputs."""
+def edge_filter_stage(stages: list[Stage]) -> Stage | None:
+    """An edge_classifier stage before the last one: the filter that prunes the graph for the GNN."""
+    scoring = [s for s in stages if s.config.stage == "edge_classifier"]
+    return scoring[-2] if len(scoring) > 1 else None
+
+
+# ------------------------------------------------------------------------------------- operating points
+
+
+def _target_count(arrays: dict[str, Any]) -> int:
+    """Target truth edges the stage could keep: those of its input graph (a filter's output has lost some)."""
+    return int(arrays.get("n_input_target", int(np.sum(arrays["edge_target"]))))
+
+
+def valset_cut(stage: Stage, efficiency: float) -> float:
+    """The score cut that keeps `efficiency` of the target truth edges over the stage's valset output."""
+    files = list_event_files(stage.stage_dir, "valset")
+    if not files:
+        raise FileNotFoundError(f"no event files in {stage.stage_dir / 'valset'}: the matched operating points need the "
+                                "stage's valset output (give data_split a validation event)")
+    arrays = [stage.event_arrays(path) for path in files]
+    scores = np.concatenate([a["scores"][a["edge_target"]] for a in arrays])
+    return cut_for_efficiency(scores, efficiency, sum(_target_count(a) for a in arrays))
+
+
+def valset_efficiency(stage: Stage) -> float:
+    """Target truth edges kept at the stage's own cut over its valset output (edges, as valset_cut counts)."""
+    arrays = [stage.event_arrays(path) for path in list_event_files(stage.stage_dir, "valset")]
+    kept = sum(int(np.sum(a["kept"] & a["edge_target"])) for a in arrays)
+    total = sum(_target_count(a) for a in arrays)
+    return kept / total if total else float("nan")
+
+
+# ------------------------------------------------------------------------------------- collecting
+
+
+def collect_arm_events(stages: list[Stage], split: str = "testset", reference_efficiency: float | None = None) -> ArmEvents:
+    """Per-event metrics of the arm's graph construction, filter, edge classifier and track building outputs.
+
+    The matched track rows rebuild the tracks in memory at the GNN cut that keeps `reference_efficiency`
+    of the target truth edges on this arm's valset; None (the baseline arm) takes this arm's own
+    valset efficiency at its configured cut, so the baseline's matched rows repeat its fixed-cut rows
+    and the trackingbert arm is moved to the baseline's operating point.
+    """
     out = ArmEvents()
     graph = stage_of_kind(stages, "graph_construction")
+    edge_filter = edge_filter_stage(stages)
     gnn = stage_of_kind(stages, "edge_classifier")
     tracks = stage_of_kind(stages, "track_building")
     last = tracks or gnn or graph
@@ -91,16 +156,37 @@ def collect_arm_events(stages: list[Stage], split: str = "testset") -> ArmEvents
     files = list_event_files(last.stage_dir, split)
     if not files:
         raise FileNotFoundError(f"no event files in {last.stage_dir / split}: the arm's stages have not run")
+    cuts = {}
+    for prefix, stage in (("edge_filter", edge_filter), ("edge_classifier", gnn)):
+        for name, efficiency in OPERATING_POINTS.items() if stage is not None else ():
+            cuts[f"{prefix}.{name}"] = out.operating_points[f"{prefix}.{name}.cut"] = valset_cut(stage, efficiency)
+    build = None
+    if tracks is not None and gnn is not None:
+        reference = valset_efficiency(gnn) if reference_efficiency is None else reference_efficiency
+        out.operating_points["matched.reference_efficiency"] = reference
+        out.operating_points["matched.cut"] = valset_cut(gnn, reference)
+        build = matched_builder(tracks, out.operating_points["matched.cut"])
     rng = np.random.default_rng(0)
     for path in files:
         out.event_ids.append(_event_id(path))
         if graph is not None:
             _graph_metrics(out, graph, graph.stage_dir / split / path.name)
+        if edge_filter is not None:
+            _filter_metrics(out, edge_filter, edge_filter.stage_dir / split / path.name, cuts)
         if gnn is not None:
-            _edge_metrics(out, gnn, gnn.stage_dir / split / path.name, rng)
+            _edge_metrics(out, gnn, gnn.stage_dir / split / path.name, rng, cuts)
         if tracks is not None:
-            _track_metrics(out, tracks, tracks.stage_dir / split / path.name)
+            _track_metrics(out, "track_building", tracks.event_matches(tracks.stage_dir / split / path.name), plots=True)
+        if build is not None:
+            source = gnn.stage_dir / split / path.name
+            _track_metrics(out, "track_building.matched", tracks.matches(build(load_event(source), source), source))
     return out
+
+
+def matched_builder(tracks: Stage, cut: float) -> Callable[[Data, Path], Data]:
+    """The track-building stage's per-event function with its score_cut replaced by `cut`."""
+    stage = type(tracks)(dataclasses.replace(tracks.config, score_cut=float(cut)))
+    return stage.event_processor()
 
 
 def _graph_metrics(out: ArmEvents, stage: Stage, path: Path) -> None:
@@ -115,7 +201,31 @@ def _graph_metrics(out: ArmEvents, stage: Stage, path: Path) -> None:
     out.add("graph_construction.edges_per_event", every.n_edges, 1)
 
 
-def _edge_metrics(out: ArmEvents, stage: InteractionGNN, path: Path, rng: np.random.Generator) -> None:
+def _matched_metrics(out: ArmEvents, prefix: str, a: dict[str, Any], cuts: dict[str, float]) -> None:
+    """The rows at each valset-matched cut: purity, test efficiency and edges kept."""
+    for name in OPERATING_POINTS:
+        key = f"{prefix}.{name}"
+        if key not in cuts:
+            continue
+        kept = a["scores"] > cuts[key]
+        tgt, y = a["edge_target"], a["edge_y"]
+        cells = {"target_purity": ((kept & tgt).sum(), (kept & (tgt | ~y)).sum()),
+                 "target_efficiency": ((kept & tgt).sum(), _target_count(a)), "edges_per_event": (kept.sum(), 1)}
+        for metric, (num, den) in cells.items():
+            if f"{key}.{metric}" in METRIC_NAMES:
+                out.add(f"{key}.{metric}", num, den)
+
+
+def _filter_metrics(out: ArmEvents, stage: Stage, path: Path, cuts: dict[str, float]) -> None:
+    a = stage.event_arrays(path)
+    kept, y = a["kept"], a["edge_y"]
+    out.add("edge_filter.target_efficiency", (kept & a["edge_target"]).sum(), _target_count(a))
+    out.add("edge_filter.purity", (kept & y).sum(), kept.sum())
+    out.add("edge_filter.edges_per_event", kept.sum(), 1)
+    _matched_metrics(out, "edge_filter", a, cuts)
+
+
+def _edge_metrics(out: ArmEvents, stage: Stage, path: Path, rng: np.random.Generator, cuts: dict[str, float]) -> None:
     a = stage.event_arrays(path)
     kept, y, tgt, scores = a["kept"], a["edge_y"], a["edge_target"], a["scores"]
     defined = 0 < y.sum() < len(y)  # an event of one class has no AUC: an empty cell (0 / 0)
@@ -124,27 +234,33 @@ def _edge_metrics(out: ArmEvents, stage: InteractionGNN, path: Path, rng: np.ran
     out.add("edge_classifier.target_purity", (kept & tgt).sum(), (kept & (tgt | ~y)).sum())
     out.add("edge_classifier.efficiency", (kept & y).sum(), y.sum())
     out.add("edge_classifier.purity", (kept & y).sum(), kept.sum())
+    _matched_metrics(out, "edge_classifier", a, cuts)
     chosen = rng.permutation(len(y))[:ROC_EDGES_PER_EVENT]
     out.roc_scores.append(scores[chosen])
     out.roc_labels.append(y[chosen])
 
 
-def _track_metrics(out: ArmEvents, stage: ConnectedComponents, path: Path) -> None:
-    matches = stage.event_matches(path)
-    if matches is None:  # no truth: empty cells keep the events of both arms aligned
+def _track_metrics(out: ArmEvents, prefix: str, matches: Any, plots: bool = False) -> None:
+    """Track rows of one event from its EventMatches (None without truth: empty cells keep the arms aligned)."""
+    if matches is None:
         for name in TRACK_METRICS:
-            out.add(name, 0, 0)
+            out.add(f"{prefix}.{name}", 0, 0)
         return
     two_way, two_way_pt1 = matches.counts["two_way"], matches.counts_pt1["two_way"]
-    out.add("track_building.two_way.efficiency", two_way.n_reconstructed_particles, two_way.n_particles)
-    out.add("track_building.two_way.efficiency_pt1", two_way_pt1.n_reconstructed_particles, two_way_pt1.n_particles)
-    out.add("track_building.two_way.fake_rate", two_way.n_tracks - two_way.n_matched_tracks, two_way.n_tracks)
-    out.add("track_building.two_way.duplicate_rate", two_way.n_duplicate_tracks, two_way.n_reconstructed_particles)
+    out.add(f"{prefix}.two_way.efficiency", two_way.n_reconstructed_particles, two_way.n_particles)
+    out.add(f"{prefix}.two_way.efficiency_pt1", two_way_pt1.n_reconstructed_particles, two_way_pt1.n_particles)
+    out.add(f"{prefix}.two_way.fake_rate", two_way.n_tracks - two_way.n_matched_tracks, two_way.n_tracks)
+    out.add(f"{prefix}.two_way.duplicate_rate", two_way.n_duplicate_tracks, two_way.n_reconstructed_particles)
     score = matches.trackml_score
-    out.add("track_building.trackml_score", score if score is not None else 0.0, 1 if score is not None else 0)
-    out.particle_pt_gev.append(matches.particles["pt_gev"].to_numpy())
-    out.particle_reconstructed.append(matches.particles["reconstructed_two_way"].to_numpy())
+    out.add(f"{prefix}.trackml_score", score if score is not None else 0.0, 1 if score is not None else 0)
+    if plots:
+        out.particle_pt_gev.append(matches.particles["pt_gev"].to_numpy())
+        out.particle_reconstructed.append(matches.particles["reconstructed_two_way"].to_numpy())
 
 
-def metric_specs() -> list[dict[str, Any]]:
-    return [{"name": n, "label": label, "higher_is_better": better} for n, label, better in METRICS]
+def metric_specs(present: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The report's rows in order; with `present`, only the metrics measured (a pipeline without a filter
+    has no filter rows)."""
+    keep = None if present is None else set(present)
+    return [{"name": n, "label": label, "higher_is_better": better} for n, label, better in METRICS
+            if keep is None or n in keep]

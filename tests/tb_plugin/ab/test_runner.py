@@ -37,6 +37,9 @@ def ab_setup(tmp_path_factory) -> Path:
         {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(root / "events"),
          "stage_dir": str(root / "feature_store"), "data_split": [4, 1, 2]},
         {"stage": "graph_construction", "model": "ModuleMap", "input_dir": "x", "stage_dir": "x"},
+        {"stage": "edge_classifier", "model": "Filter", "input_dir": "x", "stage_dir": "x",
+         "node_features": ["hit_r", "hit_phi", "hit_z"], "node_scales": [1000, 3.14159, 1000], "edge_features": ["dr", "dz"],
+         "edge_scales": [100, 100], "hidden": 8, "nb_layer": 2, "max_epochs": 1, "edge_cut": {"target_efficiency": 0.99}},
         {"stage": "edge_classifier", "model": "InteractionGNN", "input_dir": "x", "stage_dir": "x",
          "node_features": ["hit_r", "hit_phi", "hit_z"], "node_scales": [1000, 3.14159, 1000],
          "edge_features": ["dr", "dphi"], "edge_scales": [100, 0.1], "hidden": 8, "n_graph_iters": 1,
@@ -49,6 +52,7 @@ def ab_setup(tmp_path_factory) -> Path:
         "ab_dir": str(root / "ab"), "pipeline": "pipeline.yaml", "tracking_bert": "tb.yaml", "seeds": [0, 1],
         "bootstrap": {"samples": 200}, "timing_events": 1, "timing_repeats": 1,
         "low_label": {"n_labelled": [1, 2], "seeds": [0]},
+        "trackingbert_keys": {"ConnectedComponents": {"min_track_length": 4}},
     })
     return configs / "ab.yaml"
 
@@ -56,11 +60,20 @@ def ab_setup(tmp_path_factory) -> Path:
 def test_the_arms_differ_only_in_the_features(ab_setup):
     runner = load_runner(ab_setup)
     base, tb = runner.arm_values("baseline", 0), runner.arm_values("trackingbert", 0)
-    assert [v["stage"] for v in base] == [v["stage"] for v in tb] == ["graph_construction", "edge_classifier", "track_building"]
+    assert [v["stage"] for v in base] == [v["stage"] for v in tb] == ["graph_construction", "edge_classifier", "edge_classifier",
+                                                                      "track_building"]
+    # two stages of one kind get folders named by their models; the filter feeds the GNN
+    assert [Path(v["stage_dir"]).name for v in base] == ["graph_construction", "edge_classifier_filter",
+                                                         "edge_classifier_interactiongnn", "track_building"]
+    assert base[2]["input_dir"] == base[1]["stage_dir"]
     for b, t in zip(base, tb):
         differing = {k for k in set(b) | set(t) if b.get(k) != t.get(k)}
-        assert differing <= {"input_dir", "stage_dir", "node_features", "node_scales", "edge_features", "edge_scales"}
-    gnn_b, gnn_t = base[1], tb[1]
+        assert differing <= {"input_dir", "stage_dir", "node_features", "node_scales", "edge_features", "edge_scales",
+                             "min_track_length"}
+    assert tb[1]["node_features"] == base[1]["node_features"] + ["hit_tb_emb"]  # the filter gets the features too
+    # trackingbert_keys set the named model's keys in that arm only
+    assert tb[3]["min_track_length"] == 4 and "min_track_length" not in base[3]
+    gnn_b, gnn_t = base[2], tb[2]
     assert gnn_t["node_features"] == gnn_b["node_features"] + ["hit_tb_emb"]
     assert gnn_t["node_scales"] == gnn_b["node_scales"] + [1.0]
     assert gnn_t["edge_features"] == gnn_b["edge_features"] + ["tb_sim"]
@@ -74,16 +87,25 @@ def test_the_arms_differ_only_in_the_features(ab_setup):
     assert other[1]["stage_dir"] != base[1]["stage_dir"] and other[1]["seed"] == 1
 
 
+def test_keys_for_a_model_the_pipeline_lacks_are_refused(ab_setup, tmp_path):
+    values = yaml.safe_load(ab_setup.read_text())
+    values.update(pipeline=str(ab_setup.parent / "pipeline.yaml"), tracking_bert=str(ab_setup.parent / "tb.yaml"),
+                  trackingbert_keys={"MetricLearning": {"r_infer": 0.2}})
+    with pytest.raises(ConfigError, match="trackingbert_keys.MetricLearning.*ModuleMap"):
+        ABRunner(load_ab_config(write_yaml(tmp_path / "ab.yaml", values)))
+
+
 def test_low_label_keeps_the_steps_and_the_module_map(ab_setup):
     runner = load_runner(ab_setup)
     full, low = runner.arm_values("baseline", 0), runner.arm_values("baseline", 0, n_labelled=1)
     assert low[0] == full[0]
-    assert low[1]["data_split"][0] == 1
-    assert low[1]["max_epochs"] == full[1]["max_epochs"] * 4  # 4 training events -> 4x the epochs of 1 event
-    assert "low_label" in str(low[1]["stage_dir"]) and "low_label" in str(low[2]["stage_dir"])
+    for i in (1, 2):  # the filter and the GNN are both retrained on the labelled events
+        assert low[i]["data_split"][0] == 1
+        assert low[i]["max_epochs"] == full[i]["max_epochs"] * 4  # 4 training events -> 4x the epochs of 1 event
+    assert "low_label" in str(low[1]["stage_dir"]) and "low_label" in str(low[3]["stage_dir"])
     # the GNN reads only what the module map wrote: an upstream data_split bounds the full count
     runner.downstream[0]["data_split"] = [2, 1, 2]
-    assert runner.arm_values("baseline", 0, n_labelled=1)[1]["max_epochs"] == full[1]["max_epochs"] * 2
+    assert runner.arm_values("baseline", 0, n_labelled=1)[2]["max_epochs"] == full[2]["max_epochs"] * 2
 
 
 def test_ab_runs_resumes_and_reports(ab_setup, capsys):
@@ -100,12 +122,23 @@ def test_ab_runs_resumes_and_reports(ab_setup, capsys):
             per_event = s["per_event"]["graph_construction.edges_per_event"]
             assert len(per_event["num"]) == 2 and per_event["den"] == [1.0, 1.0]
             assert s["inference_s_per_event"]["total"] > 0
-            assert s["trainable_parameters"]["edge_classifier"] > 0
+            assert s["trainable_parameters"]["edge_classifier_interactiongnn"] > 0
+            assert s["trainable_parameters"]["edge_classifier_filter"] > 0
+            points = s["operating_points"]
+            assert points["edge_classifier.at95.cut"] >= points["edge_classifier.at99.cut"]
+            assert 0.0 <= points["matched.reference_efficiency"] <= 1.0
     tb_seed = results["arms"]["trackingbert"]["seeds"][0]
     assert tb_seed["trainable_parameters"]["tracking_bert"] > 0 and "tracking_bert" in tb_seed["inference_s_per_event"]
     assert "tracking_bert" not in results["arms"]["baseline"]["seeds"][0]["inference_s_per_event"]
     # the TrackingBERT arm's GNN has more inputs, so more parameters in its first layers
-    assert tb_seed["trainable_parameters"]["edge_classifier"] > results["arms"]["baseline"]["seeds"][0]["trainable_parameters"]["edge_classifier"]
+    base_seed = results["arms"]["baseline"]["seeds"][0]
+    assert tb_seed["trainable_parameters"]["edge_classifier_interactiongnn"] > base_seed["trainable_parameters"]["edge_classifier_interactiongnn"]
+    # the matched track rows: each arm at the baseline's valset GNN efficiency of the same seed
+    assert tb_seed["operating_points"]["matched.reference_efficiency"] == base_seed["operating_points"]["matched.reference_efficiency"]
+    names = [m["name"] for m in results["metrics"]]
+    for name in ("edge_filter.edges_per_event", "edge_filter.at99.target_purity", "edge_classifier.at95.target_purity",
+                 "track_building.matched.two_way.fake_rate"):
+        assert name in names and name in results["differences"]
     assert results["overhead"]["inference_ratio"] > 0
     diff = results["differences"]["graph_construction.edges_per_event"]
     assert diff["estimate"] == pytest.approx(0.0) and diff["significant"] is False  # same module map in both arms
@@ -126,13 +159,13 @@ def test_ab_runs_resumes_and_reports(ab_setup, capsys):
 
     # an edited config is not silently mixed with finished results: the stage that changed is named
     pipeline = yaml.safe_load((ab_setup.parent / "pipeline.yaml").read_text())
-    pipeline["stages"][2]["max_epochs"] = 3
+    pipeline["stages"][3]["max_epochs"] = 3
     write_yaml(ab_setup.parent / "pipeline.yaml", pipeline)
     try:
         assert main(["-q", "ab", str(ab_setup)]) == 2
         assert "max_epochs: 2 -> 3" in capsys.readouterr().err
     finally:
-        pipeline["stages"][2]["max_epochs"] = 2
+        pipeline["stages"][3]["max_epochs"] = 2
         write_yaml(ab_setup.parent / "pipeline.yaml", pipeline)
 
 
