@@ -34,6 +34,9 @@ METRICS: list[tuple[str, str, bool]] = [
     ("graph_construction.efficiency", "graph: efficiency, all truth edges", True),
     ("graph_construction.purity", "graph: purity", True),
     ("graph_construction.edges_per_event", "graph: edges per event", False),
+    ("graph_construction.at95.edges_per_event", "graph at 95 % valset efficiency: edges per event", False),
+    ("graph_construction.at95.target_efficiency", "graph at 95 % valset efficiency: test efficiency, pT > 1 GeV", True),
+    ("graph_construction.at_edges.target_efficiency", "graph at the baseline's valset edges per event: efficiency, pT > 1 GeV", True),
     ("edge_filter.target_efficiency", "filter: efficiency, pT > 1 GeV truth edges of its input graph", True),
     ("edge_filter.purity", "filter: purity, all true edges", True),
     ("edge_filter.edges_per_event", "filter: edges per event kept", False),
@@ -137,14 +140,17 @@ def valset_efficiency(stage: Stage) -> float:
 # ------------------------------------------------------------------------------------- collecting
 
 
-def collect_arm_events(stages: list[Stage], split: str = "testset", reference_efficiency: float | None = None) -> ArmEvents:
+def collect_arm_events(stages: list[Stage], split: str = "testset", reference: dict[str, float] | None = None) -> ArmEvents:
     """Per-event metrics of the arm's graph construction, filter, edge classifier and track building outputs.
 
-    The matched track rows rebuild the tracks in memory at the GNN cut that keeps `reference_efficiency`
-    of the target truth edges on this arm's valset; None (the baseline arm) takes this arm's own
-    valset efficiency at its configured cut, so the baseline's matched rows repeat its fixed-cut rows
-    and the trackingbert arm is moved to the baseline's operating point.
+    `reference` is the baseline arm's `operating_points` of the same seed (None for the baseline arm
+    itself). The matched track rows rebuild the tracks in memory at the GNN cut that keeps the
+    baseline's valset target efficiency on this arm's valset, so the baseline's matched rows repeat its
+    fixed-cut rows and the trackingbert arm is moved to the baseline's operating point. A graph builder
+    with an operating curve (metric learning's radius) is likewise compared at the baseline's valset
+    edges per event, and at 95 % valset efficiency.
     """
+    reference = reference or {}
     out = ArmEvents()
     graph = stage_of_kind(stages, "graph_construction")
     edge_filter = edge_filter_stage(stages)
@@ -161,16 +167,19 @@ def collect_arm_events(stages: list[Stage], split: str = "testset", reference_ef
         for name, efficiency in OPERATING_POINTS.items() if stage is not None else ():
             cuts[f"{prefix}.{name}"] = out.operating_points[f"{prefix}.{name}.cut"] = valset_cut(stage, efficiency)
     build = None
+    curve = GraphCurve(graph, reference, out.operating_points) if hasattr(graph, "scored_graph") else None
     if tracks is not None and gnn is not None:
-        reference = valset_efficiency(gnn) if reference_efficiency is None else reference_efficiency
-        out.operating_points["matched.reference_efficiency"] = reference
-        out.operating_points["matched.cut"] = valset_cut(gnn, reference)
+        efficiency = reference.get("matched.reference_efficiency", valset_efficiency(gnn))
+        out.operating_points["matched.reference_efficiency"] = efficiency
+        out.operating_points["matched.cut"] = valset_cut(gnn, efficiency)
         build = matched_builder(tracks, out.operating_points["matched.cut"])
     rng = np.random.default_rng(0)
     for path in files:
         out.event_ids.append(_event_id(path))
         if graph is not None:
             _graph_metrics(out, graph, graph.stage_dir / split / path.name)
+        if curve is not None:
+            curve.add(out, split, path.name)
         if edge_filter is not None:
             _filter_metrics(out, edge_filter, edge_filter.stage_dir / split / path.name, cuts)
         if gnn is not None:
@@ -181,6 +190,46 @@ def collect_arm_events(stages: list[Stage], split: str = "testset", reference_ef
             source = gnn.stage_dir / split / path.name
             _track_metrics(out, "track_building.matched", tracks.matches(build(load_event(source), source), source))
     return out
+
+
+class GraphCurve:
+    """A graph builder's operating curve (metric learning: edges with embedding distance < r), read at
+    radii chosen on its valset: the one keeping 95 % of target truth edges, and the one giving the
+    baseline arm's valset edges per event at its configured radius."""
+
+    def __init__(self, stage: Stage, reference: dict[str, float], points: dict[str, float]) -> None:
+        self.stage = stage
+        val = [self.scored("valset", path.name) for path in list_event_files(stage.stage_dir, "valset")]
+        if not val:
+            raise FileNotFoundError(f"no event files in {stage.stage_dir / 'valset'}: the graph's operating curve needs them")
+        distance = np.concatenate([g["distance"] for g in val])
+        target = np.concatenate([g["distance"][g["target"]] for g in val])
+        n_target = sum(g["n_target"] for g in val)
+        own = int((distance < stage.config.r_infer).sum()) / len(val)  # edges per valset event at r_infer
+        points["graph.valset_edges_per_event"] = own
+        budget = reference.get("graph.valset_edges_per_event", own)
+        self.radius = {"at95": -cut_for_efficiency(-target, 0.95, n_target),
+                       "at_edges": float(np.sort(distance)[min(int(budget * len(val)), len(distance) - 1)])}
+        points.update({f"graph.{k}.radius": v for k, v in self.radius.items()})
+
+    def scored(self, split: str, name: str) -> dict[str, Any]:
+        """Distances [E] of the event's graph at the curve's largest radius, its target edges [E], and
+        the target truth edges of the event (those missing at every radius count against efficiency)."""
+        path = Path(self.stage.config.input_dir) / split / name
+        graph = self.stage.scored_graph(load_event(path), path)
+        truth = target_truth_mask(graph, self.stage.config.target_tracks, str(path)).numpy()
+        mapping = graph.track_to_edge_map.numpy()
+        target = np.zeros(graph.edge_index.shape[1], dtype=bool)
+        target[mapping[truth & (mapping >= 0)]] = True
+        return {"distance": graph.edge_distance.numpy(), "target": target, "n_target": int(truth.sum())}
+
+    def add(self, out: ArmEvents, split: str, name: str) -> None:
+        g = self.scored(split, name)
+        for point, radius in self.radius.items():
+            kept = g["distance"] < radius
+            for metric, num, den in (("edges_per_event", kept.sum(), 1), ("target_efficiency", (kept & g["target"]).sum(), g["n_target"])):
+                if f"graph_construction.{point}.{metric}" in METRIC_NAMES:
+                    out.add(f"graph_construction.{point}.{metric}", num, den)
 
 
 def matched_builder(tracks: Stage, cut: float) -> Callable[[Data, Path], Data]:

@@ -246,16 +246,16 @@ class ABRunner:
         reference = None
         for arm in ARMS:
             out[arm] = self.run_seed(self.plan(arm, seed, n_labelled), pretrain_record, reference)
-            reference = out[arm][0].get("operating_points", {}).get("matched.reference_efficiency")
+            reference = out[arm][0].get("operating_points", {})
         return out
 
     def run_seed(self, plan: ArmPlan, pretrain_record: dict[str, Any],
-                 reference_efficiency: float | None = None) -> tuple[dict[str, Any], ArmEvents]:
+                 reference: dict[str, float] | None = None) -> tuple[dict[str, Any], ArmEvents]:
         """One arm and seed: its stages (resuming), then its per-event metrics and timings."""
         done = plan.result_dir / RESULT_FILE
         print(f"A/B: {plan.arm} arm, seed {plan.seed}")
         records = {s.stage_dir.name: run_once(s) for s in plan.stages}
-        events = collect_arm_events(plan.stages, reference_efficiency=reference_efficiency)
+        events = collect_arm_events(plan.stages, reference=reference)
         if done.exists():
             return json.loads(done.read_text()), events
         train_time = {name: r["train_time_s"] for name, r in records.items()}
