@@ -369,6 +369,38 @@ def thresholds(scores: np.ndarray, rows: np.ndarray, n_rows: int, q: float, per_
     return out
 
 
+def prior_vectors(config: PairPriorConfig, input_dir: str | Path, detector: Detector,
+                  shapes: ModuleShapes) -> tuple[np.ndarray, np.ndarray, Path | None]:
+    """(vectors [M, D] the scores compare, modules in scope bool [M], the table read or None): the unit
+    TrackingBERT rows (scope: in the vocabulary) or the geometry vectors of the control."""
+    scope = np.ones(len(detector), dtype=bool)
+    if config.volumes is not None:
+        scope &= detector.volume_mask(config.volumes)
+    if config.scorer != "tb":
+        return geometry_vectors(shapes), scope, None
+    table_path = Path(config.table) if config.table is not None else Path(input_dir) / MODULE_TABLE_FILE
+    table, in_vocab = load_prior_table(table_path, detector, input_dir)
+    return _unit_rows(table), scope & in_vocab, table_path
+
+
+def pair_scores(config: PairPriorConfig, vectors: np.ndarray, shapes: ModuleShapes, seen: tuple[np.ndarray, np.ndarray],
+                new: tuple[np.ndarray, np.ndarray], windows: tuple[np.ndarray, np.ndarray],
+                seed: int) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(scores of the seen pairs, of the unseen candidates, the head's loss or None); seen and new are
+    (pairs [P, 2], window row [P]), windows the widened (low, high) [L, F]."""
+    (seen_pairs, seen_window), (new_pairs, new_window), (low, high) = seen, new, windows
+    if config.head != "none":
+        if len(new_pairs) == 0:
+            raise ValueError(f"key 'prior.head' {config.head!r} learns from the candidate pairs the map did not see, "
+                             "and there are none; use head: none")
+        return cross_fitted_head_scores(config, vectors, seen_pairs, new_pairs, seed)
+    if config.scorer == "tb":
+        return cosine_scores(vectors, seen_pairs), cosine_scores(vectors, new_pairs), None
+    seen_scores = pair_geometry(shapes, seen_pairs[:, 0], seen_pairs[:, 1], low[seen_window], high[seen_window])[1]
+    new_scores = pair_geometry(shapes, new_pairs[:, 0], new_pairs[:, 1], low[new_window], high[new_window])[1]
+    return seen_scores, new_scores, None
+
+
 def apply_pair_prior(arrays: dict[str, np.ndarray], config: PairPriorConfig, input_dir: str | Path,
                      window_margin: float, seed: int) -> dict[str, np.ndarray]:
     """The map's arrays (MapLearner.arrays) after the prior: pairs, counts, window rewritten (sorted by
@@ -380,18 +412,7 @@ def apply_pair_prior(arrays: dict[str, np.ndarray], config: PairPriorConfig, inp
     if pairs.size and int(pairs.max()) >= len(detector):
         raise ValueError(f"the module map refers to module {int(pairs.max())}, but the detector of {input_dir} has "
                          f"{len(detector)} modules; the events were read with another geometry")
-    scope = np.ones(len(detector), dtype=bool)
-    if config.volumes is not None:
-        scope &= detector.volume_mask(config.volumes)
-    table_path = None
-    if config.scorer == "tb":
-        table_path = Path(config.table) if config.table is not None else Path(input_dir) / MODULE_TABLE_FILE
-        table, in_vocab = load_prior_table(table_path, detector, input_dir)
-        scope &= in_vocab
-        vectors = _unit_rows(table)
-    else:
-        vectors = geometry_vectors(shapes)
-
+    vectors, scope, table_path = prior_vectors(config, input_dir, detector, shapes)
     low, high = widened_windows(arrays["low"], arrays["high"], window_margin)  # [L, F]
     candidates, cand_window = candidate_pairs(shapes, arrays["layer_pairs"], low, high, scope, config.chunk_pairs)
     seen_keys = pairs[:, 0] * PAIR_SHIFT + pairs[:, 1]
@@ -401,19 +422,9 @@ def apply_pair_prior(arrays: dict[str, np.ndarray], config: PairPriorConfig, inp
     if not in_scope.any():
         raise ValueError(f"key 'prior': none of the map's {len(pairs):,} module pairs has both modules in scope "
                          f"(volumes {config.volumes}{', in the table vocabulary' if config.scorer == 'tb' else ''}); nothing to score")
-    seen_pairs, seen_window = pairs[in_scope], window[in_scope]
-
-    head_loss = None
-    if config.head != "none":
-        if len(new_pairs) == 0:
-            raise ValueError(f"key 'prior.head' {config.head!r} learns from the candidate pairs the map did not see, "
-                             "and there are none; use head: none")
-        seen_scores, new_scores, head_loss = cross_fitted_head_scores(config, vectors, seen_pairs, new_pairs, seed)
-    elif config.scorer == "tb":
-        seen_scores, new_scores = cosine_scores(vectors, seen_pairs), cosine_scores(vectors, new_pairs)
-    else:
-        seen_scores = pair_geometry(shapes, seen_pairs[:, 0], seen_pairs[:, 1], low[seen_window], high[seen_window])[1]
-        new_scores = pair_geometry(shapes, new_pairs[:, 0], new_pairs[:, 1], low[new_window], high[new_window])[1]
+    seen_scores, new_scores, head_loss = pair_scores(config, vectors, shapes, (pairs[in_scope], window[in_scope]),
+                                                     (new_pairs, new_window), (low, high), seed)
+    seen_window = window[in_scope]
 
     per_layer_pair = config.threshold == "layer_pair"
     n_rows = len(arrays["layer_pairs"])

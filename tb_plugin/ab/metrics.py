@@ -60,6 +60,7 @@ METRICS: list[tuple[str, str, bool]] = [
     ("track_building.matched.two_way.efficiency", "tracks at matched GNN efficiency: efficiency (two_way)", True),
     ("track_building.matched.two_way.efficiency_pt1", "tracks at matched GNN efficiency: efficiency, pT > 1 GeV", True),
     ("track_building.matched.two_way.fake_rate", "tracks at matched GNN efficiency: fake rate (two_way)", False),
+    ("track_building.matched.two_way.duplicate_rate", "tracks at matched GNN efficiency: duplicate rate (two_way)", False),
     ("track_building.matched.trackml_score", "tracks at matched GNN efficiency: TrackML score", True),
 ]
 METRIC_NAMES = frozenset(name for name, _, _ in METRICS)
