@@ -56,13 +56,19 @@ def inference_device(accelerator: str) -> torch.device:
 
 
 class EpochTimer(Callback):
-    """Logs the wall time of each training epoch (`train/epoch_time_s`), the figure benchmarks report."""
+    """Logs the wall time of each training epoch (`train/epoch_time_s`), the figure benchmarks report.
+
+    Resuming a run that already reached max_epochs ends an epoch that never started here: nothing to log."""
+
+    start: float | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        module.log("train/epoch_time_s", time.perf_counter() - self.start)
+        if self.start is not None:
+            module.log("train/epoch_time_s", time.perf_counter() - self.start)
+            self.start = None
 
 
 def make_logger(kind: str, stage_dir: Path):

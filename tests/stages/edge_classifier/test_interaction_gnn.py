@@ -1,3 +1,4 @@
+import io
 import json
 import math
 
@@ -131,6 +132,10 @@ def test_train_infer_evaluate_end_to_end(graph_folder, tmp_path, capsys):
                                     edge_scales=[100.0, 0.1, 100.0], lr=5e-3))
     stage.train()
     assert (stage_dir / "artifacts" / "last.ckpt").is_file() and (stage_dir / "artifacts" / "best.ckpt").is_file()
+    finished = (stage_dir / "artifacts" / "last.ckpt").read_bytes()
+    stage.train()  # a rerun resumes a finished fit: nothing to train, no error (tb run twice)
+    assert torch.load(stage_dir / "artifacts" / "last.ckpt", weights_only=False)["epoch"] == \
+        torch.load(io.BytesIO(finished), weights_only=False)["epoch"]
     stage.infer()
     for split in ("trainset", "valset", "testset"):
         for path in list_event_files(graph_folder, split):
