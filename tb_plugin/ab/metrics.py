@@ -119,20 +119,23 @@ def _target_count(arrays: dict[str, Any]) -> int:
     return int(arrays.get("n_input_target", int(np.sum(arrays["edge_target"]))))
 
 
-def valset_cut(stage: Stage, efficiency: float) -> float:
-    """The score cut that keeps `efficiency` of the target truth edges over the stage's valset output."""
+def valset_arrays(stage: Stage) -> list[dict[str, Any]]:
+    """The stage's per-event arrays over its valset output, read once for all its operating points."""
     files = list_event_files(stage.stage_dir, "valset")
     if not files:
         raise FileNotFoundError(f"no event files in {stage.stage_dir / 'valset'}: the matched operating points need the "
                                 "stage's valset output (give data_split a validation event)")
-    arrays = [stage.event_arrays(path) for path in files]
+    return [stage.event_arrays(path) for path in files]
+
+
+def valset_cut(arrays: list[dict[str, Any]], efficiency: float) -> float:
+    """The score cut that keeps `efficiency` of the target truth edges over the valset arrays."""
     scores = np.concatenate([a["scores"][a["edge_target"]] for a in arrays])
     return cut_for_efficiency(scores, efficiency, sum(_target_count(a) for a in arrays))
 
 
-def valset_efficiency(stage: Stage) -> float:
-    """Target truth edges kept at the stage's own cut over its valset output (edges, as valset_cut counts)."""
-    arrays = [stage.event_arrays(path) for path in list_event_files(stage.stage_dir, "valset")]
+def valset_efficiency(arrays: list[dict[str, Any]]) -> float:
+    """Target truth edges kept at the stage's own cut over the valset arrays (edges, as valset_cut counts)."""
     kept = sum(int(np.sum(a["kept"] & a["edge_target"])) for a in arrays)
     total = sum(_target_count(a) for a in arrays)
     return kept / total if total else float("nan")
@@ -164,15 +167,19 @@ def collect_arm_events(stages: list[Stage], split: str = "testset", reference: d
     if not files:
         raise FileNotFoundError(f"no event files in {last.stage_dir / split}: the arm's stages have not run")
     cuts = {}
-    for prefix, stage in (("edge_filter", edge_filter), ("edge_classifier", gnn)):
-        for name, efficiency in OPERATING_POINTS.items() if stage is not None else ():
-            cuts[f"{prefix}.{name}"] = out.operating_points[f"{prefix}.{name}.cut"] = valset_cut(stage, efficiency)
+    val = {prefix: valset_arrays(stage) for prefix, stage in (("edge_filter", edge_filter), ("edge_classifier", gnn))
+           if stage is not None}
+    for prefix, arrays in val.items():
+        for name, efficiency in OPERATING_POINTS.items():
+            cuts[f"{prefix}.{name}"] = out.operating_points[f"{prefix}.{name}.cut"] = valset_cut(arrays, efficiency)
     build = None
     curve = GraphCurve(graph, reference, out.operating_points) if hasattr(graph, "scored_graph") else None
     if tracks is not None and gnn is not None:
-        efficiency = reference.get("matched.reference_efficiency", valset_efficiency(gnn))
+        efficiency = reference.get("matched.reference_efficiency")
+        if efficiency is None:  # the baseline arm: its own operating point
+            efficiency = valset_efficiency(val["edge_classifier"])
         out.operating_points["matched.reference_efficiency"] = efficiency
-        out.operating_points["matched.cut"] = valset_cut(gnn, efficiency)
+        out.operating_points["matched.cut"] = valset_cut(val["edge_classifier"], efficiency)
         build = matched_builder(tracks, out.operating_points["matched.cut"])
     rng = np.random.default_rng(0)
     for path in files:

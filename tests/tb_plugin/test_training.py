@@ -20,3 +20,16 @@ def test_val_every_n_epochs_reaches_the_trainer(tmp_path):
 def test_val_every_n_epochs_must_be_positive(value):
     with pytest.raises(ConfigError, match=r"gnn.yaml: key 'val_every_n_epochs' must be an integer >= 1"):
         stage_from_mapping({**GNN, "val_every_n_epochs": value}, "gnn.yaml")
+
+
+def test_epoch_timer_ignores_an_epoch_end_without_a_start():
+    """Resuming a fit that already reached max_epochs ends an epoch that never started (tb run twice)."""
+    from tb_plugin.training import EpochTimer
+
+    logged = []
+    module = type("Module", (), {"log": lambda self, name, value: logged.append(name)})()
+    timer = EpochTimer()
+    timer.on_train_epoch_end(None, module)  # no start: nothing to log, no error
+    timer.on_train_epoch_start(None, module)
+    timer.on_train_epoch_end(None, module)
+    assert logged == ["train/epoch_time_s"]
