@@ -1,21 +1,29 @@
 """Per-stage inference time and peak memory of the baseline chain on full-occupancy events, on the CPU.
 
     .venv/bin/python benchmarks/inference_speed.py [--events 3] [--map-events 30] [--threads 2]
-                                                   [--hidden H] [--iters K] [--out runs/bench/inference_speed.json]
+                                                   [--filter-events 6] [--hidden H] [--iters K]
+                                                   [--out runs/bench/inference_speed.json]
 
-The chain is data reading (TrackML CSVs -> Data) -> ModuleMap -> InteractionGNN -> ConnectedComponents,
-run in memory by stages.inference_chain.InferenceChain, one event at a time, with the keys of the
-shipped baseline configs (configs/graph_construction/module_map.yaml, configs/edge_classifier/
-interaction_gnn.yaml, configs/track_building/connected_components.yaml; --hidden / --iters override
-the GNN's size). Target (issue): under 10 s per pile-up-200 event on a 2-core CPU, peak memory under 8 GB.
+Two chains are timed on the same events, run in memory by stages.inference_chain.InferenceChain, one
+event at a time, with the keys of the shipped configs (configs/graph_construction/module_map.yaml,
+configs/edge_classifier/filter.yaml, configs/edge_classifier/interaction_gnn.yaml,
+configs/track_building/connected_components.yaml; --hidden / --iters override the GNN's size):
+  without the filter: data reading (TrackML CSVs -> Data) -> ModuleMap -> InteractionGNN -> ConnectedComponents
+  with the filter:    data reading -> ModuleMap -> Filter -> InteractionGNN -> ConnectedComponents
+Targets (issues): under 10 s per pile-up-200 event on a 2-core CPU, peak memory under 8 GB; the
+filter cuts the GNN's edges at least 4x while keeping 99 % of the target (pT > 1 GeV) truth edges.
 
 Setup, in a child process so its memory does not count (everything under --work, reused by a rerun):
   1. simulates `--map-events` pile-up-200 training events and `--events` test events (the real
      detector's geometry when ../shared/trackml/detectors.csv exists, else the built-in one);
   2. reads the training events and learns the module map from all of them;
-  3. builds the graph of one training event and trains the GNN for one epoch on a phi sector of it.
-     The scores are meaningless; inference time does not depend on them (the edges cut by
-     score_cut only change the connected-components step, which is the cheapest).
+  3. builds the graphs of `--filter-events` training events and trains the edge filter on the first
+     two thirds of them, with its cut chosen on the rest for 99 % target efficiency (filter.yaml's
+     edge_cut); its efficiency is then measured on the test events, which neither the map nor the
+     filter saw;
+  4. trains the GNN for one epoch on a phi sector of the first graph. Its scores are meaningless;
+     inference time does not depend on them (the edges cut by score_cut only change the
+     connected-components step, which is the cheapest). Both chains use this one GNN.
 Timing, in this process (setup's memory does not count): one untimed warm-up event (a training
 event), then every test event through the chain, from its CSV files to its track labels; then the real
 hits of ../shared/trackml/event000001001-hits.csv (no truth file exists: time, graph size and memory
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -45,6 +54,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from tqdm import tqdm  # noqa: E402
+
+from stages.graph_metrics import target_truth_mask  # noqa: E402
 from stages.inference_chain import InferenceChain  # noqa: E402
 from tb_plugin.config import load_yaml  # noqa: E402
 from tb_plugin.event_store import list_event_files, load_event, save_event  # noqa: E402
@@ -58,13 +70,19 @@ SHARED = REPO.parent / "shared" / "trackml"
 REAL_EVENT = 1001
 CONFIGS = {
     "graph_construction": REPO / "configs" / "graph_construction" / "module_map.yaml",
+    "filter": REPO / "configs" / "edge_classifier" / "filter.yaml",
     "edge_classifier": REPO / "configs" / "edge_classifier" / "interaction_gnn.yaml",
     "track_building": REPO / "configs" / "track_building" / "connected_components.yaml",
 }
+CHAINS = {"without_filter": ["graph_construction", "edge_classifier", "track_building"],
+          "with_filter": ["graph_construction", "filter", "edge_classifier", "track_building"]}
 TARGET_SECONDS = 10.0
 TARGET_MEMORY_MB = 8 * 1024
+TARGET_EDGE_REDUCTION = 4.0
 FIRST_TRAIN_EVENT, FIRST_TEST_EVENT = 1000, 5000
 GNN_TRAIN_EDGES = 50_000  # the phi sector the one-epoch GNN trains on
+FILTER_TRAIN_EDGES = 200_000  # the filter's training sector: the config's 5k is a pile-up-10 size
+FILTER_EPOCHS = 20
 
 
 def log(message: str) -> None:
@@ -117,6 +135,11 @@ def stage_values(name: str, work: Path, args: argparse.Namespace) -> dict[str, A
             values["hidden"] = args.hidden
         if args.iters is not None:
             values["n_graph_iters"] = args.iters
+    elif name == "filter":
+        n_val = max(args.filter_events // 3, 1)
+        values.update(input_dir=str(work / "graphs"), stage_dir=str(work / "filter"),
+                      data_split=[args.filter_events - n_val, n_val, 0], max_epochs=FILTER_EPOCHS, val_every_n_epochs=5,
+                      max_train_edges=FILTER_TRAIN_EDGES, accelerator="cpu", devices=1, num_workers=0, logger="csv")
     else:
         values.update(input_dir=str(work / "gnn"), stage_dir=str(work / "track_building"))
     return values
@@ -130,8 +153,29 @@ def reader(input_dir: Path, stage_dir: Path, detector: str, n_events: int) -> St
     return stage_from_mapping(values, "inference_speed reader")
 
 
+def write_graphs(module_map: Stage, work: Path, n_events: int) -> None:
+    """The map's graphs of the first n training events: the first two thirds into graphs/trainset (the
+    GNN trains on the first), the rest into graphs/valset (where the filter's cut is chosen)."""
+    n_val = max(n_events // 3, 1)
+    for i, path in enumerate(list_event_files(work / "store", "trainset")[:n_events]):
+        split = "trainset" if i < n_events - n_val else "valset"
+        out = work / "graphs" / split / path.name
+        if not out.exists():
+            log(f"graph of training event {path.name} -> {split}")
+            save_event(module_map.event_processor()(load_event(path), path), out)
+
+
+def retrain(stage: Stage, folder: Path) -> None:
+    """Train the stage afresh (a new size or config must not resume an old checkpoint)."""
+    for old in (folder / "artifacts").glob("*"):
+        if old.is_file():
+            old.unlink()
+    stage.train()
+
+
 def prepare(args: argparse.Namespace) -> None:
-    """Everything the timing needs: simulated events, the learned map, a (briefly) trained GNN."""
+    """Everything the timing needs: simulated events, the learned map, the trained filter, a (briefly)
+    trained GNN."""
     torch.set_num_threads(args.threads)
     work = args.work
     detector, detector_name = sim_detector(args.shared)
@@ -140,22 +184,30 @@ def prepare(args: argparse.Namespace) -> None:
     reader(work / "sim" / "train", work / "store", detector_name, args.map_events).infer()
     module_map = stage_from_mapping(stage_values("graph_construction", work, args), str(CONFIGS["graph_construction"]))
     module_map.train()
-    first = list_event_files(work / "store", "trainset")[0]
-    graph_file = work / "graphs" / "trainset" / first.name
-    if not graph_file.exists():
-        save_event(module_map.event_processor()(load_event(first), first), graph_file)
-    gnn = stage_from_mapping(stage_values("edge_classifier", work, args), str(CONFIGS["edge_classifier"]))
-    for old in (work / "gnn" / "artifacts").glob("*.ckpt"):  # a new size or config: train afresh
-        old.unlink()
-    gnn.train()
+    write_graphs(module_map, work, args.filter_events)
+    retrain(stage_from_mapping(stage_values("filter", work, args), str(CONFIGS["filter"])), work / "filter")
+    retrain(stage_from_mapping(stage_values("edge_classifier", work, args), str(CONFIGS["edge_classifier"])), work / "gnn")
 
 
 # ------------------------------------------------------------------------------------- timing
 
 
-def event_row(event_id: int, data: Any, seconds: dict[str, float]) -> dict[str, Any]:
+@functools.lru_cache(maxsize=1)
+def target_conditions() -> list[Any]:
+    """The filter config's target_tracks, as conditions on truth edges."""
+    return stage_from_mapping(load_yaml(CONFIGS["filter"]), str(CONFIGS["filter"])).config.target_conditions()
+
+
+def target_truth_in_graph(data: Any, source: str) -> int:
+    """Target truth edges (pT > 1 GeV particles, the filter config's target_tracks) present in the
+    event's graph: the numerator of graph efficiency, and before / after the filter, of its efficiency."""
+    target = target_truth_mask(data, target_conditions(), source)  # [T]
+    return int((data.track_to_edge_map.long()[target] >= 0).sum())
+
+
+def event_row(event_id: int, data: Any, seconds: dict[str, float], with_truth: bool = True) -> dict[str, Any]:
     labels = data.hit_track_labels
-    return {
+    row = {
         "event_id": event_id,
         "hits": int(data.num_nodes),
         "edges": int(data.edge_index.shape[1]),
@@ -163,28 +215,34 @@ def event_row(event_id: int, data: Any, seconds: dict[str, float]) -> dict[str, 
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "total_seconds": round(sum(seconds.values()), 3),
     }
+    if with_truth:
+        row["target_truth_edges"] = target_truth_in_graph(data, f"event {event_id}")
+    return row
 
 
-def host_stages(work: Path, args: argparse.Namespace) -> list[Stage]:
-    return [stage_from_mapping(stage_values(name, work, args), str(CONFIGS[name])) for name in CONFIGS]
+def host_stages(work: Path, args: argparse.Namespace, chain: str) -> list[Stage]:
+    return [stage_from_mapping(stage_values(name, work, args), str(CONFIGS[name])) for name in CHAINS[chain]]
 
 
-def time_simulated(args: argparse.Namespace, detector_name: str) -> dict[str, Any]:
+def time_simulated(args: argparse.Namespace, detector_name: str, chain_name: str) -> dict[str, Any]:
+    """One chain over the simulated test events, after an untimed warm-up event."""
     work = args.work
     start = time.perf_counter()
-    chain = InferenceChain([reader(work / "sim" / "test", work / "read", detector_name, args.events), *host_stages(work, args)])
+    chain = InferenceChain([reader(work / "sim" / "test", work / "read", detector_name, args.events),
+                            *host_stages(work, args, chain_name)])
     load_seconds = time.perf_counter() - start
     warm = list_events(work / "sim" / "train")[0]
-    log(f"warm-up on training event {warm[0]} (not timed)")
+    log(f"{chain_name}: warm-up on training event {warm[0]} (not timed)")
     chain.run(None, warm[1])
     rows = []
-    for event_id, prefix in list_events(work / "sim" / "test"):
+    for event_id, prefix in tqdm(list_events(work / "sim" / "test"), desc=chain_name, unit="event", file=sys.stderr):
         data, seconds = chain.run(None, prefix)
         rows.append(event_row(event_id, data, seconds))
         log(f"event {event_id}: {rows[-1]['hits']:,} hits, {rows[-1]['edges']:,} edges, {rows[-1]['total_seconds']:.2f} s {rows[-1]['seconds']}")
         del data
     totals = [r["total_seconds"] for r in rows]
     return {
+        "stages": [s.config.model for s in chain.stages],
         "events": rows,
         "mean_seconds": {name: round(float(np.mean([r["seconds"][name] for r in rows])), 3) for name in chain.stage_names},
         "mean_total_seconds": round(float(np.mean(totals)), 3),
@@ -193,6 +251,21 @@ def time_simulated(args: argparse.Namespace, detector_name: str) -> dict[str, An
         "mean_edges": round(float(np.mean([r["edges"] for r in rows]))),
         "load_seconds": round(load_seconds, 3),
         "peak_memory_mb": round(peak_memory_mb(), 1),
+    }
+
+
+def filter_effect(without: dict[str, Any], with_filter: dict[str, Any]) -> dict[str, Any]:
+    """What the filter does to the GNN's input on the test events: the edge reduction (the map's edges /
+    the filter's) and the share of the graph's target truth edges it keeps, summed over events."""
+    before = sum(r["target_truth_edges"] for r in without["events"])
+    after = sum(r["target_truth_edges"] for r in with_filter["events"])
+    reduction = without["mean_edges"] / with_filter["mean_edges"] if with_filter["mean_edges"] else None
+    return {
+        "gnn_edges_without": without["mean_edges"], "gnn_edges_with": with_filter["mean_edges"],
+        "edge_reduction": round(reduction, 3) if reduction is not None else None,
+        "target_efficiency": round(after / before, 5) if before else None,
+        "target_truth_edges_before": before, "target_truth_edges_after": after,
+        "seconds_saved": round(without["mean_total_seconds"] - with_filter["mean_total_seconds"], 3),
     }
 
 
@@ -211,56 +284,68 @@ def map_compatibility(sim: Detector, real: Detector) -> tuple[bool, str]:
 
 
 def time_real(args: argparse.Namespace) -> dict[str, Any]:
+    """Both chains on the real hits of event 1001 (no truth: time, graph size and memory only)."""
     hits = args.shared / f"event{REAL_EVENT:09d}-hits.csv"
     if not hits.is_file() or not (args.shared / "detectors.csv").is_file():
         return {"skipped": f"{hits} or {args.shared / 'detectors.csv'} not found (../shared/trackml beside the checkout)"}
     sim_name = sim_detector(args.shared)[1]
     sim = Detector.builtin() if sim_name == "builtin" else Detector.from_csv(sim_name)
     applies, why = map_compatibility(sim, Detector.from_csv(args.shared / "detectors.csv"))
-    read = reader(args.shared, args.work / "read_real", str(args.shared / "detectors.csv"), 1)
-    chain = InferenceChain([read, *host_stages(args.work, args)] if applies else [read])
-    data, seconds = chain.run(None, event_prefix(args.shared, REAL_EVENT))
-    result = {"file": str(hits), "truth": "none (no truth file: time, graph size and memory only)", "module_map": why}
-    if applies:
-        result.update(event_row(REAL_EVENT, data, seconds))
-    else:
-        result.update(hits=int(data.num_nodes), seconds={k: round(v, 3) for k, v in seconds.items()})
+    result: dict[str, Any] = {"file": str(hits), "truth": "none (no truth file: time, graph size and memory only)",
+                              "module_map": why}
+    for chain_name in CHAINS if applies else ["reading_only"]:
+        read = reader(args.shared, args.work / "read_real", str(args.shared / "detectors.csv"), 1)
+        chain = InferenceChain([read, *host_stages(args.work, args, chain_name)] if applies else [read])
+        data, seconds = chain.run(None, event_prefix(args.shared, REAL_EVENT))
+        if applies:
+            result[chain_name] = event_row(REAL_EVENT, data, seconds, with_truth=False)
+        else:
+            result[chain_name] = {"hits": int(data.num_nodes), "seconds": {k: round(v, 3) for k, v in seconds.items()}}
     result["peak_memory_mb"] = round(peak_memory_mb(), 1)
     return result
+
+
+def chain_target(simulated: dict[str, Any]) -> dict[str, Any]:
+    total = simulated["mean_total_seconds"]
+    return {"seconds_met": total < TARGET_SECONDS, "over_by_seconds": round(max(total - TARGET_SECONDS, 0.0), 3),
+            "slowest_stage": max(simulated["mean_seconds"], key=simulated["mean_seconds"].get)}
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     detector_name = sim_detector(args.shared)[1]
-    simulated = time_simulated(args, detector_name)
+    chains = {name: time_simulated(args, detector_name, name) for name in CHAINS}
     real = time_real(args)
+    effect = filter_effect(chains["without_filter"], chains["with_filter"])
     gnn = load_yaml(CONFIGS["edge_classifier"])
     hidden, iters = args.hidden or gnn.get("hidden", 64), args.iters or gnn.get("n_graph_iters", 8)
-    total = simulated["mean_total_seconds"]
     peak = peak_memory_mb()
-    slowest = max(simulated["mean_seconds"], key=simulated["mean_seconds"].get)
     return {
-        "per_stage_seconds": simulated["mean_seconds"],
-        "total_seconds": total,
+        "per_stage_seconds": {name: c["mean_seconds"] for name, c in chains.items()},
+        "total_seconds": {name: c["mean_total_seconds"] for name, c in chains.items()},
+        "filter": effect,
         "peak_memory_mb": round(peak, 1),
         "target": {
-            "seconds": TARGET_SECONDS, "memory_mb": TARGET_MEMORY_MB,
-            "seconds_met": total < TARGET_SECONDS, "memory_met": peak < TARGET_MEMORY_MB,
-            "slowest_stage": slowest,
-            "over_by_seconds": round(max(total - TARGET_SECONDS, 0.0), 3),
+            "seconds": TARGET_SECONDS, "memory_mb": TARGET_MEMORY_MB, "memory_met": peak < TARGET_MEMORY_MB,
+            "edge_reduction": TARGET_EDGE_REDUCTION,
+            "edge_reduction_met": effect["edge_reduction"] is not None and effect["edge_reduction"] >= TARGET_EDGE_REDUCTION,
+            **{name: chain_target(c) for name, c in chains.items()},
         },
         "notes": [
             "per_stage_seconds and total_seconds: mean over the simulated pile-up-200 test events, wall clock, "
-            "from the CSV files to the track labels, after one untimed warm-up event",
+            "from the CSV files to the track labels, after one untimed warm-up event; the chains run one after the other",
+            "filter.target_efficiency: target (pT > 1 GeV) truth edges in the filtered graph / those in the map's graph, "
+            "summed over the test events, which neither the map nor the filter trained on",
             "peak_memory_mb: ru_maxrss of the timing process, the peak over the whole timing run (models, "
-            "every event, the real hits); setup (simulation, map learning, GNN training) ran in another process",
+            "every event, the real hits); setup (simulation, map learning, training) ran in another process",
             f"the GNN (hidden {hidden}, {iters} iterations) was trained for one epoch on one event: its scores are "
             "not meaningful, and inference time does not depend on them",
         ],
-        "simulated": simulated,
+        "simulated": chains,
         "real_hits": real,
         "setup": {
             "pileup": args.pileup, "map_events": args.map_events, "test_events": args.events,
+            "filter_events": args.filter_events, "filter_epochs": FILTER_EPOCHS, "filter_train_edges": FILTER_TRAIN_EDGES,
             "detector": detector_name, "gnn_hidden": hidden, "gnn_iters": iters, "seed": args.seed,
             "configs": {name: str(path.relative_to(REPO)) for name, path in CONFIGS.items()},
         },
@@ -278,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--map-events", type=int, default=30, help="pile-up-200 events the module map learns from (default 30)")
     parser.add_argument("--pileup", type=float, default=200.0)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--filter-events", type=int, default=6,
+                        help="training events whose graphs train (two thirds) and calibrate (one third) the filter (default 6)")
     parser.add_argument("--hidden", type=int, default=None, help="GNN hidden size (default: the config's)")
     parser.add_argument("--iters", type=int, default=None, help="GNN message-passing iterations (default: the config's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -289,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("events", "map_events", "threads"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    if not 2 <= args.filter_events <= args.map_events:
+        parser.error(f"--filter-events must be between 2 and --map-events ({args.map_events}), got {args.filter_events}")
 
     if args.prepare_only:
         with contextlib.redirect_stdout(sys.stderr):
