@@ -27,6 +27,7 @@ BUILTIN_STAGES: dict[tuple[str, str], str] = {
     ("edge_classifier", "InteractionGNN"): "stages.edge_classifier:InteractionGNN",
     ("edge_classifier", "Filter"): "stages.edge_classifier:Filter",
     ("track_building", "ConnectedComponents"): "stages.track_building:ConnectedComponents",
+    ("track_building", "Walkthrough"): "stages.track_building.walkthrough:Walkthrough",
 }
 
 

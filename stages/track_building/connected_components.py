@@ -28,6 +28,9 @@ least `min_particle_hits` hits there and pass `target_tracks` (ACORN conditions 
 fields `track_particle_*`, short names like `pt` allowed, pT in MeV, plus `n_true_hits`, the
 particle's hit count in the event). `efficiency_pt1` has a fixed denominator, independent of those
 keys so it compares across configs: particles with pT > 1 GeV and at least 5 hits in the event.
+
+Everything but the labelling lives in `TrackBuilder` and `TrackBuildingConfig`, which every track
+builder shares: `model: Walkthrough` (walkthrough.py) differs from this model only in `hit_labels`.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ ETA_BINS = np.linspace(-4.0, 4.0, 21)
 
 @dataclass
 class EventMatches:
-    """One event's matching outcome (see ConnectedComponents.event_matches)."""
+    """One event's matching outcome (see TrackBuilder.event_matches)."""
 
     counts: dict[str, MatchCounts]  # per style, the target particles
     counts_pt1: dict[str, MatchCounts]  # per style, particles with pT > 1 GeV and >= 5 hits
@@ -88,15 +91,14 @@ class EventMatches:
 
 
 @dataclass(kw_only=True)
-class ConnectedComponentsConfig(StageConfig):
+class TrackBuildingConfig(StageConfig):
+    """The keys every track builder of this module's contract shares (ConnectedComponents, Walkthrough)."""
+
     # The scored graphs (edge_index, edge_scores), usually the GNN stage's stage_dir.
     input_dir: Path = field()
     # Edges with edge_scores > score_cut are kept (ACORN's name and strict comparison).
     score_cut: float = 0.5
-    # Keep at each hit only its best edge inwards and outwards (both ends must agree) before taking the
-    # components, so that one wrong edge above score_cut cannot merge two tracks (best_chain_edges).
-    chains: bool = False
-    # Components with fewer hits are not tracks (their hits get label -1).
+    # Track candidates with fewer hits are not tracks (their hits get label -1).
     min_track_length: int = 3
     # f of the matching styles, in [0.5, 1]; strict at 0.5 (see matching.py).
     matching_fraction: float = 0.5
@@ -124,6 +126,13 @@ class ConnectedComponentsConfig(StageConfig):
     def target_conditions(self) -> list[Condition]:
         conditions = parse_conditions(self.target_tracks, "key 'target_tracks'")
         return [Condition(particle_field(c.field), c.op, c.value) for c in conditions]
+
+
+@dataclass(kw_only=True)
+class ConnectedComponentsConfig(TrackBuildingConfig):
+    # Keep at each hit only its best edge inwards and outwards (both ends must agree) before taking the
+    # components, so that one wrong edge above score_cut cannot merge two tracks (best_chain_edges).
+    chains: bool = False
 
 
 def particle_field(name: str) -> str:
@@ -166,12 +175,29 @@ def track_labels(edge_index: np.ndarray, edge_scores: np.ndarray, num_nodes: int
     kept = edge_index[:, above]
     if chains:
         kept = kept[:, best_chain_edges(kept, edge_scores[above])]
-    graph = sps.coo_matrix((np.ones(kept.shape[1], dtype=np.int8), (kept[0], kept[1])), shape=(num_nodes, num_nodes))
+    return number_tracks(undirected_components(kept, num_nodes), min_track_length)
+
+
+def undirected_components(edges: np.ndarray, num_nodes: int) -> np.ndarray:
+    """int [N]: the connected component of each hit, the edges [2, E] taken as undirected (scipy)."""
+    graph = sps.coo_matrix((np.ones(edges.shape[1], dtype=np.int8), (edges[0], edges[1])), shape=(num_nodes, num_nodes))
     _, component = sps.csgraph.connected_components(graph, directed=False, return_labels=True)
-    size = np.bincount(component, minlength=num_nodes)
-    is_track = size[component] >= min_track_length
-    labels = np.full(num_nodes, -1, dtype=np.int64)
-    _, labels[is_track] = np.unique(component[is_track], return_inverse=True)
+    return component
+
+
+def number_tracks(group: np.ndarray, min_track_length: int) -> np.ndarray:
+    """Per-hit track label (0..K-1, -1 = no track) from any grouping of hits (`group` [N], -1 = none):
+    groups of at least `min_track_length` hits become tracks, numbered in the order of their lowest
+    hit index, so the labels do not depend on how a builder happened to number its groups."""
+    group = np.asarray(group, dtype=np.int64)
+    labels = np.full(group.shape[0], -1, dtype=np.int64)
+    grouped = np.flatnonzero(group >= 0)
+    _, first, inverse, size = np.unique(group[grouped], return_index=True, return_inverse=True, return_counts=True)
+    is_track = size >= min_track_length
+    tracks_by_first_hit = np.flatnonzero(is_track)[np.argsort(first[is_track], kind="stable")]
+    label_of_group = np.full(size.shape[0], -1, dtype=np.int64)
+    label_of_group[tracks_by_first_hit] = np.arange(tracks_by_first_hit.size)
+    labels[grouped] = label_of_group[inverse.reshape(-1)]
     return labels
 
 
@@ -269,9 +295,18 @@ def particle_features(data: Data, particle_ids: np.ndarray) -> dict[str, np.ndar
 # ------------------------------------------------------------------------------------- the stage
 
 
-class ConnectedComponents(Stage):
-    config_class = ConnectedComponentsConfig
-    config: ConnectedComponentsConfig
+class TrackBuilder(Stage):
+    """What the track builders share: infer (labels, submissions, events) and evaluate (matching in the
+    three styles, TrackML score, plots), as the module docstring describes. Subclasses set
+    `config_class` (a TrackBuildingConfig) and implement `hit_labels`, the per-hit track labels of one
+    scored event."""
+
+    config_class = TrackBuildingConfig
+    config: TrackBuildingConfig
+
+    def hit_labels(self, data: Data, source: Path) -> np.ndarray:
+        """int64 [N]: the track of each hit of one scored event, 0..K-1, -1 = no track."""
+        raise NotImplementedError
 
     def input_files(self, split: str) -> list[Path]:
         """Sorted event files of a split; data_split, when given, takes the first n of each."""
@@ -285,10 +320,7 @@ class ConnectedComponents(Stage):
         `infer` writes the submission from these labels)."""
 
         def add_labels(data: Data, source: Path) -> Data:
-            edge_index, edge_scores, num_nodes = graph_arrays(data, source)
-            labels = track_labels(edge_index, edge_scores, num_nodes, self.config.score_cut, self.config.min_track_length,
-                                  chains=self.config.chains)
-            data[LABELS_FIELD] = torch.from_numpy(labels)
+            data[LABELS_FIELD] = torch.from_numpy(self.hit_labels(data, source))
             return data
 
         return add_labels
@@ -452,6 +484,17 @@ class ConnectedComponents(Stage):
                 title=f"track efficiency, target particles (f = {self.config.matching_fraction})",
             ))
         return written
+
+
+class ConnectedComponents(TrackBuilder):
+    config_class = ConnectedComponentsConfig
+    config: ConnectedComponentsConfig
+
+    def hit_labels(self, data: Data, source: Path) -> np.ndarray:
+        """The connected components of the kept edges (track_labels)."""
+        edge_index, edge_scores, num_nodes = graph_arrays(data, source)
+        return track_labels(edge_index, edge_scores, num_nodes, self.config.score_cut, self.config.min_track_length,
+                            chains=self.config.chains)
 
 
 def _fmt(value: float | None) -> str:

@@ -238,10 +238,13 @@ def _low_label_section(results: Mapping[str, Any], differences: Mapping[str, Any
     names += sorted(n for n in arms.get(ARMS[0], {}) if n in arms.get(ARMS[1], {}) and n not in specs)
     # the runner lists every metric, None where the pipeline has no such stage: such rows say nothing
     names = [n for n in names if any(v is not None for a in ARMS for v in arms[a][n]["mean"])]
+    paired = low.get("differences", {})
     lines = ["## Low-label sweep", "",
              "The downstream stages retrained on the first n labelled training events; mean ± std over seeds"
-             + (f" {', '.join(map(str, low['seeds']))}" if low.get("seeds") else "") + ".", "",
-             f"| metric | labelled events | {ARMS[0]} | {ARMS[1]} |", "| --- | ---: | ---: | ---: |"]
+             + (f" {', '.join(map(str, low['seeds']))}" if low.get("seeds") else "")
+             + "; the difference is paired (same seeds and test events), with its bootstrap interval.", "",
+             f"| metric | labelled events | {ARMS[0]} | {ARMS[1]} | difference [CI] | verdict |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
     for name in names:
         label = specs.get(name, {}).get("label", name)
         for i, n in enumerate(n_labelled):
@@ -250,8 +253,18 @@ def _low_label_section(results: Mapping[str, Any], differences: Mapping[str, Any
                 entry = arms[arm][name]
                 mean, std = _nan(entry["mean"][i]), _nan((entry.get("std") or [0.0] * len(n_labelled))[i])
                 cells.append(_mean_std(mean, std if math.isfinite(std) else 0.0))
+            cells += _paired_cells(paired.get(str(n), {}).get(name), specs.get(name, {}))
             lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def _paired_cells(difference: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> list[str]:
+    """The difference [CI] and verdict cells of one low-label row ('—' where the sweep has none)."""
+    if difference is None:
+        return [MISSING, NOT_COMPARED]
+    d = _as_difference(difference)
+    return [f"{format_signed(d.estimate)} [{format_signed(d.ci_low)}, {format_signed(d.ci_high)}]",
+            verdict(d, bool(spec.get("higher_is_better", True)))]
 
 
 def _nan(x: float | None) -> float:

@@ -298,27 +298,34 @@ class ABRunner:
     # ------------------------------------------------------------------------------ low-label sweep
 
     def run_low_label(self, results: dict[str, Any], pretrain_record: dict[str, Any]) -> dict[str, Any]:
-        """Each metric vs the number of labelled training events, both arms (mean and std over seeds);
-        the full count reuses the main runs."""
+        """Each metric vs the number of labelled training events, both arms (mean and std over seeds),
+        and per count the paired difference with its bootstrap interval (seeds and events resampled, as
+        in the main comparison); the full count reuses the main runs."""
+        from tb_plugin.ab.statistics import compare_arms
+
         spec = self.config.low_label
         counts = sorted(set(spec.n_labelled if spec else [1, 2, 4, 8]))
         seeds = self.config.low_label_seeds or self.config.seeds
         full = self.full_labelled_events()
         counts = [n for n in counts if n < full]
-        sweep: dict[str, Any] = {"n_labelled": counts + [full], "seeds": seeds, "arms": {}}
+        sweep: dict[str, Any] = {"n_labelled": counts + [full], "seeds": seeds, "arms": {}, "differences": {}}
         names = [m["name"] for m in results["metrics"]]
-        main = {arm: {r["seed"]: r["metrics"] for r in results["arms"][arm]["seeds"]} for arm in ARMS}
+        main = {arm: {r["seed"]: r for r in results["arms"][arm]["seeds"]} for arm in ARMS}
         per_n: dict[str, list[list[dict[str, Any]]]] = {arm: [] for arm in ARMS}
+        b = self.config.bootstrap
         for n in counts + [None]:
-            rows: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+            runs: dict[str, dict[str, list[dict[str, Any]]]] = {arm: {"seeds": []} for arm in ARMS}
             for seed in seeds:
                 done = n is None and all(seed in main[arm] for arm in ARMS)
                 arms = {arm: main[arm][seed] for arm in ARMS} if done else \
-                    {arm: r[0]["metrics"] for arm, r in self.run_arms(seed, pretrain_record, n).items()}
+                    {arm: r[0] for arm, r in self.run_arms(seed, pretrain_record, n).items()}
                 for arm in ARMS:
-                    rows[arm].append(arms[arm])
+                    runs[arm]["seeds"].append(arms[arm])
             for arm in ARMS:
-                per_n[arm].append(rows[arm])
+                per_n[arm].append([r["metrics"] for r in runs[arm]["seeds"]])
+            differences = compare_arms({"arms": runs, "metrics": results["metrics"]}, n_boot=b.samples,
+                                       confidence=b.confidence, seed=b.seed)
+            sweep["differences"][str(n or full)] = {k: d.as_dict() for k, d in differences.items() if k in names}
         for arm in ARMS:
             sweep["arms"][arm] = {name: _mean_std([[m.get(name) for m in row] for row in per_n[arm]]) for name in names}
         return sweep

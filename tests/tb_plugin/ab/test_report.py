@@ -56,6 +56,8 @@ def results() -> dict:
                                   METRICS[1]["name"]: {"mean": [None] * 3, "std": [None] * 3}},
                      "trackingbert": {METRICS[0]["name"]: {"mean": [0.55, 0.65, 0.72], "std": [0.02, 0.02, None]},
                                       METRICS[1]["name"]: {"mean": [None] * 3, "std": [None] * 3}}},
+            "differences": {"1": {METRICS[0]["name"]: _d(0.05, 0.01, 0.09, True).as_dict()},
+                            "2": {METRICS[0]["name"]: _d(0.05, -0.01, 0.09, False).as_dict()}},
         },
         "plots": ["plots/efficiency_vs_pt.png", "plots/roc.png"],
     }
@@ -118,7 +120,9 @@ def test_report_content(results, differences):
     assert text.index("training time [s]: edge_classifier") < text.index("training time [s]: total")
     assert "ratio 1.080 (+8.0%), which **does not meet** the target of at most 1.050." in text
     assert "trackingbert takes 0.540 s per event, baseline 0.500 s" in text
-    assert "| track efficiency (two_way) | 4 | 0.7 ± 0.030 | 0.72 |" in text  # None std shows the mean alone
+    assert "| track efficiency (two_way) | 4 | 0.7 ± 0.030 | 0.72 | n/a | not compared |" in text  # None std: the mean alone
+    assert "| track efficiency (two_way) | 1 | 0.5 ± 0.050 | 0.55 ± 0.020 | +0.05 [+0.01, +0.09] | better |" in text
+    assert "| track efficiency (two_way) | 2 | 0.6 ± 0.040 | 0.65 ± 0.020 | +0.05 [-0.01, +0.09] | no significant difference |" in text
     assert "| fake rate (two_way) | 1 |" not in text  # a metric without values gets no low-label rows
     assert "- [roc.png](plots/roc.png)" in text
 

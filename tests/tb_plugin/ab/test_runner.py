@@ -143,6 +143,13 @@ def test_ab_runs_resumes_and_reports(ab_setup, capsys):
     diff = results["differences"]["graph_construction.edges_per_event"]
     assert diff["estimate"] == pytest.approx(0.0) and diff["significant"] is False  # same module map in both arms
     assert results["low_label"]["n_labelled"] == [1, 2, 4]
+    low_diffs = results["low_label"]["differences"]
+    assert sorted(low_diffs) == ["1", "2", "4"]  # a paired difference per labelled-event count
+    full_eff = "track_building.two_way.efficiency"
+    seed0 = {arm: results["arms"][arm]["seeds"][0]["metrics"][full_eff] for arm in ARMS}  # the sweep's one seed
+    if None not in seed0.values():  # the full count reuses the main runs of seed 0
+        assert low_diffs["4"][full_eff]["estimate"] == pytest.approx(seed0["trackingbert"] - seed0["baseline"])
+    assert low_diffs["1"]["graph_construction.edges_per_event"]["estimate"] == pytest.approx(0.0)  # the map is shared
     report = (ab_dir / "REPORT.md").read_text()
     assert "trackingbert" in report and "baseline" in report
     for plot in results["plots"]:
