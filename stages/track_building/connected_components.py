@@ -295,6 +295,7 @@ class ConnectedComponents(Stage):
 
     def infer(self, overwrite: bool = False) -> None:
         process = self.event_processor()
+        self.prepare_outputs(overwrite)
         total = 0
         for split in SPLITS:
             files = self.input_files(split)
