@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,8 +177,9 @@ def load_event(path: str | Path) -> Data:
             f"{path}: refused to load: the file needs objects outside the PyG Data classes allowed for "
             f"event files ({first_line})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise EventFileError(f"{path}: not a readable event file (truncated or corrupt?): {err}") from None
+    except Exception as err:  # noqa: BLE001 - torch's unpickler fails on garbage bytes with any of many errors (KeyError, ...)
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise EventFileError(f"{path}: not a readable event file (truncated or corrupt?): {type(err).__name__} {detail}".rstrip()) from None
     if not isinstance(data, Data):
         raise EventFileError(f"{path}: expected a torch_geometric Data object, found {type(data).__name__}")
     return data

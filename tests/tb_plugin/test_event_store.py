@@ -57,6 +57,9 @@ def test_truncated_and_missing_files_name_the_file(tmp_path):
         load_event(path)
     with pytest.raises(EventFileError, match="event file not found"):
         load_event(tmp_path / "event000000003.pyg")
+    path.write_bytes(b"half a checkpoint")  # torch's unpickler fails on these bytes with a KeyError
+    with pytest.raises(EventFileError, match=r"^\S*event000000002\.pyg: not a readable event file \(truncated or corrupt\?\): KeyError"):
+        load_event(path)
 
 
 def test_not_a_data_object(tmp_path):
