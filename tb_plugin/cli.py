@@ -40,9 +40,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS plus those of modules that are imported only when a command needs them."""
     from stages.data_reading.event_features import EventContentError
+    from tb_plugin.pretraining.datamodule import NoTracksError
+    from tb_plugin.tokenizer import GeometryMismatchError, VocabularyFileError
+    from tb_plugin.training import CheckpointError
 
-    return (*USER_ERRORS, EventContentError)
+    return (*USER_ERRORS, EventContentError, CheckpointError, GeometryMismatchError, NoTracksError, VocabularyFileError)
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:

@@ -17,7 +17,7 @@ from torch_geometric.data import Data
 from tqdm import tqdm
 
 from tb_plugin.atomic import write_text
-from tb_plugin.config import to_record
+from tb_plugin.config import ConfigError, to_record
 from tb_plugin.event_store import (
     SPLITS,
     SplitError,
@@ -87,6 +87,18 @@ class Stage:
         this stage's fields to one in-memory event. One function serves `infer` and the in-memory
         chain, so the two cannot drift apart."""
         raise NotImplementedError(f"stage '{self.config.stage}' model '{self.config.model}' has no per-event inference")
+
+    def require_input(self) -> None:
+        """Refuse a missing or empty input_dir before anything is written: stages fall back to defaults
+        (the built-in detector where a store has no detectors.csv) and would otherwise leave files
+        made for data they never saw."""
+        folder = self.config.input_dir
+        if folder is None or not Path(folder).is_dir():
+            raise ConfigError(f"key 'input_dir': {folder} does not exist; run the stage that writes it first "
+                              f"(data reading for a feature store), or point input_dir at that stage's stage_dir")
+        if not any(list_event_files(folder, split) for split in SPLITS):
+            raise ConfigError(f"key 'input_dir': {folder} holds no event files in {{{','.join(SPLITS)}}}; run the stage "
+                              f"that writes it first, or point input_dir at that stage's stage_dir")
 
     def input_files(self, split: str) -> list[Path]:
         """Sorted event files of a split of input_dir; data_split, when given, takes the first n of each."""
