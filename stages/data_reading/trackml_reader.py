@@ -171,17 +171,15 @@ class TrackMLReader(Stage):
 
     def infer(self, overwrite: bool = False) -> None:
         """Write every assigned event into its split. The config is checked against the input folder
-        (data_split, geometry) before anything is written; events of an earlier run that this one
-        assigns elsewhere are removed with `overwrite` and refused without, so no event is ever in two
-        splits; splits.json records the assignment for later stages to check."""
+        (data_split, geometry), and the first event read, before anything is written; events of an
+        earlier run that this one assigns elsewhere are removed with `overwrite` and refused without,
+        so no event is ever in two splits; splits.json records the assignment for later stages."""
         splits = self.splits()
         read = self.event_processor()
         assignment = {split: [event_id for event_id, _ in events] for split, events in splits.items()}
         remove_stale_temporaries(self.stage_dir)
         self.remove_stale_events(assignment, overwrite)
-        write_split_record(self.stage_dir, assignment, {"input_dir": str(self.config.input_dir), "seed": self.config.seed,
-                                                        "data_split": list(self.config.data_split)})
-        self.store_detector()
+        described = False
         for split, events in splits.items():
             written = skipped = 0
             for event_id, prefix in tqdm(events, desc=f"data_reading {split}", unit="event", leave=False):
@@ -189,9 +187,21 @@ class TrackMLReader(Stage):
                 if target.exists() and not overwrite:
                     skipped += 1
                     continue
-                save_event(read(None, prefix), target)
+                data = read(None, prefix)
+                if not described:  # after the first event is known to read, before it is written
+                    described = self.describe_store(assignment)
+                save_event(data, target)
                 written += 1
             log.info("data_reading %s: %d events written, %d already there", split, written, skipped)
+        if not described:
+            self.describe_store(assignment)
+
+    def describe_store(self, assignment: dict[str, list[int]]) -> bool:
+        """splits.json and detectors.csv beside the events: what later stages check and tokenise with."""
+        write_split_record(self.stage_dir, assignment, {"input_dir": str(self.config.input_dir), "seed": self.config.seed,
+                                                        "data_split": list(self.config.data_split)})
+        self.store_detector()
+        return True
 
     def remove_stale_events(self, assignment: dict[str, list[int]], overwrite: bool) -> None:
         """Event files in a split this run does not assign them to (the seed, data_split or input

@@ -184,3 +184,12 @@ def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tiny_trackml_fol
     mine.write_text("not ours")
     reader(tiny_trackml_folder, fs).infer()
     assert not orphan.exists() and mine.exists()
+
+
+def test_an_unreadable_first_event_leaves_no_store_behind(tiny_trackml_folder, tmp_path):
+    hits = tiny_trackml_folder / "event000000100-hits.csv"
+    hits.write_text(hits.read_text()[:-1])  # the last row, "...,8,8,1", may have been "...,8,8,17"
+    stage = reader(tiny_trackml_folder, tmp_path / "fs", data_split=[6, 0, 0], seed=0)
+    with pytest.raises(TrackMLFormatError, match=r"event000000100-hits\.csv: line 9 does not end with a newline"):
+        stage.infer()
+    assert not (tmp_path / "fs").exists()  # no splits.json, no detectors.csv for a store without events
