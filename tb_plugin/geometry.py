@@ -29,7 +29,6 @@ import pandas as pd
 from tb_plugin.atomic import atomic_path
 
 log = logging.getLogger(__name__)
-_WARNED_FALLBACK: set[str] = set()  # folders already warned about, so a stage that asks twice warns once
 
 ID_COLUMNS = ("volume_id", "layer_id", "module_id")
 CENTER_COLUMNS = ("cx", "cy", "cz")
@@ -612,10 +611,10 @@ def detector_for(folder: str | os.PathLike | None, explicit: str | os.PathLike |
     if folder is not None and (Path(folder) / "detectors.csv").is_file():
         return Detector.from_csv(Path(folder) / "detectors.csv")
     detector = Detector.builtin()
-    if folder is not None and str(folder) not in _WARNED_FALLBACK:
+    if folder is not None:
         # loud, because the guess is silent otherwise: module indices, the vocabulary and the detectors.csv
-        # that stages write for later ones would all be of the built-in geometry
-        _WARNED_FALLBACK.add(str(folder))
+        # that stages write for later ones would all be of the built-in geometry (stages keep the detector
+        # they get, so this is said once per stage)
         log.warning("%s has no detectors.csv and the config names no 'detector': FALLING BACK to the built-in "
                     "TrackML-like detector (geometry %s…), which later stages will inherit. If the data was made "
                     "with another detector, set key 'detector' to its detectors.csv", folder, detector.geometry_hash()[:12])

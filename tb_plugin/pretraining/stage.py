@@ -105,6 +105,7 @@ class TrackingBERTStage(Stage):
         self.unknown_hits: dict[str, int] = {"outside": 0, "hits": 0}  # filled by event_processor's function
         self.injection: ModuleEmbedding | None = None  # the transform of the last event_processor() call
         self.injection_vocab: ModuleTokenizer | None = None  # and its vocabulary
+        self._detector: Detector | None = None
 
     @property
     def artifacts(self) -> Path:
@@ -115,7 +116,10 @@ class TrackingBERTStage(Stage):
         return self.artifacts / "vocab.json"
 
     def detector(self) -> Detector:
-        return detector_for(self.config.input_dir, self.config.detector)
+        """The data's geometry, read once per stage (so a fallback to the built-in one is announced once)."""
+        if self._detector is None:
+            self._detector = detector_for(self.config.input_dir, self.config.detector)
+        return self._detector
 
     def tokenizer(self, detector: Detector) -> ModuleTokenizer:
         """The vocabulary of this stage; one saved by an earlier run must match the data's geometry."""
