@@ -157,14 +157,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(err)
         raise ConfigError(f"{where} must be {describe(tp)}, got {value!r}")
     if origin is Literal:
-        if value in args:
-            return value
-        if isinstance(value, int) and not isinstance(value, bool) and str(value) in args:
-            return str(value)  # `precision: 32` is YAML's int, the allowed value its spelling '32'
-        choices = ", ".join(repr(a) for a in args)
-        hint = nearest(str(value), [str(a) for a in args])
-        suggestion = f"; did you mean '{hint}'?" if hint else ""
-        raise ConfigError(f"{where} has value {value!r}{suggestion} Allowed: {choices}")
+        return _coerce_literal(value, args, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be {describe(tp)}, got {value!r}")
@@ -195,6 +188,19 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, (str, Path)):
             return Path(value)
     raise ConfigError(f"{where} must be {describe(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _coerce_literal(value: Any, allowed: tuple[Any, ...], where: str) -> Any:
+    """One of the allowed values; an int matches its spelling among them (`precision: 32` is YAML's
+    int, the allowed value the string '32'), so a config need not quote a number."""
+    if value in allowed:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and str(value) in allowed:
+        return str(value)
+    choices = ", ".join(repr(a) for a in allowed)
+    hint = nearest(str(value), [str(a) for a in allowed])
+    suggestion = f"; did you mean '{hint}'?" if hint else ""
+    raise ConfigError(f"{where} has value {value!r}{suggestion} Allowed: {choices}")
 
 
 def _float_text(text: str) -> float | None:
