@@ -99,6 +99,14 @@ def store_against_its_split_record(tmp, folder):
     return ["train", str(tb_config(tmp, store))], [str(store / "valset" / moved.name), str(store / "splits.json")]
 
 
+def outputs_of_an_earlier_split(tmp, folder):
+    store = feature_store(tmp, folder)
+    hand_trained(tmp, store)
+    load_stage(tb_config(tmp, store)).infer()
+    load_stage(reading_config(tmp, folder, seed=1)).infer(overwrite=True)  # the store is split anew
+    return ["infer", str(tb_config(tmp, store))], [f"{tmp / 'tb'}: ", "do not match the splits of the input", "--overwrite"]
+
+
 def hits_without_final_newline(tmp, folder):
     hits = folder / "event000000100-hits.csv"
     hits.write_text(hits.read_text().rstrip("\n"))
@@ -149,7 +157,7 @@ def replay_of_a_missing_file(tmp, folder):
 
 CASES: list[Case] = [
     repeated_yaml_key, data_split_larger_than_the_folder, rerun_with_another_seed, event_in_two_splits,
-    store_against_its_split_record, hits_without_final_newline, vocabulary_of_another_detector, resume_with_another_width,
+    store_against_its_split_record, outputs_of_an_earlier_split, hits_without_final_newline, vocabulary_of_another_detector, resume_with_another_width,
     infer_with_another_width, tracking_bert_without_input, foreign_objects_in_best_ckpt, simulate_without_events,
     replay_of_a_missing_file,
 ]

@@ -227,8 +227,11 @@ class TrackingBERTStage(Stage):
         return add_embedding
 
     def infer(self, overwrite: bool = False) -> None:
+        """hit_tb_emb on every event; input, checkpoint and the splits of earlier outputs are checked
+        before the geometry and the module table are written beside the events."""
         self.require_input()
         process = self.event_processor()
+        self.prepare_outputs(overwrite)
         if not (self.stage_dir / "detectors.csv").exists():  # downstream stages find the geometry beside their input
             self.detector().to_csv(self.stage_dir / "detectors.csv")
         self.write_module_table()
