@@ -172,10 +172,9 @@ def load_event(path: str | Path) -> Data:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             data = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
         raise EventFileError(
             f"{path}: refused to load: the file needs objects outside the PyG Data classes allowed for "
-            f"event files ({first_line})"
+            f"event files ({unpickling_reason(err)})"
         ) from None
     except Exception as err:  # noqa: BLE001 - torch's unpickler fails on garbage bytes with any of many errors (KeyError, ...)
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -183,6 +182,16 @@ def load_event(path: str | Path) -> Data:
     if not isinstance(data, Data):
         raise EventFileError(f"{path}: expected a torch_geometric Data object, found {type(data).__name__}")
     return data
+
+
+def unpickling_reason(err: pickle.UnpicklingError) -> str:
+    """What a refused file needs, in a few words: torch's message starts with advice to load with
+    weights_only=False, which is exactly what must not be done with a file from elsewhere."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if found:
+        return f"it needs {found.group(1)}"
+    lines = [line for line in str(err).splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0].strip() if lines else "unpickling failed"
 
 
 def iter_events(stage_dir: str | Path, split: str) -> Iterator[tuple[Path, Data]]:

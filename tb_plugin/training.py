@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from tb_plugin.config import ConfigError
+from tb_plugin.event_store import unpickling_reason
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
         raise CheckpointError(f"{path}: refused to load: the checkpoint holds objects other than tensors and plain values "
-                              f"({first}); delete it and run 'tb train' again") from None
+                              f"({unpickling_reason(err)}); delete it and run 'tb train' again") from None
     except Exception as err:  # noqa: BLE001 - torch's unpickler fails on garbage bytes with any of many errors (KeyError, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(err).__name__} {first}; "
