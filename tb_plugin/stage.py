@@ -138,7 +138,8 @@ class Stage:
         splits mirror input_dir's. An output whose event the input now holds in another split, or no
         longer holds (data reading ran again with another seed or data_split), is deleted with
         `overwrite` and refused without: kept, it would sit beside the new copy in a second split."""
-        remove_stale_temporaries(self.stage_dir)
+        for path in remove_stale_temporaries(self.stage_dir):
+            log.info("%s: removed %s, left by a run that was killed while writing it", self.config.stage, path)
         inputs = {split: {p.name for p in list_event_files(self.config.input_dir, split)} for split in SPLITS}
         if not any(inputs.values()):
             return  # no input at all: the caller says so, naming input_dir

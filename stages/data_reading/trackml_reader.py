@@ -177,7 +177,8 @@ class TrackMLReader(Stage):
         splits = self.splits()
         read = self.event_processor()
         assignment = {split: [event_id for event_id, _ in events] for split, events in splits.items()}
-        remove_stale_temporaries(self.stage_dir)
+        for path in remove_stale_temporaries(self.stage_dir):
+            log.info("data_reading: removed %s, left by a run that was killed while writing it", path)
         self.remove_stale_events(assignment, overwrite)
         described = False
         for split, events in splits.items():
