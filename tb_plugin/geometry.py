@@ -605,7 +605,10 @@ def _builtin_detector() -> Detector:
 
 def detector_for(folder: str | os.PathLike | None, explicit: str | os.PathLike | None = None) -> Detector:
     """The geometry a stage works with: an explicit detectors.csv, else the one stored beside the
-    data (``folder/detectors.csv``, written by ``tb simulate`` and by data reading), else the built-in."""
+    data (``folder/detectors.csv``, written by ``tb simulate`` and by data reading), else the built-in,
+    with a warning: the fallback is kept (ACORN stores carry no detectors.csv, and the built-in detector
+    is what simulated data is made with) but never silent, since a wrong geometry corrupts everything
+    tokenised with it."""
     if explicit is not None:
         return Detector.from_csv(explicit)
     if folder is not None and (Path(folder) / "detectors.csv").is_file():
