@@ -1,6 +1,6 @@
 """The `tb` command: simulate data, and train / infer / eval stages from YAML like `acorn`.
 
-    tb simulate --events N --pileup MU --seed S --out DIR [--detector PATH] [--particles PATH]
+    tb simulate --events N --pileup MU --seed S --out DIR [--detector PATH] [--particles PATH]  (--events: 1 with --particles)
     tb train CONFIG.yaml [--checkpoint PATH]
     tb infer CONFIG.yaml [--overwrite]
     tb eval  CONFIG.yaml
@@ -40,16 +40,32 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS plus those of modules that are imported only when a command needs them."""
     from stages.data_reading.event_features import EventContentError
+    from tb_plugin.pretraining.datamodule import NoTracksError
+    from tb_plugin.tokenizer import GeometryMismatchError, VocabularyFileError
+    from tb_plugin.training import CheckpointError
 
-    return (*USER_ERRORS, EventContentError)
+    return (*USER_ERRORS, EventContentError, CheckpointError, GeometryMismatchError, NoTracksError, VocabularyFileError)
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
+    """Check every argument and the replayed particles file, then write the geometry and the events."""
     from tb_plugin.simulation import SimulationConfig, simulate_dataset
+    from tb_plugin.trackml import read_part
 
+    n_events = args.events
+    if n_events is None:
+        if args.particles is None:
+            raise ConfigError("tb simulate: --events is required (the number of events to simulate); only a replay "
+                              "(--particles FILE) defaults to one event")
+        n_events = 1  # a replay is one event unless asked for more
+    if args.particles is not None:
+        if not args.particles.is_file():
+            raise FileNotFoundError(f"tb simulate: --particles {args.particles}: file not found (expected an event...-particles.csv)")
+        read_part(args.particles, "particles")  # a malformed file is refused before anything is written
     detector = Detector.from_csv(args.detector) if args.detector else Detector.builtin()
-    options = dict(n_events=args.events, pileup=args.pileup, seed=args.seed, first_event=args.first_event, with_cells=args.cells)
+    options = dict(n_events=n_events, pileup=args.pileup, seed=args.seed, first_event=args.first_event, with_cells=args.cells)
     if args.inefficiency is not None:
         options["hit_inefficiency"] = args.inefficiency
     if args.noise_fraction is not None:
@@ -120,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="write simulated TrackML events (the built-in data)")
-    sim.add_argument("--events", type=int, required=True, help="number of events")
+    sim.add_argument("--events", type=int, help="number of events (required, except with --particles: a replay is one event by default)")
     sim.add_argument("--pileup", type=float, default=200.0, help="mean pp interactions per event (default 200)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--out", required=True, help="output folder")

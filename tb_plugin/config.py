@@ -25,13 +25,44 @@ class ConfigError(ValueError):
     """A config file or mapping that cannot become its typed config; the message names file and key."""
 
 
+class _RepeatedKey(yaml.YAMLError):
+    """A key written twice in one mapping; carries what the message needs (the loader has no file name)."""
+
+    def __init__(self, key: object, first_line: int, second_line: int) -> None:
+        super().__init__(key, first_line, second_line)
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping. PyYAML keeps the last one silently, so a
+    pasted block or an edit below an old value would change a run without a word. Keys brought in by a
+    merge (`<<: *anchor`) may still be overridden: that is what merging is for."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise _RepeatedKey(key, first, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, turning I/O and syntax problems into errors that name the file."""
+    """Read a YAML mapping, turning I/O and syntax problems (and repeated keys) into errors that name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except _RepeatedKey as err:
+        raise ConfigError(f"{path}: key '{err.key}' appears twice, at lines {err.first_line} and {err.second_line} "
+                          f"(YAML would keep only the last); remove one") from None
     except yaml.YAMLError as err:
         where = ""
         mark = getattr(err, "problem_mark", None)
@@ -126,12 +157,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(err)
         raise ConfigError(f"{where} must be {describe(tp)}, got {value!r}")
     if origin is Literal:
-        if value in args:
-            return value
-        choices = ", ".join(repr(a) for a in args)
-        hint = nearest(str(value), [str(a) for a in args])
-        suggestion = f"; did you mean '{hint}'?" if hint else ""
-        raise ConfigError(f"{where} has value {value!r}{suggestion} Allowed: {choices}")
+        return _coerce_literal(value, args, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be {describe(tp)}, got {value!r}")
@@ -153,8 +179,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str) and value.strip().lower() in {"inf", "+inf", "-inf", ".inf", "-.inf"}:
-            return -math.inf if value.strip().startswith("-") else math.inf
+        if isinstance(value, str) and (number := _float_text(value)) is not None:
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -162,6 +188,32 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, (str, Path)):
             return Path(value)
     raise ConfigError(f"{where} must be {describe(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _coerce_literal(value: Any, allowed: tuple[Any, ...], where: str) -> Any:
+    """One of the allowed values; an int matches its spelling among them (`precision: 32` is YAML's
+    int, the allowed value the string '32'), so a config need not quote a number."""
+    if value in allowed:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and str(value) in allowed:
+        return str(value)
+    choices = ", ".join(repr(a) for a in allowed)
+    hint = nearest(str(value), [str(a) for a in allowed])
+    suggestion = f"; did you mean '{hint}'?" if hint else ""
+    raise ConfigError(f"{where} has value {value!r}{suggestion} Allowed: {choices}")
+
+
+def _float_text(text: str) -> float | None:
+    """The number a string spells, else None. PyYAML 1.1 reads `3e-3` (no dot) and `.inf` forms as
+    strings, so a float key accepts numeric text; NaN is refused, as no key means 'not a number'."""
+    text = text.strip().lower()
+    if text in {"inf", "+inf", "-inf", ".inf", "+.inf", "-.inf"}:
+        return -math.inf if text.startswith("-") else math.inf
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(number) else number
 
 
 def to_record(config: Any) -> dict[str, Any]:

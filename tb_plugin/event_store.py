@@ -1,17 +1,21 @@
 """The feature store: one PyG `Data` per event, in ACORN's layout.
 
     stage_dir/{trainset,valset,testset}/event{ID:09d}.pyg
+    stage_dir/splits.json          (data reading: which event went to which split, and why)
 
-Files are written atomically (temp name, then rename) so an interrupted run never leaves a file
+An event sits in exactly one split: every listing of a store checks that no event id appears in two
+split folders, and that the folders agree with splits.json where there is one, so a store left
+behind by a run with another seed or data_split is refused instead of leaking test events into
+training. Files are written atomically (temp name, then rename) so an interrupted run never leaves a file
 that a resumed run would take for finished. They are loaded with torch's safe-globals mechanism:
 `weights_only` stays on, so an event file from elsewhere cannot run code when it is opened.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,9 @@ from tb_plugin.atomic import atomic_path
 
 SPLITS = ("trainset", "valset", "testset")
 EVENT_FILE = re.compile(r"^event(\d+)(?:-graph)?\.pyg$")  # ours, and ACORN data reading's event{ID}-graph.pyg
+TEMP_FILE = re.compile(r"^\.event\d+(?:-graph)?\.pyg\..+\.tmp$")  # what atomic_path names an event file being written
+SPLITS_FILE = "splits.json"
+SPLITS_FORMAT = "tb-plugin split assignment v1"
 
 # The PyG classes a saved `Data` refers to; nothing else is allowed through the unpickler.
 SAFE_GLOBALS: list[Any] = [
@@ -41,6 +48,10 @@ class EventFileError(ValueError):
     """An event file that cannot be read: missing, truncated, not a PyG event, or unsafe."""
 
 
+class SplitError(EventFileError):
+    """An event in two splits of a store, or a split folder that disagrees with the store's splits.json."""
+
+
 class MissingFieldError(ValueError):
     """An event lacks a field that a config asks for; the message names the field and the file."""
 
@@ -55,11 +66,86 @@ def event_id_string(event_id: int) -> str:
 
 
 def list_event_files(stage_dir: str | Path, split: str) -> list[Path]:
-    """Event files of one split, sorted by event id (an absent split folder is an empty list)."""
-    folder = Path(stage_dir) / split
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if EVENT_FILE.match(p.name))
+    """Event files of one split, sorted by event id (an absent split folder is an empty list). The
+    store is checked first (`check_splits`): a listing is how every stage reads its input."""
+    check_splits(stage_dir)
+    return split_files(stage_dir)[split]
+
+
+def split_files(stage_dir: str | Path) -> dict[str, list[Path]]:
+    """Event files of every split, unchecked: for the writers that repair a store."""
+    listing = {}
+    for split in SPLITS:
+        folder = Path(stage_dir) / split
+        listing[split] = sorted(p for p in folder.iterdir() if EVENT_FILE.match(p.name)) if folder.is_dir() else []
+    return listing
+
+
+def event_number(path: Path) -> int:
+    """The event id of an event file name (event{ID}.pyg or ACORN's event{ID}-graph.pyg)."""
+    match = EVENT_FILE.match(path.name)
+    if match is None:
+        raise EventFileError(f"{path}: not an event file name (event<ID>.pyg)")
+    return int(match.group(1))
+
+
+def check_splits(stage_dir: str | Path) -> None:
+    """Refuse a store where an event sits in two splits, or in another split than splits.json records:
+    either would put the same event in training and in evaluation."""
+    stage_dir = Path(stage_dir)
+    seen: dict[int, Path] = {}
+    for files in split_files(stage_dir).values():
+        for path in files:
+            first = seen.setdefault(event_number(path), path)
+            if first.parent != path.parent:
+                raise SplitError(f"{first} and {path}: event {event_number(path):09d} sits in two splits of {stage_dir}; "
+                                 f"rerun the stage that wrote {stage_dir} with --overwrite, or delete the folder and run it again")
+    recorded = read_split_record(stage_dir)
+    if recorded is None:
+        return
+    for event_id, path in seen.items():
+        split = recorded.get(event_id)
+        if split != path.parent.name:
+            where = f"puts event {event_id:09d} in {split}" if split else f"has no event {event_id:09d}"
+            raise SplitError(f"{path}: {stage_dir / SPLITS_FILE} {where}; rerun data reading on {stage_dir} with --overwrite, "
+                             f"or delete the folder and run it again")
+
+
+def read_split_record(stage_dir: str | Path) -> dict[int, str] | None:
+    """event id -> split, from stage_dir/splits.json; None where the store has none (older or ACORN stores)."""
+    path = Path(stage_dir) / SPLITS_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        splits = record["splits"] if record.get("format") == SPLITS_FORMAT else None
+        return {int(event_id): split for split in SPLITS for event_id in splits[split]}
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        raise SplitError(f"{path}: not a split record (expected JSON of format '{SPLITS_FORMAT}'); "
+                         f"rerun data reading on {path.parent} with --overwrite") from None
+
+
+def write_split_record(stage_dir: str | Path, assignment: dict[str, list[int]], origin: dict[str, Any]) -> Path:
+    """stage_dir/splits.json: the event ids of each split and what decided them (`origin`: input_dir, seed, data_split)."""
+    path = Path(stage_dir) / SPLITS_FILE
+    record = {"format": SPLITS_FORMAT, **origin, "splits": {split: sorted(int(e) for e in assignment[split]) for split in SPLITS}}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record) + "\n")
+    return path
+
+
+def remove_stale_temporaries(stage_dir: str | Path) -> list[Path]:
+    """Delete the half-written event files (.event*.pyg.*.tmp) that a killed run leaves in the split
+    folders; atomic writes keep them from being read, but nothing else would ever remove them."""
+    removed = []
+    for split in SPLITS:
+        folder = Path(stage_dir) / split
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if TEMP_FILE.match(path.name) and path.is_file():
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 def hit_count(data: Data) -> int | None:
@@ -86,16 +172,26 @@ def load_event(path: str | Path) -> Data:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             data = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
         raise EventFileError(
             f"{path}: refused to load: the file needs objects outside the PyG Data classes allowed for "
-            f"event files ({first_line})"
+            f"event files ({unpickling_reason(err)})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise EventFileError(f"{path}: not a readable event file (truncated or corrupt?): {err}") from None
+    except Exception as err:  # noqa: BLE001 - torch's unpickler fails on garbage bytes with any of many errors (KeyError, ...)
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise EventFileError(f"{path}: not a readable event file (truncated or corrupt?): {type(err).__name__} {detail}".rstrip()) from None
     if not isinstance(data, Data):
         raise EventFileError(f"{path}: expected a torch_geometric Data object, found {type(data).__name__}")
     return data
+
+
+def unpickling_reason(err: pickle.UnpicklingError) -> str:
+    """What a refused file needs, in a few words: torch's message starts with advice to load with
+    weights_only=False, which is exactly what must not be done with a file from elsewhere."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if found:
+        return f"it needs {found.group(1)}"
+    lines = [line for line in str(err).splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0].strip() if lines else "unpickling failed"
 
 
 def iter_events(stage_dir: str | Path, split: str) -> Iterator[tuple[Path, Data]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from tb_plugin.atomic import atomic_path
+
+log = logging.getLogger(__name__)
 
 ID_COLUMNS = ("volume_id", "layer_id", "module_id")
 CENTER_COLUMNS = ("cx", "cy", "cz")
@@ -602,9 +605,20 @@ def _builtin_detector() -> Detector:
 
 def detector_for(folder: str | os.PathLike | None, explicit: str | os.PathLike | None = None) -> Detector:
     """The geometry a stage works with: an explicit detectors.csv, else the one stored beside the
-    data (``folder/detectors.csv``, written by ``tb simulate`` and by data reading), else the built-in."""
+    data (``folder/detectors.csv``, written by ``tb simulate`` and by data reading), else the built-in,
+    with a warning: the fallback is kept (ACORN stores carry no detectors.csv, and the built-in detector
+    is what simulated data is made with) but never silent, since a wrong geometry corrupts everything
+    tokenised with it."""
     if explicit is not None:
         return Detector.from_csv(explicit)
     if folder is not None and (Path(folder) / "detectors.csv").is_file():
         return Detector.from_csv(Path(folder) / "detectors.csv")
-    return Detector.builtin()
+    detector = Detector.builtin()
+    if folder is not None:
+        # loud, because the guess is silent otherwise: module indices, the vocabulary and the detectors.csv
+        # that stages write for later ones would all be of the built-in geometry (stages keep the detector
+        # they get, so this is said once per stage)
+        log.warning("%s has no detectors.csv and the config names no 'detector': FALLING BACK to the built-in "
+                    "TrackML-like detector (geometry %s…), which later stages will inherit. If the data was made "
+                    "with another detector, set key 'detector' to its detectors.csv", folder, detector.geometry_hash()[:12])
+    return detector

@@ -17,8 +17,17 @@ from torch_geometric.data import Data
 from tqdm import tqdm
 
 from tb_plugin.atomic import write_text
-from tb_plugin.config import to_record
-from tb_plugin.event_store import SPLITS, append_config, list_event_files, load_event, save_event
+from tb_plugin.config import ConfigError, to_record
+from tb_plugin.event_store import (
+    SPLITS,
+    SplitError,
+    append_config,
+    list_event_files,
+    load_event,
+    remove_stale_temporaries,
+    save_event,
+    split_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,18 @@ class Stage:
         chain, so the two cannot drift apart."""
         raise NotImplementedError(f"stage '{self.config.stage}' model '{self.config.model}' has no per-event inference")
 
+    def require_input(self) -> None:
+        """Refuse a missing or empty input_dir before anything is written: stages fall back to defaults
+        (the built-in detector where a store has no detectors.csv) and would otherwise leave files
+        made for data they never saw."""
+        folder = self.config.input_dir
+        if folder is None or not Path(folder).is_dir():
+            raise ConfigError(f"key 'input_dir': {folder} does not exist; run the stage that writes it first "
+                              f"(data reading for a feature store), or point input_dir at that stage's stage_dir")
+        if not any(list_event_files(folder, split) for split in SPLITS):
+            raise ConfigError(f"key 'input_dir': {folder} holds no event files in {{{','.join(SPLITS)}}}; run the stage "
+                              f"that writes it first, or point input_dir at that stage's stage_dir")
+
     def input_files(self, split: str) -> list[Path]:
         """Sorted event files of a split of input_dir; data_split, when given, takes the first n of each."""
         files = list_event_files(self.config.input_dir, split)
@@ -93,6 +114,7 @@ class Stage:
         record = self.config_record()
         total = 0
         name = self.config.stage
+        self.prepare_outputs(overwrite)
         for split in SPLITS:
             files = self.input_files(split)
             total += len(files)
@@ -110,6 +132,30 @@ class Stage:
                 log.info("%s %s: %d events written, %d already there", name, split, written, len(files) - written)
         if total == 0:
             raise FileNotFoundError(f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing for {name} to do")
+
+    def prepare_outputs(self, overwrite: bool) -> None:
+        """Before a run writes events: delete the temporaries a killed run left, and make stage_dir's
+        splits mirror input_dir's. An output whose event the input now holds in another split, or no
+        longer holds (data reading ran again with another seed or data_split), is deleted with
+        `overwrite` and refused without: kept, it would sit beside the new copy in a second split."""
+        for path in remove_stale_temporaries(self.stage_dir):
+            log.info("%s: removed %s, left by a run that was killed while writing it", self.config.stage, path)
+        inputs = {split: {p.name for p in list_event_files(self.config.input_dir, split)} for split in SPLITS}
+        if not any(inputs.values()):
+            return  # no input at all: the caller says so, naming input_dir
+        stale = [path for split, files in split_files(self.stage_dir).items() for path in files if path.name not in inputs[split]]
+        if not stale:
+            return
+        if not overwrite:
+            first = stale[0]
+            now = next((split for split in SPLITS if first.name in inputs[split]), None)
+            where = f"{self.config.input_dir} now has it in {now}" if now else f"{self.config.input_dir} no longer has it"
+            raise SplitError(f"{self.stage_dir}: {len(stale)} event file(s) do not match the splits of the input "
+                             f"(e.g. {first.parent.name}/{first.name}: {where}); rerun with --overwrite to rewrite "
+                             f"this stage, or delete {self.stage_dir}")
+        for path in stale:
+            path.unlink()
+        log.info("%s: removed %d event files whose input event moved to another split or went away", self.config.stage, len(stale))
 
     def config_record(self) -> dict[str, Any]:
         return to_record(self.config)

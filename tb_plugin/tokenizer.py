@@ -28,6 +28,10 @@ class GeometryMismatchError(ValueError):
     """A vocabulary or checkpoint built on another detector geometry than the data's."""
 
 
+class VocabularyFileError(ValueError):
+    """A vocab.json that is not a vocabulary this package wrote (not JSON, another format, keys missing)."""
+
+
 class ModuleTokenizer:
     """Maps dense module indices (the feature store's `hit_module_index`) to token ids and back."""
 
@@ -93,11 +97,12 @@ class ModuleTokenizer:
         try:
             record = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not a vocabulary file ({err})") from None
-        if not isinstance(record, dict) or record.get("format") != VOCAB_FORMAT:
-            raise ValueError(f"{path}: not a tb-plugin vocabulary file (expected format '{VOCAB_FORMAT}')")
+            raise VocabularyFileError(f"{path}: not a vocabulary file ({err}); delete it and run 'tb train' again") from None
+        if not isinstance(record, dict) or record.get("format") != VOCAB_FORMAT or "geometry_hash" not in record:
+            raise VocabularyFileError(f"{path}: not a tb-plugin vocabulary file (expected format '{VOCAB_FORMAT}'); "
+                                      f"delete it and run 'tb train' again")
         check_geometry(record["geometry_hash"], detector.geometry_hash(), str(path))
-        return cls(detector, record["volumes"])
+        return cls(detector, record.get("volumes"))
 
     def __repr__(self) -> str:
         volumes = "all" if self.volumes is None else list(self.volumes)

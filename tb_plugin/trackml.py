@@ -190,8 +190,26 @@ def read_part(path: str | os.PathLike, part: str) -> pd.DataFrame:
     except (ValueError, OverflowError, TypeError, UnicodeDecodeError) as exc:
         reason = str(exc).strip()
     if reason is None:
+        if len(frame):
+            _check_final_newline(path, data)
         return frame.reset_index(drop=True)
     raise _diagnose(path, data, header, wanted, part, reason)
+
+
+def _check_final_newline(path: Path, data: bytes) -> None:
+    """Refuse a last row that no newline ends. Every writer ends its rows with one, so its absence
+    means the file may have been cut short, and a cut row can still parse (`18,12,96` cut to
+    `18,12,9` names another module that may exist); no check of the values can tell."""
+    head, newline, last = data.rpartition(b"\n")
+    if not last.strip():
+        return
+    line = head.count(b"\n") + 2 if newline else 1
+    text = last.decode("utf-8", errors="replace").rstrip("\r")
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    raise TrackMLFormatError(
+        f"{path}: line {line} does not end with a newline, so it may be truncated "
+        f"(it reads {shown!r}); if the file is complete, end it with a newline"
+    )
 
 
 def _is_clean(frame: pd.DataFrame, part: str) -> bool:

@@ -8,6 +8,7 @@ gradient_clip_val, metric_to_monitor, metric_mode, patience, logger); checkpoint
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from tb_plugin.config import ConfigError
+from tb_plugin.event_store import unpickling_reason
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +120,46 @@ def trained_checkpoint(stage_dir: Path, what: str) -> Path:
         if (artifacts / name).exists():
             return artifacts / name
     raise FileNotFoundError(f"no trained {what} in {artifacts} (expected best.ckpt or last.ckpt); run 'tb train' on this config first")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here: unreadable, holding foreign objects, or trained with
+    other model keys than the config's. The message names the file."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded with weights_only so that a file from elsewhere cannot run code.
+    A checkpoint is the user's input as much as a config is, so every failure names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused to load: the checkpoint holds objects other than tensors and plain values "
+                              f"({unpickling_reason(err)}); delete it and run 'tb train' again") from None
+    except Exception as err:  # noqa: BLE001 - torch's unpickler fails on garbage bytes with any of many errors (KeyError, ...)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(err).__name__} {first}; "
+                              f"delete it and run 'tb train' again") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict) \
+            or not isinstance(checkpoint.get("hyper_parameters"), dict):
+        raise CheckpointError(f"{path}: not a checkpoint written by 'tb train' (expected a state_dict and hyper_parameters); "
+                              f"delete it and run 'tb train' again")
+    return checkpoint
+
+
+def load_module(cls: type[L.LightningModule], path: str | Path, checkpoint: dict[str, Any] | None = None) -> L.LightningModule:
+    """`cls` rebuilt from a checkpoint's hyperparameters and weights, on the CPU, in eval mode. Unlike
+    Lightning's load_from_checkpoint, a file that does not fit (foreign objects, weights of another
+    size) is one message naming it, not a traceback. `checkpoint`: its contents, when already read."""
+    checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path)
+    try:
+        module = cls(**checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: does not fit a {cls.__name__} ({first}); it was written by another stage or version: "
+                              f"run 'tb train' on this config again") from None
+    module.eval()
+    return module

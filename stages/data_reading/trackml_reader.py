@@ -31,11 +31,16 @@ from tb_plugin.config import ConfigError
 from tb_plugin.conditions import Condition, parse_conditions, select
 from tb_plugin.event_store import (
     SPLITS,
+    SplitError,
     append_config,
     event_file,
     event_id_string,
+    event_number,
     iter_events,
+    remove_stale_temporaries,
     save_event,
+    split_files,
+    write_split_record,
 )
 from tb_plugin.geometry import Detector, detector_for
 from tb_plugin.stage import EventProcessor, Stage, StageConfig
@@ -165,18 +170,60 @@ class TrackMLReader(Stage):
         return fields
 
     def infer(self, overwrite: bool = False) -> None:
-        self.store_detector()
+        """Write every assigned event into its split. The config is checked against the input folder
+        (data_split, geometry), and the first event read, before anything is written; events of an
+        earlier run that this one assigns elsewhere are removed with `overwrite` and refused without,
+        so no event is ever in two splits; splits.json records the assignment for later stages."""
+        splits = self.splits()
         read = self.event_processor()
-        for split, events in self.splits().items():
+        assignment = {split: [event_id for event_id, _ in events] for split, events in splits.items()}
+        for path in remove_stale_temporaries(self.stage_dir):
+            log.info("data_reading: removed %s, left by a run that was killed while writing it", path)
+        self.remove_stale_events(assignment, overwrite)
+        described = False
+        for split, events in splits.items():
             written = skipped = 0
             for event_id, prefix in tqdm(events, desc=f"data_reading {split}", unit="event", leave=False):
                 target = event_file(self.stage_dir, split, event_id)
                 if target.exists() and not overwrite:
                     skipped += 1
                     continue
-                save_event(read(None, prefix), target)
+                data = read(None, prefix)
+                if not described:  # after the first event is known to read, before it is written
+                    described = self.describe_store(assignment)
+                save_event(data, target)
                 written += 1
             log.info("data_reading %s: %d events written, %d already there", split, written, skipped)
+        if not described:
+            self.describe_store(assignment)
+
+    def describe_store(self, assignment: dict[str, list[int]]) -> bool:
+        """splits.json and detectors.csv beside the events: what later stages check and tokenise with."""
+        write_split_record(self.stage_dir, assignment, {"input_dir": str(self.config.input_dir), "seed": self.config.seed,
+                                                        "data_split": list(self.config.data_split)})
+        self.store_detector()
+        return True
+
+    def remove_stale_events(self, assignment: dict[str, list[int]], overwrite: bool) -> None:
+        """Event files in a split this run does not assign them to (the seed, data_split or input
+        folder changed): deleted with `overwrite`, else refused, naming the folder and the remedy."""
+        wanted = {split: set(ids) for split, ids in assignment.items()}
+        where = {event_id: split for split, ids in assignment.items() for event_id in ids}
+        stale = [path for split, files in split_files(self.stage_dir).items() for path in files
+                 if event_number(path) not in wanted[split]]
+        if not stale:
+            return
+        if not overwrite:
+            first = stale[0]
+            now = where.get(event_number(first), "no split")
+            raise SplitError(
+                f"{self.stage_dir}: {len(stale)} event file(s) from an earlier run belong elsewhere under this config "
+                f"(e.g. {first.parent.name}/{first.name}, now in {now}); seed, data_split or input_dir changed. "
+                f"Rerun with --overwrite to remove them, or delete {self.stage_dir}"
+            )
+        for path in stale:
+            path.unlink()
+        log.info("data_reading: removed %d event files that this config assigns to another split or to none", len(stale))
 
     def store_detector(self) -> None:
         """Keep the geometry beside the feature store, so later stages tokenise with the same modules."""

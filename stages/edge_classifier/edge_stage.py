@@ -70,7 +70,15 @@ from tb_plugin.config import ConfigError
 from tb_plugin.event_store import list_event_files, load_event, require_field
 from tb_plugin.pretraining.metrics import roc_auc, roc_curve
 from tb_plugin.stage import EventProcessor, Stage, StageConfig
-from tb_plugin.training import TrainerConfig, inference_device, last_checkpoint, make_trainer, trained_checkpoint
+from tb_plugin.training import (
+    CheckpointError,
+    TrainerConfig,
+    inference_device,
+    last_checkpoint,
+    load_module,
+    make_trainer,
+    trained_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -429,10 +437,10 @@ class EdgeClassifierStage(Stage):
     def trained(self) -> EdgeClassifierModule:
         """The best checkpoint (else the last), in eval mode; refuses a checkpoint of the other network."""
         path = trained_checkpoint(self.stage_dir, self.config.model)
-        module = EdgeClassifierModule.load_from_checkpoint(path, map_location="cpu")
+        module = load_module(EdgeClassifierModule, path)
         found = module.hparams.get("architecture", "InteractionNetwork")
         if found != self.architecture:
-            raise ValueError(f"{path} holds a {found} network, but model '{self.config.model}' needs a {self.architecture}: "
+            raise CheckpointError(f"{path} holds a {found} network, but model '{self.config.model}' needs a {self.architecture}: "
                              f"give this stage its own stage_dir")
         module.eval()
         return module

@@ -40,7 +40,16 @@ from stages.features import check_feature_config, node_feature_matrix
 from stages.graph_construction.embedding_model import EmbeddingSettings, MetricLearningModule, edge_lengths, radius_knn
 from stages.graph_construction.truth import GraphBuilderStage, hit_r2z2
 from stages.graph_metrics import target_conditions, target_truth_mask
-from tb_plugin.training import TrainerConfig, inference_device, last_checkpoint, make_trainer, trained_checkpoint
+from tb_plugin.training import (
+    CheckpointError,
+    TrainerConfig,
+    inference_device,
+    last_checkpoint,
+    load_module,
+    make_trainer,
+    read_checkpoint,
+    trained_checkpoint,
+)
 from tb_plugin.event_store import list_event_files, load_event, require_field
 from tb_plugin.stage import StageConfig
 
@@ -231,11 +240,11 @@ class MetricLearning(GraphBuilderStage):
     def check_resume_width(self, path: Path, in_dim: int) -> None:
         """A checkpoint trained on other node features (hit_tb_emb added, removed, or of another width)
         cannot be resumed: say so in one line instead of Lightning's state-dict size mismatch."""
-        settings = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {}).get("settings", {})
+        settings = read_checkpoint(path)["hyper_parameters"].get("settings") or {}
         trained = settings.get("in_dim")
         if trained is not None and trained != in_dim:
             names = f" ({', '.join(settings['node_features'])})" if settings.get("node_features") else ""
-            raise ValueError(f"key 'node_features' ({', '.join(self.config.node_features)}) gives {in_dim} columns but {path} "
+            raise CheckpointError(f"key 'node_features' ({', '.join(self.config.node_features)}) gives {in_dim} columns but {path} "
                              f"was trained on {trained}{names}; use another stage_dir or delete the checkpoint to start afresh")
 
     def training_files(self) -> list[Path]:
@@ -253,9 +262,7 @@ class MetricLearning(GraphBuilderStage):
     def trained(self) -> MetricLearningModule:
         """The best checkpoint, else the last."""
         path = trained_checkpoint(self.stage_dir, "metric-learning model")
-        module = MetricLearningModule.load_from_checkpoint(path, map_location="cpu")
-        module.eval()
-        return module
+        return load_module(MetricLearningModule, path)
 
     def prepare_inference(self) -> None:
         self.device = inference_device(self.config.accelerator)

@@ -327,6 +327,7 @@ class TrackBuilder(Stage):
 
     def infer(self, overwrite: bool = False) -> None:
         process = self.event_processor()
+        self.prepare_outputs(overwrite)
         total = 0
         for split in SPLITS:
             files = self.input_files(split)

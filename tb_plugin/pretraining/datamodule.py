@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 SPLIT_SEED_OFFSET = {"trainset": 0, "valset": 1, "testset": 2}
 
 
+class NoTracksError(ValueError):
+    """A split of the feature store without a single track to pretrain or validate on."""
+
+
 @dataclass(frozen=True)
 class SequenceSettings:
     """How tracks become training sentences (the paper: 4..8 hits)."""
@@ -96,10 +100,13 @@ class TrackingBERTDataModule(L.LightningDataModule):
         self.datasets: dict[str, PairDataset] = {}
 
     def cache_file(self, split: str) -> Path:
-        """Cache name keyed by everything that shapes the tracks, so a changed setting never reads stale tracks."""
+        """Cache name keyed by everything that shapes the tracks, so a changed setting never reads stale
+        tracks: the settings, the geometry, the input folder and each event file's name, size and
+        mtime_ns (a feature store rewritten in place keeps its file names, not their content)."""
         s = self.settings
+        files = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in list_event_files(self.input_dir, split)]
         key = json.dumps([self.tokenizer.geometry_hash, self.tokenizer.volumes, s.min_hits, s.max_hits, s.long_tracks,
-                          [p.name for p in list_event_files(self.input_dir, split)]])
+                          str(self.input_dir.resolve()), files])
         return self.cache_dir / f"tracks_{split}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
 
     def prepare_data(self) -> None:
@@ -121,7 +128,7 @@ class TrackingBERTDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if len(self.datasets[split]) == 0:
-            raise ValueError(f"{self.input_dir}/{split}: no tracks with {self.settings.min_hits}..{self.settings.max_hits} hits; "
+            raise NoTracksError(f"{self.input_dir}/{split}: no tracks with {self.settings.min_hits}..{self.settings.max_hits} hits; "
                              f"check the feature store has truth (track_edges) and events in this split")
         collate = TrainingMasker(self.settings.mask_rate, self.tokenizer.vocab_size) if shuffle else None
         return DataLoader(self.datasets[split], batch_size=self.settings.batch_size, shuffle=shuffle,

@@ -29,7 +29,15 @@ from tb_plugin.pretraining.tracks import hit_module_index
 from tb_plugin.pretraining.evaluation import evaluate_pretraining, summary_table
 from tb_plugin.stage import EventProcessor, Stage, StageConfig
 from tb_plugin.tokenizer import UNK, ModuleTokenizer
-from tb_plugin.training import TrainerConfig, last_checkpoint, make_trainer, trained_checkpoint
+from tb_plugin.training import (
+    CheckpointError,
+    TrainerConfig,
+    last_checkpoint,
+    load_module,
+    make_trainer,
+    read_checkpoint,
+    trained_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +105,7 @@ class TrackingBERTStage(Stage):
         self.unknown_hits: dict[str, int] = {"outside": 0, "hits": 0}  # filled by event_processor's function
         self.injection: ModuleEmbedding | None = None  # the transform of the last event_processor() call
         self.injection_vocab: ModuleTokenizer | None = None  # and its vocabulary
+        self._detector: Detector | None = None
 
     @property
     def artifacts(self) -> Path:
@@ -107,7 +116,10 @@ class TrackingBERTStage(Stage):
         return self.artifacts / "vocab.json"
 
     def detector(self) -> Detector:
-        return detector_for(self.config.input_dir, self.config.detector)
+        """The data's geometry, read once per stage (so a fallback to the built-in one is announced once)."""
+        if self._detector is None:
+            self._detector = detector_for(self.config.input_dir, self.config.detector)
+        return self._detector
 
     def tokenizer(self, detector: Detector) -> ModuleTokenizer:
         """The vocabulary of this stage; one saved by an earlier run must match the data's geometry."""
@@ -121,13 +133,19 @@ class TrackingBERTStage(Stage):
     # ------------------------------------------------------------------ train
 
     def train(self, checkpoint: Path | None = None) -> None:
-        L.seed_everything(self.config.seed, workers=True, verbose=False)
-        tokenizer = self.tokenizer(self.detector())
-        if not self.vocab_file.exists():
-            tokenizer.save(self.vocab_file)
-        resume = checkpoint or last_checkpoint(self.stage_dir)
+        """Pretrain, resuming from `checkpoint` or stage_dir/artifacts/last.ckpt. Input, vocabulary and
+        the checkpoint's model keys are checked before anything is written."""
+        self.require_input()
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+        L.seed_everything(self.config.seed, workers=True, verbose=False)
+        tokenizer = self.tokenizer(self.detector())
+        resume = checkpoint or last_checkpoint(self.stage_dir)
+        if resume:
+            remedy = f"to resume, or delete {self.artifacts} to train afresh"
+            self.check_checkpoint(Path(resume), read_checkpoint(resume), tokenizer.vocab_size, remedy)
+        if not self.vocab_file.exists():
+            tokenizer.save(self.vocab_file)
         module = TrackingBERTModule(model=asdict(self.config.model_config(tokenizer.vocab_size)),
                                     optim=asdict(self.config.optim_config()))
         print(f"TrackingBERT: {module.model.num_params():,} parameters "
@@ -135,25 +153,46 @@ class TrackingBERTStage(Stage):
         trainer = make_trainer(self.config, self.stage_dir)
         trainer.fit(module, datamodule=self.datamodule(tokenizer), ckpt_path=str(resume) if resume else None)
 
+    def check_checkpoint(self, path: Path, checkpoint: dict, vocab_size: int, remedy: str) -> None:
+        """The config's model keys must be those the checkpoint was trained with: resuming would fail on
+        a tensor of another size, and inference would write the checkpoint's width under the config's
+        n_embd. (dropout is not compared: it changes no tensor.) `remedy` ends the message: what setting
+        the key back achieves, and the other way out."""
+        saved = checkpoint["hyper_parameters"].get("model")
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{path}: not a TrackingBERT checkpoint (no model hyperparameters); delete it and run 'tb train' again")
+        wanted = asdict(self.config.model_config(vocab_size))
+        for key in ("n_embd", "n_head", "n_layer", "d_ff", "max_len"):
+            have, want, name = saved.get(key), wanted[key], key
+            if have != want:
+                if key == "max_len":  # 2 * max_hits + 3: the config key is max_hits
+                    have, want, name = (have - 3) // 2 if isinstance(have, int) else have, self.config.max_hits, "max_hits"
+                raise CheckpointError(f"{path} was trained with {name}: {have}, but the config has {name}: {want}; "
+                                      f"set {name}: {have} again {remedy}")
+        if saved.get("vocab_size") != vocab_size:
+            raise CheckpointError(f"{path} has {saved.get('vocab_size')} tokens but {self.vocab_file} has {vocab_size}: they come "
+                                  f"from different runs; delete {self.artifacts} and run 'tb train' again")
+
     # ------------------------------------------------------------------ trained model
 
     def trained(self) -> tuple[TrackingBERTModule, ModuleTokenizer, Detector]:
-        """The best checkpoint (else the last) with its vocabulary, checked against the data's geometry."""
+        """The best checkpoint (else the last) with its vocabulary, checked against the data's geometry
+        and against the config's model keys."""
         path = trained_checkpoint(self.stage_dir, "TrackingBERT")
         if not self.vocab_file.exists():
             raise FileNotFoundError(f"{self.vocab_file} is missing beside the checkpoint; run 'tb train' on this config again")
         detector = self.detector()
         tokenizer = ModuleTokenizer.load(self.vocab_file, detector)
-        module = TrackingBERTModule.load_from_checkpoint(path, map_location="cpu")
-        module.eval()
-        if module.model.config.vocab_size != tokenizer.vocab_size:
-            raise ValueError(f"{path}: the checkpoint has {module.model.config.vocab_size} tokens but {self.vocab_file} "
-                             f"has {tokenizer.vocab_size}; they come from different runs")
+        checkpoint = read_checkpoint(path)
+        remedy = f"to use this checkpoint, or delete {self.artifacts} and run 'tb train' again"
+        self.check_checkpoint(path, checkpoint, tokenizer.vocab_size, remedy)
+        module = load_module(TrackingBERTModule, path, checkpoint)
         return module, tokenizer, detector
 
     # ------------------------------------------------------------------ eval
 
     def evaluate(self) -> dict:
+        self.require_input()
         module, tokenizer, detector = self.trained()
         data = self.datamodule(tokenizer)
         data.prepare_data()
@@ -188,7 +227,11 @@ class TrackingBERTStage(Stage):
         return add_embedding
 
     def infer(self, overwrite: bool = False) -> None:
+        """hit_tb_emb on every event; input, checkpoint and the splits of earlier outputs are checked
+        before the geometry and the module table are written beside the events."""
+        self.require_input()
         process = self.event_processor()
+        self.prepare_outputs(overwrite)
         if not (self.stage_dir / "detectors.csv").exists():  # downstream stages find the geometry beside their input
             self.detector().to_csv(self.stage_dir / "detectors.csv")
         self.write_module_table()

@@ -72,3 +72,45 @@ def test_load_yaml_errors_name_the_file_and_line(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match=r"list\.yaml: expected a mapping"):
         load_yaml(listing)
+
+
+def test_a_repeated_yaml_key_is_refused_naming_the_key_and_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("stage_dir: x\nlr: 0.1\nmax_epochs: 2\nlr: 0.2\n")
+    with pytest.raises(ConfigError) as err:
+        load_yaml(path)
+    assert str(err.value) == f"{path}: key 'lr' appears twice, at lines 2 and 4 (YAML would keep only the last); remove one"
+
+
+def test_repeated_keys_in_nested_mappings_are_refused_but_merge_keys_may_override(tmp_path):
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("hard_cuts:\n  pt: [1, 2]\n  pt: [3, 4]\n")
+    with pytest.raises(ConfigError, match=r"nested\.yaml: key 'pt' appears twice, at lines 2 and 3"):
+        load_yaml(nested)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &b {lr: 0.1, max_epochs: 2}\nrun:\n  <<: *b\n  lr: 0.5\n")
+    assert load_yaml(merged)["run"] == {"lr": 0.5, "max_epochs": 2}
+
+
+@pytest.mark.parametrize("text, expected", [("3e-3", 3e-3), ("1E4", 1e4), (" 0.5 ", 0.5), ("-2", -2.0), ("-.inf", -math.inf)])
+def test_numeric_text_is_a_float(text, expected):
+    # PyYAML reads `lr: 3e-3` (no dot) as the string '3e-3'
+    assert build(Example, {"stage_dir": "x", "lr": text}, "cfg.yaml").lr == expected
+
+
+@pytest.mark.parametrize("text", ["fast", "nan", ""])
+def test_non_numeric_text_is_not_a_float(text):
+    with pytest.raises(ConfigError, match=r"cfg\.yaml: key 'lr' must be float"):
+        build(Example, {"stage_dir": "x", "lr": text}, "cfg.yaml")
+
+
+def test_an_integer_matches_its_spelling_among_allowed_strings():
+    @dataclass
+    class Precision:
+        precision: Literal["32-true", "32", "16-mixed"] = "32-true"
+
+    assert build(Precision, {"precision": 32}, "cfg.yaml").precision == "32"
+    with pytest.raises(ConfigError, match=r"key 'precision' has value 16"):
+        build(Precision, {"precision": 16}, "cfg.yaml")
+    with pytest.raises(ConfigError, match=r"key 'precision' has value True"):
+        build(Precision, {"precision": True}, "cfg.yaml")

@@ -54,7 +54,7 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(tiny_trackml_folder,
     assert len(files) == 2
     assert all(load_event(f).num_nodes == 8 for f in files)
     leftovers = [p.name for p in (tmp_path / "fs").rglob("*") if p.is_file() and p.suffix != ".pyg"]
-    assert leftovers == ["detectors.csv"]  # the geometry, written whole before any event
+    assert sorted(leftovers) == ["detectors.csv", "splits.json"]  # geometry and split record, written whole before any event
 
     monkeypatch.setattr(event_store.torch, "save", real_save)
     before = {f: f.stat().st_mtime_ns for f in files}

@@ -215,6 +215,22 @@ def test_truncated_last_line(tmp_path):
         read_part(path, "hits")
 
 
+def test_last_line_without_its_newline_is_refused_as_possibly_truncated(tmp_path):
+    # "...,8,2,51" cut to "...,8,2,5": every field still parses, module 5 may exist
+    text = HITS_HEADER + "".join(good_hits_lines()[:-1]) + "5,5.5,-5.25,100.125,8,2,51\n"
+    path = write_text(tmp_path / "event000000001-hits.csv", text[:-2])
+    with pytest.raises(TrackMLFormatError) as err:
+        read_part(path, "hits")
+    assert str(err.value) == (f"{path}: line 6 does not end with a newline, so it may be truncated "
+                              f"(it reads '5,5.5,-5.25,100.125,8,2,5'); if the file is complete, end it with a newline")
+    gz = tmp_path / "event000000002-hits.csv.gz"
+    gz.write_bytes(gzip.compress(text[:-2].encode()))
+    with pytest.raises(TrackMLFormatError, match=r"event000000002-hits\.csv\.gz: line 6 does not end with a newline"):
+        read_part(gz, "hits")
+    assert len(read_part(write_text(path, text), "hits")) == 5
+    assert len(read_part(write_text(path, HITS_HEADER.rstrip("\n")), "hits")) == 0  # a header alone has no row to cut
+
+
 def test_truncated_gzip(tmp_path):
     data = gzip.compress((HITS_HEADER + "".join(good_hits_lines()) * 50).encode())
     path = tmp_path / "event000000001-hits.csv.gz"

@@ -1,6 +1,9 @@
 """The shared Trainer keys: validated where the config is loaded, passed on to Lightning."""
 
+import os
+
 import pytest
+import torch
 
 from tb_plugin.config import ConfigError
 from tb_plugin.pipeline import stage_from_mapping
@@ -33,3 +36,42 @@ def test_epoch_timer_ignores_an_epoch_end_without_a_start():
     timer.on_train_epoch_start(None, module)
     timer.on_train_epoch_end(None, module)
     assert logged == ["train/epoch_time_s"]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_with_foreign_objects_is_refused_naming_the_file(tmp_path, monkeypatch):
+    from tb_plugin.training import CheckpointError, read_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "best.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": _RunsCode()}, path)
+    with pytest.raises(CheckpointError, match=rf"^{path}: refused to load: the checkpoint holds objects other than tensors") as err:
+        read_checkpoint(path)
+    assert str(err.value).endswith("(it needs posix.system); delete it and run 'tb train' again")
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)  # not torch's advice to load it unsafely
+    assert not (tmp_path / "pwned").exists()
+    path.write_bytes(b"half a checkpoint")
+    with pytest.raises(CheckpointError, match=rf"^{path}: not a readable checkpoint"):
+        read_checkpoint(path)
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match=rf"^{path}: not a checkpoint written by 'tb train'"):
+        read_checkpoint(path)
+
+
+def test_weights_of_another_size_are_one_message_naming_the_file(tmp_path):
+    from tb_plugin.model import TrackingBERTModule
+    from tb_plugin.training import CheckpointError, load_module
+
+    small = TrackingBERTModule(model={"vocab_size": 9, "n_embd": 8, "n_head": 2, "n_layer": 1, "d_ff": 8}, optim={})
+    path = tmp_path / "last.ckpt"
+    hparams = {"model": {**small.hparams["model"], "n_embd": 16}, "optim": {}}  # says 16, holds 8
+    torch.save({"state_dict": small.state_dict(), "hyper_parameters": hparams}, path)
+    with pytest.raises(CheckpointError, match=rf"^{path}: does not fit a TrackingBERTModule \(Error\(s\) in loading"):
+        load_module(TrackingBERTModule, path)
+    torch.save({"state_dict": small.state_dict(), "hyper_parameters": dict(small.hparams)}, path)
+    loaded = load_module(TrackingBERTModule, path)
+    assert not loaded.training and torch.equal(loaded.model.module_embeddings(), small.model.module_embeddings())

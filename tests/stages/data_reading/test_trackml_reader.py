@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tb_plugin.config import ConfigError
-from tb_plugin.event_store import list_event_files, load_event
+from tb_plugin.event_store import SplitError, list_event_files, load_event
 from tb_plugin.pipeline import stage_from_mapping
 from tb_plugin.trackml import TrackMLFormatError, event_prefix, write_event
 from stages.data_reading.event_features import EventContentError
@@ -126,3 +126,70 @@ def test_real_trackml_hits_without_truth(shared_trackml, tmp_path):
     assert int(data.hit_module_index.min()) >= 0
     volumes, counts = np.unique(data.hit_volume_id.numpy(), return_counts=True)
     assert dict(zip(volumes.tolist(), counts.tolist()))[8] == 21941
+
+
+def split_of_each_event(stage_dir):
+    """event id -> the splits it sits in."""
+    where = {}
+    for split in ("trainset", "valset", "testset"):
+        for path in (stage_dir / split).glob("event*.pyg"):
+            where.setdefault(path.name, []).append(split)
+    return where
+
+
+def test_another_seed_is_refused_without_overwrite_and_moves_events_with_it(tiny_trackml_folder, tmp_path):
+    fs = tmp_path / "fs"
+    reader(tiny_trackml_folder, fs, seed=0).infer()
+    before = split_of_each_event(fs)
+    with pytest.raises(SplitError) as err:
+        reader(tiny_trackml_folder, fs, seed=1).infer()
+    message = str(err.value)
+    assert message.startswith(f"{fs}: ") and "seed, data_split or input_dir changed" in message
+    assert message.endswith(f"Rerun with --overwrite to remove them, or delete {fs}") and "\n" not in message
+    assert split_of_each_event(fs) == before  # refused before anything moved
+    reader(tiny_trackml_folder, fs, seed=1).infer(overwrite=True)
+    after = split_of_each_event(fs)
+    assert after != before and all(len(splits) == 1 for splits in after.values()) and len(after) == 6
+    record = json.loads((fs / "splits.json").read_text())
+    assert record["seed"] == 1 and record["data_split"] == [4, 1, 1] and record["input_dir"] == str(tiny_trackml_folder)
+    assert {f"event{e:09d}.pyg": [s] for s, ids in record["splits"].items() for e in ids} == after
+    assert [len(list_event_files(fs, s)) for s in ("trainset", "valset", "testset")] == [4, 1, 1]
+
+
+def test_more_input_events_or_a_smaller_split_leave_each_event_in_one_split(tiny_trackml_folder, tmp_path, make_tiny_event):
+    fs = tmp_path / "fs"
+    reader(tiny_trackml_folder, fs).infer()
+    for event_id in (106, 107):
+        hits, particles, truth = make_tiny_event(event_id)
+        write_event(event_prefix(tiny_trackml_folder, event_id), hits=hits, particles=particles, truth=truth)
+    reader(tiny_trackml_folder, fs, data_split=[6, 1, 1]).infer(overwrite=True)
+    assert all(len(s) == 1 for s in split_of_each_event(fs).values()) and len(split_of_each_event(fs)) == 8
+    reader(tiny_trackml_folder, fs, data_split=[2, 1, 1]).infer(overwrite=True)
+    assert len(split_of_each_event(fs)) == 4  # the events no split holds any more are gone
+    assert [len(list_event_files(fs, s)) for s in ("trainset", "valset", "testset")] == [2, 1, 1]
+
+
+def test_the_config_is_checked_before_anything_is_written(tiny_trackml_folder, tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'data_split' \[10, 0, 0\] asks for 10 events but the input folder has 6"):
+        reader(tiny_trackml_folder, tmp_path / "fs", data_split=[10, 0, 0]).infer()
+    assert not (tmp_path / "fs").exists()  # no detectors.csv, no splits.json
+
+
+def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tiny_trackml_folder, tmp_path):
+    fs = tmp_path / "fs"
+    (fs / "trainset").mkdir(parents=True)
+    orphan = fs / "trainset" / ".event000000100.pyg.k2j4x9.tmp"
+    orphan.write_bytes(b"half an event")
+    mine = fs / "trainset" / "notes.tmp"
+    mine.write_text("not ours")
+    reader(tiny_trackml_folder, fs).infer()
+    assert not orphan.exists() and mine.exists()
+
+
+def test_an_unreadable_first_event_leaves_no_store_behind(tiny_trackml_folder, tmp_path):
+    hits = tiny_trackml_folder / "event000000100-hits.csv"
+    hits.write_text(hits.read_text()[:-1])  # the last row, "...,8,8,1", may have been "...,8,8,17"
+    stage = reader(tiny_trackml_folder, tmp_path / "fs", data_split=[6, 0, 0], seed=0)
+    with pytest.raises(TrackMLFormatError, match=r"event000000100-hits\.csv: line 9 does not end with a newline"):
+        stage.infer()
+    assert not (tmp_path / "fs").exists()  # no splits.json, no detectors.csv for a store without events
