@@ -157,12 +157,14 @@ def write_graphs(module_map: Stage, work: Path, n_events: int) -> None:
     """The map's graphs of the first n training events: the first two thirds into graphs/trainset (the
     GNN trains on the first), the rest into graphs/valset (where the filter's cut is chosen)."""
     n_val = max(n_events // 3, 1)
+    build = None  # the map is loaded once, and only when a graph is missing
     for i, path in enumerate(list_event_files(work / "store", "trainset")[:n_events]):
         split = "trainset" if i < n_events - n_val else "valset"
         out = work / "graphs" / split / path.name
         if not out.exists():
             log(f"graph of training event {path.name} -> {split}")
-            save_event(module_map.event_processor()(load_event(path), path), out)
+            build = build or module_map.event_processor()
+            save_event(build(load_event(path), path), out)
 
 
 def retrain(stage: Stage, folder: Path) -> None:
