@@ -9,7 +9,7 @@ TB     := $(VENV)/bin/tb
 STAMP  := $(VENV)/.tb-plugin-installed
 DEMO   ?= runs/demo
 
-.PHONY: setup test demo clean-demo
+.PHONY: setup lint format test demo clean-demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,17 @@ setup: $(STAMP)
 
 test: setup
 	$(PY) -m pytest -q
+
+# Style checks, run by .ci/run before the tests (a few seconds): lint, formatting, spelling.
+# `make format` applies ruff's fixes and formatting.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/codespell
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # The main job on the built-in simulated data (pile-up 10): the baseline pipeline, then the A/B against
 # the same pipeline with TrackingBERT features. Everything goes under $(DEMO)/ (ignored by git).

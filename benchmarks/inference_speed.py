@@ -53,7 +53,6 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from tqdm import tqdm  # noqa: E402
 
 from stages.graph_metrics import target_truth_mask  # noqa: E402
@@ -74,8 +73,10 @@ CONFIGS = {
     "edge_classifier": REPO / "configs" / "edge_classifier" / "interaction_gnn.yaml",
     "track_building": REPO / "configs" / "track_building" / "connected_components.yaml",
 }
-CHAINS = {"without_filter": ["graph_construction", "edge_classifier", "track_building"],
-          "with_filter": ["graph_construction", "filter", "edge_classifier", "track_building"]}
+CHAINS = {
+    "without_filter": ["graph_construction", "edge_classifier", "track_building"],
+    "with_filter": ["graph_construction", "filter", "edge_classifier", "track_building"],
+}
 TARGET_SECONDS = 10.0
 TARGET_MEMORY_MB = 8 * 1024
 TARGET_EDGE_REDUCTION = 4.0
@@ -117,7 +118,9 @@ def simulate(folder: Path, n_events: int, first_event: int, pileup: float, seed:
         for path in folder.iterdir():
             path.unlink()
     log(f"simulating {n_events} events at pile-up {pileup:g} into {folder}")
-    simulate_dataset(SimulationConfig(n_events=n_events, pileup=pileup, seed=seed, first_event=first_event), detector, folder)
+    simulate_dataset(
+        SimulationConfig(n_events=n_events, pileup=pileup, seed=seed, first_event=first_event), detector, folder
+    )
     detector.to_csv(stored)
 
 
@@ -125,29 +128,55 @@ def stage_values(name: str, work: Path, args: argparse.Namespace) -> dict[str, A
     """The shipped baseline config of a host stage, pointed at the benchmark's folders."""
     values = load_yaml(CONFIGS[name])
     if name == "graph_construction":
-        values.update(input_dir=str(work / "store"), stage_dir=str(work / "module_map"), data_split=[args.map_events, 0, 0])
+        values.update(
+            input_dir=str(work / "store"), stage_dir=str(work / "module_map"), data_split=[args.map_events, 0, 0]
+        )
         values.pop("map_events", None)
     elif name == "edge_classifier":
-        values.update(input_dir=str(work / "graphs"), stage_dir=str(work / "gnn"), data_split=[1, 0, 0], max_epochs=1,
-                      warmup_steps=0, max_train_edges=GNN_TRAIN_EDGES, accelerator="cpu", devices=1, num_workers=0,
-                      logger="csv")
+        values.update(
+            input_dir=str(work / "graphs"),
+            stage_dir=str(work / "gnn"),
+            data_split=[1, 0, 0],
+            max_epochs=1,
+            warmup_steps=0,
+            max_train_edges=GNN_TRAIN_EDGES,
+            accelerator="cpu",
+            devices=1,
+            num_workers=0,
+            logger="csv",
+        )
         if args.hidden is not None:
             values["hidden"] = args.hidden
         if args.iters is not None:
             values["n_graph_iters"] = args.iters
     elif name == "filter":
         n_val = max(args.filter_events // 3, 1)
-        values.update(input_dir=str(work / "graphs"), stage_dir=str(work / "filter"),
-                      data_split=[args.filter_events - n_val, n_val, 0], max_epochs=FILTER_EPOCHS, val_every_n_epochs=5,
-                      max_train_edges=FILTER_TRAIN_EDGES, accelerator="cpu", devices=1, num_workers=0, logger="csv")
+        values.update(
+            input_dir=str(work / "graphs"),
+            stage_dir=str(work / "filter"),
+            data_split=[args.filter_events - n_val, n_val, 0],
+            max_epochs=FILTER_EPOCHS,
+            val_every_n_epochs=5,
+            max_train_edges=FILTER_TRAIN_EDGES,
+            accelerator="cpu",
+            devices=1,
+            num_workers=0,
+            logger="csv",
+        )
     else:
         values.update(input_dir=str(work / "gnn"), stage_dir=str(work / "track_building"))
     return values
 
 
 def reader(input_dir: Path, stage_dir: Path, detector: str, n_events: int) -> Stage:
-    values = {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(input_dir), "stage_dir": str(stage_dir),
-              "data_split": [n_events, 0, 0], "use_cells": False}
+    values = {
+        "stage": "data_reading",
+        "model": "TrackMLReader",
+        "input_dir": str(input_dir),
+        "stage_dir": str(stage_dir),
+        "data_split": [n_events, 0, 0],
+        "use_cells": False,
+    }
     if detector != "builtin":
         values["detector"] = detector
     return stage_from_mapping(values, "inference_speed reader")
@@ -188,7 +217,9 @@ def prepare(args: argparse.Namespace) -> None:
     module_map.train()
     write_graphs(module_map, work, args.filter_events)
     retrain(stage_from_mapping(stage_values("filter", work, args), str(CONFIGS["filter"])), work / "filter")
-    retrain(stage_from_mapping(stage_values("edge_classifier", work, args), str(CONFIGS["edge_classifier"])), work / "gnn")
+    retrain(
+        stage_from_mapping(stage_values("edge_classifier", work, args), str(CONFIGS["edge_classifier"])), work / "gnn"
+    )
 
 
 # ------------------------------------------------------------------------------------- timing
@@ -230,8 +261,9 @@ def time_simulated(args: argparse.Namespace, detector_name: str, chain_name: str
     """One chain over the simulated test events, after an untimed warm-up event."""
     work = args.work
     start = time.perf_counter()
-    chain = InferenceChain([reader(work / "sim" / "test", work / "read", detector_name, args.events),
-                            *host_stages(work, args, chain_name)])
+    chain = InferenceChain(
+        [reader(work / "sim" / "test", work / "read", detector_name, args.events), *host_stages(work, args, chain_name)]
+    )
     load_seconds = time.perf_counter() - start
     warm = list_events(work / "sim" / "train")[0]
     log(f"{chain_name}: warm-up on training event {warm[0]} (not timed)")
@@ -240,13 +272,17 @@ def time_simulated(args: argparse.Namespace, detector_name: str, chain_name: str
     for event_id, prefix in tqdm(list_events(work / "sim" / "test"), desc=chain_name, unit="event", file=sys.stderr):
         data, seconds = chain.run(None, prefix)
         rows.append(event_row(event_id, data, seconds))
-        log(f"event {event_id}: {rows[-1]['hits']:,} hits, {rows[-1]['edges']:,} edges, {rows[-1]['total_seconds']:.2f} s {rows[-1]['seconds']}")
+        log(
+            f"event {event_id}: {rows[-1]['hits']:,} hits, {rows[-1]['edges']:,} edges, {rows[-1]['total_seconds']:.2f} s {rows[-1]['seconds']}"
+        )
         del data
     totals = [r["total_seconds"] for r in rows]
     return {
         "stages": [s.config.model for s in chain.stages],
         "events": rows,
-        "mean_seconds": {name: round(float(np.mean([r["seconds"][name] for r in rows])), 3) for name in chain.stage_names},
+        "mean_seconds": {
+            name: round(float(np.mean([r["seconds"][name] for r in rows])), 3) for name in chain.stage_names
+        },
         "mean_total_seconds": round(float(np.mean(totals)), 3),
         "max_total_seconds": round(float(np.max(totals)), 3),
         "mean_hits": round(float(np.mean([r["hits"] for r in rows]))),
@@ -263,10 +299,12 @@ def filter_effect(without: dict[str, Any], with_filter: dict[str, Any]) -> dict[
     after = sum(r["target_truth_edges"] for r in with_filter["events"])
     reduction = without["mean_edges"] / with_filter["mean_edges"] if with_filter["mean_edges"] else None
     return {
-        "gnn_edges_without": without["mean_edges"], "gnn_edges_with": with_filter["mean_edges"],
+        "gnn_edges_without": without["mean_edges"],
+        "gnn_edges_with": with_filter["mean_edges"],
         "edge_reduction": round(reduction, 3) if reduction is not None else None,
         "target_efficiency": round(after / before, 5) if before else None,
-        "target_truth_edges_before": before, "target_truth_edges_after": after,
+        "target_truth_edges_before": before,
+        "target_truth_edges_after": after,
         "seconds_saved": round(without["mean_total_seconds"] - with_filter["mean_total_seconds"], 3),
     }
 
@@ -277,24 +315,35 @@ def map_compatibility(sim: Detector, real: Detector) -> tuple[bool, str]:
     tables hold the same ids."""
     if sim.geometry_hash() == real.geometry_hash():
         return True, "the map was learned on events simulated with this detectors.csv: same geometry, same module index"
-    same_ids = len(sim) == len(real) and all(np.array_equal(getattr(sim, k), getattr(real, k))
-                                             for k in ("volume_id", "layer_id", "module_id"))
+    same_ids = len(sim) == len(real) and all(
+        np.array_equal(getattr(sim, k), getattr(real, k)) for k in ("volume_id", "layer_id", "module_id")
+    )
     if same_ids:
-        return True, ("the simulation used the built-in detector, which has the real file's (volume, layer, module) ids, "
-                      "so the module index agrees; its module positions differ slightly, so the doublet windows are approximate")
-    return False, "the real detector's module ids differ from the simulated detector's: a map learned there cannot apply"
+        return True, (
+            "the simulation used the built-in detector, which has the real file's (volume, layer, module) ids, "
+            "so the module index agrees; its module positions differ slightly, so the doublet windows are approximate"
+        )
+    return (
+        False,
+        "the real detector's module ids differ from the simulated detector's: a map learned there cannot apply",
+    )
 
 
 def time_real(args: argparse.Namespace) -> dict[str, Any]:
     """Both chains on the real hits of event 1001 (no truth: time, graph size and memory only)."""
     hits = args.shared / f"event{REAL_EVENT:09d}-hits.csv"
     if not hits.is_file() or not (args.shared / "detectors.csv").is_file():
-        return {"skipped": f"{hits} or {args.shared / 'detectors.csv'} not found (../shared/trackml beside the checkout)"}
+        return {
+            "skipped": f"{hits} or {args.shared / 'detectors.csv'} not found (../shared/trackml beside the checkout)"
+        }
     sim_name = sim_detector(args.shared)[1]
     sim = Detector.builtin() if sim_name == "builtin" else Detector.from_csv(sim_name)
     applies, why = map_compatibility(sim, Detector.from_csv(args.shared / "detectors.csv"))
-    result: dict[str, Any] = {"file": str(hits), "truth": "none (no truth file: time, graph size and memory only)",
-                              "module_map": why}
+    result: dict[str, Any] = {
+        "file": str(hits),
+        "truth": "none (no truth file: time, graph size and memory only)",
+        "module_map": why,
+    }
     for chain_name in CHAINS if applies else ["reading_only"]:
         read = reader(args.shared, args.work / "read_real", str(args.shared / "detectors.csv"), 1)
         chain = InferenceChain([read, *host_stages(args.work, args, chain_name)] if applies else [read])
@@ -309,8 +358,11 @@ def time_real(args: argparse.Namespace) -> dict[str, Any]:
 
 def chain_target(simulated: dict[str, Any]) -> dict[str, Any]:
     total = simulated["mean_total_seconds"]
-    return {"seconds_met": total < TARGET_SECONDS, "over_by_seconds": round(max(total - TARGET_SECONDS, 0.0), 3),
-            "slowest_stage": max(simulated["mean_seconds"], key=simulated["mean_seconds"].get)}
+    return {
+        "seconds_met": total < TARGET_SECONDS,
+        "over_by_seconds": round(max(total - TARGET_SECONDS, 0.0), 3),
+        "slowest_stage": max(simulated["mean_seconds"], key=simulated["mean_seconds"].get),
+    }
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -328,9 +380,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "filter": effect,
         "peak_memory_mb": round(peak, 1),
         "target": {
-            "seconds": TARGET_SECONDS, "memory_mb": TARGET_MEMORY_MB, "memory_met": peak < TARGET_MEMORY_MB,
+            "seconds": TARGET_SECONDS,
+            "memory_mb": TARGET_MEMORY_MB,
+            "memory_met": peak < TARGET_MEMORY_MB,
             "edge_reduction": TARGET_EDGE_REDUCTION,
-            "edge_reduction_met": effect["edge_reduction"] is not None and effect["edge_reduction"] >= TARGET_EDGE_REDUCTION,
+            "edge_reduction_met": effect["edge_reduction"] is not None
+            and effect["edge_reduction"] >= TARGET_EDGE_REDUCTION,
             **{name: chain_target(c) for name, c in chains.items()},
         },
         "notes": [
@@ -346,14 +401,24 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "simulated": chains,
         "real_hits": real,
         "setup": {
-            "pileup": args.pileup, "map_events": args.map_events, "test_events": args.events,
-            "filter_events": args.filter_events, "filter_epochs": FILTER_EPOCHS, "filter_train_edges": FILTER_TRAIN_EDGES,
-            "detector": detector_name, "gnn_hidden": hidden, "gnn_iters": iters, "seed": args.seed,
+            "pileup": args.pileup,
+            "map_events": args.map_events,
+            "test_events": args.events,
+            "filter_events": args.filter_events,
+            "filter_epochs": FILTER_EPOCHS,
+            "filter_train_edges": FILTER_TRAIN_EDGES,
+            "detector": detector_name,
+            "gnn_hidden": hidden,
+            "gnn_iters": iters,
+            "seed": args.seed,
             "configs": {name: str(path.relative_to(REPO)) for name, path in CONFIGS.items()},
         },
         "machine": {
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
         },
     }
@@ -362,15 +427,25 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=3, help="pile-up-200 test events timed (default 3)")
-    parser.add_argument("--map-events", type=int, default=30, help="pile-up-200 events the module map learns from (default 30)")
+    parser.add_argument(
+        "--map-events", type=int, default=30, help="pile-up-200 events the module map learns from (default 30)"
+    )
     parser.add_argument("--pileup", type=float, default=200.0)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    parser.add_argument("--filter-events", type=int, default=6,
-                        help="training events whose graphs train (two thirds) and calibrate (one third) the filter (default 6)")
+    parser.add_argument(
+        "--filter-events",
+        type=int,
+        default=6,
+        help="training events whose graphs train (two thirds) and calibrate (one third) the filter (default 6)",
+    )
     parser.add_argument("--hidden", type=int, default=None, help="GNN hidden size (default: the config's)")
-    parser.add_argument("--iters", type=int, default=None, help="GNN message-passing iterations (default: the config's)")
+    parser.add_argument(
+        "--iters", type=int, default=None, help="GNN message-passing iterations (default: the config's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench" / "inference_speed", help="setup folder (reused)")
+    parser.add_argument(
+        "--work", type=Path, default=REPO / "runs" / "bench" / "inference_speed", help="setup folder (reused)"
+    )
     parser.add_argument("--shared", type=Path, default=SHARED, help="folder of the real TrackML files")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "inference_speed.json")
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)  # the setup child process
@@ -379,13 +454,20 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if not 2 <= args.filter_events <= args.map_events:
-        parser.error(f"--filter-events must be between 2 and --map-events ({args.map_events}), got {args.filter_events}")
+        parser.error(
+            f"--filter-events must be between 2 and --map-events ({args.map_events}), got {args.filter_events}"
+        )
 
     if args.prepare_only:
         with contextlib.redirect_stdout(sys.stderr):
             prepare(args)
         return 0
-    child = [sys.executable, str(Path(__file__).resolve()), "--prepare-only", *(argv if argv is not None else sys.argv[1:])]
+    child = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--prepare-only",
+        *(argv if argv is not None else sys.argv[1:]),
+    ]
     start = time.perf_counter()
     subprocess.run(child, check=True, stdout=sys.stderr)
     log(f"setup took {time.perf_counter() - start:.0f} s")

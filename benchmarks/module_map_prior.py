@@ -78,8 +78,13 @@ def parse_arm(arm: str) -> dict[str, Any] | None:
     parts = arm.split("-")
     use = parts[-1]
     pixel = len(parts) == 4 and parts[2] == "pixel"
-    if len(parts) not in (3, 4) or parts[0] not in SCORERS or parts[1] not in HEADS or use not in ("propose", "prune") \
-            or (len(parts) == 4 and not pixel):
+    if (
+        len(parts) not in (3, 4)
+        or parts[0] not in SCORERS
+        or parts[1] not in HEADS
+        or use not in ("propose", "prune")
+        or (len(parts) == 4 and not pixel)
+    ):
         pattern = f"<{'|'.join(SCORERS)}>-<{'|'.join(HEADS)}>[-pixel]-<propose|prune>"
         raise SystemExit(f"--arms: cannot read {arm!r}; expected none, mincount2 or {pattern}")
     return {"scorer": parts[0], "head": parts[1], "pixel": pixel, "use": use}
@@ -93,17 +98,31 @@ def write_table(config_path: Path, out: Path) -> dict[str, Any]:
     in_vocab = tokenizer.module_to_token != UNK
     save_module_table(out, table, in_vocab, detector.geometry_hash())
     log(f"module table {tuple(table.shape)} ({int(in_vocab.sum()):,} modules in the vocabulary) -> {out}")
-    return {"tb_config": str(config_path), "table": str(out), "modules": int(table.shape[0]), "dim": int(table.shape[1]),
-            "in_vocab": int(in_vocab.sum())}
+    return {
+        "tb_config": str(config_path),
+        "table": str(out),
+        "modules": int(table.shape[0]),
+        "dim": int(table.shape[1]),
+        "in_vocab": int(in_vocab.sum()),
+    }
 
 
-def prior_keys(arm: dict[str, Any], quantile: float, args: argparse.Namespace, tables: dict[str, Path]) -> dict[str, Any]:
+def prior_keys(
+    arm: dict[str, Any], quantile: float, args: argparse.Namespace, tables: dict[str, Path]
+) -> dict[str, Any]:
     propose = arm["use"] == "propose"
-    keys: dict[str, Any] = {"scorer": "geometry" if arm["scorer"] == "geometry" else "tb", "head": arm["head"],
-                            "propose": propose, "prune": not propose,
-                            "propose_quantile": quantile if propose else 0.5, "prune_quantile": 0.1 if propose else quantile,
-                            "prune_max_count": args.prune_max_count, "threshold": args.threshold,
-                            "head_steps": args.head_steps, "head_folds": args.head_folds}
+    keys: dict[str, Any] = {
+        "scorer": "geometry" if arm["scorer"] == "geometry" else "tb",
+        "head": arm["head"],
+        "propose": propose,
+        "prune": not propose,
+        "propose_quantile": quantile if propose else 0.5,
+        "prune_quantile": 0.1 if propose else quantile,
+        "prune_max_count": args.prune_max_count,
+        "threshold": args.threshold,
+        "head_steps": args.head_steps,
+        "head_folds": args.head_folds,
+    }
     if arm["scorer"] != "geometry":
         keys["table"] = str(tables[arm["scorer"]])
     if arm["pixel"]:
@@ -111,7 +130,9 @@ def prior_keys(arm: dict[str, Any], quantile: float, args: argparse.Namespace, t
     return keys
 
 
-def evaluate(stage: ModuleMap, events: list[tuple[Path, Any]], pixel: np.ndarray, target_tracks: dict) -> dict[str, Any]:
+def evaluate(
+    stage: ModuleMap, events: list[tuple[Path, Any]], pixel: np.ndarray, target_tracks: dict
+) -> dict[str, Any]:
     """Graph metrics of the test events (built in memory with the stage's map), plus the pixel-pixel
     pT > 1 GeV efficiency."""
     evaluation = GraphEvaluation(target_tracks)
@@ -144,9 +165,12 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("target_efficiency", "efficiency, pT > 1 GeV truth edges"),
-              ("pixel_target_efficiency", "efficiency, pT > 1 GeV pixel-pixel truth edges"),
-              ("efficiency", "efficiency, all truth edges"), ("edges_per_event", "edges per event")]
+    panels = [
+        ("target_efficiency", "efficiency, pT > 1 GeV truth edges"),
+        ("pixel_target_efficiency", "efficiency, pT > 1 GeV pixel-pixel truth edges"),
+        ("efficiency", "efficiency, all truth edges"),
+        ("edges_per_event", "edges per event"),
+    ]
     map_events = sorted({r["map_events"] for r in runs})
     columns = max(len(panels), len(map_events))
     fig, axes = plt.subplots(2, columns, figsize=(5.0 * columns, 8.8), squeeze=False)
@@ -158,9 +182,19 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     style = lambda arm: "-" if arm == "none" or arm.endswith("propose") else "--"  # noqa: E731
     for ax, (key, title) in zip(axes[0], panels):
         for arm in arms:
-            rows = sorted((r for r in runs if r["arm"] == arm and r["main"] is not False), key=lambda r: r["map_events"])
-            ax.plot([r["map_events"] for r in rows], [r["metrics"][key] for r in rows], style(arm), marker="o", ms=3,
-                    color=colours[family(arm)], label=arm, lw=2 if arm == "none" else 1.2)
+            rows = sorted(
+                (r for r in runs if r["arm"] == arm and r["main"] is not False), key=lambda r: r["map_events"]
+            )
+            ax.plot(
+                [r["map_events"] for r in rows],
+                [r["metrics"][key] for r in rows],
+                style(arm),
+                marker="o",
+                ms=3,
+                color=colours[family(arm)],
+                label=arm,
+                lw=2 if arm == "none" else 1.2,
+            )
         ax.set_xscale("log")
         ax.set_xlabel("map_events (training events the map learns from)")
         ax.set_title(title, fontsize=10)
@@ -168,14 +202,24 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     axes[0][0].legend(fontsize=7, loc="lower right")
     for ax, n in zip(axes[1], map_events):
         for arm in arms:
-            rows = sorted((r for r in runs if r["arm"] == arm and r["map_events"] == n), key=lambda r: r["metrics"]["edges_per_event"])
-            ax.plot([r["metrics"]["edges_per_event"] for r in rows], [r["metrics"]["target_efficiency"] for r in rows], style(arm),
-                    marker="*" if arm == "none" else "o", ms=9 if arm == "none" else 3, color=colours[family(arm)], label=arm)
+            rows = sorted(
+                (r for r in runs if r["arm"] == arm and r["map_events"] == n),
+                key=lambda r: r["metrics"]["edges_per_event"],
+            )
+            ax.plot(
+                [r["metrics"]["edges_per_event"] for r in rows],
+                [r["metrics"]["target_efficiency"] for r in rows],
+                style(arm),
+                marker="*" if arm == "none" else "o",
+                ms=9 if arm == "none" else 3,
+                color=colours[family(arm)],
+                label=arm,
+            )
         ax.set_xlabel("edges per event")
         ax.set_ylabel("efficiency, pT > 1 GeV truth edges")
         ax.set_title(f"map_events {n}: quantile sweep", fontsize=10)
         ax.grid(alpha=0.3)
-    for ax in list(axes[0][len(panels):]) + list(axes[1][len(map_events):]):
+    for ax in list(axes[0][len(panels) :]) + list(axes[1][len(map_events) :]):
         ax.axis("off")
     fig.suptitle("ModuleMap pair prior (solid: propose, dashed: prune; row 1 at the main quantiles)", fontsize=11)
     fig.tight_layout()
@@ -184,16 +228,20 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 
 
 def table_lines(runs: list[dict[str, Any]]) -> list[str]:
-    lines = ["| arm | quantile | map_events | pairs | proposed | pruned | proposed in reference | eff. pT > 1 GeV "
-             "| eff. pixel pT > 1 GeV | eff. all | purity | edges / event |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| arm | quantile | map_events | pairs | proposed | pruned | proposed in reference | eff. pT > 1 GeV "
+        "| eff. pixel pT > 1 GeV | eff. all | purity | edges / event |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in runs:
         m, p = r["metrics"], r.get("prior") or {}
         ref = r.get("proposed_in_reference")
         q = "" if r["quantile"] is None else f"{r['quantile']:g}"
-        lines.append(f"| {r['arm']} | {q} | {r['map_events']} | {r['pairs']:,} | {p.get('proposed', 0):,} | {p.get('pruned', 0):,} | "
-                     f"{'' if ref is None else f'{ref:.3f}'} | {m['target_efficiency']:.4f} | {m['pixel_target_efficiency']:.4f} | "
-                     f"{m['efficiency']:.4f} | {m['purity']:.4f} | {m['edges_per_event']:,.0f} |")
+        lines.append(
+            f"| {r['arm']} | {q} | {r['map_events']} | {r['pairs']:,} | {p.get('proposed', 0):,} | {p.get('pruned', 0):,} | "
+            f"{'' if ref is None else f'{ref:.3f}'} | {m['target_efficiency']:.4f} | {m['pixel_target_efficiency']:.4f} | "
+            f"{m['efficiency']:.4f} | {m['purity']:.4f} | {m['edges_per_event']:,.0f} |"
+        )
     return lines
 
 
@@ -210,12 +258,18 @@ def matched_edges(runs: list[dict[str, Any]], budgets: list[float]) -> list[dict
             points = [plain] + [r for r in runs if r["arm"] == arm and r["map_events"] == n]
             points.sort(key=lambda r: r["metrics"]["edges_per_event"])
             edges = np.array([p["metrics"]["edges_per_event"] for p in points])
-            row: dict[str, Any] = {"arm": arm, "map_events": n, "plain_edges_per_event": plain["metrics"]["edges_per_event"]}
+            row: dict[str, Any] = {
+                "arm": arm,
+                "map_events": n,
+                "plain_edges_per_event": plain["metrics"]["edges_per_event"],
+            }
             for budget in budgets:
                 size = budget * plain["metrics"]["edges_per_event"]
                 for key in ("target_efficiency", "pixel_target_efficiency"):
                     values = np.array([p["metrics"][key] for p in points])
-                    row[f"{key}@{budget:g}"] = float(np.interp(size, edges, values)) if edges.min() <= size <= edges.max() else None
+                    row[f"{key}@{budget:g}"] = (
+                        float(np.interp(size, edges, values)) if edges.min() <= size <= edges.max() else None
+                    )
             out.append(row)
     return out
 
@@ -225,7 +279,9 @@ def matched_lines(rows: list[dict[str, Any]], budgets: list[float]) -> list[str]
     lines = [f"| arm | map_events | plain edges / event | {head} |", "| --- | ---: | ---: |" + " ---: |" * len(budgets)]
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
     for r in rows:
-        cells = " | ".join(f"{fmt(r[f'target_efficiency@{b:g}'])} / {fmt(r[f'pixel_target_efficiency@{b:g}'])}" for b in budgets)
+        cells = " | ".join(
+            f"{fmt(r[f'target_efficiency@{b:g}'])} / {fmt(r[f'pixel_target_efficiency@{b:g}'])}" for b in budgets
+        )
         lines.append(f"| {r['arm']} | {r['map_events']} | {r['plain_edges_per_event']:,.0f} | {cells} |")
     return lines
 
@@ -233,31 +289,62 @@ def matched_lines(rows: list[dict[str, Any]], budgets: list[float]) -> list[str]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", type=Path, default=REPO / "runs" / "demo" / "feature_store")
-    parser.add_argument("--base-config", type=Path, default=BASE_CONFIG, help="ModuleMap keys (input_dir, stage_dir, map_events replaced)")
-    parser.add_argument("--tb-config", type=Path, default=REPO / "runs" / "prior_bench" / "tracking_bert.yaml",
-                        help="the trained tracking_bert stage whose table the tb arms use")
-    parser.add_argument("--tb-all-config", type=Path, default=None, help="a whole-detector tracking_bert stage, for tb_all-* arms")
+    parser.add_argument(
+        "--base-config",
+        type=Path,
+        default=BASE_CONFIG,
+        help="ModuleMap keys (input_dir, stage_dir, map_events replaced)",
+    )
+    parser.add_argument(
+        "--tb-config",
+        type=Path,
+        default=REPO / "runs" / "prior_bench" / "tracking_bert.yaml",
+        help="the trained tracking_bert stage whose table the tb arms use",
+    )
+    parser.add_argument(
+        "--tb-all-config", type=Path, default=None, help="a whole-detector tracking_bert stage, for tb_all-* arms"
+    )
     parser.add_argument("--map-events", type=int, nargs="+", default=[5, 20, 90, 360])
     parser.add_argument("--test-events", type=int, default=20)
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS)
-    parser.add_argument("--propose-quantiles", type=float, nargs="+", default=[0.5, 0.1, 0.25, 0.75, 0.9],
-                        help="propose arms run once per value; the first is the main table's")
-    parser.add_argument("--prune-quantiles", type=float, nargs="+", default=[0.1, 0.25, 0.5],
-                        help="prune arms run once per value; the first is the main table's")
+    parser.add_argument(
+        "--propose-quantiles",
+        type=float,
+        nargs="+",
+        default=[0.5, 0.1, 0.25, 0.75, 0.9],
+        help="propose arms run once per value; the first is the main table's",
+    )
+    parser.add_argument(
+        "--prune-quantiles",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.25, 0.5],
+        help="prune arms run once per value; the first is the main table's",
+    )
     parser.add_argument("--prune-max-count", type=int, default=1)
     parser.add_argument("--threshold", choices=("layer_pair", "global"), default="layer_pair")
     parser.add_argument("--head-steps", type=int, default=300)
     parser.add_argument("--head-folds", type=int, default=3)
-    parser.add_argument("--budgets", type=float, nargs="+", default=[1.1, 1.25, 1.5],
-                        help="edges per event, as multiples of the plain map's, at which the propose curves are compared")
+    parser.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        default=[1.1, 1.25, 1.5],
+        help="edges per event, as multiples of the plain map's, at which the propose curves are compared",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "prior_bench")
     args = parser.parse_args()
     started = time.perf_counter()
     arms = {arm: parse_arm(arm) for arm in args.arms}
     main = {None: None, "propose": args.propose_quantiles[0], "prune": args.prune_quantiles[0]}
-    settings = [(name, arm, q) for name, arm in arms.items()
-                for q in ([None] if arm is None else args.propose_quantiles if arm["use"] == "propose" else args.prune_quantiles)]
+    settings = [
+        (name, arm, q)
+        for name, arm in arms.items()
+        for q in (
+            [None] if arm is None else args.propose_quantiles if arm["use"] == "propose" else args.prune_quantiles
+        )
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
 
     tables: dict[str, Path] = {}
@@ -282,17 +369,28 @@ def main() -> None:
     reference_keys: dict[int, np.ndarray] = {}
     largest = max(args.map_events)
     for n in sorted(args.map_events, reverse=True):  # the largest first: it is the reference for the others
-        learn_stage = ModuleMap(build(ModuleMapConfig, {**base, "map_events": n, "stage_dir": str(args.out / "maps" / f"learn_{n}")},
-                                      f"{args.base_config} (map_events {n})"))
+        learn_stage = ModuleMap(
+            build(
+                ModuleMapConfig,
+                {**base, "map_events": n, "stage_dir": str(args.out / "maps" / f"learn_{n}")},
+                f"{args.base_config} (map_events {n})",
+            )
+        )
         t0 = time.perf_counter()
         learner, files = learn_stage.learn()
         learned = learner.arrays(learn_stage.config.window_coverage)
         learn_seconds = time.perf_counter() - t0
-        log(f"map_events {n}: {len(learned['pairs']):,} module pairs learned from {len(files)} events in {learn_seconds:.1f} s")
+        log(
+            f"map_events {n}: {len(learned['pairs']):,} module pairs learned from {len(files)} events in {learn_seconds:.1f} s"
+        )
         if n == largest:
             reference_keys[n] = learned["pairs"][:, 0] * PAIR_SHIFT + learned["pairs"][:, 1]
         for name, arm, quantile in settings:
-            values = {**base, "map_events": n, "stage_dir": str(args.out / "maps" / f"{name}_{quantile}_{n}")}  # not written
+            values = {
+                **base,
+                "map_events": n,
+                "stage_dir": str(args.out / "maps" / f"{name}_{quantile}_{n}"),
+            }  # not written
             if arm is not None:
                 values["prior"] = prior_keys(arm, quantile, args, tables)
             if name == "mincount2":  # the count-only reference for pruning: every pair seen once goes
@@ -303,32 +401,66 @@ def main() -> None:
                 arrays = stage.with_prior(learned)
             prior_seconds = time.perf_counter() - t0
             # the map in memory, as prepare_inference would load it from the saved file (200 maps are 1.3 GB)
-            stage.table = ModuleMapTable(arrays["pairs"], arrays["counts"], arrays["window"], arrays["low"], arrays["high"],
-                                         arrays.get("proposed")).select(stage.config.min_count)
+            stage.table = ModuleMapTable(
+                arrays["pairs"],
+                arrays["counts"],
+                arrays["window"],
+                arrays["low"],
+                arrays["high"],
+                arrays.get("proposed"),
+            ).select(stage.config.min_count)
             metrics = evaluate(stage, events, pixel, stage.config.target_tracks)
             record = json.loads(str(arrays["prior"])) if "prior" in arrays else None
             in_reference = None
             if record is not None and record["proposed"] and n != largest:
                 proposed = arrays["pairs"][arrays["proposed"]]
-                in_reference = float(np.isin(proposed[:, 0] * PAIR_SHIFT + proposed[:, 1], reference_keys[largest]).mean())
+                in_reference = float(
+                    np.isin(proposed[:, 0] * PAIR_SHIFT + proposed[:, 1], reference_keys[largest]).mean()
+                )
             n_pairs = len(stage.table.pairs)
-            runs.append({"arm": name, "quantile": quantile, "main": arm is None or quantile == main[arm["use"]],
-                         "map_events": n, "prior_keys": values.get("prior"), "prior": record,
-                         "pairs": n_pairs, "proposed_in_reference": in_reference,
-                         "learn_seconds": learn_seconds, "prior_seconds": prior_seconds, "metrics": metrics})
+            runs.append(
+                {
+                    "arm": name,
+                    "quantile": quantile,
+                    "main": arm is None or quantile == main[arm["use"]],
+                    "map_events": n,
+                    "prior_keys": values.get("prior"),
+                    "prior": record,
+                    "pairs": n_pairs,
+                    "proposed_in_reference": in_reference,
+                    "learn_seconds": learn_seconds,
+                    "prior_seconds": prior_seconds,
+                    "metrics": metrics,
+                }
+            )
             m = metrics
             shown = "-" if quantile is None else f"{quantile:g}"
-            log(f"  {name:28s} q {shown:<5} pairs {n_pairs:>8,}  eff pT>1 {m['target_efficiency']:.4f}  "
+            log(
+                f"  {name:28s} q {shown:<5} pairs {n_pairs:>8,}  eff pT>1 {m['target_efficiency']:.4f}  "
                 f"pixel {m['pixel_target_efficiency']:.4f}  "
-                f"all {m['efficiency']:.4f}  edges/event {m['edges_per_event']:,.0f}  prior {prior_seconds:.1f} s")
+                f"all {m['efficiency']:.4f}  edges/event {m['edges_per_event']:,.0f}  prior {prior_seconds:.1f} s"
+            )
 
-    runs.sort(key=lambda r: (list(arms).index(r["arm"]), r["quantile"] if r["quantile"] is not None else 0, r["map_events"]))
-    result = {"command": " ".join([".venv/bin/python", *sys.argv]),
-              "argv": sys.argv, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "base_config": base, "tables": table_info, "test_events": [str(p) for p, _ in events],
-              "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                          "cpus": __import__("os").cpu_count()},
-              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": time.perf_counter() - started, "runs": runs}
+    runs.sort(
+        key=lambda r: (list(arms).index(r["arm"]), r["quantile"] if r["quantile"] is not None else 0, r["map_events"])
+    )
+    result = {
+        "command": " ".join([".venv/bin/python", *sys.argv]),
+        "argv": sys.argv,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "base_config": base,
+        "tables": table_info,
+        "test_events": [str(p) for p, _ in events],
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": __import__("os").cpu_count(),
+        },
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "seconds": time.perf_counter() - started,
+        "runs": runs,
+    }
     json_path, png_path = args.out / "module_map_prior.json", args.out / "module_map_prior.png"
     json_path.write_text(json.dumps(result, indent=1, default=float))
     plot(runs, png_path)

@@ -151,7 +151,8 @@ def main() -> None:
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     batches = [
-        {k: v.to(device) for k, v in make_batch(args.batch_size, args.vocab, gen).items()} for _ in range(args.n_batches)
+        {k: v.to(device) for k, v in make_batch(args.batch_size, args.vocab, gen).items()}
+        for _ in range(args.n_batches)
     ]
 
     torch.manual_seed(args.seed)

@@ -27,7 +27,6 @@ sys.path.insert(0, str(REPO))
 from tb_plugin import trackml  # noqa: E402
 from tb_plugin.geometry import Detector  # noqa: E402
 from tb_plugin.simulation import SimulationConfig, simulate_event  # noqa: E402
-from tb_plugin.simulation.kinematics import unpack_particle_id  # noqa: E402
 
 VOLUMES = (7, 8, 9, 12, 13, 14, 16, 17, 18)
 PT_QUANTILES = (0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.99)
@@ -74,8 +73,14 @@ def replay_comparison(simulated: pd.Series, real: pd.Series) -> dict[str, float]
     }
 
 
-def plot(out: Path, sim_particles: list[pd.DataFrame], real_particles: list[pd.DataFrame],
-         sim_hits: dict[str, object], real_hits: dict[str, object], replay: pd.DataFrame) -> list[Path]:
+def plot(
+    out: Path,
+    sim_particles: list[pd.DataFrame],
+    real_particles: list[pd.DataFrame],
+    sim_hits: dict[str, object],
+    real_hits: dict[str, object],
+    replay: pd.DataFrame,
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,8 +131,12 @@ def plot(out: Path, sim_particles: list[pd.DataFrame], real_particles: list[pd.D
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--real", type=Path, default=REPO.parent / "shared" / "trackml",
-                        help="folder with detectors.csv, event*-particles.csv and one event*-hits.csv")
+    parser.add_argument(
+        "--real",
+        type=Path,
+        default=REPO.parent / "shared" / "trackml",
+        help="folder with detectors.csv, event*-particles.csv and one event*-hits.csv",
+    )
     parser.add_argument("--events", type=int, default=4, help="simulated PU200 events to average")
     parser.add_argument("--replay-event", type=int, default=1001, help="real event whose particles are replayed")
     parser.add_argument("--seed", type=int, default=2024)
@@ -140,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no real TrackML files at {args.real}: nothing to compare with", file=sys.stderr)
         return 2
     detector = Detector.from_csv(detector_path)
-    real_particles = [trackml.read_part(path, "particles")
-                      for path in sorted(args.real.glob("event*-particles.csv*"))]
+    real_particles = [trackml.read_part(path, "particles") for path in sorted(args.real.glob("event*-particles.csv*"))]
     hits_path = args.real / f"event{args.replay_event:09d}-hits.csv"
     replay_path = args.real / f"event{args.replay_event:09d}-particles.csv"
     real_hits_frame = trackml.read_part(hits_path, "hits")
@@ -152,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     sim_events = [simulate_event(config, detector, 1000 + i) for i in range(args.events)]
     seconds = time.perf_counter() - started
     sim_particles = [e["particles"] for e in sim_events]
-    sim_hit_rows = [hit_summary(e["hits"], int((e["truth"]["particle_id"] != 0).sum()), len(e["particles"]))
-                    for e in sim_events]
+    sim_hit_rows = [
+        hit_summary(e["hits"], int((e["truth"]["particle_id"] != 0).sum()), len(e["particles"])) for e in sim_events
+    ]
     sim_hits = {
         "hits": float(np.mean([h["hits"] for h in sim_hit_rows])),
         "hits_per_volume": {v: float(np.mean([h["hits_per_volume"][v] for h in sim_hit_rows])) for v in VOLUMES},
@@ -164,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     real_hits = hit_summary(real_hits_frame, int(replay_source["nhits"].sum()), len(replay_source))
 
     replayed = simulate_event(config, detector, args.replay_event, replay=replay_source)
-    replay_hits = hit_summary(replayed["hits"], int((replayed["truth"]["particle_id"] != 0).sum()),
-                              len(replay_source))
+    replay_hits = hit_summary(replayed["hits"], int((replayed["truth"]["particle_id"] != 0).sum()), len(replay_source))
     replay_table = pd.DataFrame({"simulated": replayed["particles"]["nhits"], "real": replay_source["nhits"]})
     replay = replay_comparison(replay_table["simulated"], replay_table["real"])
 
@@ -175,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_simulated_event": round(seconds / args.events, 3),
         "real_particle_files": len(real_particles),
         "simulated": {**particle_summary(sim_particles), **sim_hits},
-        "real": {**particle_summary(real_particles),
-                 **{f"event{args.replay_event}_{k}": v for k, v in real_hits.items()}},
+        "real": {
+            **particle_summary(real_particles),
+            **{f"event{args.replay_event}_{k}": v for k, v in real_hits.items()},
+        },
         "replay": {**replay, **{f"replayed_{k}": v for k, v in replay_hits.items()}},
     }
     (args.out / "simulation_realism.json").write_text(json.dumps(result, indent=2))
@@ -184,8 +194,11 @@ def main(argv: list[str] | None = None) -> int:
 
     sim_p, real_p = particle_summary(sim_particles), particle_summary(real_particles)
     rows = [
-        ("particles per event", f"{sim_p['particles_per_event']:.0f}",
-         f"{real_p['particles_per_event']:.0f} ({len(real_particles)} files)"),
+        (
+            "particles per event",
+            f"{sim_p['particles_per_event']:.0f}",
+            f"{real_p['particles_per_event']:.0f} ({len(real_particles)} files)",
+        ),
         ("pT quantiles 5/10/25/50/75/90/99 %", sim_p["pt_quantiles"], real_p["pt_quantiles"]),
         ("|eta| quantiles 10/25/50/75/90/99 %", sim_p["abs_eta_quantiles"], real_p["abs_eta_quantiles"]),
         ("positive charge", sim_p["positive_fraction"], real_p["positive_fraction"]),
@@ -193,16 +206,29 @@ def main(argv: list[str] | None = None) -> int:
         ("nhits quantiles 10/25/50/75/90/99 %", sim_p["nhits_quantiles"], real_p["nhits_quantiles"]),
         ("particles without hits", sim_p["no_hit_fraction"], real_p["no_hit_fraction"]),
         ("hits per event", f"{sim_hits['hits']:.0f}", f"{real_hits['hits']} (event {args.replay_event})"),
-        ("hits per 1000 particles", f"{sim_hits['hits_per_1000_particles']:.0f}",
-         f"{real_hits['hits_per_1000_particles']:.0f}"),
+        (
+            "hits per 1000 particles",
+            f"{sim_hits['hits_per_1000_particles']:.0f}",
+            f"{real_hits['hits_per_1000_particles']:.0f}",
+        ),
         ("distinct modules hit", f"{sim_hits['distinct_modules']:.0f}", real_hits["distinct_modules"]),
         ("noise fraction", f"{sim_hits['noise_fraction']:.3f}", real_hits["noise_fraction"]),
     ]
     for v in VOLUMES:
-        rows.append((f"hits in volume {v} (replay | event)", f"{replay_hits['hits_per_volume'][v]}",
-                     real_hits["hits_per_volume"][v]))
-    rows.append(("replay hits | distinct modules", f"{replay_hits['hits']} | {replay_hits['distinct_modules']}",
-                 f"{real_hits['hits']} | {real_hits['distinct_modules']}"))
+        rows.append(
+            (
+                f"hits in volume {v} (replay | event)",
+                f"{replay_hits['hits_per_volume'][v]}",
+                real_hits["hits_per_volume"][v],
+            )
+        )
+    rows.append(
+        (
+            "replay hits | distinct modules",
+            f"{replay_hits['hits']} | {replay_hits['distinct_modules']}",
+            f"{real_hits['hits']} | {real_hits['distinct_modules']}",
+        )
+    )
     width = max(len(r[0]) for r in rows) + 2
     print(f"{'quantity':<{width}}{'simulated':<44}real")
     for name, sim_value, real_value in rows:

@@ -48,12 +48,7 @@ import torch  # noqa: E402
 from stages.graph_construction.truth import hit_order  # noqa: E402
 from stages.track_building.connected_components import graph_arrays, hit_particle_ids, track_labels  # noqa: E402
 from stages.track_building.matching import count_matches, match_event  # noqa: E402
-from stages.track_building.walkthrough import (  # noqa: E402
-    chain_groups,
-    event_hit_rank,
-    kept_oriented_edges,
-    walkthrough_labels,
-)
+from stages.track_building.walkthrough import chain_groups, event_hit_rank, kept_oriented_edges, walkthrough_labels  # noqa: E402
 from tb_plugin.event_store import load_event  # noqa: E402
 
 LAYER_R_MM = (32.0, 72.0, 116.0, 172.0, 260.0, 360.0, 500.0, 660.0, 820.0, 1020.0)
@@ -95,8 +90,13 @@ def synthetic_hits(rng: np.random.Generator, tracks: int, layers: int, noise: in
     z = np.concatenate([z, rng.uniform(-1000.0, 1000.0, noise)])
     particle = np.concatenate([track + 1, np.zeros(noise, dtype=np.int64)])
     shuffle = rng.permutation(layer.size)
-    return {"layer": layer[shuffle], "r": r[shuffle], "phi": phi[shuffle], "z": z[shuffle],
-            "particle": particle[shuffle]}
+    return {
+        "layer": layer[shuffle],
+        "r": r[shuffle],
+        "phi": phi[shuffle],
+        "z": z[shuffle],
+        "particle": particle[shuffle],
+    }
 
 
 def true_edges(hits: dict[str, np.ndarray]) -> np.ndarray:
@@ -134,9 +134,13 @@ def synthetic_graph(args: argparse.Namespace) -> dict[str, Any]:
     scores = np.where(is_true, 1.0 - np.abs(rng.normal(0.0, 0.2, keys.size)), np.abs(rng.normal(0.0, 0.3, keys.size)))
     perm = rng.permutation(keys.size)  # no help from a sorted edge list
     return {
-        "edge_index": edge_index[:, perm], "edge_scores": np.clip(scores, 0.0, 1.0).astype(np.float32)[perm],
-        "num_nodes": n, "particle": hits["particle"], "rank": None,
-        "radius2": hits["r"] ** 2 + hits["z"] ** 2, "true_edges": int(is_true.sum()),
+        "edge_index": edge_index[:, perm],
+        "edge_scores": np.clip(scores, 0.0, 1.0).astype(np.float32)[perm],
+        "num_nodes": n,
+        "particle": hits["particle"],
+        "rank": None,
+        "radius2": hits["r"] ** 2 + hits["z"] ** 2,
+        "true_edges": int(is_true.sum()),
     }
 
 
@@ -145,9 +149,13 @@ def saved_graph(path: Path) -> dict[str, Any]:
     data = load_event(path)
     edge_index, edge_scores, num_nodes = graph_arrays(data, path)
     return {
-        "edge_index": edge_index, "edge_scores": edge_scores, "num_nodes": num_nodes,
-        "particle": hit_particle_ids(data), "rank": lambda: event_hit_rank(data, num_nodes, path),
-        "radius2": None, "true_edges": int(data.edge_y.sum()) if "edge_y" in data else None,
+        "edge_index": edge_index,
+        "edge_scores": edge_scores,
+        "num_nodes": num_nodes,
+        "particle": hit_particle_ids(data),
+        "rank": lambda: event_hit_rank(data, num_nodes, path),
+        "radius2": None,
+        "true_edges": int(data.edge_y.sum()) if "edge_y" in data else None,
     }
 
 
@@ -180,10 +188,13 @@ def run(graph: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     rank_of = graph["rank"] or (lambda: hit_order(graph["radius2"]))
     rank_time, rank = timed(rank_of, args.repeats)
     builders = {
-        "walkthrough": lambda: walkthrough_labels(edge_index, scores, n, args.score_cut, args.min_track_length, hit_rank=rank),
+        "walkthrough": lambda: walkthrough_labels(
+            edge_index, scores, n, args.score_cut, args.min_track_length, hit_rank=rank
+        ),
         "connected_components": lambda: track_labels(edge_index, scores, n, args.score_cut, args.min_track_length),
-        "connected_components_chains": lambda: track_labels(edge_index, scores, n, args.score_cut, args.min_track_length,
-                                                            chains=True),
+        "connected_components_chains": lambda: track_labels(
+            edge_index, scores, n, args.score_cut, args.min_track_length, chains=True
+        ),
     }
     results: dict[str, Any] = {"hit_rank": rank_time}
     for name, build in builders.items():
@@ -192,14 +203,21 @@ def run(graph: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name}: {seconds['min_seconds']:.3f} s (median {seconds['median_seconds']:.3f})", file=sys.stderr)
     src, dst, _ = kept_oriented_edges(edge_index, scores, args.score_cut, rank)
     walked = int(chain_groups(src, dst, n)[1].sum())
-    results["graph"] = {"hits": n, "edges": int(edge_index.shape[1]), "true_edges": graph["true_edges"],
-                        "kept_edges": int(src.size), "walked_hits": walked}
+    results["graph"] = {
+        "hits": n,
+        "edges": int(edge_index.shape[1]),
+        "true_edges": graph["true_edges"],
+        "kept_edges": int(src.size),
+        "walked_hits": walked,
+    }
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--graph", type=Path, help="a saved event (edge_index, edge_scores) instead of the synthetic one")
+    parser.add_argument(
+        "--graph", type=Path, help="a saved event (edge_index, edge_scores) instead of the synthetic one"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tracks", type=int, default=11000)
@@ -221,10 +239,16 @@ def main() -> None:
         "graph_source": str(args.graph) if args.graph else "synthetic",
         "graph_build_seconds": built,
         **run(graph, args),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
-                    "torch": torch.__version__, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                    "load_average": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -20,14 +20,18 @@ from tb_plugin.event_store import MissingFieldError, hit_count, require_field
 EDGE_FEATURES = ("dr", "dphi", "dz", "deta", "phislope", "rphislope", "tb_sim")
 
 
-def check_feature_config(node_features: Sequence[str], node_scales: Sequence[float] | None, edge_features: Sequence[str]) -> None:
+def check_feature_config(
+    node_features: Sequence[str], node_scales: Sequence[float] | None, edge_features: Sequence[str]
+) -> None:
     """Config-time checks, so a typo is reported when the YAML is loaded, not mid-training."""
     if not node_features:
         raise ValueError("key 'node_features' must list at least one event field, e.g. [hit_r, hit_phi, hit_z]")
     if node_scales is not None:
         if len(node_scales) != len(node_features):
-            raise ValueError(f"key 'node_scales' has {len(node_scales)} entries but 'node_features' has {len(node_features)}; "
-                             f"give one scale per feature")
+            raise ValueError(
+                f"key 'node_scales' has {len(node_scales)} entries but 'node_features' has {len(node_features)}; "
+                f"give one scale per feature"
+            )
         bad = [s for s in node_scales if not s or not math.isfinite(s)]
         if bad:
             raise ValueError(f"key 'node_scales' must hold finite non-zero numbers, got {bad}")
@@ -36,14 +40,18 @@ def check_feature_config(node_features: Sequence[str], node_scales: Sequence[flo
         raise ValueError(f"key 'edge_features' has unknown feature(s) {unknown}. Allowed: {', '.join(EDGE_FEATURES)}")
 
 
-def node_feature_matrix(data: Data, names: Sequence[str], scales: Sequence[float] | None, source: str | Path) -> torch.Tensor:
+def node_feature_matrix(
+    data: Data, names: Sequence[str], scales: Sequence[float] | None, source: str | Path
+) -> torch.Tensor:
     """[N, F]: the listed fields, scaled, side by side (an [N, D] field contributes D columns)."""
     columns = []
     n = hit_count(data)
     for i, name in enumerate(names):
         value = require_field(data, name, source).float()
         if value.shape[0] != n or value.dim() > 2:
-            raise ValueError(f"{source}: node feature '{name}' has shape {tuple(value.shape)}, expected [{n}] or [{n}, D]")
+            raise ValueError(
+                f"{source}: node feature '{name}' has shape {tuple(value.shape)}, expected [{n}] or [{n}, D]"
+            )
         scale = 1.0 if scales is None else float(scales[i])
         columns.append((value if value.dim() == 2 else value[:, None]) / scale)  # [N, d]
     return torch.cat(columns, dim=1)  # [N, F]
@@ -86,7 +94,9 @@ def edge_feature_matrix(data: Data, edge_index: torch.Tensor, names: Sequence[st
             columns.append(slope if name == "phislope" else slope * 0.5 * (r[src] + r[dst]))
         elif name == "tb_sim":
             if "hit_tb_emb" not in data:
-                raise MissingFieldError(f"{source}: edge feature 'tb_sim' needs the field 'hit_tb_emb' (run the tracking_bert stage first)")
+                raise MissingFieldError(
+                    f"{source}: edge feature 'tb_sim' needs the field 'hit_tb_emb' (run the tracking_bert stage first)"
+                )
             emb = data.hit_tb_emb.float()  # [N, D]
             columns.append(torch.nn.functional.cosine_similarity(emb[src], emb[dst], dim=1))
         else:

@@ -37,7 +37,9 @@ def track_field(name: str) -> str:
     return f"track_particle_{name}" if name in SHORT_NAMES else name
 
 
-def target_conditions(target_tracks: Mapping[str, Any] | Sequence[Condition] | None, where: str = "key 'target_tracks'") -> list[Condition]:
+def target_conditions(
+    target_tracks: Mapping[str, Any] | Sequence[Condition] | None, where: str = "key 'target_tracks'"
+) -> list[Condition]:
     """Parsed conditions on the track_* fields, from a YAML mapping or already parsed conditions."""
     if not target_tracks:
         return []
@@ -48,7 +50,9 @@ def target_conditions(target_tracks: Mapping[str, Any] | Sequence[Condition] | N
     return [Condition(track_field(c.field), c.op, c.value) for c in conditions]
 
 
-def target_truth_mask(data: Data, conditions: Mapping[str, Any] | Sequence[Condition] | None, source: str = "event") -> torch.Tensor:
+def target_truth_mask(
+    data: Data, conditions: Mapping[str, Any] | Sequence[Condition] | None, source: str = "event"
+) -> torch.Tensor:
     """bool [T]: the truth edges whose particle passes `target_tracks` (ACORN syntax, pT in MeV).
 
     No conditions select every truth edge (ACORN's default). A condition on a field the event lacks
@@ -56,8 +60,14 @@ def target_truth_mask(data: Data, conditions: Mapping[str, Any] | Sequence[Condi
     """
     track_edges = require_field(data, "track_edges", source)
     n_truth = int(track_edges.shape[1])
-    fields = {k: data[k] for k in data.keys()
-              if k.startswith("track_") and k != "track_edges" and torch.is_tensor(data[k]) and data[k].shape[:1] == (n_truth,)}
+    fields = {
+        k: data[k]
+        for k in data.keys()
+        if k.startswith("track_")
+        and k != "track_edges"
+        and torch.is_tensor(data[k])
+        and data[k].shape[:1] == (n_truth,)
+    }
     return select(fields, target_conditions(conditions), n_truth, str(source))
 
 
@@ -91,8 +101,13 @@ class GraphCounts:
     n_events: int = 0
 
     def __add__(self, other: GraphCounts) -> GraphCounts:
-        return GraphCounts(self.n_true + other.n_true, self.n_found + other.n_found, self.n_edges + other.n_edges,
-                           self.n_true_edges + other.n_true_edges, self.n_events + other.n_events)
+        return GraphCounts(
+            self.n_true + other.n_true,
+            self.n_found + other.n_found,
+            self.n_edges + other.n_edges,
+            self.n_true_edges + other.n_true_edges,
+            self.n_events + other.n_events,
+        )
 
     def rates(self) -> dict[str, Any]:
         """efficiency, purity (None where the denominator is 0) with the counts and edges per event."""
@@ -108,25 +123,34 @@ class GraphCounts:
         }
 
 
-def graph_counts(track_to_edge_map: ArrayLike, target_mask: ArrayLike | None, edge_y: ArrayLike,
-                 kept: ArrayLike | None = None) -> GraphCounts:
+def graph_counts(
+    track_to_edge_map: ArrayLike, target_mask: ArrayLike | None, edge_y: ArrayLike, kept: ArrayLike | None = None
+) -> GraphCounts:
     """Counts of one event; `target_mask` [T] None means every truth edge is a target."""
     found = truth_edge_found(track_to_edge_map, kept)  # [T]
     target = np.ones_like(found) if target_mask is None else _np(target_mask).astype(bool)
     if target.shape != found.shape:
-        raise ValueError(f"target_mask has shape {target.shape} but track_to_edge_map has shape {found.shape}; they must match")
+        raise ValueError(
+            f"target_mask has shape {target.shape} but track_to_edge_map has shape {found.shape}; they must match"
+        )
     edge_y = _np(edge_y).astype(bool)  # [E]
     if kept is not None:
         kept = _np(kept).astype(bool)
         if kept.shape != edge_y.shape:
             raise ValueError(f"kept has shape {kept.shape} but edge_y has shape {edge_y.shape}; they must match")
         edge_y = edge_y[kept]
-    return GraphCounts(n_true=int(target.sum()), n_found=int((found & target).sum()), n_edges=int(edge_y.size),
-                       n_true_edges=int(edge_y.sum()), n_events=1)
+    return GraphCounts(
+        n_true=int(target.sum()),
+        n_found=int((found & target).sum()),
+        n_edges=int(edge_y.size),
+        n_true_edges=int(edge_y.sum()),
+        n_events=1,
+    )
 
 
-def graph_efficiency_purity(track_to_edge_map: ArrayLike, target_mask: ArrayLike | None, edge_y: ArrayLike,
-                            kept: ArrayLike | None = None) -> dict[str, Any]:
+def graph_efficiency_purity(
+    track_to_edge_map: ArrayLike, target_mask: ArrayLike | None, edge_y: ArrayLike, kept: ArrayLike | None = None
+) -> dict[str, Any]:
     """efficiency, purity, n_true, n_found, n_edges, n_true_edges, ... of one event (see GraphCounts)."""
     return graph_counts(track_to_edge_map, target_mask, edge_y, kept).rates()
 
@@ -164,7 +188,9 @@ class GraphEvaluation:
         self.found.append(truth_edge_found(mapping, kept))
         self.is_target.append(_np(target).astype(bool))
         nan = np.full(n, np.nan)
-        self.pt_gev.append(_np(data.track_particle_pt).astype(np.float64) / 1000.0 if "track_particle_pt" in data else nan)
+        self.pt_gev.append(
+            _np(data.track_particle_pt).astype(np.float64) / 1000.0 if "track_particle_pt" in data else nan
+        )
         self.eta.append(_np(data.track_particle_eta).astype(np.float64) if "track_particle_eta" in data else nan)
 
     def metrics(self) -> dict[str, Any]:
@@ -202,7 +228,11 @@ class GraphEvaluation:
         written = []
         for series, bins, xlabel, path, logx in plots:
             try:
-                written.append(plot_efficiency_curves(series, bins, xlabel, path, logx=logx, title=f"{title}: truth edges in the graph"))
+                written.append(
+                    plot_efficiency_curves(
+                        series, bins, xlabel, path, logx=logx, title=f"{title}: truth edges in the graph"
+                    )
+                )
             except ValueError as err:  # a plot must never cost the metrics that are written after it
                 log.warning("%s: plot not written: %s", path, err)
         return written

@@ -52,8 +52,10 @@ class InferenceChain:
             raise ValueError("an inference chain needs at least one stage")
         later_readers = [s.config.model for s in stages[1:] if s.config.stage == READING_STAGE]
         if later_readers:
-            raise ValueError(f"data reading ({', '.join(later_readers)}) can only be the first stage of a chain: it reads "
-                             "files, it does not add to an event")
+            raise ValueError(
+                f"data reading ({', '.join(later_readers)}) can only be the first stage of a chain: it reads "
+                "files, it does not add to an event"
+            )
         self.stages = list(stages)
         self.stage_names = unique_names([s.config.stage for s in self.stages])
         self.starts_from_files = self.stages[0].config.stage == READING_STAGE
@@ -64,8 +66,10 @@ class InferenceChain:
         None when the chain starts with data reading and `source` is the event's TrackML prefix."""
         source = Path(source)
         if data is None and not self.starts_from_files:
-            raise ValueError(f"{source}: the chain starts with {self.stage_names[0]}, which adds to a loaded event; "
-                             "pass the event's Data (or put data reading first to start from its TrackML files)")
+            raise ValueError(
+                f"{source}: the chain starts with {self.stage_names[0]}, which adds to a loaded event; "
+                "pass the event's Data (or put data reading first to start from its TrackML files)"
+            )
         event = None if data is None else copy.copy(data)
         seconds: dict[str, float] = {}
         for name, process in zip(self.stage_names, self.processors):

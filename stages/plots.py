@@ -18,8 +18,7 @@ from matplotlib.figure import Figure
 from tb_plugin.atomic import atomic_path
 
 DPI = 100
-COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf")
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
 
 # One series: (x values, per-entry pass flags). A mapping gives each series its legend label.
@@ -56,7 +55,9 @@ def wilson_interval(passed: np.ndarray, total: np.ndarray, z: float = 1.0) -> tu
     return eff, lower, upper
 
 
-def binned_efficiency(x: np.ndarray, passed: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def binned_efficiency(
+    x: np.ndarray, passed: np.ndarray, bins: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(efficiency, lower, upper, entries) per bin; entries outside the bins or with NaN x are dropped."""
     x = np.asarray(x, dtype=np.float64)
     passed = np.asarray(passed, dtype=bool)
@@ -68,7 +69,9 @@ def binned_efficiency(x: np.ndarray, passed: np.ndarray, bins: np.ndarray) -> tu
     return eff, lo, hi, total
 
 
-def _as_series(series: Mapping[str, EfficiencySeries] | Sequence[EfficiencySeries]) -> list[tuple[str, EfficiencySeries]]:
+def _as_series(
+    series: Mapping[str, EfficiencySeries] | Sequence[EfficiencySeries],
+) -> list[tuple[str, EfficiencySeries]]:
     if isinstance(series, Mapping):
         return [(str(label), s) for label, s in series.items()]
     return [("" if len(series) == 1 else f"series {i}", s) for i, s in enumerate(series)]
@@ -106,8 +109,13 @@ def plot_efficiency_curves(
         else:
             xs = centres + nudge * (bins[1:] - bins[:-1])
         ax.errorbar(
-            xs[shown], eff[shown], yerr=[eff[shown] - lo[shown], hi[shown] - eff[shown]],
-            fmt=MARKERS[i % len(MARKERS)], color=COLOURS[i % len(COLOURS)], markersize=4, capsize=2,
+            xs[shown],
+            eff[shown],
+            yerr=[eff[shown] - lo[shown], hi[shown] - eff[shown]],
+            fmt=MARKERS[i % len(MARKERS)],
+            color=COLOURS[i % len(COLOURS)],
+            markersize=4,
+            capsize=2,
             label=f"{label} ({int(total.sum())} entries)" if label else None,
         )
     if logx:
@@ -159,8 +167,15 @@ def plot_histograms(
     ax = fig.add_subplot()
     for i, (label, values) in enumerate(series.items()):
         values = np.asarray(values, dtype=np.float64)
-        ax.hist(values[np.isfinite(values)], bins=bins, histtype="step", density=density, linewidth=1.5,
-                color=COLOURS[i % len(COLOURS)], label=f"{label} ({values.size})")
+        ax.hist(
+            values[np.isfinite(values)],
+            bins=bins,
+            histtype="step",
+            density=density,
+            linewidth=1.5,
+            color=COLOURS[i % len(COLOURS)],
+            label=f"{label} ({values.size})",
+        )
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)

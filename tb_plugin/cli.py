@@ -57,15 +57,21 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     n_events = args.events
     if n_events is None:
         if args.particles is None:
-            raise ConfigError("tb simulate: --events is required (the number of events to simulate); only a replay "
-                              "(--particles FILE) defaults to one event")
+            raise ConfigError(
+                "tb simulate: --events is required (the number of events to simulate); only a replay "
+                "(--particles FILE) defaults to one event"
+            )
         n_events = 1  # a replay is one event unless asked for more
     if args.particles is not None:
         if not args.particles.is_file():
-            raise FileNotFoundError(f"tb simulate: --particles {args.particles}: file not found (expected an event...-particles.csv)")
+            raise FileNotFoundError(
+                f"tb simulate: --particles {args.particles}: file not found (expected an event...-particles.csv)"
+            )
         read_part(args.particles, "particles")  # a malformed file is refused before anything is written
     detector = Detector.from_csv(args.detector) if args.detector else Detector.builtin()
-    options = dict(n_events=n_events, pileup=args.pileup, seed=args.seed, first_event=args.first_event, with_cells=args.cells)
+    options = dict(
+        n_events=n_events, pileup=args.pileup, seed=args.seed, first_event=args.first_event, with_cells=args.cells
+    )
     if args.inefficiency is not None:
         options["hit_inefficiency"] = args.inefficiency
     if args.noise_fraction is not None:
@@ -85,7 +91,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     stage = load_stage(args.config)
     if not stage.trainable:
-        raise ConfigError(f"{args.config}: stage '{stage.config.stage}' model '{stage.config.model}' has nothing to train; use 'tb infer'")
+        raise ConfigError(
+            f"{args.config}: stage '{stage.config.stage}' model '{stage.config.model}' has nothing to train; use 'tb infer'"
+        )
     stage.train(checkpoint=Path(args.checkpoint) if args.checkpoint else None)
 
 
@@ -118,7 +126,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     stage = load_stage(args.config)
     if not hasattr(stage, "export"):
-        raise ConfigError(f"{args.config}: stage '{stage.config.stage}' has no embeddings to export (use a tracking_bert config)")
+        raise ConfigError(
+            f"{args.config}: stage '{stage.config.stage}' has no embeddings to export (use a tracking_bert config)"
+        )
     stage.export(args.format, Path(args.out) if args.out else None)
 
 
@@ -136,7 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="write simulated TrackML events (the built-in data)")
-    sim.add_argument("--events", type=int, help="number of events (required, except with --particles: a replay is one event by default)")
+    sim.add_argument(
+        "--events",
+        type=int,
+        help="number of events (required, except with --particles: a replay is one event by default)",
+    )
     sim.add_argument("--pileup", type=float, default=200.0, help="mean pp interactions per event (default 200)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--out", required=True, help="output folder")
@@ -150,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a stage from its YAML config")
     train.add_argument("config")
-    train.add_argument("--checkpoint", help="resume from this checkpoint (default: the last one in stage_dir/artifacts)")
+    train.add_argument(
+        "--checkpoint", help="resume from this checkpoint (default: the last one in stage_dir/artifacts)"
+    )
     train.set_defaults(func=cmd_train)
 
     infer = sub.add_parser("infer", help="run a stage over its input events")
@@ -169,10 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ab = sub.add_parser("ab", help="A/B: the baseline pipeline against the same pipeline with TrackingBERT features")
     ab.add_argument("config", help="the A/B config (configs/ab/demo.yaml)")
-    ab.add_argument("--low-label", action="store_true", help="also run the low-label sweep of the config's low_label section")
+    ab.add_argument(
+        "--low-label", action="store_true", help="also run the low-label sweep of the config's low_label section"
+    )
     ab.set_defaults(func=cmd_ab)
 
-    export = sub.add_parser("export", help="write the module embedding table and vocabulary of a trained tracking_bert stage")
+    export = sub.add_parser(
+        "export", help="write the module embedding table and vocabulary of a trained tracking_bert stage"
+    )
     export.add_argument("config")
     export.add_argument("--format", choices=("csv", "npz", "pt"), default="csv")
     export.add_argument("--out", help="output folder (default: stage_dir/export)")
@@ -185,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         args.func(args)
     except _user_errors() as err:

@@ -69,7 +69,9 @@ def parse_condition(field: str, spec: Any, where: str) -> Condition:
             op, value = spec
             if op not in OPERATORS[1:]:
                 allowed = ", ".join(OPERATORS[1:])
-                raise ConfigError(f"{where}: unknown operator '{op}'. Allowed: {allowed}, or [lo, hi], or a single value")
+                raise ConfigError(
+                    f"{where}: unknown operator '{op}'. Allowed: {allowed}, or [lo, hi], or a single value"
+                )
             if op in ("within", "not_within"):
                 return Condition(field, op, _as_range(value, where))
             if op in ("in", "not_in"):
@@ -97,6 +99,8 @@ def select(fields: Mapping[str, torch.Tensor], conditions: list[Condition], size
     for condition in conditions:
         if condition.field not in fields:
             available = ", ".join(sorted(fields))
-            raise MissingFieldError(f"{source}: condition on '{condition.field}', which the event does not have. Available: {available}")
+            raise MissingFieldError(
+                f"{source}: condition on '{condition.field}', which the event does not have. Available: {available}"
+            )
         mask &= condition.mask(fields[condition.field])
     return mask

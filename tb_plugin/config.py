@@ -61,8 +61,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except _RepeatedKey as err:
-        raise ConfigError(f"{path}: key '{err.key}' appears twice, at lines {err.first_line} and {err.second_line} "
-                          f"(YAML would keep only the last); remove one") from None
+        raise ConfigError(
+            f"{path}: key '{err.key}' appears twice, at lines {err.first_line} and {err.second_line} "
+            f"(YAML would keep only the last); remove one"
+        ) from None
     except yaml.YAMLError as err:
         where = ""
         mark = getattr(err, "problem_mark", None)

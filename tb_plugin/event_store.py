@@ -98,8 +98,10 @@ def check_splits(stage_dir: str | Path) -> None:
         for path in files:
             first = seen.setdefault(event_number(path), path)
             if first.parent != path.parent:
-                raise SplitError(f"{first} and {path}: event {event_number(path):09d} sits in two splits of {stage_dir}; "
-                                 f"rerun the stage that wrote {stage_dir} with --overwrite, or delete the folder and run it again")
+                raise SplitError(
+                    f"{first} and {path}: event {event_number(path):09d} sits in two splits of {stage_dir}; "
+                    f"rerun the stage that wrote {stage_dir} with --overwrite, or delete the folder and run it again"
+                )
     recorded = read_split_record(stage_dir)
     if recorded is None:
         return
@@ -107,8 +109,10 @@ def check_splits(stage_dir: str | Path) -> None:
         split = recorded.get(event_id)
         if split != path.parent.name:
             where = f"puts event {event_id:09d} in {split}" if split else f"has no event {event_id:09d}"
-            raise SplitError(f"{path}: {stage_dir / SPLITS_FILE} {where}; rerun data reading on {stage_dir} with --overwrite, "
-                             f"or delete the folder and run it again")
+            raise SplitError(
+                f"{path}: {stage_dir / SPLITS_FILE} {where}; rerun data reading on {stage_dir} with --overwrite, "
+                f"or delete the folder and run it again"
+            )
 
 
 def read_split_record(stage_dir: str | Path) -> dict[int, str] | None:
@@ -121,14 +125,20 @@ def read_split_record(stage_dir: str | Path) -> dict[int, str] | None:
         splits = record["splits"] if record.get("format") == SPLITS_FORMAT else None
         return {int(event_id): split for split in SPLITS for event_id in splits[split]}
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-        raise SplitError(f"{path}: not a split record (expected JSON of format '{SPLITS_FORMAT}'); "
-                         f"rerun data reading on {path.parent} with --overwrite") from None
+        raise SplitError(
+            f"{path}: not a split record (expected JSON of format '{SPLITS_FORMAT}'); "
+            f"rerun data reading on {path.parent} with --overwrite"
+        ) from None
 
 
 def write_split_record(stage_dir: str | Path, assignment: dict[str, list[int]], origin: dict[str, Any]) -> Path:
     """stage_dir/splits.json: the event ids of each split and what decided them (`origin`: input_dir, seed, data_split)."""
     path = Path(stage_dir) / SPLITS_FILE
-    record = {"format": SPLITS_FORMAT, **origin, "splits": {split: sorted(int(e) for e in assignment[split]) for split in SPLITS}}
+    record = {
+        "format": SPLITS_FORMAT,
+        **origin,
+        "splits": {split: sorted(int(e) for e in assignment[split]) for split in SPLITS},
+    }
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record) + "\n")
     return path
@@ -176,9 +186,11 @@ def load_event(path: str | Path) -> Data:
             f"{path}: refused to load: the file needs objects outside the PyG Data classes allowed for "
             f"event files ({unpickling_reason(err)})"
         ) from None
-    except Exception as err:  # noqa: BLE001 - torch's unpickler fails on garbage bytes with any of many errors (KeyError, ...)
+    except Exception as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise EventFileError(f"{path}: not a readable event file (truncated or corrupt?): {type(err).__name__} {detail}".rstrip()) from None
+        raise EventFileError(
+            f"{path}: not a readable event file (truncated or corrupt?): {type(err).__name__} {detail}".rstrip()
+        ) from None
     if not isinstance(data, Data):
         raise EventFileError(f"{path}: expected a torch_geometric Data object, found {type(data).__name__}")
     return data

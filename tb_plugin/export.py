@@ -26,7 +26,9 @@ def embedding_table(token_embeddings: torch.Tensor, tokenizer: ModuleTokenizer) 
     return {**ids, "token": tokens, "embedding": token_embeddings.detach().float().cpu().numpy()[tokens]}  # [K, D]
 
 
-def export_embeddings(token_embeddings: torch.Tensor, tokenizer: ModuleTokenizer, out_dir: str | Path, fmt: ExportFormat) -> list[Path]:
+def export_embeddings(
+    token_embeddings: torch.Tensor, tokenizer: ModuleTokenizer, out_dir: str | Path, fmt: ExportFormat
+) -> list[Path]:
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'. Allowed: {', '.join(FORMATS)}")
     out_dir = Path(out_dir)

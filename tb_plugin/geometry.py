@@ -33,9 +33,15 @@ log = logging.getLogger(__name__)
 ID_COLUMNS = ("volume_id", "layer_id", "module_id")
 CENTER_COLUMNS = ("cx", "cy", "cz")
 ROTATION_COLUMNS = (
-    "rot_xu", "rot_xv", "rot_xw",
-    "rot_yu", "rot_yv", "rot_yw",
-    "rot_zu", "rot_zv", "rot_zw",
+    "rot_xu",
+    "rot_xv",
+    "rot_xw",
+    "rot_yu",
+    "rot_yv",
+    "rot_yw",
+    "rot_zu",
+    "rot_zv",
+    "rot_zw",
 )  # row-major: rot_<global axis><local axis>
 SIZE_COLUMNS = ("module_t", "module_minhu", "module_maxhu", "module_hv", "pitch_u", "pitch_v")
 CSV_COLUMNS = ID_COLUMNS + CENTER_COLUMNS + ROTATION_COLUMNS + SIZE_COLUMNS
@@ -48,8 +54,19 @@ _ID_BITS = 20
 _ID_LIMIT = 1 << _ID_BITS
 _HASH_DECIMALS = 4  # centres and rotations are hashed rounded to 1e-4 (mm, or unitless)
 _UNKNOWN_SHOWN = 5
-_ARRAY_FIELDS = ("volume_id", "layer_id", "module_id", "center", "rotation", "thickness",
-                 "min_hu", "max_hu", "hv", "pitch_u", "pitch_v")
+_ARRAY_FIELDS = (
+    "volume_id",
+    "layer_id",
+    "module_id",
+    "center",
+    "rotation",
+    "thickness",
+    "min_hu",
+    "max_hu",
+    "hv",
+    "pitch_u",
+    "pitch_v",
+)
 
 
 class DetectorFormatError(ValueError):
@@ -134,7 +151,7 @@ class Detector:
         hv: np.ndarray,
         pitch_u: np.ndarray,
         pitch_v: np.ndarray,
-    ) -> "Detector":
+    ) -> Detector:
         """Build from arrays in any row order: sorts into the dense-index order, copies, fixes dtypes."""
         volume_id = np.asarray(volume_id, dtype=np.int32)
         layer_id = np.asarray(layer_id, dtype=np.int32)
@@ -159,7 +176,7 @@ class Detector:
         )
 
     @classmethod
-    def from_csv(cls, path: str | os.PathLike) -> "Detector":
+    def from_csv(cls, path: str | os.PathLike) -> Detector:
         """Read a TrackML detectors.csv (or .csv.gz), checking what a silent misread would corrupt."""
         path = Path(path)
         try:
@@ -196,7 +213,7 @@ class Detector:
         )
 
     @classmethod
-    def builtin(cls) -> "Detector":
+    def builtin(cls) -> Detector:
         """The generated TrackML-like detector, for users without the real file (built once per process)."""
         return _builtin_detector()
 
@@ -253,8 +270,16 @@ class Detector:
             digest.update(b"tb_plugin.Detector/v1")
             for ids in (self.volume_id, self.layer_id, self.module_id):
                 digest.update(np.ascontiguousarray(ids, dtype="<i4").tobytes())
-            for values in (self.center, self.rotation, self.thickness, self.min_hu, self.max_hu,
-                           self.hv, self.pitch_u, self.pitch_v):
+            for values in (
+                self.center,
+                self.rotation,
+                self.thickness,
+                self.min_hu,
+                self.max_hu,
+                self.hv,
+                self.pitch_u,
+                self.pitch_v,
+            ):
                 rounded = np.round(values, _HASH_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
                 digest.update(np.ascontiguousarray(rounded, dtype="<f8").tobytes())
             self._hash.append(digest.hexdigest())
@@ -275,11 +300,13 @@ class Detector:
         idx = self.index(volume_id, layer_id, module_id)
         unknown = idx < 0
         if unknown.any():
-            v, lay, m = (np.broadcast_to(np.asarray(a), idx.shape)[unknown]
-                         for a in (volume_id, layer_id, module_id))
-            shown = ", ".join(f"({a}, {b}, {c})" for a, b, c in
-                              zip(v[:_UNKNOWN_SHOWN].tolist(), lay[:_UNKNOWN_SHOWN].tolist(),
-                                  m[:_UNKNOWN_SHOWN].tolist()))
+            v, lay, m = (np.broadcast_to(np.asarray(a), idx.shape)[unknown] for a in (volume_id, layer_id, module_id))
+            shown = ", ".join(
+                f"({a}, {b}, {c})"
+                for a, b, c in zip(
+                    v[:_UNKNOWN_SHOWN].tolist(), lay[:_UNKNOWN_SHOWN].tolist(), m[:_UNKNOWN_SHOWN].tolist()
+                )
+            )
             more = f" and {int(unknown.sum()) - _UNKNOWN_SHOWN} more" if unknown.sum() > _UNKNOWN_SHOWN else ""
             raise UnknownModuleError(
                 f"{int(unknown.sum())} unknown (volume_id, layer_id, module_id) of {idx.size} looked up: "
@@ -341,16 +368,24 @@ class Detector:
     def layers(self) -> pd.DataFrame:
         """One row per (volume_id, layer_id): kind, module count, extent of module centres, mean position."""
         r = np.hypot(self.center[:, 0], self.center[:, 1])  # [M]
-        table = pd.DataFrame({
-            "volume_id": self.volume_id, "layer_id": self.layer_id, "r": r, "z": self.center[:, 2],
-            "thickness": self.thickness,
-        })
+        table = pd.DataFrame(
+            {
+                "volume_id": self.volume_id,
+                "layer_id": self.layer_id,
+                "r": r,
+                "z": self.center[:, 2],
+                "thickness": self.thickness,
+            }
+        )
         grouped = table.groupby(["volume_id", "layer_id"], sort=True)
         out = grouped.agg(
             n_modules=("r", "size"),
-            r_min=("r", "min"), r_max=("r", "max"),
-            z_min=("z", "min"), z_max=("z", "max"),
-            r_mean=("r", "mean"), z_mean=("z", "mean"),
+            r_min=("r", "min"),
+            r_max=("r", "max"),
+            z_min=("z", "min"),
+            z_max=("z", "max"),
+            r_mean=("r", "mean"),
+            z_mean=("z", "mean"),
             thickness=("thickness", "mean"),
         ).reset_index()
         barrel = out["volume_id"].isin(BARREL_VOLUMES).to_numpy()
@@ -462,14 +497,20 @@ class _BarrelLayer:
 
 _BARREL_LAYERS = (
     # volume 8: pixel barrel, 16..78 x 14 modules of 16.8 x 72 mm
-    *(_BarrelLayer(8, lay, r, n_phi, 14, 70.0, 0.25, 0.14, 8.4, 36.0, _PIXEL)
-      for lay, r, n_phi in ((2, 32.0, 16), (4, 72.0, 32), (6, 116.0, 52), (8, 172.0, 78))),
+    *(
+        _BarrelLayer(8, lay, r, n_phi, 14, 70.0, 0.25, 0.14, 8.4, 36.0, _PIXEL)
+        for lay, r, n_phi in ((2, 32.0, 16), (4, 72.0, 32), (6, 116.0, 52), (8, 172.0, 78))
+    ),
     # volume 13: short-strip barrel, 48 x 108 mm modules, 21 z-rings
-    *(_BarrelLayer(13, lay, r, n_phi, 21, 103.0, 1.5, -0.15, 24.0, 54.0, _SHORT_STRIP)
-      for lay, r, n_phi in ((2, 260.0, 40), (4, 360.0, 56), (6, 500.0, 78), (8, 660.0, 102))),
+    *(
+        _BarrelLayer(13, lay, r, n_phi, 21, 103.0, 1.5, -0.15, 24.0, 54.0, _SHORT_STRIP)
+        for lay, r, n_phi in ((2, 260.0, 40), (4, 360.0, 56), (6, 500.0, 78), (8, 660.0, 102))
+    ),
     # volume 17: long-strip barrel, same module size with longer strips
-    *(_BarrelLayer(17, lay, r, n_phi, 21, 103.0, 1.5, -0.15, 24.0, 54.0, _LONG_STRIP_BARREL)
-      for lay, r, n_phi in ((2, 820.0, 120), (4, 1020.0, 152))),
+    *(
+        _BarrelLayer(17, lay, r, n_phi, 21, 103.0, 1.5, -0.15, 24.0, 54.0, _LONG_STRIP_BARREL)
+        for lay, r, n_phi in ((2, 820.0, 120), (4, 1020.0, 152))
+    ),
 )
 
 # Endcap disk: concentric rings of trapezoids pointing at the beam (narrow end, min_hu, inwards).
@@ -502,19 +543,34 @@ class _EndcapSet:
 
 _STRIP_DISKS = (1220.0, 1500.0, 1800.0, 2150.0, 2550.0, 2950.0)
 _ENDCAP_SETS = (
-    _EndcapSet(7, 9, (600.0, 700.0, 820.0, 960.0, 1100.0, 1300.0, 1500.0), 36.0, (
-        _Ring(66.0, 40, 8.4, 8.4, (2.5, -2.0, 2.0, -2.5)),
-        _Ring(140.0, 68, 8.4, 8.4, (2.0, -2.0)),
-    ), _PIXEL),
-    _EndcapSet(12, 14, _STRIP_DISKS, 78.0, (
-        _Ring(318.0, 54, 16.4, 24.2, (-1.5, -4.5)),
-        _Ring(470.0, 56, 24.2, 32.2, (4.5, 1.5)),
-        _Ring(622.0, 60, 32.2, 40.0, (-1.5, -4.5)),
-    ), _SHORT_STRIP),
-    _EndcapSet(16, 18, _STRIP_DISKS, 78.0, (
-        _Ring(828.0, 48, 54.0, 64.2, (-2.5, -5.5)),
-        _Ring(942.0, 50, 66.0, 72.0, (5.5, 2.5)),
-    ), _LONG_STRIP_ENDCAP),
+    _EndcapSet(
+        7,
+        9,
+        (600.0, 700.0, 820.0, 960.0, 1100.0, 1300.0, 1500.0),
+        36.0,
+        (_Ring(66.0, 40, 8.4, 8.4, (2.5, -2.0, 2.0, -2.5)), _Ring(140.0, 68, 8.4, 8.4, (2.0, -2.0))),
+        _PIXEL,
+    ),
+    _EndcapSet(
+        12,
+        14,
+        _STRIP_DISKS,
+        78.0,
+        (
+            _Ring(318.0, 54, 16.4, 24.2, (-1.5, -4.5)),
+            _Ring(470.0, 56, 24.2, 32.2, (4.5, 1.5)),
+            _Ring(622.0, 60, 32.2, 40.0, (-1.5, -4.5)),
+        ),
+        _SHORT_STRIP,
+    ),
+    _EndcapSet(
+        16,
+        18,
+        _STRIP_DISKS,
+        78.0,
+        (_Ring(828.0, 48, 54.0, 64.2, (-2.5, -5.5)), _Ring(942.0, 50, 66.0, 72.0, (5.5, 2.5))),
+        _LONG_STRIP_ENDCAP,
+    ),
 )
 
 
@@ -542,11 +598,14 @@ def _barrel_layer_arrays(layer: _BarrelLayer) -> dict[str, np.ndarray]:
     u = np.cross(v, w)  # [K, 3]
     k = len(phi)
     return {
-        "volume_id": np.full(k, layer.volume_id), "layer_id": np.full(k, layer.layer_id),
+        "volume_id": np.full(k, layer.volume_id),
+        "layer_id": np.full(k, layer.layer_id),
         "module_id": 1 + iz * layer.n_phi + iphi,
         "center": np.stack([radius * np.cos(phi), radius * np.sin(phi), z], axis=1),  # [K, 3]
         "rotation": _frames(u, v, w),
-        "min_hu": np.full(k, layer.hu), "max_hu": np.full(k, layer.hu), "hv": np.full(k, layer.hv),
+        "min_hu": np.full(k, layer.hu),
+        "max_hu": np.full(k, layer.hu),
+        "hv": np.full(k, layer.hv),
         **_sensor_arrays(layer.sensor, k),
     }
 
@@ -558,9 +617,17 @@ def _endcap_disk_arrays(endcaps: _EndcapSet, volume_id: int, layer_id: int, disk
     for ring_number, ring in enumerate(endcaps.rings):
         iphi = np.arange(ring.n_phi)
         offsets = np.resize(np.asarray(ring.z_offsets), ring.n_phi)  # [n] cycled along phi
-        parts.append((_ring_phi(ring.n_phi), np.full(ring.n_phi, ring.radius), disk_z + side * offsets,
-                      np.full(ring.n_phi, ring.min_hu), np.full(ring.n_phi, ring.max_hu),
-                      np.full(ring.n_phi, ring_number), iphi))
+        parts.append(
+            (
+                _ring_phi(ring.n_phi),
+                np.full(ring.n_phi, ring.radius),
+                disk_z + side * offsets,
+                np.full(ring.n_phi, ring.min_hu),
+                np.full(ring.n_phi, ring.max_hu),
+                np.full(ring.n_phi, ring_number),
+                iphi,
+            )
+        )
     phi, radius, z, min_hu, max_hu, ring_index, _ = (np.concatenate(p) for p in zip(*parts))  # [K] each
     order = np.lexsort((ring_index, phi))  # module_id follows phi (the real file interleaves rings so)
     phi, radius, z, min_hu, max_hu = (a[order] for a in (phi, radius, z, min_hu, max_hu))
@@ -570,18 +637,24 @@ def _endcap_disk_arrays(endcaps: _EndcapSet, volume_id: int, layer_id: int, disk
     u = np.cross(v, w)  # [K, 3]
     k = len(phi)
     return {
-        "volume_id": np.full(k, volume_id), "layer_id": np.full(k, layer_id),
+        "volume_id": np.full(k, volume_id),
+        "layer_id": np.full(k, layer_id),
         "module_id": np.arange(1, k + 1),
         "center": np.stack([radius * np.cos(phi), radius * np.sin(phi), z], axis=1),  # [K, 3]
         "rotation": _frames(u, v, w),
-        "min_hu": min_hu, "max_hu": max_hu, "hv": np.full(k, endcaps.hv),
+        "min_hu": min_hu,
+        "max_hu": max_hu,
+        "hv": np.full(k, endcaps.hv),
         **_sensor_arrays(endcaps.sensor, k),
     }
 
 
 def _sensor_arrays(sensor: _Sensor, k: int) -> dict[str, np.ndarray]:
-    return {"thickness": np.full(k, sensor.thickness), "pitch_u": np.full(k, sensor.pitch_u),
-            "pitch_v": np.full(k, sensor.pitch_v)}
+    return {
+        "thickness": np.full(k, sensor.thickness),
+        "pitch_u": np.full(k, sensor.pitch_u),
+        "pitch_v": np.full(k, sensor.pitch_v),
+    }
 
 
 def _endcap_disks() -> list[tuple[_EndcapSet, int, int, float]]:
@@ -618,7 +691,11 @@ def detector_for(folder: str | os.PathLike | None, explicit: str | os.PathLike |
         # loud, because the guess is silent otherwise: module indices, the vocabulary and the detectors.csv
         # that stages write for later ones would all be of the built-in geometry (stages keep the detector
         # they get, so this is said once per stage)
-        log.warning("%s has no detectors.csv and the config names no 'detector': FALLING BACK to the built-in "
-                    "TrackML-like detector (geometry %s…), which later stages will inherit. If the data was made "
-                    "with another detector, set key 'detector' to its detectors.csv", folder, detector.geometry_hash()[:12])
+        log.warning(
+            "%s has no detectors.csv and the config names no 'detector': FALLING BACK to the built-in "
+            "TrackML-like detector (geometry %s…), which later stages will inherit. If the data was made "
+            "with another detector, set key 'detector' to its detectors.csv",
+            folder,
+            detector.geometry_hash()[:12],
+        )
     return detector

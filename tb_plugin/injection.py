@@ -36,7 +36,9 @@ def check_table_options(normalize: str, dim: int | None, width: int, width_name:
         raise ValueError(f"key 'dim' must be null or an integer from 1 to {width_name} = {width}, got {dim!r}")
 
 
-def fit_table(table: torch.Tensor, in_vocab: np.ndarray, normalize: str = "none", dim: int | None = None) -> torch.Tensor:
+def fit_table(
+    table: torch.Tensor, in_vocab: np.ndarray, normalize: str = "none", dim: int | None = None
+) -> torch.Tensor:
     """The per-module table [M, D] conditioned for injection, fitted on the rows of `in_vocab` [M] only
     (modules outside the vocabulary share [UNK]'s row and would skew the statistics), applied to all.
 
@@ -81,8 +83,15 @@ class ModuleEmbedding(BaseTransform):
     table was fitted (see `from_table` / `from_token_embeddings`); the constructor takes the table as it is.
     """
 
-    def __init__(self, table: torch.Tensor, flat_columns: bool = False, key: str = "hit_tb_emb",
-                 index_key: str = "hit_module_index", normalize: str = "none", pca_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        table: torch.Tensor,
+        flat_columns: bool = False,
+        key: str = "hit_tb_emb",
+        index_key: str = "hit_module_index",
+        normalize: str = "none",
+        pca_dim: int | None = None,
+    ) -> None:
         if table.dim() != 2:
             raise ValueError(f"the embedding table must be [modules, dim], got shape {tuple(table.shape)}")
         self.table = table.detach().float().cpu()  # [M, D]
@@ -90,18 +99,27 @@ class ModuleEmbedding(BaseTransform):
         self.normalize, self.pca_dim = normalize, pca_dim
 
     @classmethod
-    def from_table(cls, table: torch.Tensor, in_vocab: np.ndarray, normalize: str = "none", dim: int | None = None,
-                   **kwargs) -> "ModuleEmbedding":
+    def from_table(
+        cls, table: torch.Tensor, in_vocab: np.ndarray, normalize: str = "none", dim: int | None = None, **kwargs
+    ) -> ModuleEmbedding:
         """The transform of `fit_table(table, in_vocab, normalize, dim)`: fitted here, once."""
         return cls(fit_table(table, in_vocab, normalize, dim), normalize=normalize, pca_dim=dim, **kwargs)
 
     @classmethod
-    def from_token_embeddings(cls, token_embeddings: torch.Tensor, tokenizer: ModuleTokenizer, normalize: str = "none",
-                              dim: int | None = None, **kwargs) -> "ModuleEmbedding":
+    def from_token_embeddings(
+        cls,
+        token_embeddings: torch.Tensor,
+        tokenizer: ModuleTokenizer,
+        normalize: str = "none",
+        dim: int | None = None,
+        **kwargs,
+    ) -> ModuleEmbedding:
         """Per-module table from the model's token table; modules outside the vocabulary get [UNK]'s vector.
         normalize / dim are fitted on the modules in the vocabulary (see `fit_table`)."""
         tokens = torch.from_numpy(tokenizer.module_to_token)  # [M] token of every detector module (UNK if outside)
-        return cls.from_table(token_embeddings.detach()[tokens], tokenizer.module_to_token != UNK, normalize, dim, **kwargs)
+        return cls.from_table(
+            token_embeddings.detach()[tokens], tokenizer.module_to_token != UNK, normalize, dim, **kwargs
+        )
 
     @property
     def dim(self) -> int:
@@ -109,11 +127,15 @@ class ModuleEmbedding(BaseTransform):
 
     def forward(self, data: Data) -> Data:
         if self.index_key not in data:
-            raise MissingFieldError(f"event {getattr(data, 'event_id', '?')}: no field '{self.index_key}' to look up module embeddings")
+            raise MissingFieldError(
+                f"event {getattr(data, 'event_id', '?')}: no field '{self.index_key}' to look up module embeddings"
+            )
         index = data[self.index_key]  # [N]
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self.table)):
-            raise ValueError(f"event {getattr(data, 'event_id', '?')}: '{self.index_key}' holds module indices outside "
-                             f"0..{len(self.table) - 1}; was the event read with another detector geometry?")
+            raise ValueError(
+                f"event {getattr(data, 'event_id', '?')}: '{self.index_key}' holds module indices outside "
+                f"0..{len(self.table) - 1}; was the event read with another detector geometry?"
+            )
         emb = self.table[index]  # [N, D]
         data[self.key] = emb
         if self.flat_columns:
@@ -122,8 +144,10 @@ class ModuleEmbedding(BaseTransform):
         return data
 
     def __repr__(self) -> str:
-        return (f"{self.__class__.__name__}(modules={len(self.table)}, dim={self.dim}, normalize='{self.normalize}', "
-                f"pca_dim={self.pca_dim}, key='{self.key}', index_key='{self.index_key}', flat_columns={self.flat_columns})")
+        return (
+            f"{self.__class__.__name__}(modules={len(self.table)}, dim={self.dim}, normalize='{self.normalize}', "
+            f"pca_dim={self.pca_dim}, key='{self.key}', index_key='{self.index_key}', flat_columns={self.flat_columns})"
+        )
 
 
 # ------------------------------------------------------------------------------------- the table on disk
@@ -137,8 +161,12 @@ def save_module_table(path: str | Path, table: torch.Tensor, in_vocab: np.ndarra
     stage (the module map's pair prior) finds the vectors of every module, also those no event hit."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, table=table.detach().float().cpu().numpy(), in_vocab=np.asarray(in_vocab, dtype=bool),
-                 geometry_hash=np.array(geometry_hash))
+        np.savez(
+            handle,
+            table=table.detach().float().cpu().numpy(),
+            in_vocab=np.asarray(in_vocab, dtype=bool),
+            geometry_hash=np.array(geometry_hash),
+        )
     return path
 
 
@@ -155,12 +183,16 @@ def load_module_table(path: str | Path) -> ModuleTable:
     """The table written by save_module_table; errors name the file and what to run."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no module embedding table; run 'tb infer' on the tracking_bert stage that writes it")
+        raise FileNotFoundError(
+            f"{path}: no module embedding table; run 'tb infer' on the tracking_bert stage that writes it"
+        )
     with np.load(path, allow_pickle=False) as npz:
         missing = [k for k in ("table", "in_vocab", "geometry_hash") if k not in npz.files]
         if missing:
             raise ValueError(f"{path}: not a module embedding table (missing {', '.join(missing)})")
         table = ModuleTable(npz["table"].astype(np.float32), npz["in_vocab"].astype(bool), str(npz["geometry_hash"]))
     if table.table.ndim != 2 or table.in_vocab.shape != (table.table.shape[0],):
-        raise ValueError(f"{path}: table {table.table.shape} and in_vocab {table.in_vocab.shape} do not fit [M, D] and [M]")
+        raise ValueError(
+            f"{path}: table {table.table.shape} and in_vocab {table.in_vocab.shape} do not fit [M, D] and [M]"
+        )
     return table

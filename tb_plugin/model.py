@@ -45,9 +45,7 @@ class TrackingBERTConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"TrackingBERTConfig.{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"TrackingBERTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
-            )
+            raise ValueError(f"TrackingBERTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"TrackingBERTConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -214,7 +212,7 @@ class TrackingBERT(nn.Module):
         """Final hidden states. Padding is a key mask only: padded queries still attend to the real
         keys (finite, ignored outputs), so no softmax row is ever all -inf and no NaN can appear."""
         B, L = input_ids.shape
-        if L > self.config.max_len:
+        if self.config.max_len < L:
             raise ValueError(f"input_ids has length {L} > TrackingBERTConfig.max_len ({self.config.max_len})")
         mask = attention_mask.bool()  # [B, L]
         # A row with no real token at all would mask every key; let such a row see everything instead.
@@ -337,7 +335,5 @@ class TrackingBERTModule(lightning.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=self.device.type == "cuda")
         total = self.trainer.estimated_stepping_batches
         warmup = int(min(o.warmup_steps, total)) if math.isfinite(total) else o.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_linear_decay(step, warmup, total)
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_linear_decay(step, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -53,7 +53,9 @@ def resolve(stage: str, model: str, source: str) -> type[Stage]:
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{source}: stage '{stage}' model '{model}' points to {stages[(stage, model)]}, which cannot be loaded: {err}") from None
+        raise ConfigError(
+            f"{source}: stage '{stage}' model '{model}' points to {stages[(stage, model)]}, which cannot be loaded: {err}"
+        ) from None
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
         raise ConfigError(f"{source}: {stages[(stage, model)]} is not a tb_plugin Stage subclass")
     return cls

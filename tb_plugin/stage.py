@@ -94,11 +94,15 @@ class Stage:
         made for data they never saw."""
         folder = self.config.input_dir
         if folder is None or not Path(folder).is_dir():
-            raise ConfigError(f"key 'input_dir': {folder} does not exist; run the stage that writes it first "
-                              f"(data reading for a feature store), or point input_dir at that stage's stage_dir")
+            raise ConfigError(
+                f"key 'input_dir': {folder} does not exist; run the stage that writes it first "
+                f"(data reading for a feature store), or point input_dir at that stage's stage_dir"
+            )
         if not any(list_event_files(folder, split) for split in SPLITS):
-            raise ConfigError(f"key 'input_dir': {folder} holds no event files in {{{','.join(SPLITS)}}}; run the stage "
-                              f"that writes it first, or point input_dir at that stage's stage_dir")
+            raise ConfigError(
+                f"key 'input_dir': {folder} holds no event files in {{{','.join(SPLITS)}}}; run the stage "
+                f"that writes it first, or point input_dir at that stage's stage_dir"
+            )
 
     def input_files(self, split: str) -> list[Path]:
         """Sorted event files of a split of input_dir; data_split, when given, takes the first n of each."""
@@ -131,7 +135,9 @@ class Stage:
             if files:
                 log.info("%s %s: %d events written, %d already there", name, split, written, len(files) - written)
         if total == 0:
-            raise FileNotFoundError(f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing for {name} to do")
+            raise FileNotFoundError(
+                f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing for {name} to do"
+            )
 
     def prepare_outputs(self, overwrite: bool) -> None:
         """Before a run writes events: delete the temporaries a killed run left, and make stage_dir's
@@ -143,19 +149,32 @@ class Stage:
         inputs = {split: {p.name for p in list_event_files(self.config.input_dir, split)} for split in SPLITS}
         if not any(inputs.values()):
             return  # no input at all: the caller says so, naming input_dir
-        stale = [path for split, files in split_files(self.stage_dir).items() for path in files if path.name not in inputs[split]]
+        stale = [
+            path
+            for split, files in split_files(self.stage_dir).items()
+            for path in files
+            if path.name not in inputs[split]
+        ]
         if not stale:
             return
         if not overwrite:
             first = stale[0]
             now = next((split for split in SPLITS if first.name in inputs[split]), None)
-            where = f"{self.config.input_dir} now has it in {now}" if now else f"{self.config.input_dir} no longer has it"
-            raise SplitError(f"{self.stage_dir}: {len(stale)} event file(s) do not match the splits of the input "
-                             f"(e.g. {first.parent.name}/{first.name}: {where}); rerun with --overwrite to rewrite "
-                             f"this stage, or delete {self.stage_dir}")
+            where = (
+                f"{self.config.input_dir} now has it in {now}" if now else f"{self.config.input_dir} no longer has it"
+            )
+            raise SplitError(
+                f"{self.stage_dir}: {len(stale)} event file(s) do not match the splits of the input "
+                f"(e.g. {first.parent.name}/{first.name}: {where}); rerun with --overwrite to rewrite "
+                f"this stage, or delete {self.stage_dir}"
+            )
         for path in stale:
             path.unlink()
-        log.info("%s: removed %d event files whose input event moved to another split or went away", self.config.stage, len(stale))
+        log.info(
+            "%s: removed %d event files whose input event moved to another split or went away",
+            self.config.stage,
+            len(stale),
+        )
 
     def config_record(self) -> dict[str, Any]:
         return to_record(self.config)

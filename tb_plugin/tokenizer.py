@@ -43,7 +43,9 @@ class ModuleTokenizer:
             unknown = sorted(set(self.volumes) - known)
             raise ValueError(f"volumes {unknown} are not in the detector, which has volumes {sorted(known)}")
         in_vocab = detector.volume_mask(self.volumes) if self.volumes else np.ones(len(detector), bool)
-        self.token_to_module = np.flatnonzero(in_vocab).astype(np.int64)  # [V - N_SPECIAL] module index per module token
+        self.token_to_module = np.flatnonzero(in_vocab).astype(
+            np.int64
+        )  # [V - N_SPECIAL] module index per module token
         self.module_to_token = np.full(len(detector), UNK, dtype=np.int64)  # [M]
         self.module_to_token[self.token_to_module] = N_SPECIAL + np.arange(len(self.token_to_module))
         self.geometry_hash = detector.geometry_hash()
@@ -89,7 +91,7 @@ class ModuleTokenizer:
         write_text(path, json.dumps(record) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path, detector: Detector) -> "ModuleTokenizer":
+    def load(cls, path: str | Path, detector: Detector) -> ModuleTokenizer:
         """Rebuild a saved vocabulary on `detector`, refusing it when the geometry differs."""
         path = Path(path)
         if not path.is_file():
@@ -97,10 +99,14 @@ class ModuleTokenizer:
         try:
             record = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise VocabularyFileError(f"{path}: not a vocabulary file ({err}); delete it and run 'tb train' again") from None
+            raise VocabularyFileError(
+                f"{path}: not a vocabulary file ({err}); delete it and run 'tb train' again"
+            ) from None
         if not isinstance(record, dict) or record.get("format") != VOCAB_FORMAT or "geometry_hash" not in record:
-            raise VocabularyFileError(f"{path}: not a tb-plugin vocabulary file (expected format '{VOCAB_FORMAT}'); "
-                                      f"delete it and run 'tb train' again")
+            raise VocabularyFileError(
+                f"{path}: not a tb-plugin vocabulary file (expected format '{VOCAB_FORMAT}'); "
+                f"delete it and run 'tb train' again"
+            )
         check_geometry(record["geometry_hash"], detector.geometry_hash(), str(path))
         return cls(detector, record.get("volumes"))
 

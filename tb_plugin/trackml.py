@@ -38,18 +38,29 @@ _I8 = np.dtype("int64")
 _F4 = np.dtype("float32")
 
 PART_COLUMNS: dict[str, dict[str, np.dtype]] = {
-    "hits": {
-        "hit_id": _I4, "x": _F4, "y": _F4, "z": _F4,
-        "volume_id": _I4, "layer_id": _I4, "module_id": _I4,
-    },
+    "hits": {"hit_id": _I4, "x": _F4, "y": _F4, "z": _F4, "volume_id": _I4, "layer_id": _I4, "module_id": _I4},
     "cells": {"hit_id": _I4, "ch0": _I4, "ch1": _I4, "value": _F4},
     "particles": {
-        "particle_id": _I8, "vx": _F4, "vy": _F4, "vz": _F4,
-        "px": _F4, "py": _F4, "pz": _F4, "q": _I4, "nhits": _I4,
+        "particle_id": _I8,
+        "vx": _F4,
+        "vy": _F4,
+        "vz": _F4,
+        "px": _F4,
+        "py": _F4,
+        "pz": _F4,
+        "q": _I4,
+        "nhits": _I4,
     },
     "truth": {
-        "hit_id": _I4, "particle_id": _I8, "tx": _F4, "ty": _F4, "tz": _F4,
-        "tpx": _F4, "tpy": _F4, "tpz": _F4, "weight": _F4,
+        "hit_id": _I4,
+        "particle_id": _I8,
+        "tx": _F4,
+        "ty": _F4,
+        "tz": _F4,
+        "tpx": _F4,
+        "tpy": _F4,
+        "tpz": _F4,
+        "weight": _F4,
     },
 }
 """Ordered columns and dtypes of each event part (REFERENCE.md section 1)."""
@@ -299,8 +310,12 @@ def _column_problem(raw: pd.Series, dtype: np.dtype) -> tuple[int, str] | None:
         finite = np.isfinite(numbers)
         bad_value = (finite & ((numbers < info.min) | (numbers > info.max))) | (~finite & ~np.isnan(numbers))
         not_integer = finite & (numbers != np.round(numbers))
-    checks = ((empty, "empty value"), (not_number, "not a number"), (not_integer, "not an integer"),
-              (bad_value, "value out of range or not finite"))
+    checks = (
+        (empty, "empty value"),
+        (not_number, "not a number"),
+        (not_integer, "not an integer"),
+        (bad_value, "value out of range or not finite"),
+    )
     first = [(int(np.flatnonzero(mask)[0]), what) for mask, what in checks if mask.any()]
     if not first:
         return None
@@ -357,12 +372,13 @@ def _conform(frame: pd.DataFrame, part: str, target: Path) -> pd.DataFrame:
     missing = [name for name in required if name not in frame.columns]
     if missing:
         raise TrackMLFormatError(
-            f"{target}: cannot write {part}: missing column(s) {', '.join(missing)}; "
-            f"{part} needs {', '.join(required)}"
+            f"{target}: cannot write {part}: missing column(s) {', '.join(missing)}; {part} needs {', '.join(required)}"
         )
     wanted = {**required, **{name: dtype for name, dtype in optional.items() if name in frame.columns}}
-    columns = {name: _conform_column(frame[name], dtype, f"{target}: cannot write {part}: column {name}")
-               for name, dtype in wanted.items()}
+    columns = {
+        name: _conform_column(frame[name], dtype, f"{target}: cannot write {part}: column {name}")
+        for name, dtype in wanted.items()
+    }
     conformed = pd.DataFrame(columns)
     key = UNIQUE_KEY[part]
     if key is not None:
@@ -582,15 +598,17 @@ def match_tracks(truth: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFrame:
     track_nhits = np.bincount(track, minlength=len(track_labels))[pair_track[majority]]
     particle_nhits = np.bincount(particle, minlength=len(particle_ids))[pair_particle[majority]]
     shared = pair_hits[majority]
-    return pd.DataFrame({
-        "track_id": track_labels[pair_track[majority]],
-        "particle_id": particle_ids[pair_particle[majority]],
-        "track_nhits": track_nhits,
-        "particle_nhits": particle_nhits,
-        "shared_nhits": shared,
-        "weight": pair_weight[majority],
-        "good": (2 * shared > track_nhits) & (2 * shared > particle_nhits),
-    })
+    return pd.DataFrame(
+        {
+            "track_id": track_labels[pair_track[majority]],
+            "particle_id": particle_ids[pair_particle[majority]],
+            "track_nhits": track_nhits,
+            "particle_nhits": particle_nhits,
+            "shared_nhits": shared,
+            "weight": pair_weight[majority],
+            "good": (2 * shared > track_nhits) & (2 * shared > particle_nhits),
+        }
+    )
 
 
 def score_event(truth: pd.DataFrame, submission: pd.DataFrame) -> float:

@@ -41,7 +41,9 @@ class TrainerConfig:
     precision: Precision = "32-true"
     logger: Literal["csv", "tensorboard"] = "csv"
     num_workers: int = 0
-    val_every_n_epochs: int = 1  # validate every n-th epoch (Lightning's check_val_every_n_epoch): tiny epochs need not validate each time
+    val_every_n_epochs: int = (
+        1  # validate every n-th epoch (Lightning's check_val_every_n_epoch): tiny epochs need not validate each time
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.val_every_n_epochs, bool) or self.val_every_n_epochs < 1:
@@ -81,7 +83,9 @@ def make_logger(kind: str, stage_dir: Path):
 
             return TensorBoardLogger(save_dir=stage_dir, name="logs")
         except ModuleNotFoundError as err:
-            raise ConfigError(f"key 'logger': tensorboard is not installed ({err}); pip install tensorboard, or use logger: csv") from None
+            raise ConfigError(
+                f"key 'logger': tensorboard is not installed ({err}); pip install tensorboard, or use logger: csv"
+            ) from None
     from lightning.pytorch.loggers import CSVLogger
 
     return CSVLogger(save_dir=stage_dir, name="logs")
@@ -94,17 +98,34 @@ def make_trainer(config: Any, stage_dir: Path, monitor: str | None = None, **tra
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
     warnings.filterwarnings("ignore", message=r".*does not have many workers")  # one event per batch loads fast
     monitor = monitor or config.metric_to_monitor
-    checkpoint = ModelCheckpoint(dirpath=Path(stage_dir) / "artifacts", filename="best", monitor=monitor, mode=config.metric_mode,
-                                 save_top_k=1, save_last=True, enable_version_counter=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=Path(stage_dir) / "artifacts",
+        filename="best",
+        monitor=monitor,
+        mode=config.metric_mode,
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
     callbacks: list[Callback] = [checkpoint, EpochTimer()]
     if config.patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=config.metric_mode, patience=config.patience))
     return L.Trainer(
-        default_root_dir=stage_dir, max_epochs=config.max_epochs, accelerator=config.accelerator, devices=config.devices,
-        num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
-        gradient_clip_val=config.gradient_clip_val, logger=make_logger(config.logger, Path(stage_dir)), callbacks=callbacks,
-        enable_progress_bar=True, log_every_n_steps=10, deterministic=False,
-        check_val_every_n_epoch=config.val_every_n_epochs, **trainer_options,
+        default_root_dir=stage_dir,
+        max_epochs=config.max_epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+        gradient_clip_val=config.gradient_clip_val,
+        logger=make_logger(config.logger, Path(stage_dir)),
+        callbacks=callbacks,
+        enable_progress_bar=True,
+        log_every_n_steps=10,
+        deterministic=False,
+        check_val_every_n_epoch=config.val_every_n_epochs,
+        **trainer_options,
     )
 
 
@@ -119,7 +140,9 @@ def trained_checkpoint(stage_dir: Path, what: str) -> Path:
     for name in ("best.ckpt", "last.ckpt"):
         if (artifacts / name).exists():
             return artifacts / name
-    raise FileNotFoundError(f"no trained {what} in {artifacts} (expected best.ckpt or last.ckpt); run 'tb train' on this config first")
+    raise FileNotFoundError(
+        f"no trained {what} in {artifacts} (expected best.ckpt or last.ckpt); run 'tb train' on this config first"
+    )
 
 
 class CheckpointError(ValueError):
@@ -136,20 +159,31 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: refused to load: the checkpoint holds objects other than tensors and plain values "
-                              f"({unpickling_reason(err)}); delete it and run 'tb train' again") from None
-    except Exception as err:  # noqa: BLE001 - torch's unpickler fails on garbage bytes with any of many errors (KeyError, ...)
+        raise CheckpointError(
+            f"{path}: refused to load: the checkpoint holds objects other than tensors and plain values "
+            f"({unpickling_reason(err)}); delete it and run 'tb train' again"
+        ) from None
+    except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(err).__name__} {first}; "
-                              f"delete it and run 'tb train' again") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict) \
-            or not isinstance(checkpoint.get("hyper_parameters"), dict):
-        raise CheckpointError(f"{path}: not a checkpoint written by 'tb train' (expected a state_dict and hyper_parameters); "
-                              f"delete it and run 'tb train' again")
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {type(err).__name__} {first}; "
+            f"delete it and run 'tb train' again"
+        ) from None
+    if (
+        not isinstance(checkpoint, dict)
+        or not isinstance(checkpoint.get("state_dict"), dict)
+        or not isinstance(checkpoint.get("hyper_parameters"), dict)
+    ):
+        raise CheckpointError(
+            f"{path}: not a checkpoint written by 'tb train' (expected a state_dict and hyper_parameters); "
+            f"delete it and run 'tb train' again"
+        )
     return checkpoint
 
 
-def load_module(cls: type[L.LightningModule], path: str | Path, checkpoint: dict[str, Any] | None = None) -> L.LightningModule:
+def load_module(
+    cls: type[L.LightningModule], path: str | Path, checkpoint: dict[str, Any] | None = None
+) -> L.LightningModule:
     """`cls` rebuilt from a checkpoint's hyperparameters and weights, on the CPU, in eval mode. Unlike
     Lightning's load_from_checkpoint, a file that does not fit (foreign objects, weights of another
     size) is one message naming it, not a traceback. `checkpoint`: its contents, when already read."""
@@ -159,7 +193,9 @@ def load_module(cls: type[L.LightningModule], path: str | Path, checkpoint: dict
         module.load_state_dict(checkpoint["state_dict"])
     except (TypeError, ValueError, RuntimeError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: does not fit a {cls.__name__} ({first}); it was written by another stage or version: "
-                              f"run 'tb train' on this config again") from None
+        raise CheckpointError(
+            f"{path}: does not fit a {cls.__name__} ({first}); it was written by another stage or version: "
+            f"run 'tb train' on this config again"
+        ) from None
     module.eval()
     return module

@@ -40,29 +40,59 @@ def tiny_event_frames(event_id: int):
     radii = {2: 32.0, 4: 72.0, 6: 116.0, 8: 172.0}
     pid_a, pid_b = 4503668346847232 + event_id, 4503805785800704 + event_id
     # (hit_id, layer, particle)
-    layout = [(5, 2, pid_a), (3, 4, pid_a), (8, 6, pid_a), (1, 8, pid_a),
-              (2, 8, pid_b), (7, 6, pid_b), (4, 4, pid_b), (6, 2, 0)]
-    hits = pd.DataFrame({
-        "hit_id": [h for h, _, _ in layout],
-        "x": [radii[l] for _, l, _ in layout],
-        "y": [0.5 * i for i in range(len(layout))],
-        "z": [0.1 * radii[l] for _, l, _ in layout],
-        "volume_id": 8, "layer_id": [l for _, l, _ in layout], "module_id": 1,
-    }).sort_values("hit_id").reset_index(drop=True)
-    by_hit = {h: (l, p) for h, l, p in layout}
-    truth = pd.DataFrame({
-        "hit_id": hits["hit_id"],
-        "particle_id": [by_hit[h][1] for h in hits["hit_id"]],
-        "tx": hits["x"], "ty": hits["y"], "tz": hits["z"],
-        "tpx": 1.0, "tpy": 0.0, "tpz": 0.1, "weight": 0.0,
-    })
+    layout = [
+        (5, 2, pid_a),
+        (3, 4, pid_a),
+        (8, 6, pid_a),
+        (1, 8, pid_a),
+        (2, 8, pid_b),
+        (7, 6, pid_b),
+        (4, 4, pid_b),
+        (6, 2, 0),
+    ]
+    hits = (
+        pd.DataFrame(
+            {
+                "hit_id": [h for h, _, _ in layout],
+                "x": [radii[lay] for _, lay, _ in layout],
+                "y": [0.5 * i for i in range(len(layout))],
+                "z": [0.1 * radii[lay] for _, lay, _ in layout],
+                "volume_id": 8,
+                "layer_id": [lay for _, lay, _ in layout],
+                "module_id": 1,
+            }
+        )
+        .sort_values("hit_id")
+        .reset_index(drop=True)
+    )
+    by_hit = {h: (lay, p) for h, lay, p in layout}
+    truth = pd.DataFrame(
+        {
+            "hit_id": hits["hit_id"],
+            "particle_id": [by_hit[h][1] for h in hits["hit_id"]],
+            "tx": hits["x"],
+            "ty": hits["y"],
+            "tz": hits["z"],
+            "tpx": 1.0,
+            "tpy": 0.0,
+            "tpz": 0.1,
+            "weight": 0.0,
+        }
+    )
     truth.loc[truth.particle_id != 0, "weight"] = 1.0 / 7
-    particles = pd.DataFrame({
-        "particle_id": [pid_a, pid_b],
-        "vx": [0.0, 200.0], "vy": [0.0, 0.0], "vz": [0.0, 20.0],
-        "px": [3.0, -0.6], "py": [4.0, 0.8], "pz": [0.0, 0.0],
-        "q": [1, -1], "nhits": [4, 3],
-    })
+    particles = pd.DataFrame(
+        {
+            "particle_id": [pid_a, pid_b],
+            "vx": [0.0, 200.0],
+            "vy": [0.0, 0.0],
+            "vz": [0.0, 20.0],
+            "px": [3.0, -0.6],
+            "py": [4.0, 0.8],
+            "pz": [0.0, 0.0],
+            "q": [1, -1],
+            "nhits": [4, 3],
+        }
+    )
     return hits, particles, truth
 
 

@@ -21,8 +21,16 @@ from tb_plugin.model import TrackingBERTModule
 from tb_plugin.pipeline import load_stage
 from tb_plugin.tokenizer import ModuleTokenizer
 
-TINY_TB = {"stage": "tracking_bert", "model": "TrackingBERT", "n_layer": 1, "n_embd": 16, "n_head": 2, "d_ff": 32,
-           "max_epochs": 1, "batch_size": 4}
+TINY_TB = {
+    "stage": "tracking_bert",
+    "model": "TrackingBERT",
+    "n_layer": 1,
+    "n_embd": 16,
+    "n_head": 2,
+    "d_ff": 32,
+    "max_epochs": 1,
+    "batch_size": 4,
+}
 
 
 class Foreign:
@@ -38,8 +46,14 @@ def write_yaml(path: Path, values: dict) -> Path:
 
 
 def reading_config(tmp: Path, folder: Path, **overrides) -> Path:
-    values = {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(folder), "stage_dir": str(tmp / "fs"),
-              "data_split": [4, 1, 1], **overrides}
+    values = {
+        "stage": "data_reading",
+        "model": "TrackMLReader",
+        "input_dir": str(folder),
+        "stage_dir": str(tmp / "fs"),
+        "data_split": [4, 1, 1],
+        **overrides,
+    }
     return write_yaml(tmp / "reading.yaml", values)
 
 
@@ -57,10 +71,13 @@ def hand_trained(tmp: Path, store: Path) -> Path:
     stage = load_stage(tb_config(tmp, store))
     tokenizer = ModuleTokenizer(stage.detector())
     tokenizer.save(stage.vocab_file)
-    module = TrackingBERTModule(model=asdict(stage.config.model_config(tokenizer.vocab_size)),
-                                optim=asdict(stage.config.optim_config()))
+    module = TrackingBERTModule(
+        model=asdict(stage.config.model_config(tokenizer.vocab_size)), optim=asdict(stage.config.optim_config())
+    )
     for name in ("best.ckpt", "last.ckpt"):
-        torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, stage.artifacts / name)
+        torch.save(
+            {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, stage.artifacts / name
+        )
     return stage.artifacts
 
 
@@ -70,8 +87,10 @@ Case = Callable[[Path, Path], tuple[list[str], list[str]]]
 
 def repeated_yaml_key(tmp, folder):
     config = tmp / "reading.yaml"
-    config.write_text(f"stage: data_reading\nmodel: TrackMLReader\ninput_dir: {folder}\nstage_dir: {tmp / 'fs'}\n"
-                      f"data_split: [4, 1, 1]\nseed: 0\ndata_split: [2, 1, 1]\n")
+    config.write_text(
+        f"stage: data_reading\nmodel: TrackMLReader\ninput_dir: {folder}\nstage_dir: {tmp / 'fs'}\n"
+        f"data_split: [4, 1, 1]\nseed: 0\ndata_split: [2, 1, 1]\n"
+    )
     return ["infer", str(config)], [str(config), "key 'data_split' appears twice, at lines 5 and 7"]
 
 
@@ -81,7 +100,11 @@ def data_split_larger_than_the_folder(tmp, folder):
 
 def rerun_with_another_seed(tmp, folder):
     feature_store(tmp, folder)
-    return ["infer", str(reading_config(tmp, folder, seed=1))], [f"{tmp / 'fs'}: ", "--overwrite", f"delete {tmp / 'fs'}"]
+    return ["infer", str(reading_config(tmp, folder, seed=1))], [
+        f"{tmp / 'fs'}: ",
+        "--overwrite",
+        f"delete {tmp / 'fs'}",
+    ]
 
 
 def event_in_two_splits(tmp, folder):
@@ -104,7 +127,11 @@ def outputs_of_an_earlier_split(tmp, folder):
     hand_trained(tmp, store)
     load_stage(tb_config(tmp, store)).infer()
     load_stage(reading_config(tmp, folder, seed=1)).infer(overwrite=True)  # the store is split anew
-    return ["infer", str(tb_config(tmp, store))], [f"{tmp / 'tb'}: ", "do not match the splits of the input", "--overwrite"]
+    return ["infer", str(tb_config(tmp, store))], [
+        f"{tmp / 'tb'}: ",
+        "do not match the splits of the input",
+        "--overwrite",
+    ]
 
 
 def hits_without_final_newline(tmp, folder):
@@ -121,7 +148,10 @@ def vocabulary_of_another_detector(tmp, folder):
     fields = lines[1].split(",")
     fields[3] = str(float(fields[3]) + 5.0)  # one module moved by 5 mm
     other.write_text("\n".join([lines[0], ",".join(fields), *lines[2:]]) + "\n")
-    return ["infer", str(tb_config(tmp, store, detector=str(other)))], [str(artifacts / "vocab.json"), "detector geometry"]
+    return ["infer", str(tb_config(tmp, store, detector=str(other)))], [
+        str(artifacts / "vocab.json"),
+        "detector geometry",
+    ]
 
 
 def resume_with_another_width(tmp, folder):
@@ -137,7 +167,11 @@ def infer_with_another_width(tmp, folder):
 
 
 def tracking_bert_without_input(tmp, folder):
-    return ["train", str(tb_config(tmp, tmp / "no_store"))], ["key 'input_dir'", str(tmp / "no_store"), "does not exist"]
+    return ["train", str(tb_config(tmp, tmp / "no_store"))], [
+        "key 'input_dir'",
+        str(tmp / "no_store"),
+        "does not exist",
+    ]
 
 
 def foreign_objects_in_best_ckpt(tmp, folder):
@@ -156,9 +190,19 @@ def replay_of_a_missing_file(tmp, folder):
 
 
 CASES: list[Case] = [
-    repeated_yaml_key, data_split_larger_than_the_folder, rerun_with_another_seed, event_in_two_splits,
-    store_against_its_split_record, outputs_of_an_earlier_split, hits_without_final_newline, vocabulary_of_another_detector, resume_with_another_width,
-    infer_with_another_width, tracking_bert_without_input, foreign_objects_in_best_ckpt, simulate_without_events,
+    repeated_yaml_key,
+    data_split_larger_than_the_folder,
+    rerun_with_another_seed,
+    event_in_two_splits,
+    store_against_its_split_record,
+    outputs_of_an_earlier_split,
+    hits_without_final_newline,
+    vocabulary_of_another_detector,
+    resume_with_another_width,
+    infer_with_another_width,
+    tracking_bert_without_input,
+    foreign_objects_in_best_ckpt,
+    simulate_without_events,
     replay_of_a_missing_file,
 ]
 
@@ -185,8 +229,10 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tiny_trackml_fold
 
 def test_values_yaml_spells_differently_are_accepted(tmp_path):
     config = tmp_path / "tb.yaml"
-    config.write_text(f"stage: tracking_bert\nmodel: TrackingBERT\ninput_dir: {tmp_path}\nstage_dir: {tmp_path / 'tb'}\n"
-                      "lr: 3e-3\nprecision: 32\n")
+    config.write_text(
+        f"stage: tracking_bert\nmodel: TrackingBERT\ninput_dir: {tmp_path}\nstage_dir: {tmp_path / 'tb'}\n"
+        "lr: 3e-3\nprecision: 32\n"
+    )
     stage = load_stage(config)
     assert stage.config.lr == 0.003 and stage.config.precision == "32"
 
@@ -199,4 +245,6 @@ def test_the_built_in_geometry_fallback_is_announced_once(tiny_trackml_folder, t
     with caplog.at_level(logging.WARNING):
         assert main(["-q", "infer", str(tb_config(tmp_path, store))]) == 0  # the documented fallback still runs
     [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warning.startswith(f"{store} has no detectors.csv and the config names no 'detector': FALLING BACK to the built-in")
+    assert warning.startswith(
+        f"{store} has no detectors.csv and the config names no 'detector': FALLING BACK to the built-in"
+    )

@@ -37,11 +37,13 @@ def hit_features(hits: pd.DataFrame, detector: Detector, source: str) -> dict[st
     y = hits["y"].to_numpy(np.float32)
     z = hits["z"].to_numpy(np.float32)
     r = np.hypot(x, y)
-    module_index = detector.index(hits["volume_id"].to_numpy(), hits["layer_id"].to_numpy(), hits["module_id"].to_numpy())
+    module_index = detector.index(
+        hits["volume_id"].to_numpy(), hits["layer_id"].to_numpy(), hits["module_id"].to_numpy()
+    )
     unknown = module_index < 0
     if unknown.any():
         bad = hits.loc[unknown, ["volume_id", "layer_id", "module_id"]].drop_duplicates().to_numpy()
-        ids = np.array([f"({v}, {l}, {m})" for v, l, m in bad])
+        ids = np.array([f"({v}, {lay}, {m})" for v, lay, m in bad])
         raise EventContentError(
             f"{source}: {unknown.sum()} hits lie on {len(bad)} modules that the detector does not have "
             f"(volume_id, layer_id, module_id): {_first(ids)}. Is the detector file the one the data was made with?"
@@ -73,7 +75,9 @@ def cell_features(hits: pd.DataFrame, cells: pd.DataFrame) -> dict[str, torch.Te
 
 def align_truth(hits: pd.DataFrame, truth: pd.DataFrame, source: str) -> pd.DataFrame:
     """Truth rows in the order of the hits; every hit must have exactly one."""
-    if len(truth) != len(hits) or not np.array_equal(np.sort(truth["hit_id"].to_numpy()), np.sort(hits["hit_id"].to_numpy())):
+    if len(truth) != len(hits) or not np.array_equal(
+        np.sort(truth["hit_id"].to_numpy()), np.sort(hits["hit_id"].to_numpy())
+    ):
         missing = np.setdiff1d(hits["hit_id"].to_numpy(), truth["hit_id"].to_numpy())
         extra = np.setdiff1d(truth["hit_id"].to_numpy(), hits["hit_id"].to_numpy())
         raise EventContentError(

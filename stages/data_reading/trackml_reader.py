@@ -25,10 +25,11 @@ import torch
 from torch_geometric.data import Data
 from tqdm import tqdm
 
+from stages.data_reading.event_features import cell_features, hit_features, truth_features
 from tb_plugin import trackml
 from tb_plugin.atomic import atomic_path
-from tb_plugin.config import ConfigError
 from tb_plugin.conditions import Condition, parse_conditions, select
+from tb_plugin.config import ConfigError
 from tb_plugin.event_store import (
     SPLITS,
     SplitError,
@@ -44,7 +45,6 @@ from tb_plugin.event_store import (
 )
 from tb_plugin.geometry import Detector, detector_for
 from tb_plugin.stage import EventProcessor, Stage, StageConfig
-from stages.data_reading.event_features import cell_features, hit_features, truth_features
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,10 @@ def prefix_event_id(prefix: str | Path) -> int:
     """The event id of a TrackML prefix folder/event{ID}; anything else is an error naming the prefix."""
     match = _EVENT_PREFIX.match(Path(prefix).name)
     if match is None:
-        raise ValueError(f"{prefix}: a TrackML event prefix must end in event<ID> (like folder/event000001000, "
-                         f"the files being event000001000-hits.csv, ...), got '{Path(prefix).name}'")
+        raise ValueError(
+            f"{prefix}: a TrackML event prefix must end in event<ID> (like folder/event000001000, "
+            f"the files being event000001000-hits.csv, ...), got '{Path(prefix).name}'"
+        )
     return int(match.group(1))
 
 
@@ -199,8 +201,15 @@ class TrackMLReader(Stage):
 
     def describe_store(self, assignment: dict[str, list[int]]) -> bool:
         """splits.json and detectors.csv beside the events: what later stages check and tokenise with."""
-        write_split_record(self.stage_dir, assignment, {"input_dir": str(self.config.input_dir), "seed": self.config.seed,
-                                                        "data_split": list(self.config.data_split)})
+        write_split_record(
+            self.stage_dir,
+            assignment,
+            {
+                "input_dir": str(self.config.input_dir),
+                "seed": self.config.seed,
+                "data_split": list(self.config.data_split),
+            },
+        )
         self.store_detector()
         return True
 
@@ -209,8 +218,12 @@ class TrackMLReader(Stage):
         folder changed): deleted with `overwrite`, else refused, naming the folder and the remedy."""
         wanted = {split: set(ids) for split, ids in assignment.items()}
         where = {event_id: split for split, ids in assignment.items() for event_id in ids}
-        stale = [path for split, files in split_files(self.stage_dir).items() for path in files
-                 if event_number(path) not in wanted[split]]
+        stale = [
+            path
+            for split, files in split_files(self.stage_dir).items()
+            for path in files
+            if event_number(path) not in wanted[split]
+        ]
         if not stale:
             return
         if not overwrite:
@@ -223,7 +236,9 @@ class TrackMLReader(Stage):
             )
         for path in stale:
             path.unlink()
-        log.info("data_reading: removed %d event files that this config assigns to another split or to none", len(stale))
+        log.info(
+            "data_reading: removed %d event files that this config assigns to another split or to none", len(stale)
+        )
 
     def store_detector(self) -> None:
         """Keep the geometry beside the feature store, so later stages tokenise with the same modules."""
@@ -253,8 +268,7 @@ class TrackMLReader(Stage):
                 rows.append(row)
             if rows:
                 metrics[split] = {"events": len(rows)} | {
-                    f"mean_{k}": float(np.mean([r[k] for r in rows if k in r]))
-                    for k in rows[0]
+                    f"mean_{k}": float(np.mean([r[k] for r in rows if k in r])) for k in rows[0]
                 }
         self.plot_summary(np.concatenate(pts) if pts else np.array([]), volumes)
         path = self.write_metrics(metrics)

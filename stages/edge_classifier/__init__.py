@@ -5,5 +5,12 @@ from stages.edge_classifier.edge_stage import EdgeClassifierConfig, EdgeClassifi
 from stages.edge_classifier.filter import Filter, FilterConfig
 from stages.edge_classifier.interaction_gnn import InteractionGNN, InteractionGNNConfig
 
-__all__ = ["EdgeClassifierConfig", "EdgeClassifierStage", "Filter", "FilterConfig", "InteractionGNN", "InteractionGNNConfig",
-           "TargetEfficiency"]
+__all__ = [
+    "EdgeClassifierConfig",
+    "EdgeClassifierStage",
+    "Filter",
+    "FilterConfig",
+    "InteractionGNN",
+    "InteractionGNNConfig",
+    "TargetEfficiency",
+]

@@ -100,7 +100,10 @@ class WeightSpec:
 def default_weighting() -> list[WeightSpec]:
     """Every edge 1 (true edges trained as true, fakes as fakes); true edges of pT > 1 GeV particles 2,
     because those are the tracks the pipeline is judged on and edge losses cost them most."""
-    return [WeightSpec(weight=1.0), WeightSpec(weight=2.0, conditions={"edge_y": True, "track_particle_pt": [1000.0, math.inf]})]
+    return [
+        WeightSpec(weight=1.0),
+        WeightSpec(weight=2.0, conditions={"edge_y": True, "track_particle_pt": [1000.0, math.inf]}),
+    ]
 
 
 @dataclass(kw_only=True)
@@ -154,15 +157,19 @@ class EdgeClassifierConfig(StageConfig, TrainerConfig):
         check_feature_config(self.node_features, self.node_scales, self.edge_features)
         if self.edge_scales is not None:
             if len(self.edge_scales) != len(self.edge_features):
-                raise ValueError(f"key 'edge_scales' has {len(self.edge_scales)} entries but 'edge_features' has "
-                                 f"{len(self.edge_features)}; give one scale per feature")
+                raise ValueError(
+                    f"key 'edge_scales' has {len(self.edge_scales)} entries but 'edge_features' has "
+                    f"{len(self.edge_features)}; give one scale per feature"
+                )
             if any(not s or not math.isfinite(s) for s in self.edge_scales):
                 raise ValueError(f"key 'edge_scales' must hold finite non-zero numbers, got {self.edge_scales}")
         for key in self.positive_keys:
             if getattr(self, key) < 1:
                 raise ValueError(f"key '{key}' must be at least 1, got {getattr(self, key)}")
         if self.hidden_activation not in ACTIVATIONS:
-            raise ValueError(f"key 'hidden_activation' must be one of {', '.join(ACTIVATIONS)}, got {self.hidden_activation!r}")
+            raise ValueError(
+                f"key 'hidden_activation' must be one of {', '.join(ACTIVATIONS)}, got {self.hidden_activation!r}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"key 'dropout' must be in [0, 1), got {self.dropout}")
         self.check_edge_cut()
@@ -179,17 +186,23 @@ class EdgeClassifierConfig(StageConfig, TrainerConfig):
         if isinstance(cut, TargetEfficiency):
             return
         if isinstance(cut, bool) or not isinstance(cut, (int, float)):
-            raise ValueError(f"key 'edge_cut' must be a number in [0, 1) or a mapping {{target_efficiency: e}} with e in (0, 1], got {cut!r}")
+            raise ValueError(
+                f"key 'edge_cut' must be a number in [0, 1) or a mapping {{target_efficiency: e}} with e in (0, 1], got {cut!r}"
+            )
         if not 0.0 <= cut < 1.0:
-            raise ValueError(f"key 'edge_cut' must be in [0, 1) (edges with a score above it are kept), or a mapping "
-                             f"{{target_efficiency: e}}, got {cut}")
+            raise ValueError(
+                f"key 'edge_cut' must be in [0, 1) (edges with a score above it are kept), or a mapping "
+                f"{{target_efficiency: e}}, got {cut}"
+            )
 
     def optim_config_checks(self) -> None:
         """lr, weight_decay, warmup_steps and the weighting weights: numbers the optimiser and loss can use."""
         if not self.lr > 0:
             raise ValueError(f"key 'lr' must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ValueError(f"keys 'weight_decay' and 'warmup_steps' must be >= 0, got {self.weight_decay} and {self.warmup_steps}")
+            raise ValueError(
+                f"keys 'weight_decay' and 'warmup_steps' must be >= 0, got {self.weight_decay} and {self.warmup_steps}"
+            )
         for i, spec in enumerate(self.weighting):
             if not math.isfinite(spec.weight):
                 raise ValueError(f"key 'weighting[{i}].weight' must be a finite number, got {spec.weight}")
@@ -225,8 +238,10 @@ def edge_conditions(specs: dict[str, Any] | None, where: str) -> list[Condition]
     conditions = [Condition(condition_field(c.field), c.op, c.value) for c in parse_conditions(specs, where)]
     for c in conditions:
         if not c.field.startswith(("edge_", "track_")):
-            raise ConfigError(f"{where}.{c.field}: conditions here read edge_* or track_* fields (or ACORN's short "
-                              f"particle names such as pt), got '{c.field}'")
+            raise ConfigError(
+                f"{where}.{c.field}: conditions here read edge_* or track_* fields (or ACORN's short "
+                f"particle names such as pt), got '{c.field}'"
+            )
     return conditions
 
 
@@ -234,7 +249,9 @@ def track_conditions(specs: dict[str, Any] | None, where: str) -> list[Condition
     conditions = edge_conditions(specs, where)
     for c in conditions:
         if not c.field.startswith("track_"):
-            raise ConfigError(f"{where}.{c.field}: conditions here select particles: use track_* fields, got '{c.field}'")
+            raise ConfigError(
+                f"{where}.{c.field}: conditions here select particles: use track_* fields, got '{c.field}'"
+            )
     return conditions
 
 
@@ -255,7 +272,9 @@ def edge_condition_mask(data: Data, conditions: list[Condition], source: str | P
         if c.field.startswith("track_"):
             mapping = require_field(data, "track_to_edge_map", source).long()  # [T]
             if values.shape[:1] != mapping.shape:
-                raise ValueError(f"{source}: '{c.field}' has shape {list(values.shape)}, expected [{mapping.shape[0]}] like track_to_edge_map")
+                raise ValueError(
+                    f"{source}: '{c.field}' has shape {list(values.shape)}, expected [{mapping.shape[0]}] like track_to_edge_map"
+                )
             matched = mapping >= 0
             passing = torch.zeros(E, dtype=torch.bool)
             passing[mapping[matched]] = c.mask(values[matched])  # [E], False off the truth graph
@@ -270,7 +289,9 @@ def edge_condition_mask(data: Data, conditions: list[Condition], source: str | P
 Weighting = list[tuple[float, list[Condition]]]
 
 
-def parse_weighting(weighting: list[WeightSpec] | list[dict[str, Any]] | Weighting, key: str = "weighting") -> Weighting:
+def parse_weighting(
+    weighting: list[WeightSpec] | list[dict[str, Any]] | Weighting, key: str = "weighting"
+) -> Weighting:
     """(weight, conditions) pairs from WeightSpecs, YAML-style mappings or pairs already parsed."""
     parsed = []
     for i, entry in enumerate(weighting):
@@ -282,7 +303,9 @@ def parse_weighting(weighting: list[WeightSpec] | list[dict[str, Any]] | Weighti
     return parsed
 
 
-def edge_weights(data: Data, weighting: list[WeightSpec] | list[dict[str, Any]] | Weighting, source: str | Path = "event") -> torch.Tensor:
+def edge_weights(
+    data: Data, weighting: list[WeightSpec] | list[dict[str, Any]] | Weighting, source: str | Path = "event"
+) -> torch.Tensor:
     """float [E] loss weights: 1 everywhere, then each `weighting` entry in order, a later one
     overriding an earlier one on the edges both select (ACORN)."""
     weights = torch.ones(_edge_count(data, source))
@@ -313,7 +336,7 @@ def edge_target_mask(track_to_edge_map: torch.Tensor, target: torch.Tensor, n_ed
 def sector_edges(edge_phi: torch.Tensor, max_edges: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """long [min(E, max_edges)]: the edges of a random phi sector holding exactly max_edges edges."""
     E = edge_phi.shape[0]
-    if E <= max_edges:
+    if max_edges >= E:
         return torch.arange(E)
     order = torch.argsort(edge_phi)  # [E]
     start = int(torch.randint(E, (1,), generator=generator))
@@ -331,7 +354,9 @@ def edge_inputs(data: Data, edge_index: torch.Tensor, config: EdgeClassifierConf
     return edge_attr
 
 
-def model_inputs(data: Data, config: EdgeClassifierConfig, source: str | Path, edges: torch.Tensor | None = None) -> Data:
+def model_inputs(
+    data: Data, config: EdgeClassifierConfig, source: str | Path, edges: torch.Tensor | None = None
+) -> Data:
     """x [N, F], edge_index [2, E'], edge_attr [E, F_e] of the event (of the `edges` subset if given)."""
     edge_index = require_field(data, "edge_index", source).long()
     if edges is not None:
@@ -370,9 +395,15 @@ class EventGraphs(torch.utils.data.Dataset):
 
 def merge_arrays(collected: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Per-event arrays (EdgeClassifierStage.event_arrays) concatenated, and their counts summed."""
-    arrays = {key: np.concatenate([c[key] for c in collected]) for key in collected[0]
-              if isinstance(collected[0][key], np.ndarray)}
-    counts = {key: sum((c["counts"][key] for c in collected[1:]), collected[0]["counts"][key]) for key in collected[0]["counts"]}
+    arrays = {
+        key: np.concatenate([c[key] for c in collected])
+        for key in collected[0]
+        if isinstance(collected[0][key], np.ndarray)
+    }
+    counts = {
+        key: sum((c["counts"][key] for c in collected[1:]), collected[0]["counts"][key])
+        for key in collected[0]["counts"]
+    }
     return arrays, counts
 
 
@@ -416,16 +447,34 @@ class EdgeClassifierStage(Stage):
         node_dim, edge_dim = self.feature_dims(train_files)
         c = self.config
         logged_cut = 0.5 if isinstance(c.edge_cut, TargetEfficiency) else float(c.edge_cut)
-        module = EdgeClassifierModule(model=asdict(c.model_config(node_dim, edge_dim)), optim=asdict(c.optim_config()),
-                                      edge_cut=logged_cut, architecture=self.architecture)
-        print(f"{c.model}: {module.model.num_params():,} parameters, {node_dim} node and {edge_dim} edge features, "
-              f"{len(train_files)} training and {len(val_files)} validation events")
-        train_loader = DataLoader(EventGraphs(train_files, c, cap_edges=True), batch_size=c.batch_size, shuffle=True,
-                                  num_workers=c.num_workers)
-        val_loader = (DataLoader(EventGraphs(val_files, c, cap_edges=False), batch_size=1, num_workers=c.num_workers)
-                      if val_files else None)
+        module = EdgeClassifierModule(
+            model=asdict(c.model_config(node_dim, edge_dim)),
+            optim=asdict(c.optim_config()),
+            edge_cut=logged_cut,
+            architecture=self.architecture,
+        )
+        print(
+            f"{c.model}: {module.model.num_params():,} parameters, {node_dim} node and {edge_dim} edge features, "
+            f"{len(train_files)} training and {len(val_files)} validation events"
+        )
+        train_loader = DataLoader(
+            EventGraphs(train_files, c, cap_edges=True),
+            batch_size=c.batch_size,
+            shuffle=True,
+            num_workers=c.num_workers,
+        )
+        val_loader = (
+            DataLoader(EventGraphs(val_files, c, cap_edges=False), batch_size=1, num_workers=c.num_workers)
+            if val_files
+            else None
+        )
         trainer = self.trainer(validate=val_loader is not None)
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=str(resume) if resume else None)
+        trainer.fit(
+            module,
+            train_dataloaders=train_loader,
+            val_dataloaders=val_loader,
+            ckpt_path=str(resume) if resume else None,
+        )
         if isinstance(c.edge_cut, TargetEfficiency) and trainer.is_global_zero:
             self._cut_record = self.choose_cut()
 
@@ -440,8 +489,10 @@ class EdgeClassifierStage(Stage):
         module = load_module(EdgeClassifierModule, path)
         found = module.hparams.get("architecture", "InteractionNetwork")
         if found != self.architecture:
-            raise CheckpointError(f"{path} holds a {found} network, but model '{self.config.model}' needs a {self.architecture}: "
-                             f"give this stage its own stage_dir")
+            raise CheckpointError(
+                f"{path} holds a {found} network, but model '{self.config.model}' needs a {self.architecture}: "
+                f"give this stage its own stage_dir"
+            )
         module.eval()
         return module
 
@@ -461,16 +512,20 @@ class EdgeClassifierStage(Stage):
     def score(self, module: EdgeClassifierModule, data: Data, source: str | Path) -> torch.Tensor:
         """float32 [E] edge scores of a whole event (on the CPU), score_chunk(E) edges per forward pass."""
         edge_index = require_field(data, "edge_index", source).long()  # [2, E]
-        x = node_feature_matrix(data, self.config.node_features, self.config.node_scales, source).to(module.device)  # [N, F]
+        x = node_feature_matrix(data, self.config.node_features, self.config.node_scales, source).to(
+            module.device
+        )  # [N, F]
         expected = (module.model.config.node_dim, module.model.config.edge_dim)
         if (x.shape[1], len(self.config.edge_features)) != expected:
-            raise ValueError(f"{source}: the features give {x.shape[1]} node and {len(self.config.edge_features)} edge columns, "
-                             f"but the checkpoint was trained with {expected[0]} and {expected[1]}")
+            raise ValueError(
+                f"{source}: the features give {x.shape[1]} node and {len(self.config.edge_features)} edge columns, "
+                f"but the checkpoint was trained with {expected[0]} and {expected[1]}"
+            )
         E = edge_index.shape[1]
         step = max(self.score_chunk(E), 1)
         scores = []
         for start in range(0, E, step):
-            chunk = edge_index[:, start:start + step]  # [2, E']
+            chunk = edge_index[:, start : start + step]  # [2, E']
             edge_attr = edge_inputs(data, chunk, self.config, source).to(module.device)  # [E', F_e]
             scores.append(torch.sigmoid(module(x, chunk.to(module.device), edge_attr).float()).cpu())  # [E']
         return torch.cat(scores) if scores else torch.zeros(0)  # [E]
@@ -514,9 +569,12 @@ class EdgeClassifierStage(Stage):
             log.warning("%s unreadable (%s): the cut is chosen again", path, err)
             return None
         checkpoint = trained_checkpoint(self.stage_dir, self.config.model)
-        stale = (not isinstance(record, dict) or record.get("checkpoint") != checkpoint.name
-                 or record.get("target_efficiency") != self.config.edge_cut.target_efficiency
-                 or checkpoint.stat().st_mtime > path.stat().st_mtime)
+        stale = (
+            not isinstance(record, dict)
+            or record.get("checkpoint") != checkpoint.name
+            or record.get("target_efficiency") != self.config.edge_cut.target_efficiency
+            or checkpoint.stat().st_mtime > path.stat().st_mtime
+        )
         if stale:
             log.info("%s is stale (another target or a newer checkpoint): the cut is chosen again", path)
         return None if stale else record
@@ -527,26 +585,38 @@ class EdgeClassifierStage(Stage):
         efficiency = self.config.edge_cut.target_efficiency
         files = self.input_files("valset")
         if not files:
-            raise FileNotFoundError(f"key 'edge_cut': {{target_efficiency: {efficiency}}} chooses the cut on the valset events of "
-                                    f"{self.config.input_dir / 'valset'}, but there are none; add valset events "
-                                    f"(data_split[1] > 0) or give edge_cut as a number")
+            raise FileNotFoundError(
+                f"key 'edge_cut': {{target_efficiency: {efficiency}}} chooses the cut on the valset events of "
+                f"{self.config.input_dir / 'valset'}, but there are none; add valset events "
+                f"(data_split[1] > 0) or give edge_cut as a number"
+            )
         module = module or self.inference_module()
         target_scores = []
         for path in tqdm(files, desc=f"{self.title} cut on valset", unit="event", leave=False):
             data = load_event(path)
             scores = self.score(module, data, path).numpy()  # [E]
             target = target_truth_mask(data, self.config.target_conditions(), path)  # [T]
-            target_scores.append(scores[edge_target_mask(require_field(data, "track_to_edge_map", path), target, len(scores))])
+            target_scores.append(
+                scores[edge_target_mask(require_field(data, "track_to_edge_map", path), target, len(scores))]
+            )
         target_scores = np.concatenate(target_scores)
         cut = cut_for_efficiency(target_scores, efficiency)
         if cut == KEEP_ALL:
-            log.warning("%s: the valset has no target edges to choose the cut on: every edge is kept", self.config.input_dir)
-        record = {"edge_cut": cut, "target_efficiency": efficiency, "valset_events": len(files),
-                  "n_target_edges": int(len(target_scores)),
-                  "checkpoint": trained_checkpoint(self.stage_dir, self.config.model).name}
+            log.warning(
+                "%s: the valset has no target edges to choose the cut on: every edge is kept", self.config.input_dir
+            )
+        record = {
+            "edge_cut": cut,
+            "target_efficiency": efficiency,
+            "valset_events": len(files),
+            "n_target_edges": int(len(target_scores)),
+            "checkpoint": trained_checkpoint(self.stage_dir, self.config.model).name,
+        }
         write_text(self.edge_cut_path, json.dumps(record, indent=2) + "\n")
-        print(f"{self.title}: edge_cut {cut:.6g} keeps {efficiency:.2%} of the {len(target_scores):,} target edges of "
-              f"{len(files)} valset events -> {self.edge_cut_path}")
+        print(
+            f"{self.title}: edge_cut {cut:.6g} keeps {efficiency:.2%} of the {len(target_scores):,} target edges of "
+            f"{len(files)} valset events -> {self.edge_cut_path}"
+        )
         return record
 
     # --------------------------------------------------------------------------------- evaluate
@@ -562,16 +632,20 @@ class EdgeClassifierStage(Stage):
         """Metrics at the operating cut over the `dataset` split, plots, stage_dir/eval/metrics.json."""
         split, files = self.config.dataset, self.eval_files()
         cut = self.operating_cut()
-        collected = [self.scored_arrays(load_event(path), path, cut)
-                     for path in tqdm(files, desc=f"{self.title} eval {split}", unit="event", leave=False)]
+        collected = [
+            self.scored_arrays(load_event(path), path, cut)
+            for path in tqdm(files, desc=f"{self.title} eval {split}", unit="event", leave=False)
+        ]
         arrays, counts = merge_arrays(collected)
         metrics = self.summarise(arrays, counts, len(files))
         self.plot(arrays)
         path = self.write_metrics(metrics)
-        print(f"{self.title} ({split}, {len(files)} events, edge_cut {cut:.6g}): "
-              f"target efficiency {format_rate(metrics['target_efficiency'])}, target purity {format_rate(metrics['target_purity'])}, "
-              f"target AUC {format_rate(metrics['target_auc'])}; all true edges: efficiency {format_rate(metrics['efficiency'])}, "
-              f"purity {format_rate(metrics['purity'])}, AUC {format_rate(metrics['auc'])}\n  -> {path}")
+        print(
+            f"{self.title} ({split}, {len(files)} events, edge_cut {cut:.6g}): "
+            f"target efficiency {format_rate(metrics['target_efficiency'])}, target purity {format_rate(metrics['target_purity'])}, "
+            f"target AUC {format_rate(metrics['target_auc'])}; all true edges: efficiency {format_rate(metrics['efficiency'])}, "
+            f"purity {format_rate(metrics['purity'])}, AUC {format_rate(metrics['auc'])}\n  -> {path}"
+        )
         return metrics
 
     def event_arrays(self, path: Path) -> dict[str, Any]:
@@ -579,7 +653,9 @@ class EdgeClassifierStage(Stage):
         counts (the A/B benchmark's per-event numbers)."""
         return self.scored_arrays(load_event(path), path, self.operating_cut())
 
-    def scored_arrays(self, data: Data, source: str | Path, cut: float, scores: np.ndarray | None = None) -> dict[str, Any]:
+    def scored_arrays(
+        self, data: Data, source: str | Path, cut: float, scores: np.ndarray | None = None
+    ) -> dict[str, Any]:
         """Arrays of one event at `cut`; the scores are its edge_scores field unless given.
 
         scores, edge_y, edge_target, kept [E]; truth_in_graph, truth_kept, truth_pt_gev, truth_eta per
@@ -594,10 +670,15 @@ class EdgeClassifierStage(Stage):
         target_np = target.numpy()
         nan = np.full(len(mapping), np.nan)
         return {
-            "scores": scores, "edge_y": edge_y, "edge_target": edge_target_mask(mapping, target, len(edge_y)), "kept": kept,
+            "scores": scores,
+            "edge_y": edge_y,
+            "edge_target": edge_target_mask(mapping, target, len(edge_y)),
+            "kept": kept,
             "truth_in_graph": truth_edge_found(mapping)[target_np],
             "truth_kept": truth_edge_found(mapping, kept)[target_np],
-            "truth_pt_gev": (data.track_particle_pt.double().numpy() / 1000.0 if "track_particle_pt" in data else nan)[target_np],
+            "truth_pt_gev": (data.track_particle_pt.double().numpy() / 1000.0 if "track_particle_pt" in data else nan)[
+                target_np
+            ],
             "truth_eta": (data.track_particle_eta.double().numpy() if "track_particle_eta" in data else nan)[target_np],
             "counts": {
                 "all": graph_counts(mapping, None, edge_y, kept),
@@ -650,17 +731,36 @@ class EdgeClassifierStage(Stage):
     def plot(self, a: dict[str, np.ndarray]) -> list[Path]:
         """ROC curves, the score distributions and the target efficiency vs pT and eta."""
         out, cut = self.stage_dir / "eval", self.operating_cut()
-        written = [plot_roc(a["scores"], a["edge_y"], a["edge_target"], out / "roc_curve.png", title=f"{self.title} ROC")]
-        written.append(plot_histograms({"true edges": a["scores"][a["edge_y"]], "fake edges": a["scores"][~a["edge_y"]]},
-                                       np.linspace(0.0, 1.0, 51), "edge score", out / "edge_scores.png", logy=True,
-                                       title=f"{self.title} scores (cut {cut:.4g})"))
+        written = [
+            plot_roc(a["scores"], a["edge_y"], a["edge_target"], out / "roc_curve.png", title=f"{self.title} ROC")
+        ]
+        written.append(
+            plot_histograms(
+                {"true edges": a["scores"][a["edge_y"]], "fake edges": a["scores"][~a["edge_y"]]},
+                np.linspace(0.0, 1.0, 51),
+                "edge score",
+                out / "edge_scores.png",
+                logy=True,
+                title=f"{self.title} scores (cut {cut:.4g})",
+            )
+        )
         series = {"in the graph": a["truth_in_graph"], f"kept (score > {cut:.4g})": a["truth_kept"]}
-        for column, bins, xlabel, logx, name in (("truth_pt_gev", PT_BINS_GEV, "particle pT [GeV]", True, "edge_efficiency_vs_pt.png"),
-                                                 ("truth_eta", ETA_BINS, "particle eta", False, "edge_efficiency_vs_eta.png")):
+        for column, bins, xlabel, logx, name in (
+            ("truth_pt_gev", PT_BINS_GEV, "particle pT [GeV]", True, "edge_efficiency_vs_pt.png"),
+            ("truth_eta", ETA_BINS, "particle eta", False, "edge_efficiency_vs_eta.png"),
+        ):
             x = a[column]
             if np.isfinite(x).any():
-                written.append(plot_efficiency_curves({k: (x, v) for k, v in series.items()}, bins, xlabel, out / name,
-                                                      logx=logx, title="target truth edges"))
+                written.append(
+                    plot_efficiency_curves(
+                        {k: (x, v) for k, v in series.items()},
+                        bins,
+                        xlabel,
+                        out / name,
+                        logx=logx,
+                        title="target truth edges",
+                    )
+                )
         return written
 
 
@@ -669,13 +769,17 @@ def auc_or_none(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return roc_auc(scores, labels) if 0 < labels.sum() < len(labels) else None
 
 
-def plot_roc(scores: np.ndarray, edge_y: np.ndarray, edge_target: np.ndarray, out_path: Path,
-             title: str = "edge classifier ROC") -> Path:
+def plot_roc(
+    scores: np.ndarray, edge_y: np.ndarray, edge_target: np.ndarray, out_path: Path, title: str = "edge classifier ROC"
+) -> Path:
     """ROC of all edges (true vs fake) and of target true edges vs fakes."""
     fig = Figure(figsize=(6, 5))
     ax = fig.add_subplot()
     relevant = edge_target | ~edge_y
-    for label, s, y in (("all edges", scores, edge_y), ("target edges vs fakes", scores[relevant], edge_target[relevant])):
+    for label, s, y in (
+        ("all edges", scores, edge_y),
+        ("target edges vs fakes", scores[relevant], edge_target[relevant]),
+    ):
         auc = auc_or_none(s, y)
         if auc is not None:
             fpr, tpr = roc_curve(s, y)

@@ -38,8 +38,8 @@ from stages.edge_classifier.edge_stage import (
     EdgeClassifierStage,
     TargetEfficiency,
     auc_or_none,
-    format_rate,
     edge_target_mask,
+    format_rate,
     merge_arrays,
 )
 from stages.edge_classifier.filter_model import FilterNetworkConfig
@@ -61,8 +61,15 @@ class FilterConfig(EdgeClassifierConfig):
     positive_keys = EdgeClassifierConfig.positive_keys + ("hidden", "nb_layer", "inference_chunk_edges")
 
     def model_config(self, node_dim: int, edge_dim: int) -> FilterNetworkConfig:
-        return FilterNetworkConfig(node_dim=node_dim, edge_dim=edge_dim, hidden=self.hidden, nb_layer=self.nb_layer,
-                            layernorm=self.layernorm, hidden_activation=self.hidden_activation, dropout=self.dropout)
+        return FilterNetworkConfig(
+            node_dim=node_dim,
+            edge_dim=edge_dim,
+            hidden=self.hidden,
+            nb_layer=self.nb_layer,
+            layernorm=self.layernorm,
+            hidden_activation=self.hidden_activation,
+            dropout=self.dropout,
+        )
 
 
 def prune_edges(data: Data, keep: torch.Tensor) -> Data:
@@ -77,7 +84,13 @@ def prune_edges(data: Data, keep: torch.Tensor) -> Data:
         raise ValueError(f"keep has shape {list(keep.shape)}, expected [{E}] (one per edge)")
     for key in list(data.keys()):
         value = data[key]
-        if key != "edge_index" and key.startswith("edge_") and torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == E:
+        if (
+            key != "edge_index"
+            and key.startswith("edge_")
+            and torch.is_tensor(value)
+            and value.dim() > 0
+            and value.shape[0] == E
+        ):
             data[key] = value[keep]  # [E'] or [E', D]
     data.edge_index = edge_index[:, keep]  # [2, E']
     if "track_to_edge_map" in data:
@@ -138,7 +151,9 @@ class Filter(EdgeClassifierStage):
         target = target_truth_mask(source, self.config.target_conditions(), in_path)  # [T]
         edge_y = require_field(source, "edge_y", in_path).bool()  # [E]
         if mapping.shape != require_field(output, "track_to_edge_map", path).shape:
-            raise ValueError(f"{path} and {in_path} have different truth edges: is input_dir the graph this stage filtered?")
+            raise ValueError(
+                f"{path} and {in_path} have different truth edges: is input_dir the graph this stage filtered?"
+            )
         a["truth_in_graph"] = truth_edge_found(mapping)[target.numpy()]
         a["n_input_edges"] = int(edge_y.numel())
         a["n_input_true"] = int(edge_y.sum())
@@ -161,14 +176,18 @@ class Filter(EdgeClassifierStage):
         self.plot({**b, "truth_in_graph": a["truth_in_graph"], "truth_kept": a["truth_kept"]})
         out = self.write_metrics(metrics)
         i, o = metrics["input"], metrics["output"]
-        print(f"{self.title} ({split}, {len(files)} events, edge_cut {cut:.6g}): edges per event {i['edges_per_event']:,.0f} -> "
-              f"{o['edges_per_event']:,.0f} ({format_rate(metrics['edge_reduction'])}x fewer); target efficiency "
-              f"{format_rate(o['target_efficiency'])} of the input graph's target edges; target purity "
-              f"{format_rate(i['target_purity'])} -> {format_rate(o['target_purity'])}, purity {format_rate(i['purity'])} -> "
-              f"{format_rate(o['purity'])}; target AUC {format_rate(metrics['target_auc'])}\n  -> {out}")
+        print(
+            f"{self.title} ({split}, {len(files)} events, edge_cut {cut:.6g}): edges per event {i['edges_per_event']:,.0f} -> "
+            f"{o['edges_per_event']:,.0f} ({format_rate(metrics['edge_reduction'])}x fewer); target efficiency "
+            f"{format_rate(o['target_efficiency'])} of the input graph's target edges; target purity "
+            f"{format_rate(i['target_purity'])} -> {format_rate(o['target_purity'])}, purity {format_rate(i['purity'])} -> "
+            f"{format_rate(o['purity'])}; target AUC {format_rate(metrics['target_auc'])}\n  -> {out}"
+        )
         return metrics
 
-    def before_after(self, a: dict[str, np.ndarray], b: dict[str, np.ndarray], b_counts: dict, events: int) -> dict[str, Any]:
+    def before_after(
+        self, a: dict[str, np.ndarray], b: dict[str, np.ndarray], b_counts: dict, events: int
+    ) -> dict[str, Any]:
         """The input and output graphs side by side, and the AUCs of the input graph's scores (the output
         holds only kept edges, whose ROC would say little).
 
@@ -183,13 +202,25 @@ class Filter(EdgeClassifierStage):
         n_in, n_out = len(b["edge_y"]), len(a["edge_y"])
         relevant = b["edge_target"] | ~b["edge_y"]
         return {
-            "input": {"edges_per_event": n_in / events, "target_efficiency": b_counts["target_graph"].rates()["efficiency"],
-                      "target_purity": before["target_purity"], "purity": before["purity"], "n_edges": n_in,
-                      "n_target_edges": n_input_target},
-            "output": {"edges_per_event": n_out / events, "target_efficiency": after["target_efficiency"],
-                       "target_purity": after["target_purity"], "purity": after["purity"], "n_edges": n_out,
-                       "n_target_edges": int(a["edge_target"].sum())},
-            "efficiency": int(a["edge_y"].sum()) / int(b["edge_y"].sum()) if b["edge_y"].any() else None,  # of all true edges
+            "input": {
+                "edges_per_event": n_in / events,
+                "target_efficiency": b_counts["target_graph"].rates()["efficiency"],
+                "target_purity": before["target_purity"],
+                "purity": before["purity"],
+                "n_edges": n_in,
+                "n_target_edges": n_input_target,
+            },
+            "output": {
+                "edges_per_event": n_out / events,
+                "target_efficiency": after["target_efficiency"],
+                "target_purity": after["target_purity"],
+                "purity": after["purity"],
+                "n_edges": n_out,
+                "n_target_edges": int(a["edge_target"].sum()),
+            },
+            "efficiency": int(a["edge_y"].sum()) / int(b["edge_y"].sum())
+            if b["edge_y"].any()
+            else None,  # of all true edges
             "edge_reduction": n_in / n_out if n_out else None,
             "auc": auc_or_none(b["scores"], b["edge_y"]),
             "target_auc": auc_or_none(b["scores"][relevant], b["edge_target"][relevant]),

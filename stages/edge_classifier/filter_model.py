@@ -40,7 +40,9 @@ class FilterNetworkConfig:
         if isinstance(self.edge_dim, bool) or not isinstance(self.edge_dim, int) or self.edge_dim < 0:
             raise ValueError(f"FilterNetworkConfig.edge_dim must be an integer >= 0, got {self.edge_dim!r}")
         if self.hidden_activation not in ACTIVATIONS:
-            raise ValueError(f"FilterNetworkConfig.hidden_activation must be one of {', '.join(ACTIVATIONS)}, got {self.hidden_activation!r}")
+            raise ValueError(
+                f"FilterNetworkConfig.hidden_activation must be one of {', '.join(ACTIVATIONS)}, got {self.hidden_activation!r}"
+            )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"FilterNetworkConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -57,12 +59,16 @@ class FilterNetwork(nn.Module):
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
         """Edge logits [E]."""
         if x.dim() != 2 or x.shape[1] != self.config.node_dim:
-            raise ValueError(f"x must be [N, {self.config.node_dim}] (FilterNetworkConfig.node_dim), got {list(x.shape)}")
+            raise ValueError(
+                f"x must be [N, {self.config.node_dim}] (FilterNetworkConfig.node_dim), got {list(x.shape)}"
+            )
         E = edge_index.shape[1]
         if edge_attr is None:
             edge_attr = x.new_zeros((E, 0))
         if edge_attr.shape != (E, self.config.edge_dim):
-            raise ValueError(f"edge_attr must be [{E}, {self.config.edge_dim}] (FilterNetworkConfig.edge_dim), got {list(edge_attr.shape)}")
+            raise ValueError(
+                f"edge_attr must be [{E}, {self.config.edge_dim}] (FilterNetworkConfig.edge_dim), got {list(edge_attr.shape)}"
+            )
         src, dst = edge_index  # [E] each
         return self.net(torch.cat([x[src], x[dst], edge_attr], dim=1)).squeeze(-1)  # [E, 2F_node + F_edge] -> [E]
 

@@ -60,9 +60,13 @@ class GNNConfig:
         if isinstance(self.edge_dim, bool) or not isinstance(self.edge_dim, int) or self.edge_dim < 0:
             raise ValueError(f"GNNConfig.edge_dim must be an integer >= 0, got {self.edge_dim!r}")
         if self.hidden_activation not in ACTIVATIONS:
-            raise ValueError(f"GNNConfig.hidden_activation must be one of {', '.join(ACTIVATIONS)}, got {self.hidden_activation!r}")
+            raise ValueError(
+                f"GNNConfig.hidden_activation must be one of {', '.join(ACTIVATIONS)}, got {self.hidden_activation!r}"
+            )
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"GNNConfig.aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+            raise ValueError(
+                f"GNNConfig.aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}"
+            )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"GNNConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -94,7 +98,9 @@ class MLPStyle(Protocol):
     dropout: float
 
 
-def make_mlp(d_in: int, d_hidden: int, d_out: int, n_layers: int, config: MLPStyle, output_activation: bool = True) -> nn.Sequential:
+def make_mlp(
+    d_in: int, d_hidden: int, d_out: int, n_layers: int, config: MLPStyle, output_activation: bool = True
+) -> nn.Sequential:
     """Linear [-> LayerNorm] -> activation [-> dropout], n_layers times; the last layer bare when
     output_activation is False (the classifier head, whose output is a logit)."""
     layers: list[nn.Module] = []
@@ -154,7 +160,9 @@ class InteractionNetwork(nn.Module):
         if edge_attr is None:
             edge_attr = x.new_zeros((E, 0))
         if edge_attr.shape != (E, self.config.edge_dim):
-            raise ValueError(f"edge_attr must be [{E}, {self.config.edge_dim}] (GNNConfig.edge_dim), got {list(edge_attr.shape)}")
+            raise ValueError(
+                f"edge_attr must be [{E}, {self.config.edge_dim}] (GNNConfig.edge_dim), got {list(edge_attr.shape)}"
+            )
         src, dst = edge_index  # [E] each
         x = self.node_encoder(x)  # [N, h]
         e = self.edge_encoder(torch.cat([x[src], x[dst], edge_attr], dim=1))  # [E, h]
@@ -204,10 +212,12 @@ def build_network(architecture: str, model: dict) -> nn.Module:
     if architecture == "InteractionNetwork":
         return InteractionNetwork(GNNConfig(**model))
     if architecture == "Filter":
-        from stages.edge_classifier.filter_model import FilterNetworkConfig, FilterNetwork
+        from stages.edge_classifier.filter_model import FilterNetwork, FilterNetworkConfig
 
         return FilterNetwork(FilterNetworkConfig(**model))
-    raise ValueError(f"EdgeClassifierModule.architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+    raise ValueError(
+        f"EdgeClassifierModule.architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
+    )
 
 
 class EdgeClassifierModule(lightning.LightningModule):
@@ -220,7 +230,9 @@ class EdgeClassifierModule(lightning.LightningModule):
     `edge_cut` only sets the cut of the logged eff / pur figures.
     """
 
-    def __init__(self, model: dict, optim: dict, edge_cut: float = 0.5, architecture: str = "InteractionNetwork") -> None:
+    def __init__(
+        self, model: dict, optim: dict, edge_cut: float = 0.5, architecture: str = "InteractionNetwork"
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = build_network(architecture, model)
@@ -257,5 +269,7 @@ class EdgeClassifierModule(lightning.LightningModule):
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         total = self.trainer.estimated_stepping_batches
         warmup = int(min(o.warmup_steps, total)) if math.isfinite(total) else o.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_linear_decay(step, max(warmup, 1), total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_linear_decay(step, max(warmup, 1), total)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

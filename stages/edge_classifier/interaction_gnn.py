@@ -57,10 +57,20 @@ class InteractionGNNConfig(EdgeClassifierConfig):
             raise ValueError(f"key 'aggregation' must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
 
     def model_config(self, node_dim: int, edge_dim: int) -> GNNConfig:
-        return GNNConfig(node_dim=node_dim, edge_dim=edge_dim, hidden=self.hidden, n_graph_iters=self.n_graph_iters,
-                         nb_node_layer=self.nb_node_layer, nb_edge_layer=self.nb_edge_layer, layernorm=self.layernorm,
-                         hidden_activation=self.hidden_activation, aggregation=self.aggregation, dropout=self.dropout,
-                         recurrent=self.recurrent, checkpointing=self.checkpointing)
+        return GNNConfig(
+            node_dim=node_dim,
+            edge_dim=edge_dim,
+            hidden=self.hidden,
+            n_graph_iters=self.n_graph_iters,
+            nb_node_layer=self.nb_node_layer,
+            nb_edge_layer=self.nb_edge_layer,
+            layernorm=self.layernorm,
+            hidden_activation=self.hidden_activation,
+            aggregation=self.aggregation,
+            dropout=self.dropout,
+            recurrent=self.recurrent,
+            checkpointing=self.checkpointing,
+        )
 
 
 class InteractionGNN(EdgeClassifierStage):

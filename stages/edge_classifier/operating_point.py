@@ -81,8 +81,9 @@ def rates(kept: np.ndarray, edge_y: np.ndarray, edge_target: np.ndarray, n_targe
     }
 
 
-def rates_at_cut(scores: np.ndarray, edge_y: np.ndarray, edge_target: np.ndarray, cut: float,
-                 n_target: int | None = None) -> dict[str, Any]:
+def rates_at_cut(
+    scores: np.ndarray, edge_y: np.ndarray, edge_target: np.ndarray, cut: float, n_target: int | None = None
+) -> dict[str, Any]:
     """`rates` of the edges with score > cut: target_efficiency, target_purity, acorn_target_purity,
     efficiency, purity (None where undefined), n_kept and n_target."""
     return rates(np.asarray(scores) > cut, edge_y, edge_target, n_target)

@@ -19,8 +19,8 @@ from scipy.spatial import cKDTree
 from torch import nn
 from torch_geometric.data import Data
 
-from stages.graph_metrics import graph_counts
 from stages.graph_construction.truth import graph_truth
+from stages.graph_metrics import graph_counts
 
 ACTIVATIONS = {"Tanh": nn.Tanh, "ReLU": nn.ReLU, "SiLU": nn.SiLU, "GELU": nn.GELU}
 
@@ -45,8 +45,9 @@ def radius_knn_cpu(points: np.ndarray, r: float, k: int, query: np.ndarray | Non
     return np.stack([src, idx[valid]]).astype(np.int64)
 
 
-def radius_knn_torch(points: torch.Tensor, r: float, k: int, query: torch.Tensor | None = None,
-                     block_elements: int = 1 << 26) -> torch.Tensor:
+def radius_knn_torch(
+    points: torch.Tensor, r: float, k: int, query: torch.Tensor | None = None, block_elements: int = 1 << 26
+) -> torch.Tensor:
     """int64 [2, E] on points.device: as radius_knn_cpu, by blocked cdist + topk (for GPUs)."""
     n = points.shape[0]
     query = torch.arange(n, device=points.device) if query is None else query.to(points.device)
@@ -56,7 +57,7 @@ def radius_knn_torch(points: torch.Tensor, r: float, k: int, query: torch.Tensor
     block = max(1, block_elements // n)
     edges = []
     for first in range(0, query.numel(), block):
-        rows = query[first:first + block]  # [B]
+        rows = query[first : first + block]  # [B]
         dist, idx = torch.topk(torch.cdist(points[rows], points), kk, dim=1, largest=False)  # [B, k+1]
         src = rows[:, None].expand_as(idx)
         valid = (dist < r) & (idx != src)
@@ -109,7 +110,9 @@ class EmbeddingSettings:
     """The hyperparameters of the module (saved in its checkpoint)."""
 
     in_dim: int  # columns of the node-feature matrix (an [N, D] field counts D), measured on the first training event
-    node_features: list[str] | None = None  # the fields behind in_dim, named when inference finds other columns (None: older checkpoints)
+    node_features: list[str] | None = (
+        None  # the fields behind in_dim, named when inference finds other columns (None: older checkpoints)
+    )
     emb_hidden: int = 256
     nb_layer: int = 3
     emb_dim: int = 12
@@ -157,8 +160,12 @@ class MetricLearningModule(L.LightningModule):
         query = torch.randperm(n, device=device)[: s.points_per_batch]
         knn = radius_knn(emb, s.r_train, s.knn, query)  # [2, E] hard negatives (and near positives)
         n_random = int(s.randomisation * query.numel())
-        random = torch.stack([query[torch.randint(0, query.numel(), (n_random,), device=device)],
-                              torch.randint(0, n, (n_random,), device=device)])
+        random = torch.stack(
+            [
+                query[torch.randint(0, query.numel(), (n_random,), device=device)],
+                torch.randint(0, n, (n_random,), device=device),
+            ]
+        )
         truth = event.track_edges.to(device)
         pairs = torch.cat([knn, random, truth, truth.flip(0)], dim=1)
         keys = torch.unique(pairs[0] * n + pairs[1])  # [P] deduplicated through int64 keys (faster than unique(dim=1))
@@ -209,7 +216,12 @@ class MetricLearningModule(L.LightningModule):
             graph = radius_knn(emb, s.r_val, s.knn_val)
             _, edge_y, mapping = graph_truth(graph, event.track_edges.cpu(), event.hit_r2z2.cpu())
             counts = graph_counts(mapping, None, edge_y)
-            found, true, edges, true_edges = found + counts.n_found, true + counts.n_true, edges + counts.n_edges, true_edges + counts.n_true_edges
+            found, true, edges, true_edges = (
+                found + counts.n_found,
+                true + counts.n_true,
+                edges + counts.n_edges,
+                true_edges + counts.n_true_edges,
+            )
             edges_at += self.edges_at_efficiency(emb, event)
         n = len(batch)
         self.log("val/loss", torch.stack(losses).mean(), batch_size=n, prog_bar=True)
@@ -234,5 +246,7 @@ class MetricLearningModule(L.LightningModule):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.settings.lr)
         if self.settings.lr_step_epochs is None:
             return optimizer
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.settings.lr_step_epochs, gamma=self.settings.lr_factor)
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=self.settings.lr_step_epochs, gamma=self.settings.lr_factor
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -40,6 +40,8 @@ from stages.features import check_feature_config, node_feature_matrix
 from stages.graph_construction.embedding_model import EmbeddingSettings, MetricLearningModule, edge_lengths, radius_knn
 from stages.graph_construction.truth import GraphBuilderStage, hit_r2z2
 from stages.graph_metrics import target_conditions, target_truth_mask
+from tb_plugin.event_store import list_event_files, load_event, require_field
+from tb_plugin.stage import StageConfig
 from tb_plugin.training import (
     CheckpointError,
     TrainerConfig,
@@ -50,8 +52,6 @@ from tb_plugin.training import (
     read_checkpoint,
     trained_checkpoint,
 )
-from tb_plugin.event_store import list_event_files, load_event, require_field
-from tb_plugin.stage import StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,17 @@ class MetricLearningConfig(StageConfig, TrainerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_feature_config(self.node_features, self.node_scales, [])
-        for key in ("emb_hidden", "emb_dim", "knn", "points_per_batch", "max_epochs", "batch_size", "knn_val", "knn_infer", "num_nodes"):
+        for key in (
+            "emb_hidden",
+            "emb_dim",
+            "knn",
+            "points_per_batch",
+            "max_epochs",
+            "batch_size",
+            "knn_val",
+            "knn_infer",
+            "num_nodes",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"key '{key}' must be at least 1, got {getattr(self, key)}")
         if self.nb_layer < 0:
@@ -131,7 +141,9 @@ class MetricLearningConfig(StageConfig, TrainerConfig):
         if not 0 < self.val_efficiency < 1:
             raise ValueError(f"key 'val_efficiency' must be in (0, 1), got {self.val_efficiency}")
         if self.train_events is not None and self.train_events < 1:
-            raise ValueError(f"key 'train_events' must be at least 1 or null (the events data_split selects), got {self.train_events}")
+            raise ValueError(
+                f"key 'train_events' must be at least 1 or null (the events data_split selects), got {self.train_events}"
+            )
         if self.lr_step_epochs is not None and self.lr_step_epochs < 1:
             raise ValueError(f"key 'lr_step_epochs' must be at least 1 or null, got {self.lr_step_epochs}")
         if not 0 < self.lr_factor <= 1:
@@ -141,19 +153,34 @@ class MetricLearningConfig(StageConfig, TrainerConfig):
 
     def settings(self, in_dim: int) -> EmbeddingSettings:
         return EmbeddingSettings(
-            in_dim=in_dim, node_features=list(self.node_features), emb_hidden=self.emb_hidden, nb_layer=self.nb_layer, emb_dim=self.emb_dim,
-            activation=self.activation, layernorm=self.layernorm, margin=self.margin, r_train=self.r_train,
-            knn=self.knn, randomisation=self.randomisation, points_per_batch=self.points_per_batch,
-            positive_weight=self.positive_weight, r_val=self.r_infer, knn_val=self.knn_val, val_efficiency=self.val_efficiency, lr=self.lr,
-            lr_step_epochs=self.lr_step_epochs, lr_factor=self.lr_factor,
+            in_dim=in_dim,
+            node_features=list(self.node_features),
+            emb_hidden=self.emb_hidden,
+            nb_layer=self.nb_layer,
+            emb_dim=self.emb_dim,
+            activation=self.activation,
+            layernorm=self.layernorm,
+            margin=self.margin,
+            r_train=self.r_train,
+            knn=self.knn,
+            randomisation=self.randomisation,
+            points_per_batch=self.points_per_batch,
+            positive_weight=self.positive_weight,
+            r_val=self.r_infer,
+            knn_val=self.knn_val,
+            val_efficiency=self.val_efficiency,
+            lr=self.lr,
+            lr_step_epochs=self.lr_step_epochs,
+            lr_factor=self.lr_factor,
         )
 
 
 # ------------------------------------------------------------------------------------- data
 
 
-def training_event(path: Path, node_features: list[str], node_scales: list[float] | None,
-                   train_tracks: dict[str, Any] | None = None) -> Data:
+def training_event(
+    path: Path, node_features: list[str], node_scales: list[float] | None, train_tracks: dict[str, Any] | None = None
+) -> Data:
     """The slice of an event that training needs: x [N, F], track_edges [2, T'] (the truth edges
     train_tracks selects), hit_particle_id [N] (when present) and hit_r2z2 [N] (to orient the
     validation graphs)."""
@@ -161,7 +188,9 @@ def training_event(path: Path, node_features: list[str], node_scales: list[float
     track_edges = require_field(data, "track_edges", path).long()  # [2, T]
     if train_tracks:
         track_edges = track_edges[:, target_truth_mask(data, train_tracks, str(path))]
-    event = Data(x=node_feature_matrix(data, node_features, node_scales, path), track_edges=track_edges, hit_r2z2=hit_r2z2(data))
+    event = Data(
+        x=node_feature_matrix(data, node_features, node_scales, path), track_edges=track_edges, hit_r2z2=hit_r2z2(data)
+    )
     if "hit_particle_id" in data:
         event.hit_particle_id = data.hit_particle_id.long()
     return event
@@ -170,9 +199,19 @@ def training_event(path: Path, node_features: list[str], node_scales: list[float
 class EventDataset(Dataset):
     """The events of one split, read from disk on access (an epoch never holds them all)."""
 
-    def __init__(self, files: list[Path], node_features: list[str], node_scales: list[float] | None,
-                 train_tracks: dict[str, Any] | None = None) -> None:
-        self.files, self.node_features, self.node_scales, self.train_tracks = files, node_features, node_scales, train_tracks
+    def __init__(
+        self,
+        files: list[Path],
+        node_features: list[str],
+        node_scales: list[float] | None,
+        train_tracks: dict[str, Any] | None = None,
+    ) -> None:
+        self.files, self.node_features, self.node_scales, self.train_tracks = (
+            files,
+            node_features,
+            node_scales,
+            train_tracks,
+        )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -192,8 +231,13 @@ class MetricLearningData(L.LightningDataModule):
 
     def _loader(self, files: list[Path], shuffle: bool) -> DataLoader:
         c = self.config
-        return DataLoader(EventDataset(files, c.node_features, c.node_scales, c.train_tracks), batch_size=c.batch_size, shuffle=shuffle,
-                          collate_fn=_as_list, num_workers=c.num_workers)
+        return DataLoader(
+            EventDataset(files, c.node_features, c.node_scales, c.train_tracks),
+            batch_size=c.batch_size,
+            shuffle=shuffle,
+            collate_fn=_as_list,
+            num_workers=c.num_workers,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_files, shuffle=True)
@@ -226,16 +270,24 @@ class MetricLearning(GraphBuilderStage):
             raise FileNotFoundError(f"checkpoint {checkpoint} not found")
         train, val = self.training_files(), self.input_files("valset")
         if not train:
-            raise FileNotFoundError(f"no event files in {Path(self.config.input_dir) / 'trainset'}: nothing to train on")
+            raise FileNotFoundError(
+                f"no event files in {Path(self.config.input_dir) / 'trainset'}: nothing to train on"
+            )
         if not val:
-            raise FileNotFoundError(f"no event files in {Path(self.config.input_dir) / 'valset'}: metric learning validates on valset")
+            raise FileNotFoundError(
+                f"no event files in {Path(self.config.input_dir) / 'valset'}: metric learning validates on valset"
+            )
         in_dim = training_event(train[0], self.config.node_features, self.config.node_scales).x.shape[1]
         module = MetricLearningModule(asdict(self.config.settings(in_dim)))
         resume = checkpoint or last_checkpoint(self.stage_dir)
         if resume:
             self.check_resume_width(Path(resume), in_dim)
-        log.info("metric learning: %d training events, %d validation events, %d input columns", len(train), len(val), in_dim)
-        make_trainer(self.config, self.stage_dir).fit(module, datamodule=MetricLearningData(train, val, self.config), ckpt_path=str(resume) if resume else None)
+        log.info(
+            "metric learning: %d training events, %d validation events, %d input columns", len(train), len(val), in_dim
+        )
+        make_trainer(self.config, self.stage_dir).fit(
+            module, datamodule=MetricLearningData(train, val, self.config), ckpt_path=str(resume) if resume else None
+        )
 
     def check_resume_width(self, path: Path, in_dim: int) -> None:
         """A checkpoint trained on other node features (hit_tb_emb added, removed, or of another width)
@@ -244,8 +296,10 @@ class MetricLearning(GraphBuilderStage):
         trained = settings.get("in_dim")
         if trained is not None and trained != in_dim:
             names = f" ({', '.join(settings['node_features'])})" if settings.get("node_features") else ""
-            raise CheckpointError(f"key 'node_features' ({', '.join(self.config.node_features)}) gives {in_dim} columns but {path} "
-                             f"was trained on {trained}{names}; use another stage_dir or delete the checkpoint to start afresh")
+            raise CheckpointError(
+                f"key 'node_features' ({', '.join(self.config.node_features)}) gives {in_dim} columns but {path} "
+                f"was trained on {trained}{names}; use another stage_dir or delete the checkpoint to start afresh"
+            )
 
     def training_files(self) -> list[Path]:
         """The first train_events trainset events, else those data_split selects."""
@@ -253,8 +307,10 @@ class MetricLearning(GraphBuilderStage):
             return self.input_files("trainset")
         files = list_event_files(self.config.input_dir, "trainset")
         if len(files) < self.config.train_events:
-            raise FileNotFoundError(f"key 'train_events' asks for {self.config.train_events} events, but "
-                                    f"{Path(self.config.input_dir) / 'trainset'} has {len(files)}")
+            raise FileNotFoundError(
+                f"key 'train_events' asks for {self.config.train_events} events, but "
+                f"{Path(self.config.input_dir) / 'trainset'} has {len(files)}"
+            )
         return files[: self.config.train_events]
 
     # --------------------------------------------------------------------------------- infer
@@ -277,9 +333,11 @@ class MetricLearning(GraphBuilderStage):
         if x.shape[1] != settings.in_dim:
             # e.g. hit_tb_emb of another TrackingBERT width, or listed in training but not now
             trained = f" ({', '.join(settings.node_features)})" if settings.node_features else ""
-            raise ValueError(f"{source}: key 'node_features' ({', '.join(self.config.node_features)}) gives {x.shape[1]} columns "
-                             f"but the model in {self.stage_dir / 'artifacts'} was trained on {settings.in_dim}{trained}; "
-                             f"node_features must match the training config")
+            raise ValueError(
+                f"{source}: key 'node_features' ({', '.join(self.config.node_features)}) gives {x.shape[1]} columns "
+                f"but the model in {self.stage_dir / 'artifacts'} was trained on {settings.in_dim}{trained}; "
+                f"node_features must match the training config"
+            )
         with torch.no_grad():
             return self.module(x.to(self.device))
 

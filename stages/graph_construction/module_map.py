@@ -112,7 +112,9 @@ class PairPriorConfig:
 
     def __post_init__(self) -> None:
         if not (self.propose or self.prune):
-            raise ValueError("key 'prior': set 'propose' or 'prune' (or both) to true, or 'prior: null' to turn the prior off")
+            raise ValueError(
+                "key 'prior': set 'propose' or 'prune' (or both) to true, or 'prior: null' to turn the prior off"
+            )
         for key in ("propose_quantile", "prune_quantile"):
             value = getattr(self, key)
             if not (0.0 <= value <= 1.0):
@@ -167,7 +169,9 @@ class ModuleMapConfig(StageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.map_events is not None and self.map_events < 1:
-            raise ValueError(f"key 'map_events' must be at least 1 or null (the events data_split selects), got {self.map_events}")
+            raise ValueError(
+                f"key 'map_events' must be at least 1 or null (the events data_split selects), got {self.map_events}"
+            )
         for key in ("min_count", "chunk_edges", "max_edges"):
             if getattr(self, key) < 1:
                 raise ValueError(f"key '{key}' must be at least 1, got {getattr(self, key)}")
@@ -201,8 +205,9 @@ def doublet_features(data: Data, edges: np.ndarray, source: str | Path) -> np.nd
     return doublet_values(phi[src], r[src], z[src], phi[dst], r[dst], z[dst])
 
 
-def doublet_values(phi_in: np.ndarray, r_in: np.ndarray, z_in: np.ndarray,
-                   phi_out: np.ndarray, r_out: np.ndarray, z_out: np.ndarray) -> np.ndarray:
+def doublet_values(
+    phi_in: np.ndarray, r_in: np.ndarray, z_in: np.ndarray, phi_out: np.ndarray, r_out: np.ndarray, z_out: np.ndarray
+) -> np.ndarray:
     """float64 [E, 2] dphi, z0 (see doublet_features) of points given as arrays [E] each (inner, outer)."""
     dphi = np.remainder(phi_out - phi_in + np.pi, 2 * np.pi) - np.pi
     dr, dz = r_out - r_in, z_out - z_in
@@ -227,7 +232,9 @@ N_BINS = 4000
 def feature_bins(features: np.ndarray) -> np.ndarray:
     """int64 [E, F]: the histogram bin of each feature value (out of range values go to the edge bins)."""
     lo, hi = FEATURE_RANGE[:, 0], FEATURE_RANGE[:, 1]
-    position = np.clip((features - lo) / (hi - lo) * N_BINS, 0, N_BINS - 1)  # clipped before the cast: +-inf stay in range
+    position = np.clip(
+        (features - lo) / (hi - lo) * N_BINS, 0, N_BINS - 1
+    )  # clipped before the cast: +-inf stay in range
     return position.astype(np.int64)
 
 
@@ -271,7 +278,7 @@ class MapLearner:
         unique, inverse = np.unique(np.concatenate([self.layer_keys, layers]), return_inverse=True)
         hist = np.zeros((unique.size, len(WINDOW_NAMES), N_BINS), dtype=np.int64)
         hist[inverse[: self.layer_keys.size]] = self.hist
-        row = inverse[self.layer_keys.size:][in_window]  # [T''] layer-pair row of each windowing truth edge
+        row = inverse[self.layer_keys.size :][in_window]  # [T''] layer-pair row of each windowing truth edge
         bins = feature_bins(doublet_features(data, edges[:, in_window], source))  # [T'', F]
         for f in range(len(WINDOW_NAMES)):
             np.add.at(hist[:, f, :], (row, bins[:, f]), 1)
@@ -300,10 +307,16 @@ class MapLearner:
         layer_pairs [L, 2], low / high [L, F], window_names [F], n_events."""
         window = np.searchsorted(self.layer_keys, self.pair_layer)
         low, high = self.windows(coverage)
-        return {"pairs": np.stack([self.pair_keys // PAIR_SHIFT, self.pair_keys % PAIR_SHIFT], axis=1),
-                "counts": self.pair_counts, "window": window.astype(np.int64),
-                "layer_pairs": np.stack([self.layer_keys // PAIR_SHIFT, self.layer_keys % PAIR_SHIFT], axis=1),
-                "low": low, "high": high, "window_names": np.array(WINDOW_NAMES), "n_events": np.int64(self.n_events)}
+        return {
+            "pairs": np.stack([self.pair_keys // PAIR_SHIFT, self.pair_keys % PAIR_SHIFT], axis=1),
+            "counts": self.pair_counts,
+            "window": window.astype(np.int64),
+            "layer_pairs": np.stack([self.layer_keys // PAIR_SHIFT, self.layer_keys % PAIR_SHIFT], axis=1),
+            "low": low,
+            "high": high,
+            "window_names": np.array(WINDOW_NAMES),
+            "n_events": np.int64(self.n_events),
+        }
 
     def save(self, path: Path, coverage: float) -> None:
         """The map as npz (see arrays), written atomically."""
@@ -336,8 +349,12 @@ class ModuleMapTable:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in names if k not in npz.files]
             if missing:
-                raise ValueError(f"{path}: not a module map of this version (missing {', '.join(missing)}); run 'tb train' again")
-            table = cls(*(npz[k] for k in names), proposed=npz["proposed"].astype(bool) if "proposed" in npz.files else None)
+                raise ValueError(
+                    f"{path}: not a module map of this version (missing {', '.join(missing)}); run 'tb train' again"
+                )
+            table = cls(
+                *(npz[k] for k in names), proposed=npz["proposed"].astype(bool) if "proposed" in npz.files else None
+            )
         if table.pairs.ndim != 2 or table.pairs.shape[1] != 2 or table.counts.shape != (len(table.pairs),):
             raise ValueError(f"{path}: not a module map (pairs {table.pairs.shape}, counts {table.counts.shape})")
         return table
@@ -347,8 +364,14 @@ class ModuleMapTable:
         keep = self.counts >= min_count
         if self.proposed is not None:
             keep |= self.proposed
-        return ModuleMapTable(self.pairs[keep], self.counts[keep], self.window[keep], self.low, self.high,
-                              None if self.proposed is None else self.proposed[keep])
+        return ModuleMapTable(
+            self.pairs[keep],
+            self.counts[keep],
+            self.window[keep],
+            self.low,
+            self.high,
+            None if self.proposed is None else self.proposed[keep],
+        )
 
     def windows(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) [P, F] per pair: its layer pair's window widened by margin x width on each side."""
@@ -367,7 +390,9 @@ def module_slices(module: np.ndarray, n_modules: int) -> tuple[np.ndarray, np.nd
     return order, start, count
 
 
-def pair_edges(order: np.ndarray, start: np.ndarray, count: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pair_edges(
+    order: np.ndarray, start: np.ndarray, count: np.ndarray, pairs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """([2, C], [C]): every (hit on a, hit on b) combination of the module pairs [P, 2] (C = sum of
     n_a * n_b) and the row in `pairs` of each."""
     a, b = pairs[:, 0], pairs[:, 1]  # [P]
@@ -380,8 +405,12 @@ def pair_edges(order: np.ndarray, start: np.ndarray, count: np.ndarray, pairs: n
     return np.stack([src, dst]), pair
 
 
-def build_module_map_edges(module: np.ndarray, pairs: np.ndarray, chunk_edges: int,
-                           cut: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def build_module_map_edges(
+    module: np.ndarray,
+    pairs: np.ndarray,
+    chunk_edges: int,
+    cut: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
     """[2, E] candidate edges of one event from the map, enumerated chunk by chunk of pairs.
 
     `cut(edges [2, C], pair_row [C]) -> keep [C]` filters each chunk as it is made, so the uncut
@@ -410,7 +439,13 @@ def cap_edges(edges: np.ndarray, position: np.ndarray, max_edges: int, source: s
         return edges
     length = np.linalg.norm(position[edges[1]] - position[edges[0]], axis=1)  # [E]
     keep = np.argpartition(length, max_edges - 1)[:max_edges]
-    log.warning("%s: %d candidate edges exceed max_edges = %d; the %d shortest are kept", source, edges.shape[1], max_edges, max_edges)
+    log.warning(
+        "%s: %d candidate edges exceed max_edges = %d; the %d shortest are kept",
+        source,
+        edges.shape[1],
+        max_edges,
+        max_edges,
+    )
     return edges[:, np.sort(keep)]
 
 
@@ -436,8 +471,10 @@ class ModuleMap(GraphBuilderStage):
         learner, files = self.learn()
         arrays = self.with_prior(learner.arrays(self.config.window_coverage))
         save_map(self.map_file, arrays)
-        print(f"module map: {len(arrays['pairs']):,} module pairs ({len(learner.layer_keys)} layer pairs) from "
-              f"{int(learner.pair_counts.sum()):,} truth edges in {len(files)} events -> {self.map_file}")
+        print(
+            f"module map: {len(arrays['pairs']):,} module pairs ({len(learner.layer_keys)} layer pairs) from "
+            f"{int(learner.pair_counts.sum()):,} truth edges in {len(files)} events -> {self.map_file}"
+        )
 
     def learn(self) -> tuple[MapLearner, list[Path]]:
         """Pair counts and window histograms from the map's training events (and those files)."""
@@ -445,8 +482,12 @@ class ModuleMap(GraphBuilderStage):
         learner = MapLearner()
         for path in tqdm(files, desc="module map trainset", unit="event", leave=False):
             data = load_event(path)
-            learner.add(data, target_truth_mask(data, self.config.map_tracks, str(path)).numpy(),
-                        target_truth_mask(data, self.config.window_tracks, str(path)).numpy(), path)
+            learner.add(
+                data,
+                target_truth_mask(data, self.config.map_tracks, str(path)).numpy(),
+                target_truth_mask(data, self.config.window_tracks, str(path)).numpy(),
+                path,
+            )
         return learner, files
 
     def with_prior(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -455,7 +496,9 @@ class ModuleMap(GraphBuilderStage):
             return arrays
         from stages.graph_construction.pair_prior import apply_pair_prior
 
-        return apply_pair_prior(arrays, self.config.prior, self.config.input_dir, self.config.window_margin, self.config.seed)
+        return apply_pair_prior(
+            arrays, self.config.prior, self.config.input_dir, self.config.window_margin, self.config.seed
+        )
 
     def map_training_files(self) -> list[Path]:
         """The first map_events trainset events, else those data_split selects."""
@@ -464,11 +507,15 @@ class ModuleMap(GraphBuilderStage):
         else:
             files = list_event_files(self.config.input_dir, "trainset")
             if len(files) < self.config.map_events:
-                raise FileNotFoundError(f"key 'map_events' asks for {self.config.map_events} events, but "
-                                        f"{Path(self.config.input_dir) / 'trainset'} holds {len(files)}")
+                raise FileNotFoundError(
+                    f"key 'map_events' asks for {self.config.map_events} events, but "
+                    f"{Path(self.config.input_dir) / 'trainset'} holds {len(files)}"
+                )
             files = files[: self.config.map_events]
         if not files:
-            raise FileNotFoundError(f"no event files in {Path(self.config.input_dir) / 'trainset'}: nothing to learn the module map from")
+            raise FileNotFoundError(
+                f"no event files in {Path(self.config.input_dir) / 'trainset'}: nothing to learn the module map from"
+            )
         return files
 
     def prepare_inference(self) -> None:

@@ -56,8 +56,15 @@ from stages.graph_construction.module_map import PAIR_SHIFT, PairPriorConfig, do
 from tb_plugin.geometry import Detector, detector_for
 from tb_plugin.injection import MODULE_TABLE_FILE, load_module_table
 
-__all__ = ["PairPriorConfig", "ModuleShapes", "module_shapes", "candidate_pairs", "pair_geometry", "apply_pair_prior",
-           "load_prior_table"]
+__all__ = [
+    "PairPriorConfig",
+    "ModuleShapes",
+    "module_shapes",
+    "candidate_pairs",
+    "pair_geometry",
+    "apply_pair_prior",
+    "load_prior_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +109,16 @@ def module_shapes(detector: Detector) -> ModuleShapes:
     ext_phi = np.abs(np.remainder(p_phi - phi[:, None] + np.pi, 2 * np.pi) - np.pi).max(axis=1)
     layer = detector.volume_id.astype(np.int64) * 1000 + detector.layer_id.astype(np.int64)
     reach = np.linalg.norm(points - detector.center[:, None, :], axis=2).max(axis=1)
-    return ModuleShapes(phi, r, cz.copy(), ext_phi, np.abs(p_r - r[:, None]).max(axis=1),
-                        np.abs(points[..., 2] - cz[:, None]).max(axis=1), layer, reach)
+    return ModuleShapes(
+        phi,
+        r,
+        cz.copy(),
+        ext_phi,
+        np.abs(p_r - r[:, None]).max(axis=1),
+        np.abs(points[..., 2] - cz[:, None]).max(axis=1),
+        layer,
+        reach,
+    )
 
 
 def widened_windows(low: np.ndarray, high: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +127,9 @@ def widened_windows(low: np.ndarray, high: np.ndarray, margin: float) -> tuple[n
     return low - margin * width, high + margin * width
 
 
-def pair_geometry(shapes: ModuleShapes, a: np.ndarray, b: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pair_geometry(
+    shapes: ModuleShapes, a: np.ndarray, b: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(inside bool [C], score float [C]) of module pairs a -> b [C] against their windows low / high [C, F].
 
     inside: the centres' dphi / z0 lie in the window widened by the modules' extent. score: 1 - max
@@ -122,14 +139,17 @@ def pair_geometry(shapes: ModuleShapes, a: np.ndarray, b: np.ndarray, low: np.nd
     over the modules' reach takes its place in the score (not in `inside`): modules that touch score
     >= 0, far ones below, so the score does not rank every pair of such a layer pair alike.
     """
-    features = doublet_values(shapes.phi[a], shapes.r[a], shapes.z[a], shapes.phi[b], shapes.r[b], shapes.z[b])  # [C, 2]
+    features = doublet_values(
+        shapes.phi[a], shapes.r[a], shapes.z[a], shapes.phi[b], shapes.r[b], shapes.z[b]
+    )  # [C, 2]
     ext_dphi = shapes.ext_phi[a] + shapes.ext_phi[b]
     r_a, r_b = shapes.r[a], shapes.r[b]
     d_r = r_b - r_a
     with np.errstate(divide="ignore", invalid="ignore"):
         # first-order spread of z0 = (z_a r_b - z_b r_a) / (r_b - r_a) over the modules' extents
-        ext_z0 = ((np.abs(r_b) * shapes.ext_z[a] + np.abs(r_a) * shapes.ext_z[b]) / np.abs(d_r)
-                  + (np.abs(r_b) * shapes.ext_r[a] + np.abs(r_a) * shapes.ext_r[b]) * np.abs(shapes.z[a] - shapes.z[b]) / d_r ** 2)
+        ext_z0 = (np.abs(r_b) * shapes.ext_z[a] + np.abs(r_a) * shapes.ext_z[b]) / np.abs(d_r) + (
+            np.abs(r_b) * shapes.ext_r[a] + np.abs(r_a) * shapes.ext_r[b]
+        ) * np.abs(shapes.z[a] - shapes.z[b]) / d_r**2
     ext_z0 = np.where(np.abs(d_r) <= shapes.ext_r[a] + shapes.ext_r[b], np.inf, ext_z0)  # radial ranges overlap
     extent = np.stack([ext_dphi, ext_z0], axis=1)  # [C, 2]
     with np.errstate(invalid="ignore"):
@@ -141,7 +161,9 @@ def pair_geometry(shapes: ModuleShapes, a: np.ndarray, b: np.ndarray, low: np.nd
     overlap = ~np.isfinite(ext_z0)  # [C]
     if overlap.any():
         ia, ib = a[overlap], b[overlap]
-        gap = np.linalg.norm(_centres(shapes, ib) - _centres(shapes, ia), axis=1) / (shapes.reach[ia] + shapes.reach[ib])
+        gap = np.linalg.norm(_centres(shapes, ib) - _centres(shapes, ia), axis=1) / (
+            shapes.reach[ia] + shapes.reach[ib]
+        )
         term[overlap, 1] = np.maximum(term[overlap, 1], gap)
     return inside, 1.0 - term.max(axis=1)
 
@@ -152,8 +174,14 @@ def _centres(shapes: ModuleShapes, modules: np.ndarray) -> np.ndarray:
     return np.stack([r * np.cos(phi), r * np.sin(phi), shapes.z[modules]], axis=1)
 
 
-def candidate_pairs(shapes: ModuleShapes, layer_pairs: np.ndarray, low: np.ndarray, high: np.ndarray,
-                    scope: np.ndarray | None = None, chunk_pairs: int = 2_000_000) -> tuple[np.ndarray, np.ndarray]:
+def candidate_pairs(
+    shapes: ModuleShapes,
+    layer_pairs: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    scope: np.ndarray | None = None,
+    chunk_pairs: int = 2_000_000,
+) -> tuple[np.ndarray, np.ndarray]:
     """(pairs int64 [C, 2], window int64 [C]): per layer pair l (layer keys layer_pairs[l] = (inner, outer)),
     the module pairs a -> b (a != b, both in `scope` [M]) that pair_geometry finds inside the window
     low[l] / high[l] [F]; sorted by pair key. Layer pairs unbounded in every feature give none."""
@@ -173,7 +201,9 @@ def candidate_pairs(shapes: ModuleShapes, layer_pairs: np.ndarray, low: np.ndarr
         reach = shapes.ext_phi[inner] + shapes.ext_phi[outer].max()  # [A] phi widening
         span = hi[0] - lo[0] + 2 * reach  # [A]
         if np.isfinite(lo[0]) and np.isfinite(hi[0]) and span.max() < 2 * np.pi:
-            ring_phi = np.concatenate([phi_out - 2 * np.pi, phi_out, phi_out + 2 * np.pi])  # sorted, one turn either side
+            ring_phi = np.concatenate(
+                [phi_out - 2 * np.pi, phi_out, phi_out + 2 * np.pi]
+            )  # sorted, one turn either side
             ring = np.tile(outer, 3)
             start = np.searchsorted(ring_phi, shapes.phi[inner] + lo[0] - reach, side="left")  # [A]
             count = np.searchsorted(ring_phi, shapes.phi[inner] + hi[0] + reach, side="right") - start  # [A]
@@ -217,10 +247,14 @@ def load_prior_table(path: Path, detector: Detector, folder: str | Path) -> tupl
     table = load_module_table(path)
     expected = detector.geometry_hash()
     if table.geometry_hash != expected:
-        raise ValueError(f"{path}: module table built for geometry {table.geometry_hash[:12]}, but {folder} holds geometry "
-                         f"{expected[:12]}; use the table of a tracking_bert stage trained on this detector")
+        raise ValueError(
+            f"{path}: module table built for geometry {table.geometry_hash[:12]}, but {folder} holds geometry "
+            f"{expected[:12]}; use the table of a tracking_bert stage trained on this detector"
+        )
     if table.table.shape[0] != len(detector):
-        raise ValueError(f"{path}: module table has {table.table.shape[0]} rows but the detector of {folder} has {len(detector)} modules")
+        raise ValueError(
+            f"{path}: module table has {table.table.shape[0]} rows but the detector of {folder} has {len(detector)} modules"
+        )
     return table.table, table.in_vocab
 
 
@@ -250,8 +284,9 @@ class MLPHead(nn.Module):
         return self.net(torch.cat([v_a, v_b, v_a * v_b], dim=1)).squeeze(1)  # [B]
 
 
-def train_head(kind: str, vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray,
-               config: PairPriorConfig, seed: int) -> tuple[nn.Module, float]:
+def train_head(
+    kind: str, vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray, config: PairPriorConfig, seed: int
+) -> tuple[nn.Module, float]:
     """A head trained on the frozen vectors [M, D]: positives / negatives [*, 2] module pairs, balanced
     batches of head_batch pairs, head_steps AdamW steps; (head in eval mode, mean loss of the last 10% of steps)."""
     table = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
@@ -266,8 +301,12 @@ def train_head(kind: str, vectors: np.ndarray, positives: np.ndarray, negatives:
     losses = []
     head.train()
     for _ in range(config.head_steps):
-        batch = torch.cat([pos[torch.randint(len(pos), (half,), generator=generator)],
-                           neg[torch.randint(len(neg), (half,), generator=generator)]])  # [2h, 2]
+        batch = torch.cat(
+            [
+                pos[torch.randint(len(pos), (half,), generator=generator)],
+                neg[torch.randint(len(neg), (half,), generator=generator)],
+            ]
+        )  # [2h, 2]
         logits = head(table[batch[:, 0]], table[batch[:, 1]])
         loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
         optimiser.zero_grad()
@@ -284,14 +323,18 @@ def head_scores(head: nn.Module, vectors: np.ndarray, pairs: np.ndarray) -> np.n
     out = []
     with torch.no_grad():
         for first in range(0, len(pairs), SCORE_CHUNK):
-            chunk = torch.from_numpy(pairs[first:first + SCORE_CHUNK])
+            chunk = torch.from_numpy(pairs[first : first + SCORE_CHUNK])
             out.append(head(table[chunk[:, 0]], table[chunk[:, 1]]).numpy().astype(np.float64))
     return np.concatenate(out) if out else np.zeros(0)
 
 
 def cosine_scores(unit: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    out = [np.einsum("ij,ij->i", unit[pairs[f:f + SCORE_CHUNK, 0]], unit[pairs[f:f + SCORE_CHUNK, 1]]).astype(np.float64)
-           for f in range(0, len(pairs), SCORE_CHUNK)]
+    out = [
+        np.einsum("ij,ij->i", unit[pairs[f : f + SCORE_CHUNK, 0]], unit[pairs[f : f + SCORE_CHUNK, 1]]).astype(
+            np.float64
+        )
+        for f in range(0, len(pairs), SCORE_CHUNK)
+    ]
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -300,7 +343,9 @@ def geometry_vectors(shapes: ModuleShapes) -> np.ndarray:
     per-module vector for a learned head)."""
     r_scale = max(float(shapes.r.max()), 1e-9)
     z_scale = max(float(np.abs(shapes.z).max()), 1e-9)
-    return np.stack([shapes.r / r_scale, shapes.z / z_scale, np.cos(shapes.phi), np.sin(shapes.phi)], axis=1).astype(np.float32)
+    return np.stack([shapes.r / r_scale, shapes.z / z_scale, np.cos(shapes.phi), np.sin(shapes.phi)], axis=1).astype(
+        np.float32
+    )
 
 
 def _unit_rows(table: np.ndarray) -> np.ndarray:
@@ -321,22 +366,26 @@ def _ties(threshold: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(threshold), 1e-9 * np.maximum(1.0, np.abs(threshold)), 0.0)
 
 
-def cross_fitted_head_scores(config: PairPriorConfig, vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray,
-                             seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+def cross_fitted_head_scores(
+    config: PairPriorConfig, vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(positive scores, negative scores, mean final loss) from head_folds heads: the pairs are split
     by their inner module into folds, and each pair is scored by the head trained without its fold's
     modules, so no pair's score comes from a head that learned that module's pairs as seen or unseen
     (a head on one vector per module could otherwise simply remember which modules were hit)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # batches of a few thousand pairs: more threads only add overhead (15x slower measured on 2 busy cores)
+    torch.set_num_threads(
+        1
+    )  # batches of a few thousand pairs: more threads only add overhead (15x slower measured on 2 busy cores)
     try:
         return _cross_fitted_head_scores(config, vectors, positives, negatives, seed)
     finally:
         torch.set_num_threads(threads)
 
 
-def _cross_fitted_head_scores(config: PairPriorConfig, vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray,
-                              seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+def _cross_fitted_head_scores(
+    config: PairPriorConfig, vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     folds = config.head_folds
     fold_of = np.random.default_rng(seed).permutation(len(vectors)) % folds  # [M] fold of each inner module
     pos_fold, neg_fold = fold_of[positives[:, 0]], fold_of[negatives[:, 0]]
@@ -369,8 +418,9 @@ def thresholds(scores: np.ndarray, rows: np.ndarray, n_rows: int, q: float, per_
     return out
 
 
-def prior_vectors(config: PairPriorConfig, input_dir: str | Path, detector: Detector,
-                  shapes: ModuleShapes) -> tuple[np.ndarray, np.ndarray, Path | None]:
+def prior_vectors(
+    config: PairPriorConfig, input_dir: str | Path, detector: Detector, shapes: ModuleShapes
+) -> tuple[np.ndarray, np.ndarray, Path | None]:
     """(vectors [M, D] the scores compare, modules in scope bool [M], the table read or None): the unit
     TrackingBERT rows (scope: in the vocabulary) or the geometry vectors of the control."""
     scope = np.ones(len(detector), dtype=bool)
@@ -383,16 +433,24 @@ def prior_vectors(config: PairPriorConfig, input_dir: str | Path, detector: Dete
     return _unit_rows(table), scope & in_vocab, table_path
 
 
-def pair_scores(config: PairPriorConfig, vectors: np.ndarray, shapes: ModuleShapes, seen: tuple[np.ndarray, np.ndarray],
-                new: tuple[np.ndarray, np.ndarray], windows: tuple[np.ndarray, np.ndarray],
-                seed: int) -> tuple[np.ndarray, np.ndarray, float | None]:
+def pair_scores(
+    config: PairPriorConfig,
+    vectors: np.ndarray,
+    shapes: ModuleShapes,
+    seen: tuple[np.ndarray, np.ndarray],
+    new: tuple[np.ndarray, np.ndarray],
+    windows: tuple[np.ndarray, np.ndarray],
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, float | None]:
     """(scores of the seen pairs, of the unseen candidates, the head's loss or None); seen and new are
     (pairs [P, 2], window row [P]), windows the widened (low, high) [L, F]."""
     (seen_pairs, seen_window), (new_pairs, new_window), (low, high) = seen, new, windows
     if config.head != "none":
         if len(new_pairs) == 0:
-            raise ValueError(f"key 'prior.head' {config.head!r} learns from the candidate pairs the map did not see, "
-                             "and there are none; use head: none")
+            raise ValueError(
+                f"key 'prior.head' {config.head!r} learns from the candidate pairs the map did not see, "
+                "and there are none; use head: none"
+            )
         return cross_fitted_head_scores(config, vectors, seen_pairs, new_pairs, seed)
     if config.scorer == "tb":
         return cosine_scores(vectors, seen_pairs), cosine_scores(vectors, new_pairs), None
@@ -401,8 +459,9 @@ def pair_scores(config: PairPriorConfig, vectors: np.ndarray, shapes: ModuleShap
     return seen_scores, new_scores, None
 
 
-def apply_pair_prior(arrays: dict[str, np.ndarray], config: PairPriorConfig, input_dir: str | Path,
-                     window_margin: float, seed: int) -> dict[str, np.ndarray]:
+def apply_pair_prior(
+    arrays: dict[str, np.ndarray], config: PairPriorConfig, input_dir: str | Path, window_margin: float, seed: int
+) -> dict[str, np.ndarray]:
     """The map's arrays (MapLearner.arrays) after the prior: pairs, counts, window rewritten (sorted by
     pair key), plus proposed bool [P] and prior (a JSON record of what it did); prints one line."""
     started = time.perf_counter()
@@ -410,8 +469,10 @@ def apply_pair_prior(arrays: dict[str, np.ndarray], config: PairPriorConfig, inp
     shapes = module_shapes(detector)
     pairs, counts, window = arrays["pairs"], arrays["counts"], arrays["window"]
     if pairs.size and int(pairs.max()) >= len(detector):
-        raise ValueError(f"the module map refers to module {int(pairs.max())}, but the detector of {input_dir} has "
-                         f"{len(detector)} modules; the events were read with another geometry")
+        raise ValueError(
+            f"the module map refers to module {int(pairs.max())}, but the detector of {input_dir} has "
+            f"{len(detector)} modules; the events were read with another geometry"
+        )
     vectors, scope, table_path = prior_vectors(config, input_dir, detector, shapes)
     low, high = widened_windows(arrays["low"], arrays["high"], window_margin)  # [L, F]
     candidates, cand_window = candidate_pairs(shapes, arrays["layer_pairs"], low, high, scope, config.chunk_pairs)
@@ -420,21 +481,41 @@ def apply_pair_prior(arrays: dict[str, np.ndarray], config: PairPriorConfig, inp
     new_pairs, new_window = candidates[unseen], cand_window[unseen]
     in_scope = scope[pairs[:, 0]] & scope[pairs[:, 1]]  # [P]
     if not in_scope.any():
-        raise ValueError(f"key 'prior': none of the map's {len(pairs):,} module pairs has both modules in scope "
-                         f"(volumes {config.volumes}{', in the table vocabulary' if config.scorer == 'tb' else ''}); nothing to score")
-    seen_scores, new_scores, head_loss = pair_scores(config, vectors, shapes, (pairs[in_scope], window[in_scope]),
-                                                     (new_pairs, new_window), (low, high), seed)
+        raise ValueError(
+            f"key 'prior': none of the map's {len(pairs):,} module pairs has both modules in scope "
+            f"(volumes {config.volumes}{', in the table vocabulary' if config.scorer == 'tb' else ''}); nothing to score"
+        )
+    seen_scores, new_scores, head_loss = pair_scores(
+        config, vectors, shapes, (pairs[in_scope], window[in_scope]), (new_pairs, new_window), (low, high), seed
+    )
     seen_window = window[in_scope]
 
     per_layer_pair = config.threshold == "layer_pair"
     n_rows = len(arrays["layer_pairs"])
-    record: dict = {"scorer": config.scorer, "head": config.head, "table": None if table_path is None else str(table_path),
-                    "volumes": config.volumes, "threshold": config.threshold, "seed": seed,
-                    "modules_in_scope": int(scope.sum()), "seen_pairs": int(len(pairs)), "seen_pairs_in_scope": int(in_scope.sum()),
-                    "candidates": int(len(candidates)), "candidates_unseen": int(len(new_pairs)), "head_loss": head_loss,
-                    "propose": config.propose, "propose_quantile": config.propose_quantile, "propose_threshold": None, "proposed": 0,
-                    "prune": config.prune, "prune_quantile": config.prune_quantile, "prune_max_count": config.prune_max_count,
-                    "prune_threshold": None, "prunable": 0, "pruned": 0}
+    record: dict = {
+        "scorer": config.scorer,
+        "head": config.head,
+        "table": None if table_path is None else str(table_path),
+        "volumes": config.volumes,
+        "threshold": config.threshold,
+        "seed": seed,
+        "modules_in_scope": int(scope.sum()),
+        "seen_pairs": int(len(pairs)),
+        "seen_pairs_in_scope": int(in_scope.sum()),
+        "candidates": int(len(candidates)),
+        "candidates_unseen": int(len(new_pairs)),
+        "head_loss": head_loss,
+        "propose": config.propose,
+        "propose_quantile": config.propose_quantile,
+        "propose_threshold": None,
+        "proposed": 0,
+        "prune": config.prune,
+        "prune_quantile": config.prune_quantile,
+        "prune_max_count": config.prune_max_count,
+        "prune_threshold": None,
+        "prunable": 0,
+        "pruned": 0,
+    }
     add = np.zeros(len(new_pairs), dtype=bool)
     if config.propose:
         threshold = thresholds(seen_scores, seen_window, n_rows, config.propose_quantile, per_layer_pair)  # [L]
@@ -452,11 +533,13 @@ def apply_pair_prior(arrays: dict[str, np.ndarray], config: PairPriorConfig, inp
     order = np.argsort(out_pairs[:, 0] * PAIR_SHIFT + out_pairs[:, 1], kind="stable")
     record["seconds"] = round(time.perf_counter() - started, 3)
     result = dict(arrays)
-    result.update(pairs=out_pairs[order],
-                  counts=np.concatenate([counts[keep], np.zeros(int(add.sum()), dtype=np.int64)])[order],
-                  window=np.concatenate([window[keep], new_window[add]])[order],
-                  proposed=np.concatenate([np.zeros(int(keep.sum()), dtype=bool), np.ones(int(add.sum()), dtype=bool)])[order],
-                  prior=np.array(json.dumps(record)))
+    result.update(
+        pairs=out_pairs[order],
+        counts=np.concatenate([counts[keep], np.zeros(int(add.sum()), dtype=np.int64)])[order],
+        window=np.concatenate([window[keep], new_window[add]])[order],
+        proposed=np.concatenate([np.zeros(int(keep.sum()), dtype=bool), np.ones(int(add.sum()), dtype=bool)])[order],
+        prior=np.array(json.dumps(record)),
+    )
     print(prior_summary(record))
     return result
 
@@ -468,6 +551,7 @@ def _median_finite(values: np.ndarray) -> float | None:
 
 def prior_summary(record: dict) -> str:
     """One line: what the prior did."""
+
     def fmt(x: float | None) -> str:
         return "n/a" if x is None or not math.isfinite(x) else f"{x:.4g}"
 
@@ -476,9 +560,13 @@ def prior_summary(record: dict) -> str:
     where = "per layer pair, median" if record["threshold"] == "layer_pair" else "overall"
     parts = [f"{record['candidates']:,} candidate pairs, {record['candidates_unseen']:,} unseen"]
     if record["propose"]:
-        parts.append(f"proposed {record['proposed']:,} (score >= the {record['propose_quantile']:g} quantile of the "
-                     f"{record['seen_pairs_in_scope']:,} seen pairs' scores {where}: {fmt(record['propose_threshold'])})")
+        parts.append(
+            f"proposed {record['proposed']:,} (score >= the {record['propose_quantile']:g} quantile of the "
+            f"{record['seen_pairs_in_scope']:,} seen pairs' scores {where}: {fmt(record['propose_threshold'])})"
+        )
     if record["prune"]:
-        parts.append(f"pruned {record['pruned']:,} of {record['prunable']:,} pairs seen <= {record['prune_max_count']} times "
-                     f"(score < the {record['prune_quantile']:g} quantile {where}: {fmt(record['prune_threshold'])})")
+        parts.append(
+            f"pruned {record['pruned']:,} of {record['prunable']:,} pairs seen <= {record['prune_max_count']} times "
+            f"(score < the {record['prune_quantile']:g} quantile {where}: {fmt(record['prune_threshold'])})"
+        )
     return f"{what}: " + "; ".join(parts) + f"; {record['seconds']:.1f} s"

@@ -58,7 +58,9 @@ def orient_edges(edges: np.ndarray, rank: np.ndarray) -> np.ndarray:
     return np.stack([np.where(flip, dst, src), np.where(flip, src, dst)])
 
 
-def graph_truth(edge_index: ArrayLike, track_edges: ArrayLike, hit_r2z2: ArrayLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def graph_truth(
+    edge_index: ArrayLike, track_edges: ArrayLike, hit_r2z2: ArrayLike
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(edge_index [2, E'] oriented and deduplicated, edge_y bool [E'], track_to_edge_map int64 [T]).
 
     The edges come back sorted by (src, dst), so the output does not depend on the order in which a
@@ -160,13 +162,17 @@ class GraphBuilderStage(Stage):
                 continue
             evaluation.add(data, str(path))
         if skipped == len(files):
-            raise ValueError(f"none of the {len(files)} events in {self.stage_dir / split} has truth (track_edges): nothing to evaluate")
+            raise ValueError(
+                f"none of the {len(files)} events in {self.stage_dir / split} has truth (track_edges): nothing to evaluate"
+            )
         metrics = {"dataset": split, "events_without_truth": skipped, **evaluation.metrics()}
         evaluation.plot(self.stage_dir / "eval", title=self.config.model)
         path = self.write_metrics(metrics)
-        print(f"{self.config.stage} {self.config.model} ({split}, {metrics['events']} events): "
-              f"efficiency {_fmt(metrics['efficiency'])}, target efficiency {_fmt(metrics['target_efficiency'])}, "
-              f"purity {_fmt(metrics['purity'])}, {_fmt(metrics['edges_per_event'], '.0f')} edges per event\n  -> {path}")
+        print(
+            f"{self.config.stage} {self.config.model} ({split}, {metrics['events']} events): "
+            f"efficiency {_fmt(metrics['efficiency'])}, target efficiency {_fmt(metrics['target_efficiency'])}, "
+            f"purity {_fmt(metrics['purity'])}, {_fmt(metrics['edges_per_event'], '.0f')} edges per event\n  -> {path}"
+        )
         return metrics
 
 

@@ -50,13 +50,7 @@ from tqdm import tqdm
 
 from stages.data_reading.trackml_reader import SHORT_NAMES
 from stages.plots import plot_efficiency_curves
-from stages.track_building.matching import (
-    STYLES,
-    MatchCounts,
-    check_matching_fraction,
-    count_matches,
-    match_event,
-)
+from stages.track_building.matching import STYLES, MatchCounts, check_matching_fraction, count_matches, match_event
 from tb_plugin.atomic import atomic_path
 from tb_plugin.conditions import Condition, parse_conditions, select
 from tb_plugin.event_store import (
@@ -116,7 +110,9 @@ class TrackBuildingConfig(StageConfig):
         if math.isnan(self.score_cut):
             raise ValueError("key 'score_cut' must be a number, got nan")
         if self.min_track_length < 2:
-            raise ValueError(f"key 'min_track_length' must be at least 2 (a track needs an edge), got {self.min_track_length}")
+            raise ValueError(
+                f"key 'min_track_length' must be at least 2 (a track needs an edge), got {self.min_track_length}"
+            )
         if self.min_particle_hits < 1:
             raise ValueError(f"key 'min_particle_hits' must be at least 1, got {self.min_particle_hits}")
         check_matching_fraction(self.matching_fraction)
@@ -164,8 +160,14 @@ def best_chain_edges(edge_index: np.ndarray, edge_scores: np.ndarray) -> np.ndar
     return best_out & best_in
 
 
-def track_labels(edge_index: np.ndarray, edge_scores: np.ndarray, num_nodes: int, score_cut: float,
-                 min_track_length: int, chains: bool = False) -> np.ndarray:
+def track_labels(
+    edge_index: np.ndarray,
+    edge_scores: np.ndarray,
+    num_nodes: int,
+    score_cut: float,
+    min_track_length: int,
+    chains: bool = False,
+) -> np.ndarray:
     """Per-hit track label (0..K-1, -1 = no track) from the connected components of the kept edges
     (with `chains`, of the kept edges that best_chain_edges keeps).
 
@@ -211,7 +213,9 @@ def graph_arrays(data: Data, source: str | Path) -> tuple[np.ndarray, np.ndarray
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"{source}: edge_index must have shape [2, E], got {list(edge_index.shape)}")
     if edge_scores.shape != (edge_index.shape[1],):
-        raise ValueError(f"{source}: edge_scores has shape {list(edge_scores.shape)}, expected [{edge_index.shape[1]}] (one per edge)")
+        raise ValueError(
+            f"{source}: edge_scores has shape {list(edge_scores.shape)}, expected [{edge_index.shape[1]}] (one per edge)"
+        )
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
         raise ValueError(f"{source}: edge_index refers to hits outside 0..{num_nodes - 1}")
     return edge_index.numpy().astype(np.int64), edge_scores.float().numpy(), int(num_nodes)
@@ -224,11 +228,13 @@ def submission_frame(event_id: int, hit_id: np.ndarray, labels: np.ndarray) -> p
     track_id = labels.copy()
     first_free = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
     track_id[alone] = first_free + np.arange(int(alone.sum()))
-    return pd.DataFrame({
-        "event_id": np.full(len(labels), int(event_id), dtype=np.int64),
-        "hit_id": np.asarray(hit_id, dtype=np.int64),
-        "track_id": track_id,
-    })
+    return pd.DataFrame(
+        {
+            "event_id": np.full(len(labels), int(event_id), dtype=np.int64),
+            "hit_id": np.asarray(hit_id, dtype=np.int64),
+            "track_id": track_id,
+        }
+    )
 
 
 def check_submission(frame: pd.DataFrame, hit_id: np.ndarray, source: str | Path) -> None:
@@ -346,7 +352,9 @@ class TrackBuilder(Stage):
             total += len(files)
             log.info("track_building %s: %d events written, %d already there", split, written, skipped)
         if total == 0:
-            raise FileNotFoundError(f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing to build tracks on")
+            raise FileNotFoundError(
+                f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing to build tracks on"
+            )
 
     def build_event(self, path: Path, split: str, process: EventProcessor) -> Data:
         """Label one event's hits (`process`, from event_processor) and write its submission, then the
@@ -391,8 +399,10 @@ class TrackBuilder(Stage):
             if matches.trackml_score is not None:
                 scores.append(matches.trackml_score)
         if without_truth == len(files):
-            raise ValueError(f"none of the {len(files)} events in {self.stage_dir / split} has truth "
-                             "(hit_particle_id, or track_edges with track_particle_id): nothing to evaluate")
+            raise ValueError(
+                f"none of the {len(files)} events in {self.stage_dir / split} has truth "
+                "(hit_particle_id, or track_edges with track_particle_id): nothing to evaluate"
+            )
         metrics = self.summarise(counts, counts_pt1, scores, len(files) - without_truth, without_truth)
         self.plot_efficiency(pd.concat(plotted, ignore_index=True))
         path = self.write_metrics(metrics)
@@ -430,8 +440,9 @@ class TrackBuilder(Stage):
             )[target],
         )
 
-    def particle_selections(self, particles: pd.DataFrame, features: dict[str, np.ndarray],
-                            source: Path) -> tuple[np.ndarray, np.ndarray]:
+    def particle_selections(
+        self, particles: pd.DataFrame, features: dict[str, np.ndarray], source: Path
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(target, pT > 1 GeV and >= 5 hits) masks over the rows of `particles`."""
         n_hits = particles.n_hits.to_numpy()
         fields = {k: torch.from_numpy(v) for k, v in features.items()}
@@ -450,8 +461,14 @@ class TrackBuilder(Stage):
         truth = pd.DataFrame({"hit_id": hit_id, "particle_id": pid, "weight": data.hit_weight.numpy()})
         return score_event(truth, submission_frame(file_event_id(source), hit_id, labels))
 
-    def summarise(self, counts: dict[str, MatchCounts], counts_pt1: dict[str, MatchCounts], scores: list[float],
-                  events: int, without_truth: int) -> dict[str, Any]:
+    def summarise(
+        self,
+        counts: dict[str, MatchCounts],
+        counts_pt1: dict[str, MatchCounts],
+        scores: list[float],
+        events: int,
+        without_truth: int,
+    ) -> dict[str, Any]:
         metrics: dict[str, Any] = {
             "dataset": self.config.dataset,
             "events": events,
@@ -479,11 +496,20 @@ class TrackBuilder(Stage):
         ]
         written = []
         for column, bins, xlabel, logx, name in curves:
-            series = {style: (particles[column].to_numpy(), particles[f"reconstructed_{style}"].to_numpy()) for style in STYLES}
-            written.append(plot_efficiency_curves(
-                series, bins, xlabel, out / name, logx=logx,
-                title=f"track efficiency, target particles (f = {self.config.matching_fraction})",
-            ))
+            series = {
+                style: (particles[column].to_numpy(), particles[f"reconstructed_{style}"].to_numpy())
+                for style in STYLES
+            }
+            written.append(
+                plot_efficiency_curves(
+                    series,
+                    bins,
+                    xlabel,
+                    out / name,
+                    logx=logx,
+                    title=f"track efficiency, target particles (f = {self.config.matching_fraction})",
+                )
+            )
         return written
 
 
@@ -494,8 +520,14 @@ class ConnectedComponents(TrackBuilder):
     def hit_labels(self, data: Data, source: Path) -> np.ndarray:
         """The connected components of the kept edges (track_labels)."""
         edge_index, edge_scores, num_nodes = graph_arrays(data, source)
-        return track_labels(edge_index, edge_scores, num_nodes, self.config.score_cut, self.config.min_track_length,
-                            chains=self.config.chains)
+        return track_labels(
+            edge_index,
+            edge_scores,
+            num_nodes,
+            self.config.score_cut,
+            self.config.min_track_length,
+            chains=self.config.chains,
+        )
 
 
 def _fmt(value: float | None) -> str:

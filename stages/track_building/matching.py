@@ -82,13 +82,15 @@ def pair_table(track_labels: np.ndarray, hit_particle_id: np.ndarray) -> pd.Data
     n_particles = max(len(particle_ids), 1)
     keys, n_shared = np.unique(track_code * n_particles + particle_code[in_track], return_counts=True)
     t, p = np.divmod(keys, n_particles)
-    frame = pd.DataFrame({
-        "track_id": track_ids[t],
-        "particle_id": particle_ids[p],
-        "n_shared": n_shared,
-        "track_nhits": track_nhits[t],
-        "particle_nhits": particle_nhits[p],
-    })
+    frame = pd.DataFrame(
+        {
+            "track_id": track_ids[t],
+            "particle_id": particle_ids[p],
+            "n_shared": n_shared,
+            "track_nhits": track_nhits[t],
+            "particle_nhits": particle_nhits[p],
+        }
+    )
     frame["purity"] = frame.n_shared / frame.track_nhits
     frame["particle_fraction"] = frame.n_shared / frame.particle_nhits
     return frame
@@ -116,13 +118,15 @@ def track_table(pairs: pd.DataFrame, matching_fraction: float) -> pd.DataFrame:
     ranked = pairs.iloc[order]
     first = np.diff(ranked.track_id.to_numpy(), prepend=-1) != 0  # track ids are >= 0
     majority = ranked[first]
-    tracks = pd.DataFrame({
-        "track_id": majority.track_id.to_numpy(),
-        "n_hits": majority.track_nhits.to_numpy(),
-        "particle_id": majority.particle_id.to_numpy(),
-        "n_shared": majority.n_shared.to_numpy(),
-        "purity": majority.purity.to_numpy(),
-    })
+    tracks = pd.DataFrame(
+        {
+            "track_id": majority.track_id.to_numpy(),
+            "n_hits": majority.track_nhits.to_numpy(),
+            "particle_id": majority.particle_id.to_numpy(),
+            "n_shared": majority.n_shared.to_numpy(),
+            "purity": majority.purity.to_numpy(),
+        }
+    )
     track_code = np.searchsorted(tracks.track_id.to_numpy(), pairs.track_id.to_numpy())
     for style in STYLES:
         matched, _ = pair_flags(pairs, matching_fraction, style)
@@ -145,7 +149,9 @@ def particle_table(pairs: pd.DataFrame, hit_particle_id: np.ndarray, matching_fr
     return particles
 
 
-def match_event(track_labels: np.ndarray, hit_particle_id: np.ndarray, matching_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def match_event(
+    track_labels: np.ndarray, hit_particle_id: np.ndarray, matching_fraction: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(tracks, particles) tables of one event."""
     check_matching_fraction(matching_fraction)
     pairs = pair_table(track_labels, hit_particle_id)
@@ -167,6 +173,7 @@ class MatchCounts:
 
     def rates(self) -> dict[str, Any]:
         """efficiency, fake_rate and duplicate_rate (None where the denominator is 0) plus the counts."""
+
         def ratio(num: int, den: int) -> float | None:
             return num / den if den else None
 

@@ -82,8 +82,9 @@ def event_hit_rank(data: Data, num_nodes: int, source: str | Path) -> np.ndarray
     return hit_order(radius)
 
 
-def kept_oriented_edges(edge_index: np.ndarray, edge_scores: np.ndarray, score_cut: float,
-                        hit_rank: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def kept_oriented_edges(
+    edge_index: np.ndarray, edge_scores: np.ndarray, score_cut: float, hit_rank: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(src, dst, score) [E'] of the edges above the cut, inner -> outer by `hit_rank` (as written when
     None), self loops dropped: a hit before itself would never be free to start a walk."""
     above = edge_scores > score_cut
@@ -131,15 +132,23 @@ class WalkState:
     next_group: int  # the id of the next walk
 
     @classmethod
-    def build(cls, src: np.ndarray, dst: np.ndarray, score: np.ndarray, walk: np.ndarray,
-              group: np.ndarray) -> WalkState:
+    def build(
+        cls, src: np.ndarray, dst: np.ndarray, score: np.ndarray, walk: np.ndarray, group: np.ndarray
+    ) -> WalkState:
         """Sort the edges once by (src, score descending, dst): the tie-break is the lower target."""
         num_nodes = walk.shape[0]
         order = np.lexsort((dst, -score, src))
         indptr = np.zeros(num_nodes + 1, dtype=np.int64)
         np.cumsum(np.bincount(src, minlength=num_nodes), out=indptr[1:])
-        return cls(indptr=indptr, target=dst[order], score=score[order], cursor=indptr[:-1].copy(),
-                   taken=~walk, group=group, next_group=max(num_nodes, 1))
+        return cls(
+            indptr=indptr,
+            target=dst[order],
+            score=score[order],
+            cursor=indptr[:-1].copy(),
+            taken=~walk,
+            group=group,
+            next_group=max(num_nodes, 1),
+        )
 
     def best_free_edges(self, heads: np.ndarray) -> np.ndarray:
         """Per head, the position of its best out-edge to a free hit, NO_EDGE when none is left. The
@@ -199,8 +208,14 @@ def walk_groups(src: np.ndarray, dst: np.ndarray, score: np.ndarray, walk: np.nd
         state.walk_from(starts)
 
 
-def walkthrough_labels(edge_index: np.ndarray, edge_scores: np.ndarray, num_nodes: int, score_cut: float,
-                       min_track_length: int, hit_rank: np.ndarray | None = None) -> np.ndarray:
+def walkthrough_labels(
+    edge_index: np.ndarray,
+    edge_scores: np.ndarray,
+    num_nodes: int,
+    score_cut: float,
+    min_track_length: int,
+    hit_rank: np.ndarray | None = None,
+) -> np.ndarray:
     """Per-hit track label (0..K-1 in order of each track's lowest hit, -1 = no track): the simple
     chains of the kept edges, then the walks through the rest (module docstring). `hit_rank` [N]
     orients the edges inner -> outer (event_hit_rank); None takes edge_index's direction as it is."""
@@ -223,5 +238,11 @@ class Walkthrough(TrackBuilder):
 
     def hit_labels(self, data: Data, source: Path) -> np.ndarray:
         edge_index, edge_scores, num_nodes = graph_arrays(data, source)
-        return walkthrough_labels(edge_index, edge_scores, num_nodes, self.config.score_cut, self.config.min_track_length,
-                                  hit_rank=event_hit_rank(data, num_nodes, source))
+        return walkthrough_labels(
+            edge_index,
+            edge_scores,
+            num_nodes,
+            self.config.score_cut,
+            self.config.min_track_length,
+            hit_rank=event_hit_rank(data, num_nodes, source),
+        )

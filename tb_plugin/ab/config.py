@@ -38,11 +38,15 @@ class FeatureAddition:
 
     def __post_init__(self) -> None:
         if len(self.node_scales) != len(self.node_features):
-            raise ValueError(f"key 'trackingbert_features.node_scales' needs one scale per node feature "
-                             f"({len(self.node_features)}), got {self.node_scales}")
+            raise ValueError(
+                f"key 'trackingbert_features.node_scales' needs one scale per node feature "
+                f"({len(self.node_features)}), got {self.node_scales}"
+            )
         if len(self.edge_scales) != len(self.edge_features):
-            raise ValueError(f"key 'trackingbert_features.edge_scales' needs one scale per edge feature "
-                             f"({len(self.edge_features)}), got {self.edge_scales}")
+            raise ValueError(
+                f"key 'trackingbert_features.edge_scales' needs one scale per edge feature "
+                f"({len(self.edge_features)}), got {self.edge_scales}"
+            )
         if not self.node_features and not self.edge_features:
             raise ValueError("key 'trackingbert_features' adds no feature: the two arms would be identical")
 
@@ -96,8 +100,10 @@ class ABConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"key 'seeds' repeats a seed: {self.seeds}")
         if self.timing_events < 1 or self.timing_repeats < 1:
-            raise ValueError(f"keys 'timing_events' and 'timing_repeats' must be at least 1, got "
-                             f"{self.timing_events} and {self.timing_repeats}")
+            raise ValueError(
+                f"keys 'timing_events' and 'timing_repeats' must be at least 1, got "
+                f"{self.timing_events} and {self.timing_repeats}"
+            )
 
     @property
     def low_label_seeds(self) -> list[int]:

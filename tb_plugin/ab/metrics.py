@@ -36,7 +36,11 @@ METRICS: list[tuple[str, str, bool]] = [
     ("graph_construction.edges_per_event", "graph: edges per event", False),
     ("graph_construction.at95.edges_per_event", "graph at 95 % valset efficiency: edges per event", False),
     ("graph_construction.at95.target_efficiency", "graph at 95 % valset efficiency: test efficiency, pT > 1 GeV", True),
-    ("graph_construction.at_edges.target_efficiency", "graph at the baseline's valset edges per event: efficiency, pT > 1 GeV", True),
+    (
+        "graph_construction.at_edges.target_efficiency",
+        "graph at the baseline's valset edges per event: efficiency, pT > 1 GeV",
+        True,
+    ),
     ("edge_filter.target_efficiency", "filter: efficiency, pT > 1 GeV truth edges of its input graph", True),
     ("edge_filter.purity", "filter: purity, all true edges", True),
     ("edge_filter.edges_per_event", "filter: edges per event kept", False),
@@ -60,13 +64,23 @@ METRICS: list[tuple[str, str, bool]] = [
     ("track_building.matched.two_way.efficiency", "tracks at matched GNN efficiency: efficiency (two_way)", True),
     ("track_building.matched.two_way.efficiency_pt1", "tracks at matched GNN efficiency: efficiency, pT > 1 GeV", True),
     ("track_building.matched.two_way.fake_rate", "tracks at matched GNN efficiency: fake rate (two_way)", False),
-    ("track_building.matched.two_way.duplicate_rate", "tracks at matched GNN efficiency: duplicate rate (two_way)", False),
+    (
+        "track_building.matched.two_way.duplicate_rate",
+        "tracks at matched GNN efficiency: duplicate rate (two_way)",
+        False,
+    ),
     ("track_building.matched.trackml_score", "tracks at matched GNN efficiency: TrackML score", True),
 ]
 METRIC_NAMES = frozenset(name for name, _, _ in METRICS)
 OPERATING_POINTS = {"at95": 0.95, "at99": 0.99}  # valset target efficiencies of the matched rows
 
-TRACK_METRICS = ("two_way.efficiency", "two_way.efficiency_pt1", "two_way.fake_rate", "two_way.duplicate_rate", "trackml_score")
+TRACK_METRICS = (
+    "two_way.efficiency",
+    "two_way.efficiency_pt1",
+    "two_way.fake_rate",
+    "two_way.duplicate_rate",
+    "trackml_score",
+)
 ROC_EDGES_PER_EVENT = 20_000  # edges per event kept for the ROC plot (a fixed random subset)
 
 
@@ -123,8 +137,10 @@ def valset_arrays(stage: Stage) -> list[dict[str, Any]]:
     """The stage's per-event arrays over its valset output, read once for all its operating points."""
     files = list_event_files(stage.stage_dir, "valset")
     if not files:
-        raise FileNotFoundError(f"no event files in {stage.stage_dir / 'valset'}: the matched operating points need the "
-                                "stage's valset output (give data_split a validation event)")
+        raise FileNotFoundError(
+            f"no event files in {stage.stage_dir / 'valset'}: the matched operating points need the "
+            "stage's valset output (give data_split a validation event)"
+        )
     return [stage.event_arrays(path) for path in files]
 
 
@@ -144,7 +160,9 @@ def valset_efficiency(arrays: list[dict[str, Any]]) -> float:
 # ------------------------------------------------------------------------------------- collecting
 
 
-def collect_arm_events(stages: list[Stage], split: str = "testset", reference: dict[str, float] | None = None) -> ArmEvents:
+def collect_arm_events(
+    stages: list[Stage], split: str = "testset", reference: dict[str, float] | None = None
+) -> ArmEvents:
     """Per-event metrics of the arm's graph construction, filter, edge classifier and track building outputs.
 
     `reference` is the baseline arm's `operating_points` of the same seed (None for the baseline arm
@@ -167,8 +185,11 @@ def collect_arm_events(stages: list[Stage], split: str = "testset", reference: d
     if not files:
         raise FileNotFoundError(f"no event files in {last.stage_dir / split}: the arm's stages have not run")
     cuts = {}
-    val = {prefix: valset_arrays(stage) for prefix, stage in (("edge_filter", edge_filter), ("edge_classifier", gnn))
-           if stage is not None}
+    val = {
+        prefix: valset_arrays(stage)
+        for prefix, stage in (("edge_filter", edge_filter), ("edge_classifier", gnn))
+        if stage is not None
+    }
     for prefix, arrays in val.items():
         for name, efficiency in OPERATING_POINTS.items():
             cuts[f"{prefix}.{name}"] = out.operating_points[f"{prefix}.{name}.cut"] = valset_cut(arrays, efficiency)
@@ -193,7 +214,9 @@ def collect_arm_events(stages: list[Stage], split: str = "testset", reference: d
         if gnn is not None:
             _edge_metrics(out, gnn, gnn.stage_dir / split / path.name, rng, cuts)
         if tracks is not None:
-            _track_metrics(out, "track_building", tracks.event_matches(tracks.stage_dir / split / path.name), plots=True)
+            _track_metrics(
+                out, "track_building", tracks.event_matches(tracks.stage_dir / split / path.name), plots=True
+            )
         if build is not None:
             source = gnn.stage_dir / split / path.name
             _track_metrics(out, "track_building.matched", tracks.matches(build(load_event(source), source), source))
@@ -209,15 +232,19 @@ class GraphCurve:
         self.stage = stage
         val = [self.scored("valset", path.name) for path in list_event_files(stage.stage_dir, "valset")]
         if not val:
-            raise FileNotFoundError(f"no event files in {stage.stage_dir / 'valset'}: the graph's operating curve needs them")
+            raise FileNotFoundError(
+                f"no event files in {stage.stage_dir / 'valset'}: the graph's operating curve needs them"
+            )
         distance = np.concatenate([g["distance"] for g in val])
         target = np.concatenate([g["distance"][g["target"]] for g in val])
         n_target = sum(g["n_target"] for g in val)
         own = int((distance < stage.config.r_infer).sum()) / len(val)  # edges per valset event at r_infer
         points["graph.valset_edges_per_event"] = own
         budget = reference.get("graph.valset_edges_per_event", own)
-        self.radius = {"at95": -cut_for_efficiency(-target, 0.95, n_target),
-                       "at_edges": float(np.sort(distance)[min(int(budget * len(val)), len(distance) - 1)])}
+        self.radius = {
+            "at95": -cut_for_efficiency(-target, 0.95, n_target),
+            "at_edges": float(np.sort(distance)[min(int(budget * len(val)), len(distance) - 1)]),
+        }
         points.update({f"graph.{k}.radius": v for k, v in self.radius.items()})
 
     def scored(self, split: str, name: str) -> dict[str, Any]:
@@ -235,7 +262,10 @@ class GraphCurve:
         g = self.scored(split, name)
         for point, radius in self.radius.items():
             kept = g["distance"] < radius
-            for metric, num, den in (("edges_per_event", kept.sum(), 1), ("target_efficiency", (kept & g["target"]).sum(), g["n_target"])):
+            for metric, num, den in (
+                ("edges_per_event", kept.sum(), 1),
+                ("target_efficiency", (kept & g["target"]).sum(), g["n_target"]),
+            ):
                 if f"graph_construction.{point}.{metric}" in METRIC_NAMES:
                     out.add(f"graph_construction.{point}.{metric}", num, den)
 
@@ -266,8 +296,11 @@ def _matched_metrics(out: ArmEvents, prefix: str, a: dict[str, Any], cuts: dict[
             continue
         kept = a["scores"] > cuts[key]
         tgt, y = a["edge_target"], a["edge_y"]
-        cells = {"target_purity": ((kept & tgt).sum(), (kept & (tgt | ~y)).sum()),
-                 "target_efficiency": ((kept & tgt).sum(), _target_count(a)), "edges_per_event": (kept.sum(), 1)}
+        cells = {
+            "target_purity": ((kept & tgt).sum(), (kept & (tgt | ~y)).sum()),
+            "target_efficiency": ((kept & tgt).sum(), _target_count(a)),
+            "edges_per_event": (kept.sum(), 1),
+        }
         for metric, (num, den) in cells.items():
             if f"{key}.{metric}" in METRIC_NAMES:
                 out.add(f"{key}.{metric}", num, den)
@@ -319,5 +352,8 @@ def metric_specs(present: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """The report's rows in order; with `present`, only the metrics measured (a pipeline without a filter
     has no filter rows)."""
     keep = None if present is None else set(present)
-    return [{"name": n, "label": label, "higher_is_better": better} for n, label, better in METRICS
-            if keep is None or n in keep]
+    return [
+        {"name": n, "label": label, "higher_is_better": better}
+        for n, label, better in METRICS
+        if keep is None or n in keep
+    ]

@@ -48,8 +48,9 @@ def plot_efficiency_vs_pt(
 ) -> Path:
     """Track efficiency vs particle pT per arm, Wilson intervals, log x: where in pT the arms differ."""
     series = {arm: (_flat(pt), _flat(reco).astype(bool)) for arm, (pt, reco) in arms.items()}
-    return plot_efficiency_curves(series, bins, "particle pT [GeV]", out_path, ylabel="track efficiency",
-                                  title=title, logx=True)
+    return plot_efficiency_curves(
+        series, bins, "particle pT [GeV]", out_path, ylabel="track efficiency", title=title, logx=True
+    )
 
 
 def _thinned(fpr: np.ndarray, tpr: np.ndarray, max_points: int = ROC_MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
@@ -136,16 +137,30 @@ def plot_metric_differences(
         if math.isfinite(d.estimate):
             low = d.estimate - d.ci_low if math.isfinite(d.ci_low) else 0.0
             high = d.ci_high - d.estimate if math.isfinite(d.ci_high) else 0.0
-            ax.errorbar([d.estimate], [0.0], xerr=[[max(low, 0.0)], [max(high, 0.0)]], fmt="o", color=colour,
-                        capsize=3, markersize=5)
+            ax.errorbar(
+                [d.estimate],
+                [0.0],
+                xerr=[[max(low, 0.0)], [max(high, 0.0)]],
+                fmt="o",
+                color=colour,
+                capsize=3,
+                markersize=5,
+            )
         ax.set_xlim(-reach, reach)
         ax.set_ylim(-1.0, 1.0)
         ax.set_yticks([])
         ax.set_ylabel(spec.get("label", spec["name"]), rotation=0, ha="right", va="center", fontsize="small")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=6, symmetric=True))
         ax.tick_params(axis="x", labelsize="x-small")
-        ax.text(1.01, 0.5, f"{format_signed(d.estimate)}\n{word}", transform=ax.transAxes, va="center",
-                fontsize="x-small", color=colour)
+        ax.text(
+            1.01,
+            0.5,
+            f"{format_signed(d.estimate)}\n{word}",
+            transform=ax.transAxes,
+            va="center",
+            fontsize="x-small",
+            color=colour,
+        )
         ax.grid(axis="x", alpha=0.3)
     axes[-1].set_xlabel(f"{ARMS[1]} − {ARMS[0]} (each row on its own scale)")
     fig.suptitle(f"Differences with {level:.0%} paired-bootstrap intervals")
@@ -166,9 +181,7 @@ def _values(entry: Mapping[str, Any], key: str, n: int) -> np.ndarray:
 
 
 def plot_low_label(
-    low_label: Mapping[str, Any],
-    metrics: Sequence[Mapping[str, Any] | str],
-    out_dir: str | os.PathLike,
+    low_label: Mapping[str, Any], metrics: Sequence[Mapping[str, Any] | str], out_dir: str | os.PathLike
 ) -> list[Path]:
     """low_label_<metric>.png per metric: the metric vs the number of labelled training events (log2 x),
     both arms with their seed std as error bars. The claim that pretraining helps most with few labels
@@ -178,8 +191,11 @@ def plot_low_label(
     written = []
     for spec in _spec_list(metrics):
         name = spec["name"]
-        present = [arm for arm in arms if name in arms[arm]
-                   and np.isfinite(_values(arms[arm][name], "mean", len(n_labelled))).any()]
+        present = [
+            arm
+            for arm in arms
+            if name in arms[arm] and np.isfinite(_values(arms[arm][name], "mean", len(n_labelled))).any()
+        ]
         if not present:  # the runner lists every metric, None where the pipeline has no such stage
             continue
         fig = Figure(figsize=(6.5, 4.5))
@@ -188,8 +204,16 @@ def plot_low_label(
             mean = _values(arms[arm][name], "mean", len(n_labelled))
             std = np.nan_to_num(_values(arms[arm][name], "std", len(n_labelled)))
             nudge = 2 ** ((i - (len(present) - 1) / 2) * 0.06)  # keep the arms' error bars apart
-            ax.errorbar(n_labelled * nudge, mean, yerr=std, fmt=MARKERS[i % len(MARKERS)] + "-",
-                        color=COLOURS[i % len(COLOURS)], capsize=3, markersize=5, label=arm)
+            ax.errorbar(
+                n_labelled * nudge,
+                mean,
+                yerr=std,
+                fmt=MARKERS[i % len(MARKERS)] + "-",
+                color=COLOURS[i % len(COLOURS)],
+                capsize=3,
+                markersize=5,
+                label=arm,
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(n_labelled, [str(int(n)) for n in n_labelled])
         ax.set_xlabel("labelled training events")
@@ -203,6 +227,10 @@ def plot_low_label(
 
 
 __all__: Sequence[str] = [
-    "PT_BINS_GEV", "plot_efficiency_vs_pt", "plot_roc", "plot_metric_differences", "plot_low_label",
+    "PT_BINS_GEV",
+    "plot_efficiency_vs_pt",
+    "plot_roc",
+    "plot_metric_differences",
+    "plot_low_label",
     "plot_embedding_pca",
 ]

@@ -131,8 +131,10 @@ def _verdict_counts(results: Mapping[str, Any], differences: Mapping[str, Any]) 
         if spec["name"] in differences:
             counts[verdict(differences[spec["name"]], bool(spec.get("higher_is_better", True)))] += 1
     n = sum(counts.values())
-    return (f"Of {n} metrics compared, {ARMS[1]} is significantly better on {counts[BETTER]}, significantly "
-            f"worse on {counts[WORSE]}, and shows no significant difference on {counts[NO_DIFFERENCE]}.")
+    return (
+        f"Of {n} metrics compared, {ARMS[1]} is significantly better on {counts[BETTER]}, significantly "
+        f"worse on {counts[WORSE]}, and shows no significant difference on {counts[NO_DIFFERENCE]}."
+    )
 
 
 def _compact(value: Any, limit: int = 300) -> str:
@@ -187,8 +189,11 @@ def _keys(results: Mapping[str, Any], field: str) -> list[str]:
 
 
 def _resource_cell(results: Mapping[str, Any], arm: str, field: str, key: str, fmt) -> str:
-    values = [float(s[field][key]) for s in results["arms"][arm]["seeds"]
-              if isinstance(s.get(field), Mapping) and s[field].get(key) is not None]
+    values = [
+        float(s[field][key])
+        for s in results["arms"][arm]["seeds"]
+        if isinstance(s.get(field), Mapping) and s[field].get(key) is not None
+    ]
     return _mean_std(*_seed_stats(values), fmt=fmt, spread=fmt)
 
 
@@ -198,16 +203,26 @@ def _count(x: float | None) -> str:
 
 def _resources_section(results: Mapping[str, Any]) -> list[str]:
     rows = []
-    for field, what, fmt in (("trainable_parameters", "trainable parameters", _count),
-                             ("train_time_s", "training time [s]", format_seconds),
-                             ("inference_s_per_event", "inference [s per event]", format_seconds)):
+    for field, what, fmt in (
+        ("trainable_parameters", "trainable parameters", _count),
+        ("train_time_s", "training time [s]", format_seconds),
+        ("inference_s_per_event", "inference [s per event]", format_seconds),
+    ):
         for key in _keys(results, field):
             cells = [f"{what}: {key}"] + [_resource_cell(results, arm, field, key, fmt) for arm in ARMS]
             rows.append("| " + " | ".join(cells) + " |")
     if not rows:
         return []
-    return ["## Cost", "", "Mean ± std over seeds (no ± when every seed gave the same value).", "",
-            f"| quantity | {ARMS[0]} | {ARMS[1]} |", "| --- | ---: | ---: |", *rows, ""]
+    return [
+        "## Cost",
+        "",
+        "Mean ± std over seeds (no ± when every seed gave the same value).",
+        "",
+        f"| quantity | {ARMS[0]} | {ARMS[1]} |",
+        "| --- | ---: | ---: |",
+        *rows,
+        "",
+    ]
 
 
 def overhead_line(overhead: Mapping[str, Any] | None) -> str:
@@ -218,8 +233,10 @@ def overhead_line(overhead: Mapping[str, Any] | None) -> str:
     target = overhead.get("target")
     times = ""
     if overhead.get("baseline_s_per_event") is not None and overhead.get("trackingbert_s_per_event") is not None:
-        times = (f"{ARMS[1]} takes {format_seconds(float(overhead['trackingbert_s_per_event']))} s per event, "
-                 f"{ARMS[0]} {format_seconds(float(overhead['baseline_s_per_event']))} s; ")
+        times = (
+            f"{ARMS[1]} takes {format_seconds(float(overhead['trackingbert_s_per_event']))} s per event, "
+            f"{ARMS[0]} {format_seconds(float(overhead['baseline_s_per_event']))} s; "
+        )
     text = f"Inference overhead: {times}ratio {ratio:.3f} ({ratio - 1:+.1%})"
     if target is None:
         return text + "."
@@ -239,12 +256,16 @@ def _low_label_section(results: Mapping[str, Any], differences: Mapping[str, Any
     # the runner lists every metric, None where the pipeline has no such stage: such rows say nothing
     names = [n for n in names if any(v is not None for a in ARMS for v in arms[a][n]["mean"])]
     paired = low.get("differences", {})
-    lines = ["## Low-label sweep", "",
-             "The downstream stages retrained on the first n labelled training events; mean ± std over seeds"
-             + (f" {', '.join(map(str, low['seeds']))}" if low.get("seeds") else "")
-             + "; the difference is paired (same seeds and test events), with its bootstrap interval.", "",
-             f"| metric | labelled events | {ARMS[0]} | {ARMS[1]} | difference [CI] | verdict |",
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        "## Low-label sweep",
+        "",
+        "The downstream stages retrained on the first n labelled training events; mean ± std over seeds"
+        + (f" {', '.join(map(str, low['seeds']))}" if low.get("seeds") else "")
+        + "; the difference is paired (same seeds and test events), with its bootstrap interval.",
+        "",
+        f"| metric | labelled events | {ARMS[0]} | {ARMS[1]} | difference [CI] | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     for name in names:
         label = specs.get(name, {}).get("label", name)
         for i, n in enumerate(n_labelled):
@@ -263,8 +284,10 @@ def _paired_cells(difference: Mapping[str, Any] | None, spec: Mapping[str, Any])
     if difference is None:
         return [MISSING, NOT_COMPARED]
     d = _as_difference(difference)
-    return [f"{format_signed(d.estimate)} [{format_signed(d.ci_low)}, {format_signed(d.ci_high)}]",
-            verdict(d, bool(spec.get("higher_is_better", True)))]
+    return [
+        f"{format_signed(d.estimate)} [{format_signed(d.ci_low)}, {format_signed(d.ci_high)}]",
+        verdict(d, bool(spec.get("higher_is_better", True))),
+    ]
 
 
 def _nan(x: float | None) -> float:
@@ -293,13 +316,17 @@ def render_report(
     lines = [f"# A/B benchmark: {ARMS[1]} vs {ARMS[0]}", ""]
     lines += _setup_section(results, differences)
     lines += [
-        "## Metrics", "",
-        summary_table(results, differences).rstrip("\n"), "",
-        _verdict_counts(results, differences), "",
+        "## Metrics",
+        "",
+        summary_table(results, differences).rstrip("\n"),
+        "",
+        _verdict_counts(results, differences),
+        "",
         f"A verdict is *{BETTER}* or *{WORSE}* only when the whole {level:.0%} interval lies on one side of zero; "
         f"*{NO_DIFFERENCE}* means the interval includes zero, so the data show no difference of either sign "
         "(which is not the same as showing the arms equal). With many metrics, about "
-        f"{1 - level:.0%} of them can come out significant by chance alone.", "",
+        f"{1 - level:.0%} of them can come out significant by chance alone.",
+        "",
     ]
     lines += _resources_section(results)
     lines += ["## Inference overhead", "", overhead_line(results.get("overhead")), ""]
@@ -315,6 +342,17 @@ def write_report(path: str | os.PathLike, text: str) -> Path:
 
 
 __all__: Sequence[str] = [
-    "BETTER", "WORSE", "NO_DIFFERENCE", "NOT_COMPARED", "format_value", "format_signed", "format_spread", "format_seconds",
-    "verdict", "summary_table", "overhead_line", "render_report", "write_report",
+    "BETTER",
+    "WORSE",
+    "NO_DIFFERENCE",
+    "NOT_COMPARED",
+    "format_value",
+    "format_signed",
+    "format_spread",
+    "format_seconds",
+    "verdict",
+    "summary_table",
+    "overhead_line",
+    "render_report",
+    "write_report",
 ]

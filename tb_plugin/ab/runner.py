@@ -80,25 +80,33 @@ class ABRunner:
         self.config = config
         entries = load_pipeline(config.pipeline)
         if entries[0].values.get("stage") != "data_reading":
-            raise ConfigError(f"{config.pipeline}: the A/B needs data reading as the pipeline's first stage "
-                              f"(both arms share its events), got stage '{entries[0].values.get('stage')}'")
+            raise ConfigError(
+                f"{config.pipeline}: the A/B needs data reading as the pipeline's first stage "
+                f"(both arms share its events), got stage '{entries[0].values.get('stage')}'"
+            )
         if len(entries) < 2:
             raise ConfigError(f"{config.pipeline}: the A/B needs stages after data reading to compare")
         for entry in entries[1:]:
             if entry.values.get("stage") in ("data_reading", "tracking_bert"):
-                raise ConfigError(f"{entry.source}: the baseline pipeline must not hold a '{entry.values['stage']}' stage "
-                                  f"after data reading (the A/B adds tracking_bert itself)")
+                raise ConfigError(
+                    f"{entry.source}: the baseline pipeline must not hold a '{entry.values['stage']}' stage "
+                    f"after data reading (the A/B adds tracking_bert itself)"
+                )
         self.reading_values = dict(entries[0].values)
         self.downstream = [dict(e.values) for e in entries[1:]]
         models = sorted({str(v.get("model")) for v in self.downstream})
         for key in ("trackingbert_keys", "baseline_keys"):
             for model in getattr(config, key):
                 if model not in models:
-                    raise ConfigError(f"{source}: key '{key}.{model}': the pipeline {config.pipeline.name} has no stage of "
-                                      f"model '{model}'; its models are {', '.join(models)}")
+                    raise ConfigError(
+                        f"{source}: key '{key}.{model}': the pipeline {config.pipeline.name} has no stage of "
+                        f"model '{model}'; its models are {', '.join(models)}"
+                    )
         self.tb_values = load_yaml(config.tracking_bert)
         if self.tb_values.get("stage") != "tracking_bert":
-            raise ConfigError(f"{config.tracking_bert}: key 'stage' must be tracking_bert, got {self.tb_values.get('stage')!r}")
+            raise ConfigError(
+                f"{config.tracking_bert}: key 'stage' must be tracking_bert, got {self.tb_values.get('stage')!r}"
+            )
         self.ab_dir = Path(config.ab_dir)
 
     # ------------------------------------------------------------------------------ the arms
@@ -107,7 +115,11 @@ class ABRunner:
         return stage_from_mapping(self.reading_values, str(self.config.pipeline))
 
     def pretraining_stage(self) -> Stage:
-        values = {**self.tb_values, "input_dir": self.reading_stage().stage_dir, "stage_dir": self.ab_dir / "tracking_bert"}
+        values = {
+            **self.tb_values,
+            "input_dir": self.reading_stage().stage_dir,
+            "stage_dir": self.ab_dir / "tracking_bert",
+        }
         return stage_from_mapping(values, str(self.config.tracking_bert))
 
     def arm_values(self, arm: str, seed: int, n_labelled: int | None = None) -> list[dict[str, Any]]:
@@ -147,8 +159,10 @@ class ABRunner:
         stage has them; a stage without scales gets 1.0 for its own features, which is no scaling."""
         add = self.config.trackingbert_features
         config = stage_from_mapping(values, "the A/B arm").config
-        for key, scale_key, extra, extra_scales in (("node_features", "node_scales", add.node_features, add.node_scales),
-                                                    ("edge_features", "edge_scales", add.edge_features, add.edge_scales)):
+        for key, scale_key, extra, extra_scales in (
+            ("node_features", "node_scales", add.node_features, add.node_scales),
+            ("edge_features", "edge_scales", add.edge_features, add.edge_scales),
+        ):
             if not extra or not hasattr(config, key):
                 continue
             current = list(getattr(config, key))
@@ -161,7 +175,9 @@ class ABRunner:
         """First n training events, and as many optimiser steps (and validations) as the full run."""
         full = self.training_events(stage)
         if n > full:
-            raise ConfigError(f"key 'low_label.n_labelled': {n} labelled events asked for, but the stage trains on {full}")
+            raise ConfigError(
+                f"key 'low_label.n_labelled': {n} labelled events asked for, but the stage trains on {full}"
+            )
         split = list(stage.config.data_split or [full, 10**9, 10**9])
         split[0] = n
         values["data_split"] = split
@@ -187,14 +203,20 @@ class ABRunner:
             if values.get("stage") == stage.config.stage and values.get("model") == stage.config.model:
                 break
         if not counts:
-            raise ConfigError(f"{self.config.pipeline}: cannot tell how many labelled training events there are before "
-                              "data reading has run (give data reading a data_split)")
+            raise ConfigError(
+                f"{self.config.pipeline}: cannot tell how many labelled training events there are before "
+                "data reading has run (give data reading a data_split)"
+            )
         return min(counts)
 
     def plan(self, arm: str, seed: int, n_labelled: int | None = None) -> ArmPlan:
         values = self.arm_values(arm, seed, n_labelled)
         stages = [stage_from_mapping(v, f"{self.config.pipeline} ({arm}, seed {seed})") for v in values]
-        root = self.ab_dir / ("low_label" if n_labelled is not None else "") / (f"n{n_labelled}" if n_labelled is not None else "")
+        root = (
+            self.ab_dir
+            / ("low_label" if n_labelled is not None else "")
+            / (f"n{n_labelled}" if n_labelled is not None else "")
+        )
         return ArmPlan(arm, seed, stages, root / arm / f"seed{seed}")
 
     # ------------------------------------------------------------------------------ running
@@ -238,8 +260,9 @@ class ABRunner:
             record[key] = os.path.relpath(record[key]) if Path(record[key]).is_absolute() else record[key]
         return record
 
-    def run_arms(self, seed: int, pretrain_record: dict[str, Any],
-                 n_labelled: int | None = None) -> dict[str, tuple[dict[str, Any], ArmEvents]]:
+    def run_arms(
+        self, seed: int, pretrain_record: dict[str, Any], n_labelled: int | None = None
+    ) -> dict[str, tuple[dict[str, Any], ArmEvents]]:
         """Both arms of one seed, the baseline first: its valset GNN efficiency is the operating point
         the trackingbert arm's matched track rows are moved to."""
         out = {}
@@ -249,8 +272,9 @@ class ABRunner:
             reference = out[arm][0].get("operating_points", {})
         return out
 
-    def run_seed(self, plan: ArmPlan, pretrain_record: dict[str, Any],
-                 reference: dict[str, float] | None = None) -> tuple[dict[str, Any], ArmEvents]:
+    def run_seed(
+        self, plan: ArmPlan, pretrain_record: dict[str, Any], reference: dict[str, float] | None = None
+    ) -> tuple[dict[str, Any], ArmEvents]:
         """One arm and seed: its stages (resuming), then its per-event metrics and timings."""
         done = plan.result_dir / RESULT_FILE
         print(f"A/B: {plan.arm} arm, seed {plan.seed}")
@@ -317,14 +341,18 @@ class ABRunner:
             runs: dict[str, dict[str, list[dict[str, Any]]]] = {arm: {"seeds": []} for arm in ARMS}
             for seed in seeds:
                 done = n is None and all(seed in main[arm] for arm in ARMS)
-                arms = {arm: main[arm][seed] for arm in ARMS} if done else \
-                    {arm: r[0] for arm, r in self.run_arms(seed, pretrain_record, n).items()}
+                arms = (
+                    {arm: main[arm][seed] for arm in ARMS}
+                    if done
+                    else {arm: r[0] for arm, r in self.run_arms(seed, pretrain_record, n).items()}
+                )
                 for arm in ARMS:
                     runs[arm]["seeds"].append(arms[arm])
             for arm in ARMS:
                 per_n[arm].append([r["metrics"] for r in runs[arm]["seeds"]])
-            differences = compare_arms({"arms": runs, "metrics": results["metrics"]}, n_boot=b.samples,
-                                       confidence=b.confidence, seed=b.seed)
+            differences = compare_arms(
+                {"arms": runs, "metrics": results["metrics"]}, n_boot=b.samples, confidence=b.confidence, seed=b.seed
+            )
             sweep["differences"][str(n or full)] = {k: d.as_dict() for k, d in differences.items() if k in names}
         for arm in ARMS:
             sweep["arms"][arm] = {name: _mean_std([[m.get(name) for m in row] for row in per_n[arm]]) for name in names}
@@ -339,20 +367,29 @@ class ABRunner:
 
     # ------------------------------------------------------------------------------ plots
 
-    def plot(self, results: dict[str, Any], differences: dict, collected: dict[str, list[ArmEvents]],
-             pretraining: Stage) -> list[str]:
+    def plot(
+        self, results: dict[str, Any], differences: dict, collected: dict[str, list[ArmEvents]], pretraining: Stage
+    ) -> list[str]:
         from tb_plugin.ab import plots
 
         out = self.ab_dir / "plots"
         written: list[Path] = []
-        pt = {arm: (np.concatenate([p for e in collected[arm] for p in e.particle_pt_gev] or [np.zeros(0)]),
-                    np.concatenate([r for e in collected[arm] for r in e.particle_reconstructed] or [np.zeros(0, bool)]))
-              for arm in ARMS}
+        pt = {
+            arm: (
+                np.concatenate([p for e in collected[arm] for p in e.particle_pt_gev] or [np.zeros(0)]),
+                np.concatenate([r for e in collected[arm] for r in e.particle_reconstructed] or [np.zeros(0, bool)]),
+            )
+            for arm in ARMS
+        }
         if all(len(v[0]) for v in pt.values()):
             written.append(plots.plot_efficiency_vs_pt(pt, out / "track_efficiency_vs_pt.png"))
-        roc = {arm: (np.concatenate([s for e in collected[arm] for s in e.roc_scores] or [np.zeros(0)]),
-                     np.concatenate([y for e in collected[arm] for y in e.roc_labels] or [np.zeros(0, bool)]))
-               for arm in ARMS}
+        roc = {
+            arm: (
+                np.concatenate([s for e in collected[arm] for s in e.roc_scores] or [np.zeros(0)]),
+                np.concatenate([y for e in collected[arm] for y in e.roc_labels] or [np.zeros(0, bool)]),
+            )
+            for arm in ARMS
+        }
         if all(0 < v[1].sum() < len(v[1]) for v in roc.values()):
             written.append(plots.plot_roc(roc, out / "edge_roc.png"))
         written.append(plots.plot_metric_differences(differences, results["metrics"], out / "differences.png"))
@@ -371,7 +408,9 @@ def stage_folders(downstream: list[dict[str, Any]]) -> list[str]:
     """A folder name per downstream stage: its `stage` key, with the model added where two stages share
     it (a filter and a GNN are both edge_classifier stages)."""
     kinds = [v["stage"] for v in downstream]
-    return [kind if kinds.count(kind) == 1 else f"{kind}_{str(v['model']).lower()}" for kind, v in zip(kinds, downstream)]
+    return [
+        kind if kinds.count(kind) == 1 else f"{kind}_{str(v['model']).lower()}" for kind, v in zip(kinds, downstream)
+    ]
 
 
 def run_once(stage: Stage) -> dict[str, Any]:
@@ -388,8 +427,12 @@ def run_once(stage: Stage) -> dict[str, Any]:
         train_time = time.perf_counter() - start
     stage.infer()
     stage.evaluate()
-    record = {"stage": stage.config.stage, "model": stage.config.model, "train_time_s": train_time,
-              "config": to_record(stage.config)}
+    record = {
+        "stage": stage.config.stage,
+        "model": stage.config.model,
+        "train_time_s": train_time,
+        "config": to_record(stage.config),
+    }
     write_text(record_path, json.dumps(record, indent=2, default=_json_default) + "\n")
     return record
 
@@ -402,8 +445,10 @@ def check_same_config(record: dict[str, Any], stage: Stage, record_path: Path) -
     changed = sorted(k for k in set(current) | set(previous) if current.get(k) != previous.get(k))
     if changed:
         details = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
-        raise ConfigError(f"{record_path}: this stage finished with another config ({details}); remove "
-                          f"{stage.stage_dir} (or use another ab_dir) to rerun it with the new one")
+        raise ConfigError(
+            f"{record_path}: this stage finished with another config ({details}); remove "
+            f"{stage.stage_dir} (or use another ab_dir) to rerun it with the new one"
+        )
 
 
 def trainable_parameters(stage: Stage) -> int:
@@ -418,9 +463,16 @@ def trainable_parameters(stage: Stage) -> int:
 
 def overhead(results: dict[str, Any]) -> dict[str, Any]:
     """TrackingBERT arm / baseline inference time per event (means over seeds)."""
-    times = {arm: float(np.mean([s["inference_s_per_event"]["total"] for s in results["arms"][arm]["seeds"]])) for arm in ARMS}
-    return {"inference_ratio": times["trackingbert"] / times["baseline"] if times["baseline"] > 0 else None,
-            "baseline_s_per_event": times["baseline"], "trackingbert_s_per_event": times["trackingbert"], "target": 1.02}
+    times = {
+        arm: float(np.mean([s["inference_s_per_event"]["total"] for s in results["arms"][arm]["seeds"]]))
+        for arm in ARMS
+    }
+    return {
+        "inference_ratio": times["trackingbert"] / times["baseline"] if times["baseline"] > 0 else None,
+        "baseline_s_per_event": times["baseline"],
+        "trackingbert_s_per_event": times["trackingbert"],
+        "target": 1.02,
+    }
 
 
 def embedding_pca(stage: Stage, out_path: Path) -> Path | None:
@@ -458,5 +510,3 @@ def load_runner(path: str | Path) -> ABRunner:
     from tb_plugin.ab.config import load_ab_config
 
     return ABRunner(load_ab_config(path), str(path))
-
-

@@ -137,8 +137,12 @@ def paired_bootstrap(
     says nothing about seed-to-seed variation. Replicates whose pooled value is undefined in either arm
     (all drawn denominators 0) are left out of the percentiles. Deterministic for a given `seed`.
     """
-    arrays = {"base_num": _cells(base_num), "base_den": _cells(base_den),
-              "tb_num": _cells(tb_num), "tb_den": _cells(tb_den)}
+    arrays = {
+        "base_num": _cells(base_num),
+        "base_den": _cells(base_den),
+        "tb_num": _cells(tb_num),
+        "tb_den": _cells(tb_den),
+    }
     shapes = {name: a.shape for name, a in arrays.items()}
     if len(set(shapes.values())) != 1 or arrays["base_num"].ndim != 2:
         described = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
@@ -162,9 +166,15 @@ def paired_bootstrap(
     alpha = (1.0 - confidence) / 2.0
     low, high = (float(q) for q in np.quantile(diffs, [alpha, 1.0 - alpha])) if len(diffs) else (math.nan, math.nan)
     return Difference(
-        estimate=tb - base, ci_low=low, ci_high=high, confidence=float(confidence),
-        n_seeds=int(n_seeds), n_events=int(n_events), significant=bool(low > 0.0 or high < 0.0),
-        baseline=base, trackingbert=tb,
+        estimate=tb - base,
+        ci_low=low,
+        ci_high=high,
+        confidence=float(confidence),
+        n_seeds=int(n_seeds),
+        n_events=int(n_events),
+        significant=bool(low > 0.0 or high < 0.0),
+        baseline=base,
+        trackingbert=tb,
     )
 
 
@@ -194,16 +204,21 @@ def check_pairing(results: Mapping[str, Any]) -> tuple[list[int], list[str]]:
         seeds = _arm_seeds(results, arm)
         values = [int(s["seed"]) for s in seeds]
         if values != seed_values:
-            raise ValueError(f"arm '{arm}' has seeds {values} but arm '{ARMS[0]}' has {seed_values}; "
-                             "the A/B needs the same seeds in both arms")
+            raise ValueError(
+                f"arm '{arm}' has seeds {values} but arm '{ARMS[0]}' has {seed_values}; "
+                "the A/B needs the same seeds in both arms"
+            )
         for s in seeds:
             ids = [str(e) for e in s["event_ids"]]
             if ids != event_ids:
-                where = next((i for i, (a, b) in enumerate(zip(ids, event_ids)) if a != b), min(len(ids), len(event_ids)))
+                where = next(
+                    (i for i, (a, b) in enumerate(zip(ids, event_ids)) if a != b), min(len(ids), len(event_ids))
+                )
                 raise ValueError(
                     f"arm '{arm}' seed {s['seed']} has {len(ids)} event_ids, {ARMS[0]} seed {seed_values[0]} has "
                     f"{len(event_ids)}; they first differ at position {where}: the arms must be scored on the same "
-                    "events in the same order")
+                    "events in the same order"
+                )
     return seed_values, event_ids
 
 
@@ -222,9 +237,11 @@ def per_event_matrix(results: Mapping[str, Any], arm: str, metric: str) -> tuple
             raise ValueError(f"arm '{arm}' seed {s['seed']} has no per_event values of '{metric}'")
         num, den, n_events = _cells(entry["num"]), _cells(entry["den"]), len(s["event_ids"])
         if num.shape != (n_events,) or den.shape != (n_events,):
-            raise ValueError(f"arm '{arm}' seed {s['seed']} metric '{metric}': num has shape {num.shape} and den "
-                             f"{den.shape}, but there are {n_events} event_ids; store num = den = 0 for an event "
-                             "without a value")
+            raise ValueError(
+                f"arm '{arm}' seed {s['seed']} metric '{metric}': num has shape {num.shape} and den "
+                f"{den.shape}, but there are {n_events} event_ids; store num = den = 0 for an event "
+                "without a value"
+            )
         rows_num.append(num)
         rows_den.append(den)
     return np.stack(rows_num), np.stack(rows_den)
@@ -256,7 +273,9 @@ def compare_arms(
     for metric in comparable_metrics(results):
         base_num, base_den = per_event_matrix(results, ARMS[0], metric)
         tb_num, tb_den = per_event_matrix(results, ARMS[1], metric)
-        out[metric] = paired_bootstrap(base_num, base_den, tb_num, tb_den, n_boot=n_boot, confidence=confidence, seed=seed)
+        out[metric] = paired_bootstrap(
+            base_num, base_den, tb_num, tb_den, n_boot=n_boot, confidence=confidence, seed=seed
+        )
     return out
 
 
@@ -282,6 +301,13 @@ def seed_summary(results: Mapping[str, Any], arm: str, metric: str) -> tuple[flo
 
 
 __all__: Sequence[str] = [
-    "ARMS", "Difference", "pooled", "paired_bootstrap", "check_pairing", "per_event_matrix",
-    "comparable_metrics", "compare_arms", "seed_summary",
+    "ARMS",
+    "Difference",
+    "pooled",
+    "paired_bootstrap",
+    "check_pairing",
+    "per_event_matrix",
+    "comparable_metrics",
+    "compare_arms",
+    "seed_summary",
 ]

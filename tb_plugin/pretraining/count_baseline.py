@@ -68,14 +68,18 @@ class _CountTable:
     count: np.ndarray  # int64 [E]
 
     @classmethod
-    def build(cls, context_key: np.ndarray, middle: np.ndarray) -> "_CountTable":
+    def build(cls, context_key: np.ndarray, middle: np.ndarray) -> _CountTable:
         frame = pd.DataFrame({"key": context_key, "token": middle})
         counts = frame.groupby(["key", "token"], sort=False).size().rename("count").reset_index()
         counts = counts.sort_values(["key", "count", "token"], ascending=[True, False, True], kind="stable")
         key = counts["key"].to_numpy(np.int64)
         first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])  # start of each context's group
-        return cls(keys=key[first], start=np.r_[first, len(key)].astype(np.int64),
-                   token=counts["token"].to_numpy(np.int64), count=counts["count"].to_numpy(np.int64))
+        return cls(
+            keys=key[first],
+            start=np.r_[first, len(key)].astype(np.int64),
+            token=counts["token"].to_numpy(np.int64),
+            count=counts["count"].to_numpy(np.int64),
+        )
 
     def group_bounds(self, query_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[begin, end) entry range of each query context; empty for contexts never seen."""
@@ -115,13 +119,17 @@ class CountBaseline:
 
     # ------------------------------------------------------------------ fitting
 
-    def fit(self, tracks: Sequence[np.ndarray]) -> "CountBaseline":
+    def fit(self, tracks: Sequence[np.ndarray]) -> CountBaseline:
         """Count n-grams of tracks given as 1-D token arrays (ordered along the trajectory)."""
         lengths = np.array([len(t) for t in tracks], dtype=np.int64)
-        flat = np.concatenate([np.asarray(t, dtype=np.int64).ravel() for t in tracks]) if len(tracks) else np.zeros(0, np.int64)
+        flat = (
+            np.concatenate([np.asarray(t, dtype=np.int64).ravel() for t in tracks])
+            if len(tracks)
+            else np.zeros(0, np.int64)
+        )
         return self._fit_flat(flat, lengths)
 
-    def fit_padded(self, tokens: np.ndarray, lengths: np.ndarray) -> "CountBaseline":
+    def fit_padded(self, tokens: np.ndarray, lengths: np.ndarray) -> CountBaseline:
         """Count n-grams of padded tracks [K, L]; row i holds its track in its first lengths[i] columns."""
         tokens = np.asarray(tokens, dtype=np.int64)
         lengths = np.asarray(lengths, dtype=np.int64)
@@ -132,7 +140,7 @@ class CountBaseline:
         inside = np.arange(tokens.shape[1])[None, :] < lengths[:, None]  # [K, L]
         return self._fit_flat(tokens[inside], lengths)  # row-major order keeps each track contiguous
 
-    def _fit_flat(self, flat: np.ndarray, lengths: np.ndarray) -> "CountBaseline":
+    def _fit_flat(self, flat: np.ndarray, lengths: np.ndarray) -> CountBaseline:
         if len(flat) == 0:
             raise ValueError("no hits to count: the training tracks are empty")
         if flat.min() < 0:

@@ -51,8 +51,12 @@ class SequenceSettings:
 def read_tracks(input_dir: Path, split: str, tokenizer: ModuleTokenizer, settings: SequenceSettings) -> TrackSet:
     sets = []
     files = list_event_files(input_dir, split)
-    for path, data in tqdm(iter_events(input_dir, split), total=len(files), desc=f"tracks {split}", unit="event", leave=False):
-        sets.append(event_tracks(data, tokenizer, settings.min_hits, settings.max_hits, settings.long_tracks, str(path)))
+    for path, data in tqdm(
+        iter_events(input_dir, split), total=len(files), desc=f"tracks {split}", unit="event", leave=False
+    ):
+        sets.append(
+            event_tracks(data, tokenizer, settings.min_hits, settings.max_hits, settings.long_tracks, str(path))
+        )
     if tokenizer.n_unknown:
         log.warning("%s: %d hits of tracks fell outside the vocabulary and became [UNK]", split, tokenizer.n_unknown)
     return TrackSet.concat(sets, settings.max_hits)
@@ -87,12 +91,16 @@ class TrainingMasker:
 
     def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
-        batch["input_ids"], batch["mdm_labels"] = mask_for_training(batch["input_ids"], batch["hit_position"], self.rate, self.vocab_size)
+        batch["input_ids"], batch["mdm_labels"] = mask_for_training(
+            batch["input_ids"], batch["hit_position"], self.rate, self.vocab_size
+        )
         return batch
 
 
 class TrackingBERTDataModule(L.LightningDataModule):
-    def __init__(self, input_dir: Path, cache_dir: Path, tokenizer: ModuleTokenizer, settings: SequenceSettings) -> None:
+    def __init__(
+        self, input_dir: Path, cache_dir: Path, tokenizer: ModuleTokenizer, settings: SequenceSettings
+    ) -> None:
         super().__init__()
         self.input_dir, self.cache_dir = Path(input_dir), Path(cache_dir)
         self.tokenizer, self.settings = tokenizer, settings
@@ -105,8 +113,17 @@ class TrackingBERTDataModule(L.LightningDataModule):
         mtime_ns (a feature store rewritten in place keeps its file names, not their content)."""
         s = self.settings
         files = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in list_event_files(self.input_dir, split)]
-        key = json.dumps([self.tokenizer.geometry_hash, self.tokenizer.volumes, s.min_hits, s.max_hits, s.long_tracks,
-                          str(self.input_dir.resolve()), files])
+        key = json.dumps(
+            [
+                self.tokenizer.geometry_hash,
+                self.tokenizer.volumes,
+                s.min_hits,
+                s.max_hits,
+                s.long_tracks,
+                str(self.input_dir.resolve()),
+                files,
+            ]
+        )
         return self.cache_dir / f"tracks_{split}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
 
     def prepare_data(self) -> None:
@@ -128,12 +145,19 @@ class TrackingBERTDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if len(self.datasets[split]) == 0:
-            raise NoTracksError(f"{self.input_dir}/{split}: no tracks with {self.settings.min_hits}..{self.settings.max_hits} hits; "
-                             f"check the feature store has truth (track_edges) and events in this split")
+            raise NoTracksError(
+                f"{self.input_dir}/{split}: no tracks with {self.settings.min_hits}..{self.settings.max_hits} hits; "
+                f"check the feature store has truth (track_edges) and events in this split"
+            )
         collate = TrainingMasker(self.settings.mask_rate, self.tokenizer.vocab_size) if shuffle else None
-        return DataLoader(self.datasets[split], batch_size=self.settings.batch_size, shuffle=shuffle,
-                          num_workers=self.settings.num_workers, collate_fn=collate,
-                          persistent_workers=self.settings.num_workers > 0)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.settings.batch_size,
+            shuffle=shuffle,
+            num_workers=self.settings.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.settings.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("trainset", shuffle=True)

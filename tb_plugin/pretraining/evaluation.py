@@ -49,7 +49,10 @@ def masked_positions(dataset: PairDataset) -> MaskedPositions:
     next_col = np.minimum(col + 1, ids.shape[1] - 1)
     has_right = (col + 1 < ids.shape[1]) & (pos[row, next_col] == pos[row, col] + 1)
     return MaskedPositions(
-        row=row, col=col, target=labels[row, col], hit_position=pos[row, col],
+        row=row,
+        col=col,
+        target=labels[row, col],
+        hit_position=pos[row, col],
         left=np.where(has_left, ids[row, col - 1], BOUNDARY),
         right=np.where(has_right, ids[row, next_col], BOUNDARY),
     )
@@ -112,8 +115,10 @@ def summary_table(metrics: dict[str, Any]) -> str:
     auc = "n/a (one class)" if metrics["ntp"]["auc"] is None else f"{metrics['ntp']['auc']:.4f}"
     lines = [
         f"{'MDM (one [MASK] per track)':30s} {'TrackingBERT':>13s} {'count baseline':>15s}",
-        *(f"{name:30s} {bert[key]:13.4f} {count[key]:15.4f}" for name, key in
-          (("top-1", "top1"), ("top-5", "top5"), ("within 20 mm", "within_20mm"))),
+        *(
+            f"{name:30s} {bert[key]:13.4f} {count[key]:15.4f}"
+            for name, key in (("top-1", "top1"), ("top-5", "top5"), ("within 20 mm", "within_20mm"))
+        ),
         f"NTP (A has higher pT than B)   accuracy {metrics['ntp']['accuracy']:.4f}   ROC AUC {auc}",
         f"parameters {metrics['n_params']:,}   evaluated tracks {metrics['n_eval_tracks']:,}",
     ]

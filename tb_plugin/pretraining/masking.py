@@ -17,7 +17,11 @@ IGNORE = -100  # label of positions that are not scored (cross-entropy's ignore_
 
 
 def mask_for_training(
-    input_ids: torch.Tensor, hit_position: torch.Tensor, rate: float, vocab_size: int, generator: torch.Generator | None = None
+    input_ids: torch.Tensor,
+    hit_position: torch.Tensor,
+    rate: float,
+    vocab_size: int,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(masked input_ids, mdm_labels), both [B, L]; labels hold the original token where scored."""
     maskable = hit_position >= 0  # [B, L] module tokens only

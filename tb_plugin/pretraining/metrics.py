@@ -18,11 +18,7 @@ WITHIN_MM = 20.0  # the paper's "close enough" distance between module centres
 
 
 def mdm_metrics(
-    pred_topk: np.ndarray,
-    target: np.ndarray,
-    position: np.ndarray,
-    tokenizer: ModuleTokenizer,
-    detector: Detector,
+    pred_topk: np.ndarray, target: np.ndarray, position: np.ndarray, tokenizer: ModuleTokenizer, detector: Detector
 ) -> dict:
     """top1, top5, within_20mm, n_masked, by_volume and by_position of masked-module predictions.
 
@@ -36,7 +32,9 @@ def mdm_metrics(
     if pred_topk.ndim != 2 or pred_topk.shape[1] < 5:
         raise ValueError(f"pred_topk must be [Q, k] with k >= 5, got shape {pred_topk.shape}")
     if target.shape != (len(pred_topk),) or position.shape != target.shape:
-        raise ValueError(f"target and position must be [Q] = [{len(pred_topk)}], got {target.shape} and {position.shape}")
+        raise ValueError(
+            f"target and position must be [Q] = [{len(pred_topk)}], got {target.shape} and {position.shape}"
+        )
     if len(target) == 0:
         raise ValueError("no masked hits to score")
     true_module = tokenizer.module_of(target)  # [Q]
@@ -70,8 +68,10 @@ def _grouped(group: np.ndarray, top1: np.ndarray, top5: np.ndarray, within: np.n
     """The three fractions and the count per group value, keyed by str(value) in increasing order."""
     values, inverse, counts = np.unique(group, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
-    sums = {name: np.bincount(inverse, weights=hit.astype(np.float64), minlength=len(values))
-            for name, hit in (("top1", top1), ("top5", top5), ("within_20mm", within))}
+    sums = {
+        name: np.bincount(inverse, weights=hit.astype(np.float64), minlength=len(values))
+        for name, hit in (("top1", top1), ("top5", top5), ("within_20mm", within))
+    }
     return {
         str(int(v)): {**{name: float(s[i] / counts[i]) for name, s in sums.items()}, "n": int(counts[i])}
         for i, v in enumerate(values)

@@ -20,8 +20,18 @@ from tb_plugin.atomic import atomic_path
 from tb_plugin.pretraining.metrics import roc_auc, roc_curve
 
 DPI = 100
-_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-            "#bcbd22", "#17becf")
+_COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -44,9 +54,10 @@ def plot_mdm_accuracy(results: dict[str, dict], out_dir: Path) -> list[Path]:
     if not results:
         raise ValueError("no models to plot")
     written = []
-    for breakdown, label, name in (("by_volume", "detector volume of the masked hit", "mdm_accuracy_by_volume.png"),
-                                   ("by_position", "position of the masked hit in its track (0 = first)",
-                                    "mdm_accuracy_by_position.png")):
+    for breakdown, label, name in (
+        ("by_volume", "detector volume of the masked hit", "mdm_accuracy_by_volume.png"),
+        ("by_position", "position of the masked hit in its track (0 = first)", "mdm_accuracy_by_position.png"),
+    ):
         written.append(_save(_accuracy_bars(results, breakdown, label), out_dir / name))
     return written
 
@@ -76,8 +87,16 @@ def _accuracy_bars(results: dict[str, dict], breakdown: str, xlabel: str) -> Fig
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     handles = [Patch(color=_COLOURS[i % len(_COLOURS)], label=f"{m}: top-1") for i, m in enumerate(models)]
-    handles += [Patch(facecolor=_COLOURS[i % len(_COLOURS)], alpha=0.35, hatch="//",
-                      edgecolor=_COLOURS[i % len(_COLOURS)], label=f"{m}: top-5") for i, m in enumerate(models)]
+    handles += [
+        Patch(
+            facecolor=_COLOURS[i % len(_COLOURS)],
+            alpha=0.35,
+            hatch="//",
+            edgecolor=_COLOURS[i % len(_COLOURS)],
+            label=f"{m}: top-5",
+        )
+        for i, m in enumerate(models)
+    ]
     ax.legend(handles=handles, loc="upper center", fontsize="small", ncol=2, framealpha=0.9)
     ax.set_title(f"Masked-module prediction {breakdown.replace('_', ' ')}")
     fig.tight_layout()
@@ -152,21 +171,25 @@ def plot_embedding_pca(embeddings: np.ndarray, volume_id: np.ndarray, layer_id: 
     volume_id = np.asarray(volume_id).ravel()
     layer_id = np.asarray(layer_id).ravel()
     if volume_id.shape != (len(embeddings),) or layer_id.shape != volume_id.shape:
-        raise ValueError(f"volume_id and layer_id must be [K] = [{len(embeddings)}], got {volume_id.shape} and {layer_id.shape}")
+        raise ValueError(
+            f"volume_id and layer_id must be [K] = [{len(embeddings)}], got {volume_id.shape} and {layer_id.shape}"
+        )
     proj, ratio = pca_project(embeddings, 2)
     fig = Figure(figsize=(12.0, 5.2))
     left, right = fig.subplots(1, 2)
     marker = dict(s=float(np.clip(20000.0 / len(proj), 3.0, 16.0)), linewidths=0)
     for i, volume in enumerate(np.unique(volume_id)):
         sel = volume_id == volume
-        left.scatter(proj[sel, 0], proj[sel, 1], color=_COLOURS[i % len(_COLOURS)], label=f"volume {volume}",
-                     alpha=0.7, **marker)
+        left.scatter(
+            proj[sel, 0], proj[sel, 1], color=_COLOURS[i % len(_COLOURS)], label=f"volume {volume}", alpha=0.7, **marker
+        )
     left.legend(markerscale=max(1.0, (40.0 / marker["s"]) ** 0.5), fontsize="small", title="volume_id")
     layers = np.unique(layer_id)
     cmap = ListedColormap(colormaps["viridis"](np.linspace(0.0, 0.95, len(layers))))  # ordered, unlike volumes
     code = np.searchsorted(layers, layer_id)
-    points = right.scatter(proj[:, 0], proj[:, 1], c=code, cmap=cmap, vmin=-0.5, vmax=len(layers) - 0.5,
-                           alpha=0.7, **marker)
+    points = right.scatter(
+        proj[:, 0], proj[:, 1], c=code, cmap=cmap, vmin=-0.5, vmax=len(layers) - 0.5, alpha=0.7, **marker
+    )
     bar = fig.colorbar(points, ax=right, ticks=np.arange(len(layers)))
     bar.ax.set_yticklabels([str(v) for v in layers])
     bar.set_label("layer_id")

@@ -25,8 +25,8 @@ from tb_plugin.geometry import Detector, detector_for
 from tb_plugin.injection import MODULE_TABLE_FILE, ModuleEmbedding, Normalize, check_table_options, save_module_table
 from tb_plugin.model import OptimConfig, TrackingBERTConfig, TrackingBERTModule
 from tb_plugin.pretraining.datamodule import SequenceSettings, TrackingBERTDataModule
-from tb_plugin.pretraining.tracks import hit_module_index
 from tb_plugin.pretraining.evaluation import evaluate_pretraining, summary_table
+from tb_plugin.pretraining.tracks import hit_module_index
 from tb_plugin.stage import EventProcessor, Stage, StageConfig
 from tb_plugin.tokenizer import UNK, ModuleTokenizer
 from tb_plugin.training import (
@@ -40,6 +40,7 @@ from tb_plugin.training import (
 )
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(kw_only=True)
 class TrackingBERTStageConfig(StageConfig, TrainerConfig):
@@ -74,7 +75,9 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 2 <= self.min_hits <= self.max_hits:
-            raise ValueError(f"keys 'min_hits' and 'max_hits' need 2 <= min_hits <= max_hits, got {self.min_hits} and {self.max_hits}")
+            raise ValueError(
+                f"keys 'min_hits' and 'max_hits' need 2 <= min_hits <= max_hits, got {self.min_hits} and {self.max_hits}"
+            )
         if not 0.0 < self.mask_rate < 1.0:
             raise ValueError(f"key 'mask_rate' must be between 0 and 1, got {self.mask_rate}")
         for key in ("batch_size", "max_epochs", "num_nodes"):
@@ -84,15 +87,31 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
         check_table_options(self.normalize, self.dim, self.n_embd, "n_embd")  # the table is n_embd wide
 
     def model_config(self, vocab_size: int = 8) -> TrackingBERTConfig:
-        return TrackingBERTConfig(vocab_size=vocab_size, max_len=2 * self.max_hits + 3, n_embd=self.n_embd,
-                                  n_head=self.n_head, n_layer=self.n_layer, d_ff=self.d_ff, dropout=self.dropout)
+        return TrackingBERTConfig(
+            vocab_size=vocab_size,
+            max_len=2 * self.max_hits + 3,
+            n_embd=self.n_embd,
+            n_head=self.n_head,
+            n_layer=self.n_layer,
+            d_ff=self.d_ff,
+            dropout=self.dropout,
+        )
 
     def optim_config(self) -> OptimConfig:
-        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, ntp_weight=self.ntp_weight)
+        return OptimConfig(
+            lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, ntp_weight=self.ntp_weight
+        )
 
     def sequence_settings(self) -> SequenceSettings:
-        return SequenceSettings(min_hits=self.min_hits, max_hits=self.max_hits, long_tracks=self.long_tracks,
-                                mask_rate=self.mask_rate, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed)
+        return SequenceSettings(
+            min_hits=self.min_hits,
+            max_hits=self.max_hits,
+            long_tracks=self.long_tracks,
+            mask_rate=self.mask_rate,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            seed=self.seed,
+        )
 
 
 class TrackingBERTStage(Stage):
@@ -128,7 +147,9 @@ class TrackingBERTStage(Stage):
         return ModuleTokenizer(detector, self.config.volumes)
 
     def datamodule(self, tokenizer: ModuleTokenizer) -> TrackingBERTDataModule:
-        return TrackingBERTDataModule(self.config.input_dir, self.stage_dir / "cache", tokenizer, self.config.sequence_settings())
+        return TrackingBERTDataModule(
+            self.config.input_dir, self.stage_dir / "cache", tokenizer, self.config.sequence_settings()
+        )
 
     # ------------------------------------------------------------------ train
 
@@ -146,10 +167,13 @@ class TrackingBERTStage(Stage):
             self.check_checkpoint(Path(resume), read_checkpoint(resume), tokenizer.vocab_size, remedy)
         if not self.vocab_file.exists():
             tokenizer.save(self.vocab_file)
-        module = TrackingBERTModule(model=asdict(self.config.model_config(tokenizer.vocab_size)),
-                                    optim=asdict(self.config.optim_config()))
-        print(f"TrackingBERT: {module.model.num_params():,} parameters "
-              f"({module.model.num_params(non_embedding=True):,} outside the embeddings), vocabulary {tokenizer.vocab_size:,}")
+        module = TrackingBERTModule(
+            model=asdict(self.config.model_config(tokenizer.vocab_size)), optim=asdict(self.config.optim_config())
+        )
+        print(
+            f"TrackingBERT: {module.model.num_params():,} parameters "
+            f"({module.model.num_params(non_embedding=True):,} outside the embeddings), vocabulary {tokenizer.vocab_size:,}"
+        )
         trainer = make_trainer(self.config, self.stage_dir)
         trainer.fit(module, datamodule=self.datamodule(tokenizer), ckpt_path=str(resume) if resume else None)
 
@@ -160,18 +184,28 @@ class TrackingBERTStage(Stage):
         the key back achieves, and the other way out."""
         saved = checkpoint["hyper_parameters"].get("model")
         if not isinstance(saved, dict):
-            raise CheckpointError(f"{path}: not a TrackingBERT checkpoint (no model hyperparameters); delete it and run 'tb train' again")
+            raise CheckpointError(
+                f"{path}: not a TrackingBERT checkpoint (no model hyperparameters); delete it and run 'tb train' again"
+            )
         wanted = asdict(self.config.model_config(vocab_size))
         for key in ("n_embd", "n_head", "n_layer", "d_ff", "max_len"):
             have, want, name = saved.get(key), wanted[key], key
             if have != want:
                 if key == "max_len":  # 2 * max_hits + 3: the config key is max_hits
-                    have, want, name = (have - 3) // 2 if isinstance(have, int) else have, self.config.max_hits, "max_hits"
-                raise CheckpointError(f"{path} was trained with {name}: {have}, but the config has {name}: {want}; "
-                                      f"set {name}: {have} again {remedy}")
+                    have, want, name = (
+                        (have - 3) // 2 if isinstance(have, int) else have,
+                        self.config.max_hits,
+                        "max_hits",
+                    )
+                raise CheckpointError(
+                    f"{path} was trained with {name}: {have}, but the config has {name}: {want}; "
+                    f"set {name}: {have} again {remedy}"
+                )
         if saved.get("vocab_size") != vocab_size:
-            raise CheckpointError(f"{path} has {saved.get('vocab_size')} tokens but {self.vocab_file} has {vocab_size}: they come "
-                                  f"from different runs; delete {self.artifacts} and run 'tb train' again")
+            raise CheckpointError(
+                f"{path} has {saved.get('vocab_size')} tokens but {self.vocab_file} has {vocab_size}: they come "
+                f"from different runs; delete {self.artifacts} and run 'tb train' again"
+            )
 
     # ------------------------------------------------------------------ trained model
 
@@ -180,7 +214,9 @@ class TrackingBERTStage(Stage):
         and against the config's model keys."""
         path = trained_checkpoint(self.stage_dir, "TrackingBERT")
         if not self.vocab_file.exists():
-            raise FileNotFoundError(f"{self.vocab_file} is missing beside the checkpoint; run 'tb train' on this config again")
+            raise FileNotFoundError(
+                f"{self.vocab_file} is missing beside the checkpoint; run 'tb train' on this config again"
+            )
         detector = self.detector()
         tokenizer = ModuleTokenizer.load(self.vocab_file, detector)
         checkpoint = read_checkpoint(path)
@@ -197,8 +233,15 @@ class TrackingBERTStage(Stage):
         data = self.datamodule(tokenizer)
         data.prepare_data()
         data.setup("test")
-        metrics = evaluate_pretraining(module.model, tokenizer, detector, data.tracks["trainset"], data.datasets["testset"],
-                                       self.stage_dir / "eval", batch_size=self.config.batch_size)
+        metrics = evaluate_pretraining(
+            module.model,
+            tokenizer,
+            detector,
+            data.tracks["trainset"],
+            data.datasets["testset"],
+            self.stage_dir / "eval",
+            batch_size=self.config.batch_size,
+        )
         path = self.write_metrics(metrics)
         print(summary_table(metrics) + f"\n  -> {path}")
         return metrics
@@ -211,8 +254,13 @@ class TrackingBERTStage(Stage):
         this call), so `infer` can warn once for the whole run rather than once per event. The table is
         normalised / reduced (`normalize`, `dim`) here, once, and kept in `self.injection`."""
         module, tokenizer, detector = self.trained()
-        inject = ModuleEmbedding.from_token_embeddings(module.model.module_embeddings(), tokenizer, normalize=self.config.normalize,
-                                                       dim=self.config.dim, flat_columns=self.config.flat_columns)
+        inject = ModuleEmbedding.from_token_embeddings(
+            module.model.module_embeddings(),
+            tokenizer,
+            normalize=self.config.normalize,
+            dim=self.config.dim,
+            flat_columns=self.config.flat_columns,
+        )
         self.injection, self.injection_vocab = inject, tokenizer
         counts = self.unknown_hits = {"outside": 0, "hits": 0}
 
@@ -238,7 +286,11 @@ class TrackingBERTStage(Stage):
         self.rewrite_events(process, overwrite)
         counts = self.unknown_hits
         if counts["outside"]:
-            log.warning("%d of %d hits lie on modules outside the vocabulary and got the [UNK] embedding", counts["outside"], counts["hits"])
+            log.warning(
+                "%d of %d hits lie on modules outside the vocabulary and got the [UNK] embedding",
+                counts["outside"],
+                counts["hits"],
+            )
 
     def write_module_table(self) -> Path:
         """stage_dir/module_table.npz: the table exactly as `event_processor` injects it (after normalize
@@ -247,15 +299,20 @@ class TrackingBERTStage(Stage):
         if self.injection is None or self.injection_vocab is None:
             self.event_processor()
         tokenizer = self.injection_vocab
-        return save_module_table(self.stage_dir / MODULE_TABLE_FILE, self.injection.table, tokenizer.module_to_token != UNK,
-                                 tokenizer.geometry_hash)
+        return save_module_table(
+            self.stage_dir / MODULE_TABLE_FILE,
+            self.injection.table,
+            tokenizer.module_to_token != UNK,
+            tokenizer.geometry_hash,
+        )
 
     # ------------------------------------------------------------------ export
 
     def export(self, fmt: ExportFormat, out_dir: Path | None = None) -> list[Path]:
         module, tokenizer, _ = self.trained()
-        paths = export_embeddings(module.model.module_embeddings(), tokenizer, out_dir or self.stage_dir / "export", fmt)
+        paths = export_embeddings(
+            module.model.module_embeddings(), tokenizer, out_dir or self.stage_dir / "export", fmt
+        )
         for p in paths:
             print(f"wrote {p}")
         return paths
-

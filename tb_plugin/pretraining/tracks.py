@@ -41,20 +41,26 @@ class TrackSet:
         return self.tokens.shape[1]
 
     def save(self, path: str | Path) -> None:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **self.__dict__)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **self.__dict__)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrackSet":
+    def load(cls, path: str | Path) -> TrackSet:
         with np.load(path) as arrays:
             return cls(**{k: arrays[k] for k in ("tokens", "length", "pt", "event_id", "particle_id")})
 
     @classmethod
-    def concat(cls, sets: list["TrackSet"], max_hits: int) -> "TrackSet":
+    def concat(cls, sets: list[TrackSet], max_hits: int) -> TrackSet:
         if not sets:
-            return cls(np.zeros((0, max_hits), np.int64), *(np.zeros(0, t) for t in (np.int64, np.float32, np.int64, np.int64)))
-        return cls(*(np.concatenate([getattr(s, k) for s in sets]) for k in ("tokens", "length", "pt", "event_id", "particle_id")))
+            return cls(
+                np.zeros((0, max_hits), np.int64), *(np.zeros(0, t) for t in (np.int64, np.float32, np.int64, np.int64))
+            )
+        return cls(
+            *(
+                np.concatenate([getattr(s, k) for s in sets])
+                for k in ("tokens", "length", "pt", "event_id", "particle_id")
+            )
+        )
 
 
 def particle_hits(data: Data, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -82,17 +88,14 @@ def hit_module_index(data: Data, detector: Detector, source: str) -> np.ndarray:
     names = ("hit_volume_id", "hit_layer_id", "hit_module_id")
     missing = [n for n in names if n not in data]
     if missing:
-        raise MissingFieldError(f"{source}: needs 'hit_module_index' or the fields {', '.join(names)} (missing: {', '.join(missing)})")
+        raise MissingFieldError(
+            f"{source}: needs 'hit_module_index' or the fields {', '.join(names)} (missing: {', '.join(missing)})"
+        )
     return np.asarray(detector.index_strict(*(data[n].numpy() for n in names)), dtype=np.int64)
 
 
 def event_tracks(
-    data: Data,
-    tokenizer: ModuleTokenizer,
-    min_hits: int,
-    max_hits: int,
-    long_tracks: LongTracks,
-    source: str,
+    data: Data, tokenizer: ModuleTokenizer, min_hits: int, max_hits: int, long_tracks: LongTracks, source: str
 ) -> TrackSet:
     """All tracks of one event with min_hits..max_hits hits inside the tokenizer's volumes."""
     hit, pid, vertex, pt = particle_hits(data, source)
@@ -136,4 +139,3 @@ def event_number(data: Data) -> int:
     if isinstance(event_id, (list, tuple)):
         event_id = event_id[0]
     return int(event_id)
-

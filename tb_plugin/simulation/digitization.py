@@ -24,8 +24,9 @@ DIFFUSION_MM = 0.005  # charge spread (sigma) added to each end of the track seg
 MAX_CELLS_PER_AXIS = 24  # a grazing track's cluster is truncated here, as a readout would limit it
 
 
-def smear_on_module(rng: np.random.Generator, detector: Detector, module: np.ndarray,
-                    position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def smear_on_module(
+    rng: np.random.Generator, detector: Detector, module: np.ndarray, position: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Measured global positions [H, 3] and their local (u, v, w) [H, 3] for true crossings on `module`."""
     local = detector.to_local(module, position)  # [H, 3]
     local[:, 0] += rng.standard_normal(len(module)) * detector.pitch_u[module] / np.sqrt(12.0)
@@ -74,8 +75,14 @@ def uniform_on_module(rng: np.random.Generator, detector: Detector, module: np.n
     return np.stack([u, v, np.zeros_like(u)], axis=1)
 
 
-def make_cells(rng: np.random.Generator, detector: Detector, module: np.ndarray, local: np.ndarray,
-               global_direction: np.ndarray, hit_id: np.ndarray) -> pd.DataFrame:
+def make_cells(
+    rng: np.random.Generator,
+    detector: Detector,
+    module: np.ndarray,
+    local: np.ndarray,
+    global_direction: np.ndarray,
+    hit_id: np.ndarray,
+) -> pd.DataFrame:
     """Cells part: one row per channel of each hit (hit_id, ch0 from u, ch1 from v, value).
 
     ``local`` [H, 3] are the hits' local positions; ``global_direction`` [H, 3] the particle direction
@@ -111,9 +118,11 @@ def make_cells(rng: np.random.Generator, detector: Detector, module: np.ndarray,
     # Charge: path length over the normal thickness, times a Landau-like (Gumbel) fluctuation.
     deposit = (1.0 / dw) * np.maximum(0.3, 1.0 + 0.15 * rng.gumbel(0.0, 1.0, len(module)))  # [H]
     jitter = rng.uniform(0.7, 1.3, len(of))  # unequal sharing between the cells of a cluster
-    return pd.DataFrame({
-        "hit_id": hit_id[of].astype(np.int32),
-        "ch0": ch0.astype(np.int32),
-        "ch1": ch1.astype(np.int32),
-        "value": (deposit[of] / size[of] * jitter).astype(np.float32),
-    })
+    return pd.DataFrame(
+        {
+            "hit_id": hit_id[of].astype(np.int32),
+            "ch0": ch0.astype(np.int32),
+            "ch1": ch1.astype(np.int32),
+            "value": (deposit[of] / size[of] * jitter).astype(np.float32),
+        }
+    )

@@ -26,6 +26,7 @@ from tb_plugin.simulation.config import SimulationConfig
 from tb_plugin.simulation.kinematics import Particles
 from tb_plugin.simulation.propagation import PropagationOptions, layer_map, propagate
 
+
 def event_rng(seed: int, event_id: int) -> np.random.Generator:
     """The event's own random stream: the same (seed, event_id) always gives the same event."""
     return np.random.default_rng([int(seed), int(event_id)])
@@ -41,18 +42,23 @@ class TrueHits:
     momentum: np.ndarray  # float64 [H, 3]
 
     @staticmethod
-    def concat(parts: list["TrueHits"]) -> "TrueHits":
+    def concat(parts: list[TrueHits]) -> TrueHits:
         empty = TrueHits(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3)))
         parts = [empty, *parts]
-        return TrueHits(*(np.concatenate([getattr(p, name) for p in parts])
-                          for name in ("particle", "module", "position", "momentum")))
+        return TrueHits(
+            *(
+                np.concatenate([getattr(p, name) for p in parts])
+                for name in ("particle", "module", "position", "momentum")
+            )
+        )
 
-    def subset(self, mask: np.ndarray) -> "TrueHits":
+    def subset(self, mask: np.ndarray) -> TrueHits:
         return TrueHits(self.particle[mask], self.module[mask], self.position[mask], self.momentum[mask])
 
 
-def simulate_event(config: SimulationConfig, detector: Detector, event_id: int,
-                   replay: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+def simulate_event(
+    config: SimulationConfig, detector: Detector, event_id: int, replay: pd.DataFrame | None = None
+) -> dict[str, pd.DataFrame]:
     """Frames ``hits``, ``particles``, ``truth`` (and ``cells`` when configured) of one event.
 
     ``replay``: a particles frame whose vertices, momenta, charges and particle_ids are traced instead
@@ -61,8 +67,9 @@ def simulate_event(config: SimulationConfig, detector: Detector, event_id: int,
     """
     rng = event_rng(config.seed, event_id)
     if replay is None:
-        first = kinematics.generate_primaries(rng, config.pileup, config.hard_scatter,
-                                              config.vertex_sigma_xy_mm, config.vertex_sigma_z_mm)
+        first = kinematics.generate_primaries(
+            rng, config.pileup, config.hard_scatter, config.vertex_sigma_xy_mm, config.vertex_sigma_z_mm
+        )
     else:
         first = kinematics.particles_from_frame(replay)
     particles, true_hits = trace_generations(config, detector, first, replay is not None, rng)
@@ -70,21 +77,33 @@ def simulate_event(config: SimulationConfig, detector: Detector, event_id: int,
     return digitise(config, detector, particles, true_hits, rng)
 
 
-def trace_generations(config: SimulationConfig, detector: Detector, first: Particles, replayed: bool,
-                      rng: np.random.Generator) -> tuple[Particles, TrueHits]:
+def trace_generations(
+    config: SimulationConfig, detector: Detector, first: Particles, replayed: bool, rng: np.random.Generator
+) -> tuple[Particles, TrueHits]:
     """Trace generation 0, then the secondaries its interactions make, and so on until none is left."""
     layers = layer_map(detector)
     options = PropagationOptions(
-        b_field=config.b_field_tesla, max_turns=config.max_turns, max_crossings=config.max_crossings,
-        multiple_scattering=config.multiple_scattering, energy_loss=config.energy_loss)
+        b_field=config.b_field_tesla,
+        max_turns=config.max_turns,
+        max_crossings=config.max_crossings,
+        multiple_scattering=config.multiple_scattering,
+        energy_loss=config.energy_loss,
+    )
     generations: list[Particles] = []
     hits: list[TrueHits] = []
     offset = 0  # index of the current generation's first particle in the event
     current = first
     while len(current):  # one pass per generation
         traced = np.flatnonzero(current.pt >= config.min_pt_traced)  # [T]
-        found, material = propagate(current.vertex[traced], current.momentum[traced], current.charge[traced],
-                                    current.mass[traced], layers, options, rng)
+        found, material = propagate(
+            current.vertex[traced],
+            current.momentum[traced],
+            current.charge[traced],
+            current.mass[traced],
+            layers,
+            options,
+            rng,
+        )
         chosen = np.zeros(0, dtype=np.int64)  # material crossings that make listed secondaries
         end_step = np.full(len(traced), np.iinfo(np.int64).max)
         if config.secondaries and not replayed:
@@ -92,22 +111,33 @@ def trace_generations(config: SimulationConfig, detector: Detector, first: Parti
         elif config.secondaries:
             end_step = interactions.replay_end_steps(rng, current.subset(traced), material)
         kept = found.step <= end_step[found.particle]  # an absorbed particle has no later hits
-        hits.append(TrueHits(offset + traced[found.particle[kept]], found.module[kept], found.position[kept],
-                             found.momentum[kept]))
+        hits.append(
+            TrueHits(
+                offset + traced[found.particle[kept]], found.module[kept], found.position[kept], found.momentum[kept]
+            )
+        )
         generations.append(current)
         offset += len(current)
 
         current, origin = kinematics.material_interactions(
-            rng, current.particle_id[traced][material.particle[chosen]], material.position[chosen])
+            rng, current.particle_id[traced][material.particle[chosen]], material.position[chosen]
+        )
         made_here = interactions.production_module_hits(rng, material.module[chosen], origin)  # [S']
-        hits.append(TrueHits(offset + made_here, material.module[chosen][origin[made_here]],
-                             current.vertex[made_here], current.momentum[made_here]))
+        hits.append(
+            TrueHits(
+                offset + made_here,
+                material.module[chosen][origin[made_here]],
+                current.vertex[made_here],
+                current.momentum[made_here],
+            )
+        )
     particles = Particles.concat(generations) if generations else Particles.empty()
     return particles, TrueHits.concat(hits)
 
 
-def digitise(config: SimulationConfig, detector: Detector, particles: Particles, true_hits: TrueHits,
-             rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+def digitise(
+    config: SimulationConfig, detector: Detector, particles: Particles, true_hits: TrueHits, rng: np.random.Generator
+) -> dict[str, pd.DataFrame]:
     """Smear the true hits, add noise, number all hits in module order and build the event frames."""
     measured, local = digitization.smear_on_module(rng, detector, true_hits.module, true_hits.position)
     n_signal = len(true_hits.particle)
@@ -124,20 +154,24 @@ def digitise(config: SimulationConfig, detector: Detector, particles: Particles,
     truth_momentum = np.concatenate([true_hits.momentum, np.zeros((n_noise, 3))])[order]
     particle_id = np.concatenate([particles.particle_id[true_hits.particle], np.zeros(n_noise, np.int64)])[order]
 
-    hits = pd.DataFrame({
-        "hit_id": hit_id.astype(np.int32),
-        **{axis: position[:, i].astype(np.float32) for i, axis in enumerate("xyz")},
-        "volume_id": detector.volume_id[module],
-        "layer_id": detector.layer_id[module],
-        "module_id": detector.module_id[module],
-    })
+    hits = pd.DataFrame(
+        {
+            "hit_id": hit_id.astype(np.int32),
+            **{axis: position[:, i].astype(np.float32) for i, axis in enumerate("xyz")},
+            "volume_id": detector.volume_id[module],
+            "layer_id": detector.layer_id[module],
+            "module_id": detector.module_id[module],
+        }
+    )
     particles_frame = particles.to_frame(np.bincount(true_hits.particle, minlength=len(particles)))
-    truth = pd.DataFrame({
-        "hit_id": hit_id.astype(np.int32),
-        "particle_id": particle_id,
-        **{f"t{axis}": truth_position[:, i].astype(np.float32) for i, axis in enumerate("xyz")},
-        **{f"tp{axis}": truth_momentum[:, i].astype(np.float32) for i, axis in enumerate("xyz")},
-    })
+    truth = pd.DataFrame(
+        {
+            "hit_id": hit_id.astype(np.int32),
+            "particle_id": particle_id,
+            **{f"t{axis}": truth_position[:, i].astype(np.float32) for i, axis in enumerate("xyz")},
+            **{f"tp{axis}": truth_momentum[:, i].astype(np.float32) for i, axis in enumerate("xyz")},
+        }
+    )
     truth["weight"] = trackml.hit_weights(truth, particles_frame).astype(np.float32)
     frames = {"hits": hits, "particles": particles_frame, "truth": truth}
     if config.with_cells:
@@ -148,9 +182,14 @@ def digitise(config: SimulationConfig, detector: Detector, particles: Particles,
     return frames
 
 
-def simulate_dataset(config: SimulationConfig, detector: Detector, out_dir: str | os.PathLike,
-                     replay_particles: str | os.PathLike | None = None, progress: bool = True,
-                     workers: int | None = None) -> list[Path]:
+def simulate_dataset(
+    config: SimulationConfig,
+    detector: Detector,
+    out_dir: str | os.PathLike,
+    replay_particles: str | os.PathLike | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+) -> list[Path]:
     """Simulate and write ``config.n_events`` events as ``out_dir/event{ID:09d}-{part}.csv``.
 
     ``replay_particles``: a real particles file (csv or csv.gz) whose kinematics every event replays
@@ -183,8 +222,12 @@ def simulate_dataset(config: SimulationConfig, detector: Detector, out_dir: str 
         # Forked workers need no import guard in the caller's script (spawned ones would). Each gets
         # the detector once, so its lookup tables are built once per worker, not once per event.
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_set_worker_state,
-                                 initargs=(config, detector, replay, out_dir)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=_set_worker_state,
+            initargs=(config, detector, replay, out_dir),
+        ) as pool:
             futures = [pool.submit(_worker_event, event_id) for event_id in event_ids]
             for _ in as_completed(futures):
                 bar.update()
@@ -196,8 +239,7 @@ def simulate_dataset(config: SimulationConfig, detector: Detector, out_dir: str 
 _WORKER_STATE: tuple = ()
 
 
-def _set_worker_state(config: SimulationConfig, detector: Detector, replay: pd.DataFrame | None,
-                      out_dir: Path) -> None:
+def _set_worker_state(config: SimulationConfig, detector: Detector, replay: pd.DataFrame | None, out_dir: Path) -> None:
     global _WORKER_STATE
     _WORKER_STATE = (config, detector, replay, out_dir)
 
@@ -207,8 +249,9 @@ def _worker_event(event_id: int) -> Path:
     return _simulate_and_write(config, detector, event_id, replay, out_dir)
 
 
-def _simulate_and_write(config: SimulationConfig, detector: Detector, event_id: int,
-                        replay: pd.DataFrame | None, out_dir: Path) -> Path:
+def _simulate_and_write(
+    config: SimulationConfig, detector: Detector, event_id: int, replay: pd.DataFrame | None, out_dir: Path
+) -> Path:
     frames = simulate_event(config, detector, event_id, replay=replay)
     prefix = trackml.event_prefix(out_dir, event_id)
     trackml.write_event(prefix, **frames)

@@ -41,20 +41,23 @@ def interaction_rate(material: MaterialPoints) -> np.ndarray:
     return per_x0 * material.x_over_x0
 
 
-def generated_interactions(rng: np.random.Generator, material: MaterialPoints, n_particles: int
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def generated_interactions(
+    rng: np.random.Generator, material: MaterialPoints, n_particles: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Interactions of generated particles: (crossings [I] with listed products, end step per particle)."""
     rate = interaction_rate(material)
-    chosen, end_step = first_interactions(rng, material.particle, material.step,
-                                          rate * (1.0 + UNSEEN_ABSORPTIONS), n_particles)
+    chosen, end_step = first_interactions(
+        rng, material.particle, material.step, rate * (1.0 + UNSEEN_ABSORPTIONS), n_particles
+    )
     seen = rng.random(len(chosen)) * (1.0 + UNSEEN_ABSORPTIONS) < 1.0
     return chosen[seen], end_step
 
 
 def replay_end_steps(rng: np.random.Generator, particles: Particles, material: MaterialPoints) -> np.ndarray:
     """End step per replayed particle: where its listed products start, or an unseen absorption."""
-    _, unseen_end = first_interactions(rng, material.particle, material.step,
-                                       interaction_rate(material) * UNSEEN_ABSORPTIONS, len(particles))
+    _, unseen_end = first_interactions(
+        rng, material.particle, material.step, interaction_rate(material) * UNSEEN_ABSORPTIONS, len(particles)
+    )
     return np.minimum(replayed_interactions(particles, material), unseen_end)
 
 
@@ -68,8 +71,9 @@ def production_module_hits(rng: np.random.Generator, module: np.ndarray, origin:
     return np.flatnonzero(in_sensor[origin])
 
 
-def first_interactions(rng: np.random.Generator, particle: np.ndarray, step: np.ndarray,
-                       probability: np.ndarray, n_particles: int) -> tuple[np.ndarray, np.ndarray]:
+def first_interactions(
+    rng: np.random.Generator, particle: np.ndarray, step: np.ndarray, probability: np.ndarray, n_particles: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Which material crossings [C] hold an interaction, at most one per particle: its first.
 
     Returns the indices of those crossings and, per particle [P], the step of its interaction (a large

@@ -84,12 +84,17 @@ class Particles:
     def pt(self) -> np.ndarray:
         return np.hypot(self.momentum[:, 0], self.momentum[:, 1])  # [P]
 
-    def subset(self, mask_or_index: np.ndarray) -> "Particles":
-        return Particles(self.particle_id[mask_or_index], self.vertex[mask_or_index],
-                         self.momentum[mask_or_index], self.charge[mask_or_index], self.mass[mask_or_index])
+    def subset(self, mask_or_index: np.ndarray) -> Particles:
+        return Particles(
+            self.particle_id[mask_or_index],
+            self.vertex[mask_or_index],
+            self.momentum[mask_or_index],
+            self.charge[mask_or_index],
+            self.mass[mask_or_index],
+        )
 
     @staticmethod
-    def concat(parts: list["Particles"]) -> "Particles":
+    def concat(parts: list[Particles]) -> Particles:
         return Particles(
             np.concatenate([p.particle_id for p in parts]).astype(np.int64),
             np.concatenate([p.vertex for p in parts]).reshape(-1, 3),
@@ -99,22 +104,24 @@ class Particles:
         )
 
     @staticmethod
-    def empty() -> "Particles":
+    def empty() -> Particles:
         return Particles(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, np.int32))
 
     def to_frame(self, nhits: np.ndarray) -> pd.DataFrame:
         """The particles part of an event (REFERENCE section 1 columns and dtypes)."""
-        return pd.DataFrame({
-            "particle_id": self.particle_id.astype(np.int64),
-            "vx": self.vertex[:, 0].astype(np.float32),
-            "vy": self.vertex[:, 1].astype(np.float32),
-            "vz": self.vertex[:, 2].astype(np.float32),
-            "px": self.momentum[:, 0].astype(np.float32),
-            "py": self.momentum[:, 1].astype(np.float32),
-            "pz": self.momentum[:, 2].astype(np.float32),
-            "q": self.charge.astype(np.int32),
-            "nhits": np.asarray(nhits, dtype=np.int32),
-        })
+        return pd.DataFrame(
+            {
+                "particle_id": self.particle_id.astype(np.int64),
+                "vx": self.vertex[:, 0].astype(np.float32),
+                "vy": self.vertex[:, 1].astype(np.float32),
+                "vz": self.vertex[:, 2].astype(np.float32),
+                "px": self.momentum[:, 0].astype(np.float32),
+                "py": self.momentum[:, 1].astype(np.float32),
+                "pz": self.momentum[:, 2].astype(np.float32),
+                "q": self.charge.astype(np.int32),
+                "nhits": np.asarray(nhits, dtype=np.int32),
+            }
+        )
 
 
 # ---------------------------------------------------------------- particle ids
@@ -124,8 +131,9 @@ def pack_particle_id(vertex_id, primary_id, generation, secondary_id, process) -
     """The TrackML particle_id of each particle from its bit fields."""
     parts = [np.asarray(a, dtype=np.int64) for a in (vertex_id, primary_id, generation, secondary_id, process)]
     v, p, g, s, c = np.broadcast_arrays(*parts)
-    return ((v << _VERTEX_SHIFT) | (p << _PRIMARY_SHIFT) | (g << _GENERATION_SHIFT)
-            | (s << _SECONDARY_SHIFT) | c).astype(np.int64)
+    return (
+        (v << _VERTEX_SHIFT) | (p << _PRIMARY_SHIFT) | (g << _GENERATION_SHIFT) | (s << _SECONDARY_SHIFT) | c
+    ).astype(np.int64)
 
 
 def unpack_particle_id(particle_id) -> dict[str, np.ndarray]:
@@ -191,23 +199,32 @@ def _rank_within(groups: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- generation 0
 
 
-def generate_primaries(rng: np.random.Generator, pileup: float, hard_scatter: bool,
-                       sigma_xy: float, sigma_z: float) -> Particles:
+def generate_primaries(
+    rng: np.random.Generator, pileup: float, hard_scatter: bool, sigma_xy: float, sigma_z: float
+) -> Particles:
     """Generation-0 particles of one bunch crossing: prompt particles and K0s decay products."""
     n_pileup = int(rng.poisson(pileup))
     n_vertices = n_pileup + int(hard_scatter)
-    vertex_position = np.stack([
-        rng.normal(0.0, sigma_xy, n_vertices),
-        rng.normal(0.0, sigma_xy, n_vertices),
-        rng.normal(0.0, sigma_z, n_vertices),
-    ], axis=1)  # [V, 3]
+    vertex_position = np.stack(
+        [
+            rng.normal(0.0, sigma_xy, n_vertices),
+            rng.normal(0.0, sigma_xy, n_vertices),
+            rng.normal(0.0, sigma_z, n_vertices),
+        ],
+        axis=1,
+    )  # [V, 3]
     is_hard = np.zeros(n_vertices, dtype=bool)
-    is_hard[:int(hard_scatter)] = True
+    is_hard[: int(hard_scatter)] = True
     diffractive = ~is_hard & (rng.random(n_vertices) < DIFFRACTIVE_FRACTION)  # [V]
     multiplicity = np.where(
-        is_hard, _negative_binomial(rng, *HARD_MULTIPLICITY, n_vertices),
-        np.where(diffractive, _negative_binomial(rng, *DIFFRACTIVE_MULTIPLICITY, n_vertices),
-                 _negative_binomial(rng, *MINBIAS_MULTIPLICITY, n_vertices)))  # [V]
+        is_hard,
+        _negative_binomial(rng, *HARD_MULTIPLICITY, n_vertices),
+        np.where(
+            diffractive,
+            _negative_binomial(rng, *DIFFRACTIVE_MULTIPLICITY, n_vertices),
+            _negative_binomial(rng, *MINBIAS_MULTIPLICITY, n_vertices),
+        ),
+    )  # [V]
     vertex_of = np.repeat(np.arange(n_vertices), multiplicity)  # [P]
     hard = is_hard[vertex_of]  # [P]
     n = len(vertex_of)
@@ -217,8 +234,7 @@ def generate_primaries(rng: np.random.Generator, pileup: float, hard_scatter: bo
     prompt_momentum = momentum_from(pt, eta, phi)  # [P, 3]
     prompt_charge = np.where(rng.random(n) < 0.5, 1, -1).astype(np.int32)
 
-    kaon_vertex_of, kaon_origin, daughter_momentum, daughter_charge = _kaon_decays(
-        rng, multiplicity, vertex_position)
+    kaon_vertex_of, kaon_origin, daughter_momentum, daughter_charge = _kaon_decays(rng, multiplicity, vertex_position)
     all_vertex_of = np.concatenate([vertex_of, kaon_vertex_of])  # [P + D]
     primary_id = _rank_within(all_vertex_of) + 1
     particle_id = pack_particle_id(all_vertex_of + 1, primary_id, 0, 0, 0)
@@ -230,8 +246,9 @@ def generate_primaries(rng: np.random.Generator, pileup: float, hard_scatter: bo
     )
 
 
-def _kaon_decays(rng: np.random.Generator, multiplicity: np.ndarray, vertex_position: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _kaon_decays(
+    rng: np.random.Generator, multiplicity: np.ndarray, vertex_position: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """K0s -> pi+ pi- decays: (vertex index, decay point, momentum, charge) of the listed daughters.
 
     The kaon flies an exponential distance with mean beta*gamma*c*tau before decaying; each pion gets
@@ -240,8 +257,9 @@ def _kaon_decays(rng: np.random.Generator, multiplicity: np.ndarray, vertex_posi
     n_kaons = rng.poisson(KAONS_PER_PROMPT * multiplicity)  # [V]
     kaon_vertex = np.repeat(np.arange(len(multiplicity)), n_kaons)  # [K]
     k = len(kaon_vertex)
-    kaon_p = momentum_from(sample_tsallis_pt(rng, k, MINBIAS_TSALLIS),
-                           sample_eta(rng, k, MINBIAS_ETA_SLOPE), rng.uniform(-np.pi, np.pi, k))  # [K, 3]
+    kaon_p = momentum_from(
+        sample_tsallis_pt(rng, k, MINBIAS_TSALLIS), sample_eta(rng, k, MINBIAS_ETA_SLOPE), rng.uniform(-np.pi, np.pi, k)
+    )  # [K, 3]
     p_abs = np.linalg.norm(kaon_p, axis=1)  # [K]
     flight = rng.exponential(KAON_CTAU * p_abs / KAON_MASS)  # [K] mm
     decay_point = vertex_position[kaon_vertex] + kaon_p / p_abs[:, None] * flight[:, None]  # [K, 3]
@@ -281,8 +299,9 @@ def _listed(momentum: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- generations >= 1
 
 
-def material_interactions(rng: np.random.Generator, parent_id: np.ndarray, position: np.ndarray
-                          ) -> tuple[Particles, np.ndarray]:
+def material_interactions(
+    rng: np.random.Generator, parent_id: np.ndarray, position: np.ndarray
+) -> tuple[Particles, np.ndarray]:
     """Secondaries made at interactions of particles of one generation with the detector material.
 
     ``parent_id`` [I] is the interacting particle's id, ``position`` [I, 3] the interaction point. The

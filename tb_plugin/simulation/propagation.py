@@ -98,8 +98,11 @@ def _build_layer_map(detector: Detector) -> LayerMap:
     _, module_layer = np.unique(keys, return_inverse=True)  # modules are sorted, so layers are too
     n_layers = int(module_layer.max()) + 1
     normal = detector.rotation[:, :, 2]  # [M, 3]
-    barrel = np.bincount(module_layer, weights=np.abs(normal[:, 2]), minlength=n_layers) \
-        / np.bincount(module_layer, minlength=n_layers) < 0.5  # [L] normals radial, not along z
+    barrel = (
+        np.bincount(module_layer, weights=np.abs(normal[:, 2]), minlength=n_layers)
+        / np.bincount(module_layer, minlength=n_layers)
+        < 0.5
+    )  # [L] normals radial, not along z
 
     outline = module_outline(detector)  # [M, 9, 3]
     radius = np.hypot(outline[..., 0], outline[..., 1])  # [M, 9]
@@ -154,10 +157,22 @@ def _build_layer_map(detector: Detector) -> LayerMap:
 
     corner_r = np.hypot(outline[..., 0], outline[..., 1]).max()
     return LayerMap(
-        detector=detector, module_layer=module_layer.astype(np.int64), normal=normal, barrel=barrel,
-        a_mid=a_mid, a_lo=a_lo, a_hi=a_hi, b_lo=b_lo, b_hi=b_hi, n_phi=n_phi, b_cell=b_cell, n_b=n_b,
-        cell_offset=cell_offset, candidates=candidates,
-        exit_r=float(corner_r + SURFACE_MARGIN_MM), exit_z=float(np.abs(outline[..., 2]).max() + SURFACE_MARGIN_MM),
+        detector=detector,
+        module_layer=module_layer.astype(np.int64),
+        normal=normal,
+        barrel=barrel,
+        a_mid=a_mid,
+        a_lo=a_lo,
+        a_hi=a_hi,
+        b_lo=b_lo,
+        b_hi=b_hi,
+        n_phi=n_phi,
+        b_cell=b_cell,
+        n_b=n_b,
+        cell_offset=cell_offset,
+        candidates=candidates,
+        exit_r=float(corner_r + SURFACE_MARGIN_MM),
+        exit_z=float(np.abs(outline[..., 2]).max() + SURFACE_MARGIN_MM),
     )
 
 
@@ -324,7 +339,7 @@ class _SearchSurfaces:
     boundary: int
 
     @staticmethod
-    def of(layers: LayerMap) -> "_SearchSurfaces":
+    def of(layers: LayerMap) -> _SearchSurfaces:
         barrel, endcap = np.flatnonzero(layers.barrel), np.flatnonzero(~layers.barrel)
         pipe, boundary = layers.n_layers, layers.n_layers + 1
         return _SearchSurfaces(
@@ -335,12 +350,20 @@ class _SearchSurfaces:
             disk_r_lo=np.r_[layers.b_lo[endcap] - SURFACE_MARGIN_MM, 0.0, 0.0],
             disk_r_hi=np.r_[layers.b_hi[endcap] + SURFACE_MARGIN_MM, layers.exit_r, layers.exit_r],
             surface_id=np.r_[barrel, pipe, boundary, endcap, boundary, boundary],
-            pipe=pipe, boundary=boundary,
+            pipe=pipe,
+            boundary=boundary,
         )
 
 
-def propagate(vertex: np.ndarray, momentum: np.ndarray, charge: np.ndarray, mass: np.ndarray, layers: LayerMap,
-              options: PropagationOptions, rng: np.random.Generator) -> tuple[Crossings, MaterialPoints]:
+def propagate(
+    vertex: np.ndarray,
+    momentum: np.ndarray,
+    charge: np.ndarray,
+    mass: np.ndarray,
+    layers: LayerMap,
+    options: PropagationOptions,
+    rng: np.random.Generator,
+) -> tuple[Crossings, MaterialPoints]:
     """Follow particles [P] from their vertices through the detector; module crossings and material."""
     surfaces = _SearchSurfaces.of(layers)
     p_abs = np.linalg.norm(momentum, axis=1)
@@ -361,10 +384,13 @@ def propagate(vertex: np.ndarray, momentum: np.ndarray, charge: np.ndarray, mass
             break
         pt = p_abs * np.hypot(direction[:, 0], direction[:, 1])
         helix = Helix(position, direction, curvature(q, pt, options.b_field))
-        s_all = np.concatenate([
-            cylinder_crossings(helix, surfaces.cyl_radius, surfaces.cyl_z_lo, surfaces.cyl_z_hi),
-            disk_crossings(helix, surfaces.disk_z, surfaces.disk_r_lo, surfaces.disk_r_hi),
-        ], axis=1)  # [A, C + D]
+        s_all = np.concatenate(
+            [
+                cylinder_crossings(helix, surfaces.cyl_radius, surfaces.cyl_z_lo, surfaces.cyl_z_hi),
+                disk_crossings(helix, surfaces.disk_z, surfaces.disk_r_lo, surfaces.disk_r_hi),
+            ],
+            axis=1,
+        )  # [A, C + D]
         nearest = np.argmin(s_all, axis=1)  # [A]
         s_next = s_all[np.arange(len(index)), nearest]
         angle = turned + np.abs(helix.omega) * s_next * helix.sin_theta
@@ -379,8 +405,9 @@ def propagate(vertex: np.ndarray, momentum: np.ndarray, charge: np.ndarray, mass
         x_over_x0 = np.zeros(len(index))  # material crossed at this step, per live particle
         on_layer = np.flatnonzero(surface < layers.n_layers)
         if len(on_layer):
-            found = _module_crossings(layers, Helix(position[on_layer], direction[on_layer], omega[on_layer]),
-                                      surface[on_layer])
+            found = _module_crossings(
+                layers, Helix(position[on_layer], direction[on_layer], omega[on_layer]), surface[on_layer]
+            )
             row, module, hit_pos, hit_dir, hit_x0 = found
             state = on_layer[row]
             step_of = np.full(len(state), step)
@@ -391,20 +418,36 @@ def propagate(vertex: np.ndarray, momentum: np.ndarray, charge: np.ndarray, mass
         if len(in_pipe):
             radial = np.abs(radial_rate(position[in_pipe], direction[in_pipe]))  # cosine of incidence
             pipe_x0 = BEAM_PIPE_X0_FRACTION / np.maximum(radial, 0.05)
-            material.append((index[in_pipe], position[in_pipe], pipe_x0, np.full(len(in_pipe), step),
-                             np.ones(len(in_pipe), dtype=bool), np.full(len(in_pipe), -1)))
+            material.append(
+                (
+                    index[in_pipe],
+                    position[in_pipe],
+                    pipe_x0,
+                    np.full(len(in_pipe), step),
+                    np.ones(len(in_pipe), dtype=bool),
+                    np.full(len(in_pipe), -1),
+                )
+            )
             x_over_x0[in_pipe] += pipe_x0
 
         direction, p_abs = _interact_with_material(direction, p_abs, m, x_over_x0, options, rng)
         keep = p_abs > 0.05 * m + 0.005  # stopped (kinetic energy below about a MeV): dropped
         index, position, direction, p_abs, q, m, turned = (
-            index[keep], position[keep], direction[keep], p_abs[keep], q[keep], m[keep], turned[keep])
+            index[keep],
+            position[keep],
+            direction[keep],
+            p_abs[keep],
+            q[keep],
+            m[keep],
+            turned[keep],
+        )
 
     return _stack_crossings(hits), _stack_material(material)
 
 
-def _module_crossings(layers: LayerMap, helix: Helix, layer: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _module_crossings(
+    layers: LayerMap, helix: Helix, layer: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Module planes hit near the layer-surface points of `helix` [S].
 
     Returns (row into helix, module, crossing position, direction, x/X0) per crossing inside bounds.
@@ -443,8 +486,11 @@ def _module_crossings(layers: LayerMap, helix: Helix, layer: np.ndarray
     local = np.einsum("qji,qj->qi", det.rotation[pair_module], offset)
     slack = 1.0 + 0.5 * np.abs(helix.omega[pair_row]) * s_line**2
     with np.errstate(invalid="ignore"):
-        near = (np.abs(s_line) < NEWTON_WINDOW_MM) & (np.abs(local[:, 1]) <= det.hv[pair_module] + slack) \
+        near = (
+            (np.abs(s_line) < NEWTON_WINDOW_MM)
+            & (np.abs(local[:, 1]) <= det.hv[pair_module] + slack)
             & (np.abs(local[:, 0]) <= det.max_hu[pair_module] + slack)
+        )
     key = np.unique(pair_row[near] * len(det) + pair_module[near])  # distinct (row, module)
     pair_row, pair_module = key // len(det), key % len(det)
 
@@ -462,11 +508,10 @@ def _module_crossings(layers: LayerMap, helix: Helix, layer: np.ndarray
     local = np.einsum("qji,qj->qi", det.rotation[pair_module], x - centre)  # R^T (x - c) [Q, 3]
     cos_incidence = np.abs(np.einsum("qi,qi->q", normal, t))
     with np.errstate(invalid="ignore"):
-        good = np.isfinite(s) & (np.abs(s) < NEWTON_WINDOW_MM) & (np.abs(local[:, 2]) < 1e-3) \
-            & (cos_incidence > 1e-3)
-    half_u = det.min_hu[pair_module] + (det.max_hu - det.min_hu)[pair_module] \
-        * (np.clip(local[:, 1], -det.hv[pair_module], det.hv[pair_module]) + det.hv[pair_module]) \
-        / (2 * det.hv[pair_module])
+        good = np.isfinite(s) & (np.abs(s) < NEWTON_WINDOW_MM) & (np.abs(local[:, 2]) < 1e-3) & (cos_incidence > 1e-3)
+    half_u = det.min_hu[pair_module] + (det.max_hu - det.min_hu)[pair_module] * (
+        np.clip(local[:, 1], -det.hv[pair_module], det.hv[pair_module]) + det.hv[pair_module]
+    ) / (2 * det.hv[pair_module])
     good &= (np.abs(local[:, 0]) <= half_u) & (np.abs(local[:, 1]) <= det.hv[pair_module])
     x0 = det.thickness[pair_module] / np.maximum(cos_incidence, 1e-3) / SILICON_X0_MM
     return pair_row[good], pair_module[good], x[good], t[good], x0[good]
@@ -487,9 +532,14 @@ def _grid_cell(layers: LayerMap, layer: np.ndarray, point: np.ndarray) -> np.nda
     return layers.cell_offset[layer] + i_phi * layers.n_b[layer] + i_b
 
 
-def _interact_with_material(direction: np.ndarray, p_abs: np.ndarray, mass: np.ndarray, x_over_x0: np.ndarray,
-                            options: PropagationOptions, rng: np.random.Generator
-                            ) -> tuple[np.ndarray, np.ndarray]:
+def _interact_with_material(
+    direction: np.ndarray,
+    p_abs: np.ndarray,
+    mass: np.ndarray,
+    x_over_x0: np.ndarray,
+    options: PropagationOptions,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """Highland multiple-scattering kick and mean ionisation loss for the material just crossed."""
     crossed = x_over_x0 > 0
     if not crossed.any():
@@ -521,6 +571,7 @@ def bethe_factor(beta_gamma: np.ndarray) -> np.ndarray:
     Fast particles lose the minimum-ionising amount; slow ones (a 200 MeV/c proton: beta = 0.2) lose
     twenty times more, so soft protons from nuclear interactions stop after a few layers.
     """
+
     def bethe(bg: np.ndarray) -> np.ndarray:
         beta2 = bg**2 / (1.0 + bg**2)
         return (np.log(2.0 * ELECTRON_MASS * bg**2 / SILICON_EXCITATION) - beta2) / beta2
@@ -531,13 +582,25 @@ def bethe_factor(beta_gamma: np.ndarray) -> np.ndarray:
 
 def _stack_crossings(parts: list[tuple[np.ndarray, ...]]) -> Crossings:
     if not parts:
-        return Crossings(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3)),
-                         np.zeros(0), np.zeros(0, np.int64))
+        return Crossings(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros((0, 3)),
+            np.zeros((0, 3)),
+            np.zeros(0),
+            np.zeros(0, np.int64),
+        )
     return Crossings(*(np.concatenate(column) for column in zip(*parts)))
 
 
 def _stack_material(parts: list[tuple[np.ndarray, ...]]) -> MaterialPoints:
     if not parts:
-        return MaterialPoints(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(0), np.zeros(0, np.int64),
-                              np.zeros(0, dtype=bool), np.zeros(0, np.int64))
+        return MaterialPoints(
+            np.zeros(0, np.int64),
+            np.zeros((0, 3)),
+            np.zeros(0),
+            np.zeros(0, np.int64),
+            np.zeros(0, dtype=bool),
+            np.zeros(0, np.int64),
+        )
     return MaterialPoints(*(np.concatenate(column) for column in zip(*parts)))

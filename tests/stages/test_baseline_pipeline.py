@@ -20,17 +20,40 @@ RATES = ("efficiency", "efficiency_pt1", "fake_rate", "duplicate_rate")
 def write_pipeline(root: Path) -> Path:
     """Stage config files under root/configs and the pipeline file that lists them (paths relative to it)."""
     configs = {
-        "reading.yaml": {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(root / "events"),
-                         "stage_dir": str(root / "store"), "data_split": SPLIT},
-        "module_map.yaml": {"stage": "graph_construction", "model": "ModuleMap", "input_dir": str(root / "store"),
-                            "stage_dir": str(root / "module_map"), "window_tracks": {}},
-        "gnn.yaml": {"stage": "edge_classifier", "model": "InteractionGNN", "input_dir": str(root / "module_map"),
-                     "stage_dir": str(root / "gnn"), "hidden": 8, "n_graph_iters": 2, "max_epochs": 1,
-                     "edge_features": ["dr", "dphi", "dz"], "edge_scales": [100.0, 0.1, 100.0]},
+        "reading.yaml": {
+            "stage": "data_reading",
+            "model": "TrackMLReader",
+            "input_dir": str(root / "events"),
+            "stage_dir": str(root / "store"),
+            "data_split": SPLIT,
+        },
+        "module_map.yaml": {
+            "stage": "graph_construction",
+            "model": "ModuleMap",
+            "input_dir": str(root / "store"),
+            "stage_dir": str(root / "module_map"),
+            "window_tracks": {},
+        },
+        "gnn.yaml": {
+            "stage": "edge_classifier",
+            "model": "InteractionGNN",
+            "input_dir": str(root / "module_map"),
+            "stage_dir": str(root / "gnn"),
+            "hidden": 8,
+            "n_graph_iters": 2,
+            "max_epochs": 1,
+            "edge_features": ["dr", "dphi", "dz"],
+            "edge_scales": [100.0, 0.1, 100.0],
+        },
         # score_cut 0: a one-epoch GNN separates nothing yet, so every edge is kept and the tracks are the
         # graph's connected components; the test is about the pipeline's plumbing, not its quality.
-        "cc.yaml": {"stage": "track_building", "model": "ConnectedComponents", "input_dir": str(root / "gnn"),
-                    "stage_dir": str(root / "cc"), "score_cut": 0.0},
+        "cc.yaml": {
+            "stage": "track_building",
+            "model": "ConnectedComponents",
+            "input_dir": str(root / "gnn"),
+            "stage_dir": str(root / "cc"),
+            "score_cut": 0.0,
+        },
     }
     (root / "configs").mkdir()
     for name, values in configs.items():
@@ -41,13 +64,20 @@ def write_pipeline(root: Path) -> Path:
 
 
 def event_files(root: Path) -> list[Path]:
-    return [f for stage in ("store", "module_map", "gnn", "cc") for s in SPLITS for f in list_event_files(root / stage, s)]
+    return [
+        f for stage in ("store", "module_map", "gnn", "cc") for s in SPLITS for f in list_event_files(root / stage, s)
+    ]
 
 
 def test_baseline_pipeline_runs_end_to_end_and_resumes(tmp_path):
     detector = Detector.builtin()
-    simulate_dataset(SimulationConfig(n_events=sum(SPLIT), pileup=2, seed=5), detector, tmp_path / "events",
-                     progress=False, workers=1)
+    simulate_dataset(
+        SimulationConfig(n_events=sum(SPLIT), pileup=2, seed=5),
+        detector,
+        tmp_path / "events",
+        progress=False,
+        workers=1,
+    )
     detector.to_csv(tmp_path / "events" / "detectors.csv")
     pipeline = write_pipeline(tmp_path)
 
@@ -62,7 +92,12 @@ def test_baseline_pipeline_runs_end_to_end_and_resumes(tmp_path):
     assert (tmp_path / "gnn" / "artifacts" / "last.ckpt").is_file()
     scored = load_event(list_event_files(tmp_path / "cc", "testset")[0])
     assert {"edge_index", "edge_y", "edge_scores", "hit_track_labels", "track_edges"} <= set(scored.keys())
-    assert [c["stage"] for c in scored.config] == ["data_reading", "graph_construction", "edge_classifier", "track_building"]
+    assert [c["stage"] for c in scored.config] == [
+        "data_reading",
+        "graph_construction",
+        "edge_classifier",
+        "track_building",
+    ]
 
     # track-building metrics: three matching styles, rates and the TrackML score in [0, 1]
     saved = json.loads((tmp_path / "cc" / "eval" / "metrics.json").read_text())
@@ -86,4 +121,3 @@ def test_baseline_pipeline_runs_end_to_end_and_resumes(tmp_path):
     run_pipeline(pipeline)
     assert event_files(tmp_path) == written
     assert {f: f.stat().st_mtime_ns for f in written} == before
-

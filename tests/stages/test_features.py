@@ -10,8 +10,12 @@ from tb_plugin.event_store import MissingFieldError
 
 def event():
     return Data(
-        hit_r=torch.tensor([30.0, 70.0, 70.0]), hit_phi=torch.tensor([3.1, -3.1, 0.0]), hit_z=torch.tensor([1.0, 3.0, 5.0]),
-        hit_eta=torch.tensor([0.1, 0.2, 0.3]), hit_tb_emb=torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]]), num_nodes=3,
+        hit_r=torch.tensor([30.0, 70.0, 70.0]),
+        hit_phi=torch.tensor([3.1, -3.1, 0.0]),
+        hit_z=torch.tensor([1.0, 3.0, 5.0]),
+        hit_eta=torch.tensor([0.1, 0.2, 0.3]),
+        hit_tb_emb=torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]]),
+        num_nodes=3,
     )
 
 
@@ -46,12 +50,15 @@ def test_tb_sim_without_embedding_is_a_clear_error():
         edge_feature_matrix(data, torch.tensor([[0], [1]]), ["tb_sim"], "e")
 
 
-@pytest.mark.parametrize("args, pattern", [
-    (([], None, []), "must list at least one"),
-    ((["hit_r", "hit_z"], [1.0], []), "'node_scales' has 1 entries but 'node_features' has 2"),
-    ((["hit_r"], [0.0], []), "finite non-zero"),
-    ((["hit_r"], None, ["dR"]), r"unknown feature\(s\) \['dR'\]"),
-])
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (([], None, []), "must list at least one"),
+        ((["hit_r", "hit_z"], [1.0], []), "'node_scales' has 1 entries but 'node_features' has 2"),
+        ((["hit_r"], [0.0], []), "finite non-zero"),
+        ((["hit_r"], None, ["dR"]), r"unknown feature\(s\) \['dR'\]"),
+    ],
+)
 def test_config_checks(args, pattern):
     with pytest.raises(ValueError, match=pattern):
         check_feature_config(*args)

@@ -68,7 +68,9 @@ def test_evaluation_of_a_split_and_plots(tmp_path):
     evaluation.add(event(), "a")
     evaluation.add(event(), "b")
     m = evaluation.metrics()
-    assert m["events"] == 2 and m["efficiency"] == pytest.approx(0.75) and m["target_efficiency"] == pytest.approx(2 / 3)
+    assert (
+        m["events"] == 2 and m["efficiency"] == pytest.approx(0.75) and m["target_efficiency"] == pytest.approx(2 / 3)
+    )
     assert m["edges_per_event"] == 5
     paths = evaluation.plot(tmp_path)
     assert all(p.is_file() for p in paths)

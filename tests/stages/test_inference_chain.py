@@ -24,20 +24,49 @@ def pipeline(tmp_path_factory) -> dict:
     InteractionGNN (with the tb_sim edge feature) -> ConnectedComponents, each trained then run by `infer`."""
     root = tmp_path_factory.mktemp("chain")
     detector = Detector.builtin()
-    simulate_dataset(SimulationConfig(n_events=5, pileup=1, seed=7), detector, root / "events", progress=False, workers=1)
+    simulate_dataset(
+        SimulationConfig(n_events=5, pileup=1, seed=7), detector, root / "events", progress=False, workers=1
+    )
     detector.to_csv(root / "events" / "detectors.csv")
     configs = [
-        {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(root / "events"),
-         "stage_dir": str(root / "store"), "data_split": [2, 1, 2]},
-        {"stage": "tracking_bert", "model": "TrackingBERT", "input_dir": str(root / "store"),
-         "stage_dir": str(root / "tb"), **TB_TINY},
-        {"stage": "graph_construction", "model": "ModuleMap", "input_dir": str(root / "tb"),
-         "stage_dir": str(root / "mm"), "window_tracks": {}},
-        {"stage": "edge_classifier", "model": "InteractionGNN", "input_dir": str(root / "mm"),
-         "stage_dir": str(root / "gnn"), "hidden": 8, "n_graph_iters": 1, "max_epochs": 1,
-         "edge_features": ["dr", "dphi", "tb_sim"], "edge_scales": [100.0, 0.1, 1.0]},
-        {"stage": "track_building", "model": "ConnectedComponents", "input_dir": str(root / "gnn"),
-         "stage_dir": str(root / "cc")},
+        {
+            "stage": "data_reading",
+            "model": "TrackMLReader",
+            "input_dir": str(root / "events"),
+            "stage_dir": str(root / "store"),
+            "data_split": [2, 1, 2],
+        },
+        {
+            "stage": "tracking_bert",
+            "model": "TrackingBERT",
+            "input_dir": str(root / "store"),
+            "stage_dir": str(root / "tb"),
+            **TB_TINY,
+        },
+        {
+            "stage": "graph_construction",
+            "model": "ModuleMap",
+            "input_dir": str(root / "tb"),
+            "stage_dir": str(root / "mm"),
+            "window_tracks": {},
+        },
+        {
+            "stage": "edge_classifier",
+            "model": "InteractionGNN",
+            "input_dir": str(root / "mm"),
+            "stage_dir": str(root / "gnn"),
+            "hidden": 8,
+            "n_graph_iters": 1,
+            "max_epochs": 1,
+            "edge_features": ["dr", "dphi", "tb_sim"],
+            "edge_scales": [100.0, 0.1, 1.0],
+        },
+        {
+            "stage": "track_building",
+            "model": "ConnectedComponents",
+            "input_dir": str(root / "gnn"),
+            "stage_dir": str(root / "cc"),
+        },
     ]
     stages = []
     for i, values in enumerate(configs):
@@ -100,7 +129,9 @@ def test_repeated_stage_names_get_a_suffix_and_each_runs(pipeline):
     assert chain.stage_names == ["track_building", "track_building_2"]
     path = list_event_files(pipeline["root"] / "gnn", "testset")[0]
     data, seconds = chain.run(load_event(path), path)
-    assert torch.equal(data.hit_track_labels, load_event(pipeline["root"] / "cc" / "testset" / path.name).hit_track_labels)
+    assert torch.equal(
+        data.hit_track_labels, load_event(pipeline["root"] / "cc" / "testset" / path.name).hit_track_labels
+    )
     assert set(seconds) == {"track_building", "track_building_2"}
     assert unique_names(["a", "b", "a", "a"]) == ["a", "b", "a_2", "a_3"]
 

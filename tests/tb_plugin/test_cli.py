@@ -8,13 +8,27 @@ def test_a_replay_simulates_one_event_without_events(tmp_path, make_tiny_event):
     _, particles, _ = make_tiny_event(1)
     write_event(event_prefix(tmp_path / "real", 1), particles=particles)
     out = tmp_path / "sim"
-    assert main(["-q", "simulate", "--particles", str(tmp_path / "real" / "event000000001-particles.csv"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "simulate",
+                "--particles",
+                str(tmp_path / "real" / "event000000001-particles.csv"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert [event_id for event_id, _ in list_events(out)] == [1000]
     assert (out / "detectors.csv").is_file()
 
 
 def test_events_is_still_required_without_a_replay(tmp_path, capsys):
     assert main(["simulate", "--out", str(tmp_path / "sim")]) == 2
-    assert capsys.readouterr().err == ("tb: error: tb simulate: --events is required (the number of events to simulate); "
-                                       "only a replay (--particles FILE) defaults to one event\n")
+    assert capsys.readouterr().err == (
+        "tb: error: tb simulate: --events is required (the number of events to simulate); "
+        "only a replay (--particles FILE) defaults to one event\n"
+    )
     assert not (tmp_path / "sim").exists()

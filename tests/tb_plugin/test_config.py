@@ -47,7 +47,10 @@ def test_missing_required_key_names_key_and_file():
         ({"max_epochs": True}, r"key 'max_epochs' must be int"),
         ({"node_features": "hit_r"}, r"key 'node_features' must be list of str"),
         ({"node_features": ["hit_r", 3]}, r"key 'node_features'\[1\] must be str"),
-        ({"accelerator": "gpus"}, r"key 'accelerator' has value 'gpus'; did you mean 'gpu'\? Allowed: 'cpu', 'gpu', 'auto'"),
+        (
+            {"accelerator": "gpus"},
+            r"key 'accelerator' has value 'gpus'; did you mean 'gpu'\? Allowed: 'cpu', 'gpu', 'auto'",
+        ),
         ({"max_epochs": 0}, r"cfg\.yaml: key 'max_epochs' must be at least 1, got 0"),
     ],
 )
@@ -79,7 +82,10 @@ def test_a_repeated_yaml_key_is_refused_naming_the_key_and_both_lines(tmp_path):
     path.write_text("stage_dir: x\nlr: 0.1\nmax_epochs: 2\nlr: 0.2\n")
     with pytest.raises(ConfigError) as err:
         load_yaml(path)
-    assert str(err.value) == f"{path}: key 'lr' appears twice, at lines 2 and 4 (YAML would keep only the last); remove one"
+    assert (
+        str(err.value)
+        == f"{path}: key 'lr' appears twice, at lines 2 and 4 (YAML would keep only the last); remove one"
+    )
 
 
 def test_repeated_keys_in_nested_mappings_are_refused_but_merge_keys_may_override(tmp_path):
@@ -92,7 +98,9 @@ def test_repeated_keys_in_nested_mappings_are_refused_but_merge_keys_may_overrid
     assert load_yaml(merged)["run"] == {"lr": 0.5, "max_epochs": 2}
 
 
-@pytest.mark.parametrize("text, expected", [("3e-3", 3e-3), ("1E4", 1e4), (" 0.5 ", 0.5), ("-2", -2.0), ("-.inf", -math.inf)])
+@pytest.mark.parametrize(
+    "text, expected", [("3e-3", 3e-3), ("1E4", 1e4), (" 0.5 ", 0.5), ("-2", -2.0), ("-.inf", -math.inf)]
+)
 def test_numeric_text_is_a_float(text, expected):
     # PyYAML reads `lr: 3e-3` (no dot) as the string '3e-3'
     assert build(Example, {"stage_dir": "x", "lr": text}, "cfg.yaml").lr == expected

@@ -1,5 +1,4 @@
 import os
-import pickle
 
 import pytest
 import torch
@@ -59,7 +58,9 @@ def test_truncated_and_missing_files_name_the_file(tmp_path):
     with pytest.raises(EventFileError, match="event file not found"):
         load_event(tmp_path / "event000000003.pyg")
     path.write_bytes(b"half a checkpoint")  # torch's unpickler fails on these bytes with a KeyError
-    with pytest.raises(EventFileError, match=r"^\S*event000000002\.pyg: not a readable event file \(truncated or corrupt\?\): KeyError"):
+    with pytest.raises(
+        EventFileError, match=r"^\S*event000000002\.pyg: not a readable event file \(truncated or corrupt\?\): KeyError"
+    ):
         load_event(path)
 
 
@@ -107,7 +108,8 @@ def test_an_event_in_two_splits_is_refused_naming_both_files(tmp_path):
             list_event_files(tmp_path, split)
         assert str(err.value) == (
             f"{tmp_path}/trainset/event000000007.pyg and {tmp_path}/testset/event000000007.pyg: event 000000007 sits in two "
-            f"splits of {tmp_path}; rerun the stage that wrote {tmp_path} with --overwrite, or delete the folder and run it again")
+            f"splits of {tmp_path}; rerun the stage that wrote {tmp_path} with --overwrite, or delete the folder and run it again"
+        )
 
 
 def test_split_folders_must_agree_with_the_split_record(tmp_path):
@@ -118,7 +120,9 @@ def test_split_folders_must_agree_with_the_split_record(tmp_path):
     moved = event_file(tmp_path, "valset", 8)
     moved.parent.mkdir()
     event_file(tmp_path, "testset", 8).rename(moved)  # by hand, behind the record's back
-    with pytest.raises(SplitError, match=rf"^{moved}: {tmp_path}/splits.json puts event 000000008 in testset; rerun data reading"):
+    with pytest.raises(
+        SplitError, match=rf"^{moved}: {tmp_path}/splits.json puts event 000000008 in testset; rerun data reading"
+    ):
         list_event_files(tmp_path, "trainset")
     (tmp_path / "splits.json").write_text("{not json")
     with pytest.raises(SplitError, match=r"splits\.json: not a split record"):
@@ -127,8 +131,15 @@ def test_split_folders_must_agree_with_the_split_record(tmp_path):
 
 def test_only_temporaries_of_event_files_are_removed(tmp_path):
     (tmp_path / "valset").mkdir()
-    ours = [tmp_path / "valset" / ".event000000001.pyg.x1y2.tmp", tmp_path / "valset" / ".event000000002-graph.pyg.ab.tmp"]
-    others = [tmp_path / "valset" / "event000000003.pyg", tmp_path / "valset" / ".notes.tmp", tmp_path / ".event000000001.pyg.x.tmp"]
+    ours = [
+        tmp_path / "valset" / ".event000000001.pyg.x1y2.tmp",
+        tmp_path / "valset" / ".event000000002-graph.pyg.ab.tmp",
+    ]
+    others = [
+        tmp_path / "valset" / "event000000003.pyg",
+        tmp_path / "valset" / ".notes.tmp",
+        tmp_path / ".event000000001.pyg.x.tmp",
+    ]
     for path in ours + others:
         path.write_bytes(b"x")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(ours)

@@ -15,18 +15,26 @@ from tb_plugin.geometry import Detector, DetectorFormatError, UnknownModuleError
 # REFERENCE section 2, hard-coded so the built-in tests need no shared files.
 MODULES_PER_VOLUME = {7: 756, 8: 2492, 9: 756, 12: 1020, 13: 5796, 14: 1020, 16: 588, 17: 5712, 18: 588}
 BARREL_LAYERS = {  # (volume, layer): (radius of module centres, modules, max |z| of centres)
-    (8, 2): (32.0, 224, 455.0), (8, 4): (72.0, 448, 455.0), (8, 6): (116.0, 728, 455.0),
+    (8, 2): (32.0, 224, 455.0),
+    (8, 4): (72.0, 448, 455.0),
+    (8, 6): (116.0, 728, 455.0),
     (8, 8): (172.0, 1092, 455.0),
-    (13, 2): (260.0, 840, 1030.0), (13, 4): (360.0, 1176, 1030.0), (13, 6): (500.0, 1638, 1030.0),
+    (13, 2): (260.0, 840, 1030.0),
+    (13, 4): (360.0, 1176, 1030.0),
+    (13, 6): (500.0, 1638, 1030.0),
     (13, 8): (660.0, 2142, 1030.0),
-    (17, 2): (820.0, 2520, 1030.0), (17, 4): (1020.0, 3192, 1030.0),
+    (17, 2): (820.0, 2520, 1030.0),
+    (17, 4): (1020.0, 3192, 1030.0),
 }
 PIXEL_DISKS = (600.0, 700.0, 820.0, 960.0, 1100.0, 1300.0, 1500.0)
 STRIP_DISKS = (1220.0, 1500.0, 1800.0, 2150.0, 2550.0, 2950.0)
 ENDCAPS = {  # (volume, side): (disk |z| ordered by layer id, modules per disk)
-    7: (PIXEL_DISKS[::-1], -1, 108), 9: (PIXEL_DISKS, 1, 108),
-    12: (STRIP_DISKS[::-1], -1, 170), 14: (STRIP_DISKS, 1, 170),
-    16: (STRIP_DISKS[::-1], -1, 98), 18: (STRIP_DISKS, 1, 98),
+    7: (PIXEL_DISKS[::-1], -1, 108),
+    9: (PIXEL_DISKS, 1, 108),
+    12: (STRIP_DISKS[::-1], -1, 170),
+    14: (STRIP_DISKS, 1, 170),
+    16: (STRIP_DISKS[::-1], -1, 98),
+    18: (STRIP_DISKS, 1, 98),
 }
 
 

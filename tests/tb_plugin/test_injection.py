@@ -32,10 +32,13 @@ def test_flat_columns_are_one_dimensional():
 def test_repr_shows_settings():
     assert repr(ModuleEmbedding(TABLE, flat_columns=True)) == (
         "ModuleEmbedding(modules=3, dim=2, normalize='none', pca_dim=None, key='hit_tb_emb', "
-        "index_key='hit_module_index', flat_columns=True)")
+        "index_key='hit_module_index', flat_columns=True)"
+    )
     fitted = ModuleEmbedding.from_table(TABLE, np.ones(3, bool), normalize="standard", dim=1)
-    assert repr(fitted) == ("ModuleEmbedding(modules=3, dim=1, normalize='standard', pca_dim=1, key='hit_tb_emb', "
-                            "index_key='hit_module_index', flat_columns=False)")
+    assert repr(fitted) == (
+        "ModuleEmbedding(modules=3, dim=1, normalize='standard', pca_dim=1, key='hit_tb_emb', "
+        "index_key='hit_module_index', flat_columns=False)"
+    )
 
 
 def test_errors_name_the_field():
@@ -77,11 +80,15 @@ def in_vocab_rows(transform, tokenizer):
 def test_defaults_reproduce_the_raw_table_bit_for_bit():
     tokens, tokenizer = token_table()
     old = tokens.detach()[torch.from_numpy(tokenizer.module_to_token)].float()  # what injection did before the options
-    for transform in (ModuleEmbedding.from_token_embeddings(tokens, tokenizer),
-                      ModuleEmbedding.from_token_embeddings(tokens, tokenizer, normalize="none", dim=None)):
+    for transform in (
+        ModuleEmbedding.from_token_embeddings(tokens, tokenizer),
+        ModuleEmbedding.from_token_embeddings(tokens, tokenizer, normalize="none", dim=None),
+    ):
         assert transform.table.dtype == torch.float32 and torch.equal(transform.table, old)
     event = Data(hit_module_index=torch.tensor([0, 5, int(tokenizer.token_to_module[3])]))
-    assert torch.equal(ModuleEmbedding.from_token_embeddings(tokens, tokenizer)(event).hit_tb_emb, old[event.hit_module_index])
+    assert torch.equal(
+        ModuleEmbedding.from_token_embeddings(tokens, tokenizer)(event).hit_tb_emb, old[event.hit_module_index]
+    )
 
 
 def test_standard_gives_mean_0_std_1_over_the_vocabulary():
@@ -91,7 +98,9 @@ def test_standard_gives_mean_0_std_1_over_the_vocabulary():
     rows = in_vocab_rows(transform, tokenizer)
     assert transform.dim == 6
     assert torch.allclose(rows.mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-5)
-    assert torch.allclose(rows.std(0, unbiased=False), torch.tensor([1.0, 1, 0, 1, 1, 1], dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(
+        rows.std(0, unbiased=False), torch.tensor([1.0, 1, 0, 1, 1, 1], dtype=torch.float64), atol=1e-5
+    )
     assert torch.all(transform.table[:, 2] == 0)
     # the [UNK] row goes through the same affine map; modules outside the vocabulary keep sharing it
     outside = transform.table[torch.from_numpy(tokenizer.module_to_token == UNK)]
@@ -148,14 +157,19 @@ def test_pca_reaches_the_full_width_with_fewer_rows_than_dimensions():
     table = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
     out = fit_table(table, np.array([True, True, True, False, True, False]), dim=8)
     assert out.shape == (6, 8)
-    assert torch.allclose(torch.cdist(out.double(), out.double()), torch.cdist(table.double(), table.double()), atol=1e-4)
+    assert torch.allclose(
+        torch.cdist(out.double(), out.double()), torch.cdist(table.double(), table.double()), atol=1e-4
+    )
 
 
-@pytest.mark.parametrize("options, pattern", [
-    ({"dim": 0}, r"key 'dim' must be null or an integer from 1 to the table width = 2, got 0"),
-    ({"dim": 3}, r"key 'dim' .* got 3"),
-    ({"normalize": "zscore"}, r"key 'normalize' has value 'zscore'. Allowed: none, standard"),
-])
+@pytest.mark.parametrize(
+    "options, pattern",
+    [
+        ({"dim": 0}, r"key 'dim' must be null or an integer from 1 to the table width = 2, got 0"),
+        ({"dim": 3}, r"key 'dim' .* got 3"),
+        ({"normalize": "zscore"}, r"key 'normalize' has value 'zscore'. Allowed: none, standard"),
+    ],
+)
 def test_bad_options_name_the_key(options, pattern):
     with pytest.raises(ValueError, match=pattern) as err:
         ModuleEmbedding.from_table(TABLE, np.ones(3, bool), **options)

@@ -201,8 +201,12 @@ def test_configure_optimizers_caps_warmup_at_total_steps():
     b = pair_batch(B=4)
     loader = torch.utils.data.DataLoader([{k: v[i] for k, v in b.items()} for i in range(4)], batch_size=2)
     trainer = lightning.Trainer(
-        max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(module, loader)
     sched = trainer.lr_scheduler_configs[0].scheduler

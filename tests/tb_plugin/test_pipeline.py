@@ -54,7 +54,10 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(tiny_trackml_folder,
     assert len(files) == 2
     assert all(load_event(f).num_nodes == 8 for f in files)
     leftovers = [p.name for p in (tmp_path / "fs").rglob("*") if p.is_file() and p.suffix != ".pyg"]
-    assert sorted(leftovers) == ["detectors.csv", "splits.json"]  # geometry and split record, written whole before any event
+    assert sorted(leftovers) == [
+        "detectors.csv",
+        "splits.json",
+    ]  # geometry and split record, written whole before any event
 
     monkeypatch.setattr(event_store.torch, "save", real_save)
     before = {f: f.stat().st_mtime_ns for f in files}
@@ -75,7 +78,10 @@ def test_infer_and_eval_commands(tiny_trackml_folder, tmp_path):
     [
         ({"stage_dri": "x"}, "unknown key 'stage_dri'; did you mean 'stage_dir'?"),
         ({"data_split": "4,1,1"}, "key 'data_split' must be list of int, got '4,1,1'"),
-        ({"model": "TrackMLRead"}, "unknown model for stage 'data_reading' 'TrackMLRead'; did you mean 'TrackMLReader'?"),
+        (
+            {"model": "TrackMLRead"},
+            "unknown model for stage 'data_reading' 'TrackMLRead'; did you mean 'TrackMLReader'?",
+        ),
         ({"hard_cuts": {"pt": ["above", 1]}}, "key 'hard_cuts'.pt: unknown operator 'above'"),
     ],
 )

@@ -3,10 +3,10 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
+from stages.data_reading import TrackMLReader
 from tb_plugin import registry
 from tb_plugin.config import ConfigError
 from tb_plugin.stage import Stage, StageConfig
-from stages.data_reading import TrackMLReader
 
 
 @dataclass(kw_only=True)
@@ -25,12 +25,16 @@ def test_builtin_stage_resolves():
 def test_unknown_stage_and_model_suggest_the_nearest():
     with pytest.raises(ConfigError, match=r"cfg\.yaml: unknown stage 'data_readng'; did you mean 'data_reading'\?"):
         registry.resolve("data_readng", "TrackMLReader", "cfg.yaml")
-    with pytest.raises(ConfigError, match=r"unknown model for stage 'data_reading' 'TrackMLReeder'; did you mean 'TrackMLReader'\?"):
+    with pytest.raises(
+        ConfigError, match=r"unknown model for stage 'data_reading' 'TrackMLReeder'; did you mean 'TrackMLReader'\?"
+    ):
         registry.resolve("data_reading", "TrackMLReeder", "cfg.yaml")
 
 
 def test_third_party_stage_registers_through_entry_points(monkeypatch):
-    ep = EntryPoint(name="graph_construction.PluginStage", value=f"{__name__}:PluginStage", group=registry.ENTRY_POINT_GROUP)
+    ep = EntryPoint(
+        name="graph_construction.PluginStage", value=f"{__name__}:PluginStage", group=registry.ENTRY_POINT_GROUP
+    )
     monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == registry.ENTRY_POINT_GROUP else [])
     assert ("graph_construction", "PluginStage") in registry.available_stages()
     assert registry.resolve("graph_construction", "PluginStage", "cfg.yaml") is PluginStage

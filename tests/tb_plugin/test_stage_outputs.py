@@ -42,12 +42,17 @@ def test_an_event_that_moved_upstream_is_refused_without_overwrite_and_moved_wit
     before = layout(out)
     with pytest.raises(SplitError) as err:
         copy_stage(fs, out).infer()
-    assert str(err.value) == (f"{out}: 2 event file(s) do not match the splits of the input (e.g. trainset/event000000002.pyg: "
-                              f"{fs} now has it in testset); rerun with --overwrite to rewrite this stage, or delete {out}")
+    assert str(err.value) == (
+        f"{out}: 2 event file(s) do not match the splits of the input (e.g. trainset/event000000002.pyg: "
+        f"{fs} now has it in testset); rerun with --overwrite to rewrite this stage, or delete {out}"
+    )
     assert layout(out) == before
     copy_stage(fs, out).infer(overwrite=True)
-    assert layout(out) == layout(fs) == {"trainset": ["event000000001.pyg"], "valset": [],
-                                         "testset": ["event000000002.pyg", "event000000004.pyg"]}
+    assert (
+        layout(out)
+        == layout(fs)
+        == {"trainset": ["event000000001.pyg"], "valset": [], "testset": ["event000000002.pyg", "event000000004.pyg"]}
+    )
 
 
 def test_a_resumed_run_removes_only_its_own_temporaries(tmp_path):

@@ -24,8 +24,24 @@ def test_special_tokens_then_modules_in_sorted_order(detector):
 
 
 def test_same_detector_gives_same_ids(detector):
-    copy = Detector.from_arrays(**{name: getattr(detector, name) for name in (
-        "volume_id", "layer_id", "module_id", "center", "rotation", "thickness", "min_hu", "max_hu", "hv", "pitch_u", "pitch_v")})
+    copy = Detector.from_arrays(
+        **{
+            name: getattr(detector, name)
+            for name in (
+                "volume_id",
+                "layer_id",
+                "module_id",
+                "center",
+                "rotation",
+                "thickness",
+                "min_hu",
+                "max_hu",
+                "hv",
+                "pitch_u",
+                "pitch_v",
+            )
+        }
+    )
     rng = np.random.default_rng(0)
     modules = rng.integers(0, len(detector), 1000)
     assert np.array_equal(ModuleTokenizer(detector).encode(modules), ModuleTokenizer(copy).encode(modules))
@@ -51,7 +67,25 @@ def test_save_load_round_trip_and_geometry_refusal(detector, tmp_path):
     assert again.volumes == PIXEL and np.array_equal(again.token_to_module, tok.token_to_module)
     moved = detector.center.copy()
     moved[0, 2] += 1.0
-    other = Detector.from_arrays(**{name: getattr(detector, name) for name in (
-        "volume_id", "layer_id", "module_id", "rotation", "thickness", "min_hu", "max_hu", "hv", "pitch_u", "pitch_v")}, center=moved)
-    with pytest.raises(GeometryMismatchError, match=r"vocab\.json was built on detector geometry .* but the data uses geometry"):
+    other = Detector.from_arrays(
+        **{
+            name: getattr(detector, name)
+            for name in (
+                "volume_id",
+                "layer_id",
+                "module_id",
+                "rotation",
+                "thickness",
+                "min_hu",
+                "max_hu",
+                "hv",
+                "pitch_u",
+                "pitch_v",
+            )
+        },
+        center=moved,
+    )
+    with pytest.raises(
+        GeometryMismatchError, match=r"vocab\.json was built on detector geometry .* but the data uses geometry"
+    ):
         ModuleTokenizer.load(path, other)

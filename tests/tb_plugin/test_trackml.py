@@ -35,27 +35,52 @@ PROFILE = np.array([10, 8, 6, 5, 3, 3, 3, 5, 6], dtype=float)
 def small_event(rng: np.random.Generator) -> dict[str, pd.DataFrame]:
     """Three particles and some noise, with values that are not exactly representable in decimal."""
     n = 12
-    hits = pd.DataFrame({
-        "hit_id": np.arange(1, n + 1),
-        "x": rng.normal(0, 300, n), "y": rng.normal(0, 300, n), "z": rng.normal(0, 1000, n),
-        "volume_id": rng.integers(7, 19, n), "layer_id": rng.integers(2, 15, n),
-        "module_id": rng.integers(1, 3000, n),
-    })
-    cells = pd.DataFrame({
-        "hit_id": np.repeat(np.arange(1, n + 1), 2), "ch0": rng.integers(0, 1000, 2 * n),
-        "ch1": rng.integers(0, 1000, 2 * n), "value": rng.random(2 * n),
-    })
+    hits = pd.DataFrame(
+        {
+            "hit_id": np.arange(1, n + 1),
+            "x": rng.normal(0, 300, n),
+            "y": rng.normal(0, 300, n),
+            "z": rng.normal(0, 1000, n),
+            "volume_id": rng.integers(7, 19, n),
+            "layer_id": rng.integers(2, 15, n),
+            "module_id": rng.integers(1, 3000, n),
+        }
+    )
+    cells = pd.DataFrame(
+        {
+            "hit_id": np.repeat(np.arange(1, n + 1), 2),
+            "ch0": rng.integers(0, 1000, 2 * n),
+            "ch1": rng.integers(0, 1000, 2 * n),
+            "value": rng.random(2 * n),
+        }
+    )
     particle_ids = np.array([4503668346847232, 4503737066323968, 22])
-    particles = pd.DataFrame({
-        "particle_id": particle_ids, "vx": rng.normal(size=3), "vy": rng.normal(size=3),
-        "vz": rng.normal(size=3), "px": rng.normal(size=3), "py": rng.normal(size=3),
-        "pz": rng.normal(size=3), "q": [1, -1, 1], "nhits": [4, 4, 2],
-    })
-    truth = pd.DataFrame({
-        "hit_id": hits["hit_id"], "particle_id": np.r_[np.repeat(particle_ids[:2], 4), [22, 22, 0, 0]],
-        "tx": hits["x"], "ty": hits["y"], "tz": hits["z"], "tpx": rng.normal(size=n),
-        "tpy": rng.normal(size=n), "tpz": rng.normal(size=n), "weight": rng.random(n),
-    })
+    particles = pd.DataFrame(
+        {
+            "particle_id": particle_ids,
+            "vx": rng.normal(size=3),
+            "vy": rng.normal(size=3),
+            "vz": rng.normal(size=3),
+            "px": rng.normal(size=3),
+            "py": rng.normal(size=3),
+            "pz": rng.normal(size=3),
+            "q": [1, -1, 1],
+            "nhits": [4, 4, 2],
+        }
+    )
+    truth = pd.DataFrame(
+        {
+            "hit_id": hits["hit_id"],
+            "particle_id": np.r_[np.repeat(particle_ids[:2], 4), [22, 22, 0, 0]],
+            "tx": hits["x"],
+            "ty": hits["y"],
+            "tz": hits["z"],
+            "tpx": rng.normal(size=n),
+            "tpy": rng.normal(size=n),
+            "tpz": rng.normal(size=n),
+            "weight": rng.random(n),
+        }
+    )
     return {"hits": hits, "cells": cells, "particles": particles, "truth": truth}
 
 
@@ -102,8 +127,12 @@ def test_round_trip_keeps_values_dtypes_and_order(tmp_path, event, compress):
 def test_float32_values_round_trip_exactly(tmp_path):
     values = (np.random.default_rng(1).standard_normal(5000) * 1e3).astype(np.float32)
     values[:3] = [1e-30, -3.4e38, 0.1]
-    particles = pd.DataFrame({name: values if dtype.kind == "f" else np.arange(len(values)) + 1
-                              for name, dtype in PART_COLUMNS["particles"].items()})
+    particles = pd.DataFrame(
+        {
+            name: values if dtype.kind == "f" else np.arange(len(values)) + 1
+            for name, dtype in PART_COLUMNS["particles"].items()
+        }
+    )
     write_event(tmp_path / "event000000001", particles=particles)
     (out,) = load_event(tmp_path / "event000000001", parts=("particles",))
     np.testing.assert_array_equal(out["vx"].to_numpy(), values)
@@ -119,8 +148,9 @@ def test_particle_type_is_optional_and_kept(tmp_path, event):
 
 
 def test_unknown_columns_are_dropped(tmp_path):
-    path = write_text(tmp_path / "event000000001-hits.csv",
-                      "hit_id,x,y,z,volume_id,layer_id,module_id,comment\n1,1,2,3,8,2,1,hello\n")
+    path = write_text(
+        tmp_path / "event000000001-hits.csv", "hit_id,x,y,z,volume_id,layer_id,module_id,comment\n1,1,2,3,8,2,1,hello\n"
+    )
     frame = read_part(path, "hits")
     assert list(frame.columns) == list(PART_COLUMNS["hits"])
 
@@ -137,8 +167,9 @@ def test_cells_may_repeat_hit_ids(tmp_path):
 
 def test_load_dataset_and_list_events(tmp_path, event):
     for event_id in (5, 3, 11):
-        write_event(event_prefix(tmp_path, event_id), compress=event_id == 11,
-                    hits=event["hits"], particles=event["particles"])
+        write_event(
+            event_prefix(tmp_path, event_id), compress=event_id == 11, hits=event["hits"], particles=event["particles"]
+        )
     (tmp_path / "notes.txt").write_text("not an event")
     assert list_events(tmp_path) == [(i, event_prefix(tmp_path, i)) for i in (3, 5, 11)]
     got = list(load_dataset(tmp_path, nevents=2, parts=("particles", "hits"), skip=1))
@@ -169,8 +200,7 @@ def test_empty_file(tmp_path):
 
 
 def test_missing_column_is_named_with_the_expected_list(tmp_path):
-    path = write_text(tmp_path / "event000000001-hits.csv",
-                      "hit_id,x,y,volume_id,layer_id,module_id\n1,1,2,8,2,1\n")
+    path = write_text(tmp_path / "event000000001-hits.csv", "hit_id,x,y,volume_id,layer_id,module_id\n1,1,2,8,2,1\n")
     with pytest.raises(TrackMLFormatError) as info:
         read_part(path, "hits")
     message = str(info.value)
@@ -221,8 +251,10 @@ def test_last_line_without_its_newline_is_refused_as_possibly_truncated(tmp_path
     path = write_text(tmp_path / "event000000001-hits.csv", text[:-2])
     with pytest.raises(TrackMLFormatError) as err:
         read_part(path, "hits")
-    assert str(err.value) == (f"{path}: line 6 does not end with a newline, so it may be truncated "
-                              f"(it reads '5,5.5,-5.25,100.125,8,2,5'); if the file is complete, end it with a newline")
+    assert str(err.value) == (
+        f"{path}: line 6 does not end with a newline, so it may be truncated "
+        f"(it reads '5,5.5,-5.25,100.125,8,2,5'); if the file is complete, end it with a newline"
+    )
     gz = tmp_path / "event000000002-hits.csv.gz"
     gz.write_bytes(gzip.compress(text[:-2].encode()))
     with pytest.raises(TrackMLFormatError, match=r"event000000002-hits\.csv\.gz: line 6 does not end with a newline"):
@@ -244,7 +276,7 @@ def test_duplicate_hit_id(tmp_path, event, part):
     write_event(tmp_path / "event000000001", **{part: event[part]})
     path = tmp_path / f"event000000001-{part}.csv"
     lines = path.read_text().splitlines(keepends=True)
-    lines[7] = "3" + lines[7][lines[7].index(","):]  # file line 8 now repeats hit_id 3 of line 4
+    lines[7] = "3" + lines[7][lines[7].index(",") :]  # file line 8 now repeats hit_id 3 of line 4
     path.write_text("".join(lines))
     with pytest.raises(TrackMLFormatError) as info:
         read_part(path, part)
@@ -253,8 +285,10 @@ def test_duplicate_hit_id(tmp_path, event, part):
 
 
 def test_duplicate_particle_id(tmp_path):
-    path = write_text(tmp_path / "p.csv", "particle_id,vx,vy,vz,px,py,pz,q,nhits\n"
-                      "7,0,0,0,1,1,1,1,4\n8,0,0,0,1,1,1,1,4\n7,0,0,0,1,1,1,1,4\n")
+    path = write_text(
+        tmp_path / "p.csv",
+        "particle_id,vx,vy,vz,px,py,pz,q,nhits\n7,0,0,0,1,1,1,1,4\n8,0,0,0,1,1,1,1,4\n7,0,0,0,1,1,1,1,4\n",
+    )
     with pytest.raises(TrackMLFormatError, match=r"p\.csv: duplicate particle_id.*particle_id=7 \(lines 2, 4\)"):
         read_part(path, "particles")
 
@@ -362,8 +396,12 @@ def score_truth(groups: dict[int, int], weights: dict[int, float] | None = None)
 
 
 def submit(*tracks: list[int]) -> pd.DataFrame:
-    return pd.DataFrame({"hit_id": np.concatenate(tracks),
-                         "track_id": np.repeat(np.arange(len(tracks)) + 100, [len(t) for t in tracks])})
+    return pd.DataFrame(
+        {
+            "hit_id": np.concatenate(tracks),
+            "track_id": np.repeat(np.arange(len(tracks)) + 100, [len(t) for t in tracks]),
+        }
+    )
 
 
 def hits_of(truth: pd.DataFrame, pid: int) -> list[int]:

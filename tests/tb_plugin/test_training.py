@@ -13,7 +13,9 @@ GNN = {"stage": "edge_classifier", "model": "InteractionGNN", "input_dir": "in",
 
 
 def test_val_every_n_epochs_reaches_the_trainer(tmp_path):
-    stage = stage_from_mapping({**GNN, "stage_dir": str(tmp_path), "val_every_n_epochs": 4, "max_epochs": 12}, "gnn.yaml")
+    stage = stage_from_mapping(
+        {**GNN, "stage_dir": str(tmp_path), "val_every_n_epochs": 4, "max_epochs": 12}, "gnn.yaml"
+    )
     trainer = make_trainer(stage.config, tmp_path)
     assert trainer.check_val_every_n_epoch == 4
     assert trainer.max_epochs == 12
@@ -49,7 +51,9 @@ def test_a_checkpoint_with_foreign_objects_is_refused_naming_the_file(tmp_path, 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "best.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": _RunsCode()}, path)
-    with pytest.raises(CheckpointError, match=rf"^{path}: refused to load: the checkpoint holds objects other than tensors") as err:
+    with pytest.raises(
+        CheckpointError, match=rf"^{path}: refused to load: the checkpoint holds objects other than tensors"
+    ) as err:
         read_checkpoint(path)
     assert str(err.value).endswith("(it needs posix.system); delete it and run 'tb train' again")
     assert "\n" not in str(err.value) and "weights_only" not in str(err.value)  # not torch's advice to load it unsafely

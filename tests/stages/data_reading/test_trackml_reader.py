@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from stages.data_reading.event_features import EventContentError
+from stages.data_reading.trackml_reader import assign_splits
 from tb_plugin.config import ConfigError
 from tb_plugin.event_store import SplitError, list_event_files, load_event
 from tb_plugin.pipeline import stage_from_mapping
 from tb_plugin.trackml import TrackMLFormatError, event_prefix, write_event
-from stages.data_reading.event_features import EventContentError
-from stages.data_reading.trackml_reader import assign_splits
 
 
 def reader(input_dir, stage_dir, **overrides):
@@ -44,7 +44,7 @@ def test_hit_features_truth_edges_and_particle_features(tiny_trackml_folder, tmp
     assert torch.allclose(data.hit_phi, torch.atan2(data.hit_y, data.hit_x))
     # tiny detector: modules (8,2,1), (8,4,1), (8,6,1), (8,8,1) get dense indices 0..3
     layer_to_index = {2: 0, 4: 1, 6: 2, 8: 3}
-    assert data.hit_module_index.tolist() == [layer_to_index[l] for l in data.hit_layer_id.tolist()]
+    assert data.hit_module_index.tolist() == [layer_to_index[lay] for lay in data.hit_layer_id.tolist()]
     # A: hit_ids 5,3,8,1 from its vertex (node indices 4,2,7,0); B: 2,7,4 from its vertex at
     # x = 200 mm (nodes 1,6,3), each edge then oriented inner to outer.
     assert data.track_edges.tolist() == [[4, 2, 7, 6, 3], [2, 7, 0, 1, 6]]
@@ -71,7 +71,9 @@ def test_split_is_deterministic_and_checked():
     assert first == assign_splits(list(reversed(ids)), [10, 5, 5], seed=3, source="x")
     assert first != assign_splits(ids, [10, 5, 5], seed=4, source="x")
     assert sorted(sum(first.values(), [])) == ids
-    with pytest.raises(ConfigError, match=r"key 'data_split' \[10, 10, 10\] asks for 30 events but the input folder has 20"):
+    with pytest.raises(
+        ConfigError, match=r"key 'data_split' \[10, 10, 10\] asks for 30 events but the input folder has 20"
+    ):
         assign_splits(ids, [10, 10, 10], seed=0, source="x")
 
 
@@ -99,7 +101,7 @@ def test_unknown_module_names_file_and_module(tiny_trackml_folder, tmp_path, mak
 def test_missing_column_names_the_file(tiny_trackml_folder, tmp_path):
     path = tiny_trackml_folder / "event000000100-hits.csv"
     lines = path.read_text().splitlines()
-    path.write_text("\n".join(",".join(l.split(",")[:-1]) for l in lines) + "\n")
+    path.write_text("\n".join(",".join(line.split(",")[:-1]) for line in lines) + "\n")
     with pytest.raises(TrackMLFormatError, match=r"event000000100-hits\.csv.*module_id"):
         reader(tiny_trackml_folder, tmp_path / "fs", data_split=[6, 0, 0]).infer()
 
@@ -117,7 +119,9 @@ def test_evaluate_writes_metrics_with_config_and_plot(tiny_trackml_folder, tmp_p
 
 
 def test_real_trackml_hits_without_truth(shared_trackml, tmp_path):
-    stage = reader(shared_trackml, tmp_path / "fs", data_split=[0, 0, 1], detector=str(shared_trackml / "detectors.csv"))
+    stage = reader(
+        shared_trackml, tmp_path / "fs", data_split=[0, 0, 1], detector=str(shared_trackml / "detectors.csv")
+    )
     stage.infer()
     data = only_event(tmp_path / "fs")
     assert data.event_id == "000001001"
@@ -156,7 +160,9 @@ def test_another_seed_is_refused_without_overwrite_and_moves_events_with_it(tiny
     assert [len(list_event_files(fs, s)) for s in ("trainset", "valset", "testset")] == [4, 1, 1]
 
 
-def test_more_input_events_or_a_smaller_split_leave_each_event_in_one_split(tiny_trackml_folder, tmp_path, make_tiny_event):
+def test_more_input_events_or_a_smaller_split_leave_each_event_in_one_split(
+    tiny_trackml_folder, tmp_path, make_tiny_event
+):
     fs = tmp_path / "fs"
     reader(tiny_trackml_folder, fs).infer()
     for event_id in (106, 107):
@@ -170,7 +176,9 @@ def test_more_input_events_or_a_smaller_split_leave_each_event_in_one_split(tiny
 
 
 def test_the_config_is_checked_before_anything_is_written(tiny_trackml_folder, tmp_path):
-    with pytest.raises(ConfigError, match=r"key 'data_split' \[10, 0, 0\] asks for 10 events but the input folder has 6"):
+    with pytest.raises(
+        ConfigError, match=r"key 'data_split' \[10, 0, 0\] asks for 10 events but the input folder has 6"
+    ):
         reader(tiny_trackml_folder, tmp_path / "fs", data_split=[10, 0, 0]).infer()
     assert not (tmp_path / "fs").exists()  # no detectors.csv, no splits.json
 

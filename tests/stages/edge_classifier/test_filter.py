@@ -26,21 +26,38 @@ def make_event(event_id: int) -> Data:
     r, phi, z, pid = [], [], [], []
     for particle, _, phi0 in particles:
         for radius in RADII:
-            r.append(radius), phi.append(phi0 + 0.01 * float(torch.randn(1, generator=g))), z.append(0.4 * radius), pid.append(particle)
+            (
+                r.append(radius),
+                phi.append(phi0 + 0.01 * float(torch.randn(1, generator=g))),
+                z.append(0.4 * radius),
+                pid.append(particle),
+            )
     r, phi, z, pid = r + [90.0, 140.0], phi + [2.8, 2.9], z + [-50.0, 60.0], pid + [0, 0]
     n_layers, n_particles = len(RADII), len(particles)
     truth = [(p * n_layers + k, p * n_layers + k + 1) for p in range(n_particles) for k in range(n_layers - 1)]
-    fakes = [(p * n_layers + k, ((p + 1) % n_particles) * n_layers + k + 1) for p in range(n_particles) for k in range(n_layers - 1)]
+    fakes = [
+        (p * n_layers + k, ((p + 1) % n_particles) * n_layers + k + 1)
+        for p in range(n_particles)
+        for k in range(n_layers - 1)
+    ]
     graph = truth[:3] + truth[4:] + fakes + [(len(r) - 2, len(r) - 1)]
     track_edges = torch.tensor(truth).T
     pid_t = torch.tensor(pid)
     pt = {p: v for p, v, _ in particles}
-    data = Data(hit_id=torch.arange(1, len(r) + 1), hit_r=torch.tensor(r), hit_phi=torch.tensor(phi), hit_z=torch.tensor(z),
-                edge_index=torch.tensor(graph).T, edge_y=torch.tensor([e in truth for e in graph]),
-                track_edges=track_edges, track_to_edge_map=torch.tensor([graph.index(e) if e in graph else -1 for e in truth]),
-                track_particle_id=pid_t[track_edges[0]],
-                track_particle_pt=torch.tensor([pt[int(p)] for p in pid_t[track_edges[0]]]),
-                track_particle_eta=torch.full((len(truth),), 0.4), num_nodes=len(r))
+    data = Data(
+        hit_id=torch.arange(1, len(r) + 1),
+        hit_r=torch.tensor(r),
+        hit_phi=torch.tensor(phi),
+        hit_z=torch.tensor(z),
+        edge_index=torch.tensor(graph).T,
+        edge_y=torch.tensor([e in truth for e in graph]),
+        track_edges=track_edges,
+        track_to_edge_map=torch.tensor([graph.index(e) if e in graph else -1 for e in truth]),
+        track_particle_id=pid_t[track_edges[0]],
+        track_particle_pt=torch.tensor([pt[int(p)] for p in pid_t[track_edges[0]]]),
+        track_particle_eta=torch.full((len(truth),), 0.4),
+        num_nodes=len(r),
+    )
     data.event_id = f"{event_id:09d}"
     data.config = [{"stage": "graph_construction"}]
     return data
@@ -48,9 +65,19 @@ def make_event(event_id: int) -> Data:
 
 def stage_config(cls, input_dir, stage_dir, **overrides):
     model = "Filter" if cls is FilterConfig else "InteractionGNN"
-    values = {"stage": "edge_classifier", "model": model, "input_dir": str(input_dir), "stage_dir": str(stage_dir),
-              "hidden": 8, "max_epochs": 2, "lr": 5e-3, "edge_features": ["dr", "dphi", "dz"], "edge_scales": [100.0, 0.1, 100.0],
-              **({"nb_layer": 2} if cls is FilterConfig else {"n_graph_iters": 1}), **overrides}
+    values = {
+        "stage": "edge_classifier",
+        "model": model,
+        "input_dir": str(input_dir),
+        "stage_dir": str(stage_dir),
+        "hidden": 8,
+        "max_epochs": 2,
+        "lr": 5e-3,
+        "edge_features": ["dr", "dphi", "dz"],
+        "edge_scales": [100.0, 0.1, 100.0],
+        **({"nb_layer": 2} if cls is FilterConfig else {"n_graph_iters": 1}),
+        **overrides,
+    }
     return build(cls, values, f"{model}.yaml")
 
 
@@ -124,7 +151,9 @@ def test_filter_train_infer_evaluate_with_a_valset_cut(graph_folder, tmp_path, c
             assert (pruned.edge_scores > cut).all()
             assert pruned.config[-1]["model"] == "Filter" and pruned.config[-1]["edge_cut_used"] == cut
             keys = (original.edge_index[0] * 1000 + original.edge_index[1]).tolist()
-            index = torch.tensor([keys.index(k) for k in (pruned.edge_index[0] * 1000 + pruned.edge_index[1]).tolist()], dtype=torch.long)
+            index = torch.tensor(
+                [keys.index(k) for k in (pruned.edge_index[0] * 1000 + pruned.edge_index[1]).tolist()], dtype=torch.long
+            )
             assert torch.equal(pruned.edge_y, original.edge_y[index])  # kept edges keep their truth
             found = pruned.track_to_edge_map >= 0
             assert torch.equal(pruned.edge_index[:, pruned.track_to_edge_map[found]], pruned.track_edges[:, found])
@@ -137,7 +166,11 @@ def test_filter_train_infer_evaluate_with_a_valset_cut(graph_folder, tmp_path, c
     assert kept_target / input_target >= 0.9  # the cut keeps its share of the valset's target edges
     metrics = stage.evaluate()
     on_disk = json.loads((stage_dir / "eval" / "metrics.json").read_text())
-    assert on_disk["edge_cut"] == cut and on_disk["edge_cut_target_efficiency"] == 0.9 and on_disk["config"]["edge_cut_used"] == cut
+    assert (
+        on_disk["edge_cut"] == cut
+        and on_disk["edge_cut_target_efficiency"] == 0.9
+        and on_disk["config"]["edge_cut_used"] == cut
+    )
     for key in ("target_efficiency", "target_purity", "purity", "edges_per_event", "n_edges"):
         assert key in on_disk["input"] and key in on_disk["output"]
     assert metrics["input"]["n_edges"] == load_event(list_event_files(graph_folder, "testset")[0]).edge_index.shape[1]
@@ -153,8 +186,9 @@ def test_filter_train_infer_evaluate_with_a_valset_cut(graph_folder, tmp_path, c
 
 def test_interaction_gnn_with_a_target_efficiency_cut(graph_folder, tmp_path):
     stage_dir = tmp_path / "gnn"
-    stage = InteractionGNN(stage_config(InteractionGNNConfig, graph_folder, stage_dir, max_epochs=1,
-                                        edge_cut={"target_efficiency": 0.95}))
+    stage = InteractionGNN(
+        stage_config(InteractionGNNConfig, graph_folder, stage_dir, max_epochs=1, edge_cut={"target_efficiency": 0.95})
+    )
     assert stage.config.edge_cut == TargetEfficiency(target_efficiency=0.95)
     stage.train()
     cut = json.loads((stage_dir / "artifacts" / "edge_cut.json").read_text())["edge_cut"]
@@ -162,14 +196,18 @@ def test_interaction_gnn_with_a_target_efficiency_cut(graph_folder, tmp_path):
     metrics = InteractionGNN(stage.config).evaluate()  # a fresh stage reads the saved cut
     assert metrics["edge_cut"] == cut and metrics["edge_cut_target_efficiency"] == 0.95
     scored = load_event(stage_dir / "testset" / "event000000004.pyg")
-    assert scored.edge_index.shape == load_event(graph_folder / "testset" / "event000000004.pyg").edge_index.shape  # not pruned
+    assert (
+        scored.edge_index.shape == load_event(graph_folder / "testset" / "event000000004.pyg").edge_index.shape
+    )  # not pruned
 
 
 # ------------------------------------------------------------------------------------- config
 
 
 @pytest.mark.parametrize("cls", [FilterConfig, InteractionGNNConfig])
-@pytest.mark.parametrize("value", [1.5, -0.1, "high", {"target_efficiency": 0.0}, {"target_efficiency": 1.5}, {"efficiency": 0.9}])
+@pytest.mark.parametrize(
+    "value", [1.5, -0.1, "high", {"target_efficiency": 0.0}, {"target_efficiency": 1.5}, {"efficiency": 0.9}]
+)
 def test_bad_edge_cut_is_a_one_line_error_naming_the_key(tmp_path, cls, value):
     with pytest.raises(ConfigError, match="edge_cut") as err:
         stage_config(cls, tmp_path, tmp_path, edge_cut=value)
@@ -178,8 +216,9 @@ def test_bad_edge_cut_is_a_one_line_error_naming_the_key(tmp_path, cls, value):
 
 def test_filter_is_registered_and_its_keys_are_checked(tmp_path):
     assert resolve("edge_classifier", "Filter", "f.yaml") is Filter
-    assert build(FilterConfig, {"stage": "edge_classifier", "model": "Filter", "input_dir": "a", "stage_dir": "b"},
-                 "f.yaml").edge_cut == TargetEfficiency(target_efficiency=0.99)  # the default: a filter keeps nearly everything
+    assert build(
+        FilterConfig, {"stage": "edge_classifier", "model": "Filter", "input_dir": "a", "stage_dir": "b"}, "f.yaml"
+    ).edge_cut == TargetEfficiency(target_efficiency=0.99)  # the default: a filter keeps nearly everything
     for key in ("inference_chunk_edges", "nb_layer"):
         with pytest.raises(ConfigError, match=key):
             stage_config(FilterConfig, tmp_path, tmp_path, **{key: 0})

@@ -37,8 +37,15 @@ def test_module_holds_either_network_and_old_checkpoints_load(tmp_path):
     with pytest.raises(ValueError, match="architecture"):
         EdgeClassifierModule(model=dict(node_dim=3), optim={}, architecture="Transformer")
     # a checkpoint written before `architecture` existed: its hyperparameters lack the key
-    old = {"state_dict": gnn.state_dict(), "pytorch-lightning_version": lightning.__version__,
-           "hyper_parameters": {"model": dict(node_dim=3, hidden=8, n_graph_iters=1), "optim": dict(lr=1e-3), "edge_cut": 0.5}}
+    old = {
+        "state_dict": gnn.state_dict(),
+        "pytorch-lightning_version": lightning.__version__,
+        "hyper_parameters": {
+            "model": dict(node_dim=3, hidden=8, n_graph_iters=1),
+            "optim": dict(lr=1e-3),
+            "edge_cut": 0.5,
+        },
+    }
     torch.save(old, tmp_path / "old.ckpt")
     loaded = EdgeClassifierModule.load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu")
     assert isinstance(loaded.model, InteractionNetwork)

@@ -1,12 +1,7 @@
 import pytest
 import torch
 
-from stages.edge_classifier.gnn_model import (
-    EdgeClassifierModule,
-    GNNConfig,
-    InteractionNetwork,
-    weighted_bce,
-)
+from stages.edge_classifier.gnn_model import EdgeClassifierModule, GNNConfig, InteractionNetwork, weighted_bce
 
 
 def small_config(**overrides) -> GNNConfig:
@@ -72,7 +67,9 @@ def test_weighted_bce_follows_acorn_weights():
     weights = torch.tensor([1.0, 1.0, 0.0, -2.0])  # edge 2 left out, edge 3 trained as a fake, weight 2
     loss = weighted_bce(logits, edge_y, weights)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    expected = (bce(logits[0], torch.tensor(1.0)) + bce(logits[1], torch.tensor(0.0)) + 2 * bce(logits[3], torch.tensor(0.0))) / 3
+    expected = (
+        bce(logits[0], torch.tensor(1.0)) + bce(logits[1], torch.tensor(0.0)) + 2 * bce(logits[3], torch.tensor(0.0))
+    ) / 3
     assert torch.isclose(loss, expected)
 
 
@@ -82,12 +79,19 @@ def test_a_few_training_steps_lower_the_loss():
     from torch_geometric.data import Data
 
     r = torch.arange(1.0, 7.0)
-    x = torch.cat([torch.stack([r, torch.zeros(6), r * 0.5], 1), torch.stack([r, torch.ones(6), -r * 0.5], 1)])  # [12, 3]
+    x = torch.cat(
+        [torch.stack([r, torch.zeros(6), r * 0.5], 1), torch.stack([r, torch.ones(6), -r * 0.5], 1)]
+    )  # [12, 3]
     along = torch.tensor([[i, i + 1] for i in range(5)] + [[6 + i, 7 + i] for i in range(5)]).T
     across = torch.tensor([[i, 7 + i] for i in range(5)] + [[6 + i, i + 1] for i in range(5)]).T
     edge_index = torch.cat([along, across], dim=1)
-    batch = Data(x=x, edge_index=edge_index, edge_attr=torch.zeros(20, 0),
-                 edge_y=torch.arange(20) < 10, edge_weights=torch.ones(20))
+    batch = Data(
+        x=x,
+        edge_index=edge_index,
+        edge_attr=torch.zeros(20, 0),
+        edge_y=torch.arange(20) < 10,
+        edge_weights=torch.ones(20),
+    )
     module = EdgeClassifierModule(model=dict(node_dim=3, hidden=16, n_graph_iters=2), optim=dict(lr=1e-2))
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
 

@@ -25,14 +25,23 @@ def make_event(event_id: int, seed: int = 0) -> Data:
     r, phi, z, pid = [], [], [], []
     for particle, _, phi0 in PARTICLES:
         for radius in RADII:
-            r.append(radius), phi.append(phi0 + 0.01 * float(torch.randn(1, generator=g))), z.append(0.4 * radius), pid.append(particle)
+            (
+                r.append(radius),
+                phi.append(phi0 + 0.01 * float(torch.randn(1, generator=g))),
+                z.append(0.4 * radius),
+                pid.append(particle),
+            )
     r += [90.0, 140.0]
     phi += [2.8, 2.9]
     z += [-50.0, 60.0]
     pid += [0, 0]
     n_layers, n_particles = len(RADII), len(PARTICLES)
     truth = [(p * n_layers + k, p * n_layers + k + 1) for p in range(n_particles) for k in range(n_layers - 1)]
-    fakes = [(p * n_layers + k, ((p + 1) % n_particles) * n_layers + k + 1) for p in range(n_particles) for k in range(n_layers - 1)]
+    fakes = [
+        (p * n_layers + k, ((p + 1) % n_particles) * n_layers + k + 1)
+        for p in range(n_particles)
+        for k in range(n_layers - 1)
+    ]
     noise = [(15, 16)]
     graph = truth[:3] + truth[4:] + fakes + noise  # truth[3] (particle 11's last edge) is missing
     track_edges = torch.tensor(truth).T
@@ -43,10 +52,14 @@ def make_event(event_id: int, seed: int = 0) -> Data:
     pt = {p: v for p, v, _ in PARTICLES}
     data = Data(
         hit_id=torch.arange(1, len(r) + 1),
-        hit_r=torch.tensor(r), hit_phi=torch.tensor(phi), hit_z=torch.tensor(z),
+        hit_r=torch.tensor(r),
+        hit_phi=torch.tensor(phi),
+        hit_z=torch.tensor(z),
         hit_particle_id=pid_t,
-        edge_index=edge_index, edge_y=edge_y,
-        track_edges=track_edges, track_to_edge_map=mapping,
+        edge_index=edge_index,
+        edge_y=edge_y,
+        track_edges=track_edges,
+        track_to_edge_map=mapping,
         track_particle_id=pid_t[track_edges[0]],
         track_particle_pt=torch.tensor([pt[int(p)] for p in pid_t[track_edges[0]]]),
         track_particle_eta=torch.full((len(truth),), 0.4),
@@ -58,8 +71,16 @@ def make_event(event_id: int, seed: int = 0) -> Data:
 
 
 def config(input_dir, stage_dir, **overrides) -> InteractionGNNConfig:
-    values = {"stage": "edge_classifier", "model": "InteractionGNN", "input_dir": str(input_dir),
-              "stage_dir": str(stage_dir), "hidden": 8, "n_graph_iters": 2, "max_epochs": 2, **overrides}
+    values = {
+        "stage": "edge_classifier",
+        "model": "InteractionGNN",
+        "input_dir": str(input_dir),
+        "stage_dir": str(stage_dir),
+        "hidden": 8,
+        "n_graph_iters": 2,
+        "max_epochs": 2,
+        **overrides,
+    }
     return build(InteractionGNNConfig, values, "gnn.yaml")
 
 
@@ -74,12 +95,16 @@ def graph_folder(tmp_path):
 
 def test_edge_weights_follow_acorn_semantics(tmp_path):
     data = make_event(1)
-    c = config(tmp_path, tmp_path, weighting=[
-        {"weight": 0.5, "conditions": {"edge_y": False}},
-        {"weight": 0.0, "conditions": {"y": True}},  # ACORN's old name
-        {"weight": 3.0, "conditions": {"edge_y": True, "pt": [1000, math.inf]}},  # short particle name
-        {"weight": 7.0, "conditions": {"track_particle_id": 12}},  # a track condition never holds on fakes
-    ])
+    c = config(
+        tmp_path,
+        tmp_path,
+        weighting=[
+            {"weight": 0.5, "conditions": {"edge_y": False}},
+            {"weight": 0.0, "conditions": {"y": True}},  # ACORN's old name
+            {"weight": 3.0, "conditions": {"edge_y": True, "pt": [1000, math.inf]}},  # short particle name
+            {"weight": 7.0, "conditions": {"track_particle_id": 12}},  # a track condition never holds on fakes
+        ],
+    )
     w = edge_weights(data, c.weight_conditions())
     pt_of_edge = torch.full((data.edge_index.shape[1],), -1.0)
     found = data.track_to_edge_map >= 0
@@ -91,7 +116,9 @@ def test_edge_weights_follow_acorn_semantics(tmp_path):
     assert torch.equal(w, expected)
     assert (w[~data.edge_y] == 0.5).all()
     # plain YAML-style entries work the same
-    assert torch.equal(edge_weights(data, [{"weight": 0.5, "conditions": {"edge_y": False}}]), torch.where(data.edge_y, 1.0, 0.5))
+    assert torch.equal(
+        edge_weights(data, [{"weight": 0.5, "conditions": {"edge_y": False}}]), torch.where(data.edge_y, 1.0, 0.5)
+    )
     # the default: every edge 1, true edges of pT > 1 GeV particles 2
     default = edge_weights(data, config(tmp_path, tmp_path).weight_conditions())
     assert torch.equal(default, torch.where(pt_of_edge >= 1000, 2.0, 1.0))
@@ -120,7 +147,9 @@ def test_edge_cap_keeps_a_phi_sector_and_all_nodes(tmp_path):
 
 def test_hard_cuts_keep_edges_between_hits_of_passing_particles(tmp_path):
     data = make_event(1)
-    graph = training_graph(data, config(tmp_path, tmp_path, hard_cuts={"pt": [1000, math.inf]}), "event", cap_edges=False)
+    graph = training_graph(
+        data, config(tmp_path, tmp_path, hard_cuts={"pt": [1000, math.inf]}), "event", cap_edges=False
+    )
     passing_hits = set(range(10))  # particles 11 and 12 are hits 0..9; 13 (400 MeV) and noise drop out
     assert graph.edge_index.shape[1] > 0
     assert set(graph.edge_index.reshape(-1).tolist()) <= passing_hits
@@ -128,14 +157,17 @@ def test_hard_cuts_keep_edges_between_hits_of_passing_particles(tmp_path):
 
 def test_train_infer_evaluate_end_to_end(graph_folder, tmp_path, capsys):
     stage_dir = tmp_path / "gnn"
-    stage = InteractionGNN(config(graph_folder, stage_dir, edge_features=["dr", "dphi", "dz"],
-                                    edge_scales=[100.0, 0.1, 100.0], lr=5e-3))
+    stage = InteractionGNN(
+        config(graph_folder, stage_dir, edge_features=["dr", "dphi", "dz"], edge_scales=[100.0, 0.1, 100.0], lr=5e-3)
+    )
     stage.train()
     assert (stage_dir / "artifacts" / "last.ckpt").is_file() and (stage_dir / "artifacts" / "best.ckpt").is_file()
     finished = (stage_dir / "artifacts" / "last.ckpt").read_bytes()
     stage.train()  # a rerun resumes a finished fit: nothing to train, no error (tb run twice)
-    assert torch.load(stage_dir / "artifacts" / "last.ckpt", weights_only=False)["epoch"] == \
-        torch.load(io.BytesIO(finished), weights_only=False)["epoch"]
+    assert (
+        torch.load(stage_dir / "artifacts" / "last.ckpt", weights_only=False)["epoch"]
+        == torch.load(io.BytesIO(finished), weights_only=False)["epoch"]
+    )
     stage.infer()
     for split in ("trainset", "valset", "testset"):
         for path in list_event_files(graph_folder, split):
@@ -155,8 +187,18 @@ def test_train_infer_evaluate_end_to_end(graph_folder, tmp_path, capsys):
     assert written.stat().st_mtime_ns == mtime
     metrics = stage.evaluate()
     on_disk = json.loads((stage_dir / "eval" / "metrics.json").read_text())
-    for key in ("target_efficiency", "target_purity", "acorn_target_purity", "cumulative_target_efficiency",
-                "efficiency", "purity", "auc", "target_auc", "n_edges", "events"):
+    for key in (
+        "target_efficiency",
+        "target_purity",
+        "acorn_target_purity",
+        "cumulative_target_efficiency",
+        "efficiency",
+        "purity",
+        "auc",
+        "target_auc",
+        "n_edges",
+        "events",
+    ):
         assert key in metrics and key in on_disk
     assert on_disk["events"] == 1 and on_disk["config"]["model"] == "InteractionGNN"
     # the test event's graph lacks one of its 8 target truth edges: cumulative <= in-graph efficiency
@@ -167,24 +209,29 @@ def test_train_infer_evaluate_end_to_end(graph_folder, tmp_path, capsys):
 
 
 def test_missing_node_feature_names_feature_and_file(graph_folder, tmp_path):
-    stage = InteractionGNN(config(graph_folder, tmp_path / "gnn", node_features=["hit_r", "hit_eta"], node_scales=[1000, 1]))
+    stage = InteractionGNN(
+        config(graph_folder, tmp_path / "gnn", node_features=["hit_r", "hit_eta"], node_scales=[1000, 1])
+    )
     with pytest.raises(MissingFieldError, match=r"event000000001\.pyg.*'hit_eta'"):
         stage.train()
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"edge_cut": 1.5}, "edge_cut"),
-    ({"max_train_edges": 0}, "max_train_edges"),
-    ({"node_scales": [1.0]}, "node_scales"),
-    ({"edge_features": ["dr"], "edge_scales": [100.0, 1.0]}, "edge_scales"),
-    ({"edge_features": ["curvature"]}, "edge_features"),
-    ({"weighting": [{"weight": 1.0, "conditions": {"edge_y": ["between", 1]}}]}, r"weighting\[0\]\.conditions"),
-    ({"weighting": [{"weight": 1.0, "condition": {}}]}, "condition"),
-    ({"target_tracks": {"hit_r": [0, 10]}}, "target_tracks"),
-    ({"hard_cuts": {"pt": [5, 1]}}, "hard_cuts"),
-    ({"aggregation": "median"}, "aggregation"),
-    ({"hidden": 0}, "hidden"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"edge_cut": 1.5}, "edge_cut"),
+        ({"max_train_edges": 0}, "max_train_edges"),
+        ({"node_scales": [1.0]}, "node_scales"),
+        ({"edge_features": ["dr"], "edge_scales": [100.0, 1.0]}, "edge_scales"),
+        ({"edge_features": ["curvature"]}, "edge_features"),
+        ({"weighting": [{"weight": 1.0, "conditions": {"edge_y": ["between", 1]}}]}, r"weighting\[0\]\.conditions"),
+        ({"weighting": [{"weight": 1.0, "condition": {}}]}, "condition"),
+        ({"target_tracks": {"hit_r": [0, 10]}}, "target_tracks"),
+        ({"hard_cuts": {"pt": [5, 1]}}, "hard_cuts"),
+        ({"aggregation": "median"}, "aggregation"),
+        ({"hidden": 0}, "hidden"),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=key):
         config(tmp_path, tmp_path, **overrides)

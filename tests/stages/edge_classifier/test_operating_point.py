@@ -26,7 +26,9 @@ def test_float32_scores_get_a_cut_exact_in_float32_comparisons():
     cut = cut_for_efficiency(scores, 0.9)
     assert kept(scores, cut) == 900
     assert int((torch.from_numpy(scores) > cut).sum()) == 900  # torch compares a float32 tensor in float32
-    assert int((torch.from_numpy(scores) > float(np.float32(np.nextafter(np.float32(cut), np.float32(1))))).sum()) == 899
+    assert (
+        int((torch.from_numpy(scores) > float(np.float32(np.nextafter(np.float32(cut), np.float32(1))))).sum()) == 899
+    )
 
 
 def test_rounding_does_not_ask_for_one_edge_too_many():
@@ -68,7 +70,12 @@ def test_rates_at_cut_by_hand():
     assert r["purity"] == pytest.approx(2 / 4)
     assert rates_at_cut(scores, edge_y, edge_target, 0.5, n_target=4)["target_efficiency"] == pytest.approx(1 / 4)
     none = rates_at_cut(scores, edge_y, edge_target, 0.95)
-    assert none["n_kept"] == 0 and none["purity"] is None and none["target_purity"] is None and none["target_efficiency"] == 0.0
+    assert (
+        none["n_kept"] == 0
+        and none["purity"] is None
+        and none["target_purity"] is None
+        and none["target_efficiency"] == 0.0
+    )
     assert rates(scores > 0.5, edge_y, edge_target) == r
     with pytest.raises(ValueError, match="shape"):
         rates(scores > 0.5, edge_y[:3], edge_target)

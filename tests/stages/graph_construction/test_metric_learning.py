@@ -11,26 +11,55 @@ import numpy as np
 import pytest
 import torch
 
-from stages.graph_construction.embedding_model import MetricLearningModule, edge_lengths, radius_knn_cpu, radius_knn_torch
-from stages.graph_construction.metric_learning import MetricLearning, MetricLearningConfig, graph_at_radius, training_event
+from stages.graph_construction.embedding_model import (
+    MetricLearningModule,
+    edge_lengths,
+    radius_knn_cpu,
+    radius_knn_torch,
+)
+from stages.graph_construction.metric_learning import (
+    MetricLearning,
+    MetricLearningConfig,
+    graph_at_radius,
+    training_event,
+)
 from tb_plugin.config import ConfigError, build
 from tb_plugin.event_store import SPLITS, MissingFieldError, list_event_files, load_event, save_event
 from tb_plugin.geometry import Detector
 from tb_plugin.pipeline import stage_from_mapping
 from tb_plugin.simulation import SimulationConfig, simulate_dataset
 
-SMALL = {"emb_hidden": 32, "nb_layer": 2, "emb_dim": 6, "knn": 10, "knn_val": 10, "knn_infer": 10,
-         "r_train": 0.2, "r_infer": 0.2, "points_per_batch": 500}
+SMALL = {
+    "emb_hidden": 32,
+    "nb_layer": 2,
+    "emb_dim": 6,
+    "knn": 10,
+    "knn_val": 10,
+    "knn_infer": 10,
+    "r_train": 0.2,
+    "r_infer": 0.2,
+    "points_per_batch": 500,
+}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ml")
     detector = Detector.builtin()
-    simulate_dataset(SimulationConfig(n_events=3, pileup=1, seed=3), detector, root / "events", progress=False, workers=1)
+    simulate_dataset(
+        SimulationConfig(n_events=3, pileup=1, seed=3), detector, root / "events", progress=False, workers=1
+    )
     detector.to_csv(root / "events" / "detectors.csv")
-    stage_from_mapping({"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(root / "events"),
-                        "stage_dir": str(root / "store"), "data_split": [1, 1, 1]}, "reading.yaml").infer()
+    stage_from_mapping(
+        {
+            "stage": "data_reading",
+            "model": "TrackMLReader",
+            "input_dir": str(root / "events"),
+            "stage_dir": str(root / "store"),
+            "data_split": [1, 1, 1],
+        },
+        "reading.yaml",
+    ).infer()
     return root / "store"
 
 
@@ -51,8 +80,20 @@ def tb_store(store, tmp_path_factory) -> Path:
 
 
 def ml_stage(store: Path, stage_dir: Path, **values) -> MetricLearning:
-    return MetricLearning(build(MetricLearningConfig, {"stage": "graph_construction", "model": "MetricLearning",
-                                                       "input_dir": str(store), "stage_dir": str(stage_dir), **SMALL, **values}, "ml.yaml"))
+    return MetricLearning(
+        build(
+            MetricLearningConfig,
+            {
+                "stage": "graph_construction",
+                "model": "MetricLearning",
+                "input_dir": str(store),
+                "stage_dir": str(stage_dir),
+                **SMALL,
+                **values,
+            },
+            "ml.yaml",
+        )
+    )
 
 
 def brute_force(points: np.ndarray, r: float, k: int) -> set[tuple[int, int]]:
@@ -81,8 +122,17 @@ def test_radius_knn_matches_brute_force():
 def test_a_few_steps_lower_the_loss(store):
     torch.manual_seed(0)
     event = training_event(list_event_files(store, "trainset")[0], ["hit_r", "hit_phi", "hit_z"], [1000, 3.14159, 1000])
-    config = build(MetricLearningConfig, {"stage": "graph_construction", "model": "MetricLearning", "input_dir": str(store),
-                                          "stage_dir": "unused", **SMALL}, "ml.yaml")
+    config = build(
+        MetricLearningConfig,
+        {
+            "stage": "graph_construction",
+            "model": "MetricLearning",
+            "input_dir": str(store),
+            "stage_dir": "unused",
+            **SMALL,
+        },
+        "ml.yaml",
+    )
     module = MetricLearningModule(vars(config.settings(event.x.shape[1])))
     optimizer = torch.optim.Adam(module.parameters(), lr=5e-3)
     with torch.no_grad():
@@ -97,8 +147,14 @@ def test_a_few_steps_lower_the_loss(store):
 
 
 def test_train_infer_evaluate_write_the_graph_contract(store, tmp_path):
-    values = {"stage": "graph_construction", "model": "MetricLearning", "input_dir": str(store),
-              "stage_dir": str(tmp_path / "ml"), "max_epochs": 1, **SMALL}
+    values = {
+        "stage": "graph_construction",
+        "model": "MetricLearning",
+        "input_dir": str(store),
+        "stage_dir": str(tmp_path / "ml"),
+        "max_epochs": 1,
+        **SMALL,
+    }
     ml = MetricLearning(build(MetricLearningConfig, values, "ml.yaml"))
     ml.train()
     assert (tmp_path / "ml" / "artifacts" / "last.ckpt").is_file()
@@ -157,15 +213,21 @@ def test_the_demo_configs_build():
     from tb_plugin.pipeline import load_pipeline, stage_from_mapping
 
     root = Path(__file__).resolve().parents[3] / "configs"
-    stages = [stage_from_mapping(e.values, e.source) for e in load_pipeline(root / "pipelines" / "demo_metric_learning.yaml")]
+    stages = [
+        stage_from_mapping(e.values, e.source) for e in load_pipeline(root / "pipelines" / "demo_metric_learning.yaml")
+    ]
     ml, gnn, tracks = stages[1:]
     assert isinstance(ml, MetricLearning) and ml.config.train_events == 360 and ml.config.data_split == [60, 5, 20]
-    assert Path(gnn.config.input_dir) == Path(ml.config.stage_dir) and Path(tracks.config.input_dir) == Path(gnn.config.stage_dir)
+    assert Path(gnn.config.input_dir) == Path(ml.config.stage_dir) and Path(tracks.config.input_dir) == Path(
+        gnn.config.stage_dir
+    )
 
 
 def test_an_n_by_d_node_feature_sizes_the_model_and_a_mismatch_is_refused(tb_store, tmp_path):
     features = {"node_features": ["hit_r", "hit_phi", "hit_z", "hit_tb_emb"], "node_scales": [1000, 3.14159, 1000, 1.0]}
-    event = training_event(list_event_files(tb_store, "trainset")[0], features["node_features"], features["node_scales"])
+    event = training_event(
+        list_event_files(tb_store, "trainset")[0], features["node_features"], features["node_scales"]
+    )
     assert event.x.shape[1] == 3 + TB_DIM
     ml = ml_stage(tb_store, tmp_path / "ml", max_epochs=1, **features)
     ml.train()
@@ -178,7 +240,9 @@ def test_an_n_by_d_node_feature_sizes_the_model_and_a_mismatch_is_refused(tb_sto
     # the same checkpoint, read by a config without hit_tb_emb: one line naming the key and both widths
     other = ml_stage(tb_store, tmp_path / "ml")
     source = list_event_files(tb_store, "testset")[0]
-    with pytest.raises(ValueError, match=r"key 'node_features'.*gives 3 columns.*trained on 7 \(hit_r, hit_phi, hit_z, hit_tb_emb\)") as err:
+    with pytest.raises(
+        ValueError, match=r"key 'node_features'.*gives 3 columns.*trained on 7 \(hit_r, hit_phi, hit_z, hit_tb_emb\)"
+    ) as err:
         other.build_edges(load_event(source), source)
     assert "\n" not in str(err.value) and str(source) in str(err.value)
     with pytest.raises(ValueError, match=r"key 'node_features'.*gives 3 columns.*last.ckpt was trained on 7"):
@@ -198,7 +262,11 @@ def test_the_curve_from_one_r_max_graph_equals_the_graph_built_at_each_radius(st
     assert "edge_index" not in data  # the caller's event is left as it was
     e = graph.edge_index
     assert graph.edge_distance.shape == (e.shape[1],) and (graph.edge_distance < 0.5).all()
-    assert np.allclose(graph.edge_distance.numpy(), torch.linalg.norm(ml.embed(data, source)[e[0]] - ml.embed(data, source)[e[1]], dim=1).numpy(), atol=1e-6)
+    assert np.allclose(
+        graph.edge_distance.numpy(),
+        torch.linalg.norm(ml.embed(data, source)[e[0]] - ml.embed(data, source)[e[1]], dim=1).numpy(),
+        atol=1e-6,
+    )
     capped = np.bincount(radius_knn_cpu(ml.embed(data, source).numpy(), 0.5, 5)[0]).max()
     assert capped == 5  # the cap binds
     sizes = []
@@ -220,4 +288,6 @@ def test_edge_lengths_match_the_cpu_search():
     edges = radius_knn_cpu(points, 0.3, 8)
     lengths = edge_lengths(points, edges)
     for r in (0.1, 0.2):
-        assert set(map(tuple, edges[:, lengths < r].T.tolist())) == set(map(tuple, radius_knn_cpu(points, r, 8).T.tolist()))
+        assert set(map(tuple, edges[:, lengths < r].T.tolist())) == set(
+            map(tuple, radius_knn_cpu(points, r, 8).T.tolist())
+        )

@@ -26,13 +26,21 @@ def make_event(modules: list[int], truth: list[tuple[int, int]], dphi: list[floa
     edges = torch.tensor(truth, dtype=torch.long).T.reshape(2, -1)
     t = edges.shape[1]
     return Data(
-        hit_x=torch.tensor(r * np.cos(phi), dtype=torch.float32), hit_y=torch.tensor(r * np.sin(phi), dtype=torch.float32),
-        hit_z=torch.tensor(z, dtype=torch.float32), hit_r=torch.tensor(r, dtype=torch.float32),
-        hit_phi=torch.tensor(phi, dtype=torch.float32), hit_eta=torch.tensor(np.arcsinh(z / r), dtype=torch.float32),
-        hit_volume_id=torch.full((len(m),), 8), hit_layer_id=torch.tensor(MODULE_LAYER[m]),
-        hit_module_index=torch.tensor(m), track_edges=edges,
-        track_particle_pt=torch.full((t,), 2000.0), track_particle_eta=torch.full((t,), 0.5),
-        num_nodes=len(m), event_id="000000001", config=[{"stage": "data_reading"}],
+        hit_x=torch.tensor(r * np.cos(phi), dtype=torch.float32),
+        hit_y=torch.tensor(r * np.sin(phi), dtype=torch.float32),
+        hit_z=torch.tensor(z, dtype=torch.float32),
+        hit_r=torch.tensor(r, dtype=torch.float32),
+        hit_phi=torch.tensor(phi, dtype=torch.float32),
+        hit_eta=torch.tensor(np.arcsinh(z / r), dtype=torch.float32),
+        hit_volume_id=torch.full((len(m),), 8),
+        hit_layer_id=torch.tensor(MODULE_LAYER[m]),
+        hit_module_index=torch.tensor(m),
+        track_edges=edges,
+        track_particle_pt=torch.full((t,), 2000.0),
+        track_particle_eta=torch.full((t,), 0.5),
+        num_nodes=len(m),
+        event_id="000000001",
+        config=[{"stage": "data_reading"}],
     )
 
 
@@ -48,8 +56,14 @@ def store(tmp_path):
 
 
 def stage(root, **keys) -> ModuleMap:
-    values = {"stage": "graph_construction", "model": "ModuleMap", "input_dir": str(root / "store"),
-              "stage_dir": str(root / "out"), "doublet_cuts": False, **keys}
+    values = {
+        "stage": "graph_construction",
+        "model": "ModuleMap",
+        "input_dir": str(root / "store"),
+        "stage_dir": str(root / "out"),
+        "doublet_cuts": False,
+        **keys,
+    }
     return ModuleMap(build(ModuleMapConfig, values, "module_map.yaml"))
 
 
@@ -63,7 +77,11 @@ def test_learns_pairs_and_builds_exactly_the_expected_edges(store):
     mm.infer()
     data = load_event(store / "out" / "testset" / "event000000100.pyg")
     on = lambda module: [i for i, m in enumerate([0, 0, 2, 2, 2, 4, 1, 3, 5]) if m == module]  # noqa: E731
-    expected = set(itertools.product(on(0), on(2))) | set(itertools.product(on(2), on(4))) | set(itertools.product(on(1), on(3)))
+    expected = (
+        set(itertools.product(on(0), on(2)))
+        | set(itertools.product(on(2), on(4)))
+        | set(itertools.product(on(1), on(3)))
+    )
     assert set(map(tuple, data.edge_index.T.tolist())) == expected and data.edge_index.shape[1] == len(expected)
     assert data.edge_index.dtype == torch.int64 and data.edge_y.dtype == torch.bool
     # truth: (0,2), (2,5), (6,7) found; (7,8) lies on the unseen pair 3 -> 5
@@ -76,7 +94,9 @@ def test_learns_pairs_and_builds_exactly_the_expected_edges(store):
 
     metrics = mm.evaluate()
     assert metrics["efficiency"] == pytest.approx(0.75) and metrics["edges_per_event"] == len(expected)
-    assert json.loads((store / "out" / "eval" / "metrics.json").read_text())["purity"] == pytest.approx(3 / len(expected))
+    assert json.loads((store / "out" / "eval" / "metrics.json").read_text())["purity"] == pytest.approx(
+        3 / len(expected)
+    )
 
 
 def test_resume_skips_written_events_unless_overwrite(store):
@@ -145,8 +165,14 @@ def test_select_keeps_the_pairs_the_prior_proposed(store):
     table = ModuleMapTable.load(mm.map_file)
     assert table.proposed is None  # a map learned without a prior has no record of proposals
     assert {tuple(p) for p in table.select(2).pairs.tolist()} == {(0, 2), (2, 4)}
-    proposed = ModuleMapTable(np.array([[0, 2], [1, 3], [3, 5]]), np.array([2, 1, 0]), np.zeros(3, dtype=np.int64),
-                              table.low, table.high, proposed=np.array([False, False, True]))
+    proposed = ModuleMapTable(
+        np.array([[0, 2], [1, 3], [3, 5]]),
+        np.array([2, 1, 0]),
+        np.zeros(3, dtype=np.int64),
+        table.low,
+        table.high,
+        proposed=np.array([False, False, True]),
+    )
     kept = proposed.select(2)
     assert kept.pairs.tolist() == [[0, 2], [3, 5]] and kept.proposed.tolist() == [False, True]
 

@@ -29,13 +29,28 @@ def tiny_detector() -> Detector:
                 phi = p * 2 * np.pi / N_PHI
                 w = np.array([np.cos(phi), np.sin(phi), 0.0])
                 v = np.array([0.0, 0.0, 1.0])
-                rows.append((layer, 1 + ring * N_PHI + p, [r * np.cos(phi), r * np.sin(phi), z], np.stack([np.cross(v, w), v, w], axis=1)))
+                rows.append(
+                    (
+                        layer,
+                        1 + ring * N_PHI + p,
+                        [r * np.cos(phi), r * np.sin(phi), z],
+                        np.stack([np.cross(v, w), v, w], axis=1),
+                    )
+                )
     k = len(rows)
     return Detector.from_arrays(
-        volume_id=np.full(k, 8), layer_id=[r[0] for r in rows], module_id=[r[1] for r in rows],
-        center=np.array([r[2] for r in rows]), rotation=np.array([r[3] for r in rows]),
-        thickness=np.full(k, 0.15), min_hu=np.full(k, 5.0), max_hu=np.full(k, 5.0), hv=np.full(k, 20.0),
-        pitch_u=np.full(k, 0.05), pitch_v=np.full(k, 0.05))
+        volume_id=np.full(k, 8),
+        layer_id=[r[0] for r in rows],
+        module_id=[r[1] for r in rows],
+        center=np.array([r[2] for r in rows]),
+        rotation=np.array([r[3] for r in rows]),
+        thickness=np.full(k, 0.15),
+        min_hu=np.full(k, 5.0),
+        max_hu=np.full(k, 5.0),
+        hv=np.full(k, 20.0),
+        pitch_u=np.full(k, 0.05),
+        pitch_v=np.full(k, 0.05),
+    )
 
 
 def module(layer: int, ring: int, p: int) -> int:
@@ -60,11 +75,23 @@ def track_event(tracks: list[list[tuple[int, int, int]]], event_id: int = 1) -> 
     phi, r, z = (np.asarray(a) for a in (phi, r, z))
     t = len(edges)
     f32 = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    return Data(hit_x=f32(r * np.cos(phi)), hit_y=f32(r * np.sin(phi)), hit_z=f32(z), hit_r=f32(r), hit_phi=f32(phi),
-                hit_eta=f32(np.arcsinh(z / r)), hit_volume_id=torch.full((len(r),), 8), hit_layer_id=torch.tensor(layer),
-                hit_module_index=torch.tensor(index), track_edges=torch.tensor(edges, dtype=torch.long).T.reshape(2, -1),
-                track_particle_pt=torch.tensor(pt, dtype=torch.float32), track_particle_eta=torch.full((t,), 0.3),
-                num_nodes=len(r), event_id=f"{event_id:09d}", config=[{"stage": "data_reading"}])
+    return Data(
+        hit_x=f32(r * np.cos(phi)),
+        hit_y=f32(r * np.sin(phi)),
+        hit_z=f32(z),
+        hit_r=f32(r),
+        hit_phi=f32(phi),
+        hit_eta=f32(np.arcsinh(z / r)),
+        hit_volume_id=torch.full((len(r),), 8),
+        hit_layer_id=torch.tensor(layer),
+        hit_module_index=torch.tensor(index),
+        track_edges=torch.tensor(edges, dtype=torch.long).T.reshape(2, -1),
+        track_particle_pt=torch.tensor(pt, dtype=torch.float32),
+        track_particle_eta=torch.full((t,), 0.3),
+        num_nodes=len(r),
+        event_id=f"{event_id:09d}",
+        config=[{"stage": "data_reading"}],
+    )
 
 
 def straight(ring: int, p: int) -> list[tuple[int, int, int]]:
@@ -94,14 +121,23 @@ def store(tmp_path):
         save_event(track_event(tracks, i), folder / "trainset" / f"event{i:09d}.pyg")
     test = [straight(ring, p) for ring in (0, 1) for p in range(N_PHI)]
     save_event(track_event(test, 100), folder / "testset" / "event000000100.pyg")
-    save_module_table(folder / "module_table.npz", torch.from_numpy(table_vectors(detector)),
-                      np.ones(len(detector), dtype=bool), detector.geometry_hash())
+    save_module_table(
+        folder / "module_table.npz",
+        torch.from_numpy(table_vectors(detector)),
+        np.ones(len(detector), dtype=bool),
+        detector.geometry_hash(),
+    )
     return tmp_path
 
 
 def stage(root, name="out", **keys) -> ModuleMap:
-    values = {"stage": "graph_construction", "model": "ModuleMap", "input_dir": str(root / "store"),
-              "stage_dir": str(root / name), **keys}
+    values = {
+        "stage": "graph_construction",
+        "model": "ModuleMap",
+        "input_dir": str(root / "store"),
+        "stage_dir": str(root / name),
+        **keys,
+    }
     return ModuleMap(build(ModuleMapConfig, values, "module_map.yaml"))
 
 
@@ -120,12 +156,16 @@ def pair_set(arrays: dict) -> set[tuple[int, int]]:
 def test_candidates_on_a_hand_made_detector_are_the_expected_pairs():
     shapes = module_shapes(tiny_detector())
     layer_pairs = np.array([[8002, 8004], [8004, 8006], [8002, 8002]])
-    low = np.array([[-0.003, -3.0], [-0.003, -3.0], [-np.inf, -np.inf]])  # the last layer pair is unbounded: no candidates
+    low = np.array(
+        [[-0.003, -3.0], [-0.003, -3.0], [-np.inf, -np.inf]]
+    )  # the last layer pair is unbounded: no candidates
     high = np.array([[0.003, 3.0], [0.003, 3.0], [np.inf, np.inf]])
     pairs, window = candidate_pairs(shapes, layer_pairs, low, high)
     # same phi step and same z-ring only: across rings the centres give |z0| = 62.5 mm (layers 2 -> 4) or
     # 112.5 mm (4 -> 6), beyond the window widened by the modules' extent in z0 (about 51 and 91 mm)
-    expected = {(module(lay, ring, p), module(lay + 2, ring, p)) for lay in (2, 4) for ring in (0, 1) for p in range(N_PHI)}
+    expected = {
+        (module(lay, ring, p), module(lay + 2, ring, p)) for lay in (2, 4) for ring in (0, 1) for p in range(N_PHI)
+    }
     got = set(map(tuple, pairs.tolist()))
     assert got == expected and len(pairs) == len(expected)
     rows = {(module(2, 0, 0), module(4, 0, 0)): 0, (module(4, 1, 5), module(6, 1, 5)): 1}
@@ -195,11 +235,23 @@ def test_prior_null_gives_the_identical_map(store):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("scorer,head", [("geometry", "none"), ("tb", "none"), ("tb", "bilinear"), ("tb", "mlp"), ("geometry", "mlp")])
+@pytest.mark.parametrize(
+    "scorer,head", [("geometry", "none"), ("tb", "none"), ("tb", "bilinear"), ("tb", "mlp"), ("geometry", "mlp")]
+)
 def test_propose_gives_a_superset_with_the_layer_pairs_windows(store, scorer, head):
     plain = stage(store, "plain")
     plain.train()
-    mm = stage(store, prior={"scorer": scorer, "head": head, "propose": True, "propose_quantile": 0.0, "head_steps": 30, "head_batch": 64})
+    mm = stage(
+        store,
+        prior={
+            "scorer": scorer,
+            "head": head,
+            "propose": True,
+            "propose_quantile": 0.0,
+            "head_steps": 30,
+            "head_batch": 64,
+        },
+    )
     mm.train()
     base, prior = learned(plain), learned(mm)
     assert pair_set(base) <= pair_set(prior)
@@ -208,13 +260,19 @@ def test_propose_gives_a_superset_with_the_layer_pairs_windows(store, scorer, he
     assert pair_set(base) == set(map(tuple, prior["pairs"][~proposed].tolist()))
     assert np.array_equal(prior["low"], base["low"]) and np.array_equal(prior["layer_pairs"], base["layer_pairs"])
     # every proposed pair is a hole (same road, same ring, next layer) and carries its own layer pair's window
-    holes = {(module(lay, ring, p), module(lay + 2, ring, p)) for lay in (2, 4) for ring in (0, 1) for p in range(4, N_PHI)}
+    holes = {
+        (module(lay, ring, p), module(lay + 2, ring, p)) for lay in (2, 4) for ring in (0, 1) for p in range(4, N_PHI)
+    }
     assert set(map(tuple, prior["pairs"][proposed].tolist())) <= holes
     layer = lambda m: 8000 + 2 * (m // 16 + 1)  # noqa: E731
     for (a, b), row in zip(prior["pairs"][proposed].tolist(), prior["window"][proposed].tolist()):
         assert tuple(prior["layer_pairs"][row]) == (layer(a), layer(b))
     record = json.loads(str(prior["prior"]))
-    assert record["proposed"] == int(proposed.sum()) and record["scorer"] == scorer and record["candidates_unseen"] == len(holes)
+    assert (
+        record["proposed"] == int(proposed.sum())
+        and record["scorer"] == scorer
+        and record["candidates_unseen"] == len(holes)
+    )
     if head == "none":  # the holes score like the seen roads: the lowest seen score lets every one in
         assert pair_set(prior) == pair_set(base) | holes
     # inference keeps the proposed pairs (count 0) whatever min_count says
@@ -246,7 +304,9 @@ def test_propose_raises_efficiency_on_the_test_event(store):
 def test_prune_gives_a_subset_without_the_stray_pair(store, scorer):
     plain = stage(store, "plain")
     plain.train()
-    mm = stage(store, prior={"scorer": scorer, "propose": False, "prune": True, "prune_max_count": 1, "prune_quantile": 0.2})
+    mm = stage(
+        store, prior={"scorer": scorer, "propose": False, "prune": True, "prune_max_count": 1, "prune_quantile": 0.2}
+    )
     mm.train()
     base, prior = learned(plain), learned(mm)
     stray = (module(2, 0, 0), module(4, 0, 2))
@@ -259,7 +319,15 @@ def test_prune_gives_a_subset_without_the_stray_pair(store, scorer):
 
 
 def test_deterministic_given_the_seed(store):
-    keys = {"scorer": "tb", "head": "mlp", "propose": True, "prune": True, "propose_quantile": 0.3, "head_steps": 20, "head_batch": 64}
+    keys = {
+        "scorer": "tb",
+        "head": "mlp",
+        "propose": True,
+        "prune": True,
+        "propose_quantile": 0.3,
+        "head_steps": 20,
+        "head_batch": 64,
+    }
     runs = []
     for name in ("a", "b"):
         mm = stage(store, name, prior=keys, seed=3)
@@ -274,10 +342,17 @@ def test_tb_scorer_leaves_modules_outside_the_vocabulary_alone(store):
     in_vocab = np.ones(len(detector), dtype=bool)
     outside = [module(4, 1, 5), module(2, 0, 0)]  # a hole's module, and the stray pair's inner module
     in_vocab[outside] = False
-    save_module_table(store / "store" / "module_table.npz", torch.from_numpy(table_vectors(detector)), in_vocab, detector.geometry_hash())
+    save_module_table(
+        store / "store" / "module_table.npz",
+        torch.from_numpy(table_vectors(detector)),
+        in_vocab,
+        detector.geometry_hash(),
+    )
     plain = stage(store, "plain")
     plain.train()
-    mm = stage(store, prior={"scorer": "tb", "propose": True, "prune": True, "propose_quantile": 0.0, "prune_quantile": 1.0})
+    mm = stage(
+        store, prior={"scorer": "tb", "propose": True, "prune": True, "propose_quantile": 0.0, "prune_quantile": 1.0}
+    )
     mm.train()
     base, prior = learned(plain), learned(mm)
     added, removed = pair_set(prior) - pair_set(base), pair_set(base) - pair_set(prior)

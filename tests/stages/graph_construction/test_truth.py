@@ -10,10 +10,9 @@ R2Z2 = torch.tensor([1.0, 4.0, 9.0, 16.0, 25.0, 9.0], dtype=torch.float64)
 
 
 def test_orientation_duplicates_truth_and_missing_edges():
-    edges = torch.tensor([
-        [1, 0, 2, 3, 1, 4, 2, 5],
-        [0, 1, 1, 2, 1, 0, 3, 2],
-    ])  # (1,0) and (0,1) are one edge; (1,1) a self loop; (4,0) points inwards
+    edges = torch.tensor(
+        [[1, 0, 2, 3, 1, 4, 2, 5], [0, 1, 1, 2, 1, 0, 3, 2]]
+    )  # (1,0) and (0,1) are one edge; (1,1) a self loop; (4,0) points inwards
     truth = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])  # truth edge (3, 4) is not in the graph
     edge_index, edge_y, mapping = graph_truth(edges, truth, R2Z2)
 

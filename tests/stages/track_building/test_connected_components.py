@@ -23,8 +23,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def stage(input_dir, stage_dir, **overrides):
-    values = {"stage": "track_building", "model": "ConnectedComponents",
-              "input_dir": str(input_dir), "stage_dir": str(stage_dir), **overrides}
+    values = {
+        "stage": "track_building",
+        "model": "ConnectedComponents",
+        "input_dir": str(input_dir),
+        "stage_dir": str(stage_dir),
+        **overrides,
+    }
     return ConnectedComponents(build(ConnectedComponentsConfig, values, "cc.yaml"))
 
 
@@ -230,11 +235,14 @@ def test_empty_input_is_an_error(tmp_path):
         stage(tmp_path / "nothing", tmp_path / "tb").infer()
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("matching_fraction", 0.4, "matching_fraction"),
-    ("min_track_length", 1, "min_track_length"),
-    ("target_tracks", {"pt": ["above", 3]}, r"target_tracks.*pt.*above"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("matching_fraction", 0.4, "matching_fraction"),
+        ("min_track_length", 1, "min_track_length"),
+        ("target_tracks", {"pt": ["above", 3]}, r"target_tracks.*pt.*above"),
+    ],
+)
 def test_bad_config_names_the_key(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message):
         stage(tmp_path, tmp_path / "tb", **{key: value})

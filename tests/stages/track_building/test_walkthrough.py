@@ -32,8 +32,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def walk(edges, scores, n, min_len=3, cut=0.5, rank=None):
-    return walkthrough_labels(np.array(edges, dtype=np.int64).T.reshape(2, -1), np.array(scores, dtype=np.float32), n, cut, min_len,
-                              hit_rank=rank).tolist()
+    return walkthrough_labels(
+        np.array(edges, dtype=np.int64).T.reshape(2, -1),
+        np.array(scores, dtype=np.float32),
+        n,
+        cut,
+        min_len,
+        hit_rank=rank,
+    ).tolist()
 
 
 # ------------------------------------------------------------------------------------- the algorithm
@@ -134,11 +140,15 @@ def scored_event(event_id: int, wrong_score: float) -> Data:
     edge_pid = pid_t[truth[0]]
     weight = (pid_t != 0).float()
     data = Data(
-        hit_id=torch.arange(1, len(pid) + 1), hit_r=torch.tensor(r), hit_z=torch.zeros(len(pid)),
+        hit_id=torch.arange(1, len(pid) + 1),
+        hit_r=torch.tensor(r),
+        hit_z=torch.zeros(len(pid)),
         edge_index=torch.tensor(edges + [(1, 8)]).T.contiguous(),
         edge_scores=torch.tensor([0.9] * len(edges) + [wrong_score]),
-        hit_particle_id=pid_t, hit_weight=weight / weight.sum(),
-        track_edges=truth, track_particle_id=edge_pid,
+        hit_particle_id=pid_t,
+        hit_weight=weight / weight.sum(),
+        track_edges=truth,
+        track_particle_id=edge_pid,
         track_particle_pt=torch.tensor([by_id[int(p)][0] for p in edge_pid]),
         track_particle_eta=torch.tensor([by_id[int(p)][1] for p in edge_pid]),
         num_nodes=len(pid),
@@ -149,8 +159,13 @@ def scored_event(event_id: int, wrong_score: float) -> Data:
 
 
 def stage(cls, config_class, input_dir: Path, stage_dir: Path, model: str, **overrides):
-    values = {"stage": "track_building", "model": model, "input_dir": str(input_dir), "stage_dir": str(stage_dir),
-              **overrides}
+    values = {
+        "stage": "track_building",
+        "model": model,
+        "input_dir": str(input_dir),
+        "stage_dir": str(stage_dir),
+        **overrides,
+    }
     return cls(build(config_class, values, "tb.yaml"))
 
 
@@ -162,8 +177,10 @@ def built(tmp_path):
     save_event(scored_event(1, 0.3), event_file(folder, "testset", 1))
     save_event(scored_event(2, 0.7), event_file(folder, "testset", 2))
     runs = {}
-    for name, cls, config_class in (("cc", ConnectedComponents, ConnectedComponentsConfig),
-                                    ("walk", Walkthrough, WalkthroughConfig)):
+    for name, cls, config_class in (
+        ("cc", ConnectedComponents, ConnectedComponentsConfig),
+        ("walk", Walkthrough, WalkthroughConfig),
+    ):
         builder = stage(cls, config_class, folder, tmp_path / name, cls.__name__)
         builder.infer()
         runs[name] = (builder, builder.evaluate())
@@ -173,7 +190,9 @@ def built(tmp_path):
 def test_infer_writes_the_fields_and_submissions_of_connected_components(built):
     root, runs = built
     files = {name: list_event_files(root / name, "testset") for name in runs}
-    assert [f.name for f in files["walk"]] == [f.name for f in files["cc"]] == ["event000000001.pyg", "event000000002.pyg"]
+    assert (
+        [f.name for f in files["walk"]] == [f.name for f in files["cc"]] == ["event000000001.pyg", "event000000002.pyg"]
+    )
     for cc_file, walk_file in zip(files["cc"], files["walk"]):
         cc_data, walk_data = load_event(cc_file), load_event(walk_file)
         assert sorted(walk_data.keys()) == sorted(cc_data.keys())
@@ -217,13 +236,16 @@ def test_registry_and_shipped_config_resolve_walkthrough(tmp_path):
     assert str(builder.config.stage_dir) == "runs/demo/track_building_walkthrough"
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("matching_fraction", 0.4, r"'matching_fraction'.*\[0\.5, 1\]"),
-    ("min_track_length", 1, r"'min_track_length'.*at least 2"),
-    ("score_cut", math.nan, r"'score_cut'.*number"),
-    ("dataset", "test", r"'dataset'.*Allowed: 'trainset', 'valset', 'testset'"),
-    ("chains", True, r"unknown key 'chains'"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("matching_fraction", 0.4, r"'matching_fraction'.*\[0\.5, 1\]"),
+        ("min_track_length", 1, r"'min_track_length'.*at least 2"),
+        ("score_cut", math.nan, r"'score_cut'.*number"),
+        ("dataset", "test", r"'dataset'.*Allowed: 'trainset', 'valset', 'testset'"),
+        ("chains", True, r"unknown key 'chains'"),
+    ],
+)
 def test_bad_config_names_the_key(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message):
         stage(Walkthrough, WalkthroughConfig, tmp_path, tmp_path / "tb", "Walkthrough", **{key: value})

@@ -18,9 +18,14 @@ def event(distances: list[float], target_edges: int, missing_targets: int = 0) -
     n_edges = len(distances)
     n_truth = target_edges + missing_targets
     mapping = torch.tensor(list(range(target_edges)) + [-1] * missing_targets, dtype=torch.long)
-    return Data(edge_index=torch.zeros((2, n_edges), dtype=torch.long), edge_distance=torch.tensor(distances, dtype=torch.float64),
-                track_edges=torch.zeros((2, n_truth), dtype=torch.long), track_to_edge_map=mapping,
-                track_particle_pt=torch.full((n_truth,), 2000.0), num_nodes=2)
+    return Data(
+        edge_index=torch.zeros((2, n_edges), dtype=torch.long),
+        edge_distance=torch.tensor(distances, dtype=torch.float64),
+        track_edges=torch.zeros((2, n_truth), dtype=torch.long),
+        track_to_edge_map=mapping,
+        track_particle_pt=torch.full((n_truth,), 2000.0),
+        num_nodes=2,
+    )
 
 
 class CurveStage:
@@ -29,7 +34,9 @@ class CurveStage:
     def __init__(self, root: Path, events: dict[str, dict[str, Data]], r_infer: float) -> None:
         self.stage_dir = root / "out"
         self.events = events
-        self.config = SimpleNamespace(input_dir=root / "in", r_infer=r_infer, target_tracks={"track_particle_pt": [1000, float("inf")]})
+        self.config = SimpleNamespace(
+            input_dir=root / "in", r_infer=r_infer, target_tracks={"track_particle_pt": [1000, float("inf")]}
+        )
         for split, by_name in events.items():
             for name, data in by_name.items():
                 save_event(data, self.stage_dir / split / name)
@@ -47,7 +54,9 @@ def test_radii_chosen_on_the_valset_are_read_on_the_test_events(tmp_path, no_loa
     # valset: 20 target edges at distances 0.01..0.20, 20 fakes at 0.5; 95 % of 20 needs the 19 nearest
     val = event([0.01 * (i + 1) for i in range(20)] + [0.5] * 20, target_edges=20)
     test = event([0.05, 0.18, 0.195, 0.3, 0.6], target_edges=3, missing_targets=1)
-    stage = CurveStage(tmp_path, {"valset": {"event000000001.pyg": val}, "testset": {"event000000002.pyg": test}}, r_infer=0.155)
+    stage = CurveStage(
+        tmp_path, {"valset": {"event000000001.pyg": val}, "testset": {"event000000002.pyg": test}}, r_infer=0.155
+    )
     points: dict = {}
     curve = GraphCurve(stage, {}, points)
     assert 0.19 <= curve.radius["at95"] < 0.20  # keeps 0.01..0.19, not 0.20
@@ -55,7 +64,10 @@ def test_radii_chosen_on_the_valset_are_read_on_the_test_events(tmp_path, no_loa
     out = ArmEvents()
     curve.add(out, "testset", "event000000002.pyg")
     assert out.per_event["graph_construction.at95.edges_per_event"] == {"num": [2.0], "den": [1.0]}
-    assert out.per_event["graph_construction.at95.target_efficiency"] == {"num": [2.0], "den": [4.0]}  # the missing one counts
+    assert out.per_event["graph_construction.at95.target_efficiency"] == {
+        "num": [2.0],
+        "den": [4.0],
+    }  # the missing one counts
 
 
 def test_the_trackingbert_arm_is_read_at_the_baselines_graph_size(tmp_path, no_loading):

@@ -46,9 +46,13 @@ def test_pt_bins_match_the_stages():
 def test_roc(tmp_path):
     rng = np.random.default_rng(1)
     labels = rng.random(3000) < 0.2
-    arms = {"baseline": (labels + rng.normal(0, 0.6, 3000), labels),
-            "trackingbert": ([labels[:1000] + rng.normal(0, 0.4, 1000), labels[1000:] + rng.normal(0, 0.4, 2000)],
-                             [labels[:1000], labels[1000:]])}
+    arms = {
+        "baseline": (labels + rng.normal(0, 0.6, 3000), labels),
+        "trackingbert": (
+            [labels[:1000] + rng.normal(0, 0.4, 1000), labels[1000:] + rng.normal(0, 0.4, 2000)],
+            [labels[:1000], labels[1000:]],
+        ),
+    }
     assert _is_png(plot_roc(arms, tmp_path / "roc.png"))
     with pytest.raises(ValueError, match="both classes"):
         plot_roc({"baseline": (np.ones(5), np.ones(5, bool))}, tmp_path / "bad.png")
@@ -67,24 +71,39 @@ def test_thinning_keeps_the_ends_and_real_points():
 
 def test_metric_differences_forest(tmp_path):
     diffs = {
-        METRICS[0]["name"]: Difference(estimate=0.01, ci_low=0.004, ci_high=0.02, confidence=0.95, n_seeds=3,
-                                       n_events=50, significant=True),
-        METRICS[1]["name"]: Difference(estimate=0.002, ci_low=-0.01, ci_high=0.012, confidence=0.95, n_seeds=3,
-                                       n_events=50, significant=False).as_dict(),
-        METRICS[2]["name"]: Difference(estimate=float("nan"), ci_low=float("nan"), ci_high=float("nan"),
-                                       confidence=0.95, n_seeds=3, n_events=50, significant=False),
+        METRICS[0]["name"]: Difference(
+            estimate=0.01, ci_low=0.004, ci_high=0.02, confidence=0.95, n_seeds=3, n_events=50, significant=True
+        ),
+        METRICS[1]["name"]: Difference(
+            estimate=0.002, ci_low=-0.01, ci_high=0.012, confidence=0.95, n_seeds=3, n_events=50, significant=False
+        ).as_dict(),
+        METRICS[2]["name"]: Difference(
+            estimate=float("nan"),
+            ci_low=float("nan"),
+            ci_high=float("nan"),
+            confidence=0.95,
+            n_seeds=3,
+            n_events=50,
+            significant=False,
+        ),
     }
     assert _is_png(plot_metric_differences(diffs, METRICS, tmp_path / "differences.png"))
-    assert _is_png(plot_metric_differences({METRICS[0]["name"]: diffs[METRICS[0]["name"]]}, METRICS, tmp_path / "one.png"))
+    assert _is_png(
+        plot_metric_differences({METRICS[0]["name"]: diffs[METRICS[0]["name"]]}, METRICS, tmp_path / "one.png")
+    )
     with pytest.raises(ValueError, match="none of the metrics"):
         plot_metric_differences(diffs, ["other"], tmp_path / "none.png")
 
 
 def test_low_label_one_png_per_metric(tmp_path):
     name = METRICS[0]["name"]
-    low = {"n_labelled": [1, 2, 4, 8, 64],
-           "arms": {"baseline": {name: {"mean": [0.4, 0.5, 0.6, 0.7, 0.9], "std": [0.1, 0.05, 0.04, 0.02, 0.01]}},
-                    "trackingbert": {name: {"mean": [0.5, 0.6, 0.65, 0.72, 0.9], "std": [0.05, 0.04, None, 0.02, 0.01]}}}}
+    low = {
+        "n_labelled": [1, 2, 4, 8, 64],
+        "arms": {
+            "baseline": {name: {"mean": [0.4, 0.5, 0.6, 0.7, 0.9], "std": [0.1, 0.05, 0.04, 0.02, 0.01]}},
+            "trackingbert": {name: {"mean": [0.5, 0.6, 0.65, 0.72, 0.9], "std": [0.05, 0.04, None, 0.02, 0.01]}},
+        },
+    }
     low["arms"]["baseline"][METRICS[1]["name"]] = {"mean": [None] * 5, "std": [None] * 5}  # no such stage
     low["arms"]["trackingbert"][METRICS[1]["name"]] = {"mean": [None] * 5, "std": [None] * 5}
     written = plot_low_label(low, METRICS, tmp_path / "low")
@@ -97,5 +116,7 @@ def test_low_label_one_png_per_metric(tmp_path):
 
 def test_embedding_pca_is_re_exported(tmp_path):
     rng = np.random.default_rng(2)
-    out = plot_embedding_pca(rng.normal(size=(40, 8)), np.repeat([7, 8], 20), np.tile([2, 4, 6, 8], 10), tmp_path / "pca.png")
+    out = plot_embedding_pca(
+        rng.normal(size=(40, 8)), np.repeat([7, 8], 20), np.tile([2, 4, 6, 8], 10), tmp_path / "pca.png"
+    )
     assert _is_png(out)

@@ -27,17 +27,27 @@ def _seed(seed: int, eff: float, fake: float, edges: float, auc: float, gnn_s: f
     return {
         "seed": seed,
         "event_ids": ["000001000", "000001001"],
-        "metrics": {METRICS[0]["name"]: eff, METRICS[1]["name"]: fake, METRICS[2]["name"]: edges, METRICS[3]["name"]: auc},
+        "metrics": {
+            METRICS[0]["name"]: eff,
+            METRICS[1]["name"]: fake,
+            METRICS[2]["name"]: edges,
+            METRICS[3]["name"]: auc,
+        },
         "per_event": {},
         "trainable_parameters": {"edge_classifier": params, "total": params},
-        "train_time_s": {"tracking_bert": 0.0 if params < 2000 else 30.0, "edge_classifier": 80.0 + seed, "total": 80.0 + seed},
+        "train_time_s": {
+            "tracking_bert": 0.0 if params < 2000 else 30.0,
+            "edge_classifier": 80.0 + seed,
+            "total": 80.0 + seed,
+        },
         "inference_s_per_event": {"graph_construction": 0.1, "edge_classifier": gnn_s, "total": 0.1 + gnn_s},
     }
 
 
 def _d(estimate, low, high, significant):
-    return Difference(estimate=estimate, ci_low=low, ci_high=high, confidence=0.95, n_seeds=2, n_events=2,
-                      significant=significant)
+    return Difference(
+        estimate=estimate, ci_low=low, ci_high=high, confidence=0.95, n_seeds=2, n_events=2, significant=significant
+    )
 
 
 @pytest.fixture
@@ -46,18 +56,41 @@ def results() -> dict:
         "metrics": METRICS,
         "config": {"pipeline": "configs/pipelines/demo_baseline.yaml", "bootstrap": {"samples": 2000}},
         "arms": {
-            "baseline": {"seeds": [_seed(0, 0.90, 0.10, 12345.0, 0.97, 0.40, 1500), _seed(1, 0.92, 0.11, 12345.0, 0.98, 0.40, 1500)]},
-            "trackingbert": {"seeds": [_seed(0, 0.88, 0.14, 12345.0, 0.99, 0.45, 2500), _seed(1, 0.87, 0.15, 12345.0, 0.99, 0.47, 2500)]},
+            "baseline": {
+                "seeds": [
+                    _seed(0, 0.90, 0.10, 12345.0, 0.97, 0.40, 1500),
+                    _seed(1, 0.92, 0.11, 12345.0, 0.98, 0.40, 1500),
+                ]
+            },
+            "trackingbert": {
+                "seeds": [
+                    _seed(0, 0.88, 0.14, 12345.0, 0.99, 0.45, 2500),
+                    _seed(1, 0.87, 0.15, 12345.0, 0.99, 0.47, 2500),
+                ]
+            },
         },
-        "overhead": {"inference_ratio": 1.08, "baseline_s_per_event": 0.5, "trackingbert_s_per_event": 0.54, "target": 1.05},
+        "overhead": {
+            "inference_ratio": 1.08,
+            "baseline_s_per_event": 0.5,
+            "trackingbert_s_per_event": 0.54,
+            "target": 1.05,
+        },
         "low_label": {
             "n_labelled": [1, 2, 4],
-            "arms": {"baseline": {METRICS[0]["name"]: {"mean": [0.5, 0.6, 0.7], "std": [0.05, 0.04, 0.03]},
-                                  METRICS[1]["name"]: {"mean": [None] * 3, "std": [None] * 3}},
-                     "trackingbert": {METRICS[0]["name"]: {"mean": [0.55, 0.65, 0.72], "std": [0.02, 0.02, None]},
-                                      METRICS[1]["name"]: {"mean": [None] * 3, "std": [None] * 3}}},
-            "differences": {"1": {METRICS[0]["name"]: _d(0.05, 0.01, 0.09, True).as_dict()},
-                            "2": {METRICS[0]["name"]: _d(0.05, -0.01, 0.09, False).as_dict()}},
+            "arms": {
+                "baseline": {
+                    METRICS[0]["name"]: {"mean": [0.5, 0.6, 0.7], "std": [0.05, 0.04, 0.03]},
+                    METRICS[1]["name"]: {"mean": [None] * 3, "std": [None] * 3},
+                },
+                "trackingbert": {
+                    METRICS[0]["name"]: {"mean": [0.55, 0.65, 0.72], "std": [0.02, 0.02, None]},
+                    METRICS[1]["name"]: {"mean": [None] * 3, "std": [None] * 3},
+                },
+            },
+            "differences": {
+                "1": {METRICS[0]["name"]: _d(0.05, 0.01, 0.09, True).as_dict()},
+                "2": {METRICS[0]["name"]: _d(0.05, -0.01, 0.09, False).as_dict()},
+            },
         },
         "plots": ["plots/efficiency_vs_pt.png", "plots/roc.png"],
     }
@@ -95,7 +128,9 @@ def test_summary_table_rows(results, differences):
     lines = table.strip().splitlines()
     assert len(lines) == 2 + len(METRICS)
     eff_row, fake_row, edges_row, auc_row = lines[2:]
-    assert eff_row.startswith("| track efficiency (two_way) | 0.91 ± 0.014 | 0.875 ± 0.0071 | -0.035 [-0.05, -0.02] | worse |")
+    assert eff_row.startswith(
+        "| track efficiency (two_way) | 0.91 ± 0.014 | 0.875 ± 0.0071 | -0.035 [-0.05, -0.02] | worse |"
+    )
     assert fake_row.endswith("| +0.04 [+0.03, +0.05] | worse |")
     assert edges_row.startswith("| graph edges per event | 12,345 | 12,345 |")  # identical seeds: no ± 0
     assert edges_row.endswith("| no significant difference |")
@@ -120,9 +155,14 @@ def test_report_content(results, differences):
     assert text.index("training time [s]: edge_classifier") < text.index("training time [s]: total")
     assert "ratio 1.080 (+8.0%), which **does not meet** the target of at most 1.050." in text
     assert "trackingbert takes 0.540 s per event, baseline 0.500 s" in text
-    assert "| track efficiency (two_way) | 4 | 0.7 ± 0.030 | 0.72 | n/a | not compared |" in text  # None std: the mean alone
+    assert (
+        "| track efficiency (two_way) | 4 | 0.7 ± 0.030 | 0.72 | n/a | not compared |" in text
+    )  # None std: the mean alone
     assert "| track efficiency (two_way) | 1 | 0.5 ± 0.050 | 0.55 ± 0.020 | +0.05 [+0.01, +0.09] | better |" in text
-    assert "| track efficiency (two_way) | 2 | 0.6 ± 0.040 | 0.65 ± 0.020 | +0.05 [-0.01, +0.09] | no significant difference |" in text
+    assert (
+        "| track efficiency (two_way) | 2 | 0.6 ± 0.040 | 0.65 ± 0.020 | +0.05 [-0.01, +0.09] | no significant difference |"
+        in text
+    )
     assert "| fake rate (two_way) | 1 |" not in text  # a metric without values gets no low-label rows
     assert "- [roc.png](plots/roc.png)" in text
 

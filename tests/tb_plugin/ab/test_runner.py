@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -14,9 +13,23 @@ from tb_plugin.config import ConfigError
 from tb_plugin.geometry import Detector
 from tb_plugin.simulation import SimulationConfig, simulate_dataset
 
-TB_TINY = {"stage": "tracking_bert", "model": "TrackingBERT", "input_dir": "unused", "stage_dir": "unused",
-           "volumes": [7, 8, 9], "n_layer": 1, "n_embd": 8, "n_head": 2, "d_ff": 16, "lr": 3e-3, "warmup_steps": 2,
-           "batch_size": 256, "max_epochs": 1, "accelerator": "cpu", "flat_columns": False}
+TB_TINY = {
+    "stage": "tracking_bert",
+    "model": "TrackingBERT",
+    "input_dir": "unused",
+    "stage_dir": "unused",
+    "volumes": [7, 8, 9],
+    "n_layer": 1,
+    "n_embd": 8,
+    "n_head": 2,
+    "d_ff": 16,
+    "lr": 3e-3,
+    "warmup_steps": 2,
+    "batch_size": 256,
+    "max_epochs": 1,
+    "accelerator": "cpu",
+    "flat_columns": False,
+}
 
 
 def write_yaml(path: Path, values: dict) -> Path:
@@ -34,42 +47,90 @@ def ab_setup(tmp_path_factory) -> Path:
     configs = root / "configs"
     configs.mkdir()
     stages = [
-        {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(root / "events"),
-         "stage_dir": str(root / "feature_store"), "data_split": [4, 1, 2]},
+        {
+            "stage": "data_reading",
+            "model": "TrackMLReader",
+            "input_dir": str(root / "events"),
+            "stage_dir": str(root / "feature_store"),
+            "data_split": [4, 1, 2],
+        },
         {"stage": "graph_construction", "model": "ModuleMap", "input_dir": "x", "stage_dir": "x"},
-        {"stage": "edge_classifier", "model": "Filter", "input_dir": "x", "stage_dir": "x",
-         "node_features": ["hit_r", "hit_phi", "hit_z"], "node_scales": [1000, 3.14159, 1000], "edge_features": ["dr", "dz"],
-         "edge_scales": [100, 100], "hidden": 8, "nb_layer": 2, "max_epochs": 1, "edge_cut": {"target_efficiency": 0.99}},
-        {"stage": "edge_classifier", "model": "InteractionGNN", "input_dir": "x", "stage_dir": "x",
-         "node_features": ["hit_r", "hit_phi", "hit_z"], "node_scales": [1000, 3.14159, 1000],
-         "edge_features": ["dr", "dphi"], "edge_scales": [100, 0.1], "hidden": 8, "n_graph_iters": 1,
-         "max_epochs": 2, "lr": 3e-3},
+        {
+            "stage": "edge_classifier",
+            "model": "Filter",
+            "input_dir": "x",
+            "stage_dir": "x",
+            "node_features": ["hit_r", "hit_phi", "hit_z"],
+            "node_scales": [1000, 3.14159, 1000],
+            "edge_features": ["dr", "dz"],
+            "edge_scales": [100, 100],
+            "hidden": 8,
+            "nb_layer": 2,
+            "max_epochs": 1,
+            "edge_cut": {"target_efficiency": 0.99},
+        },
+        {
+            "stage": "edge_classifier",
+            "model": "InteractionGNN",
+            "input_dir": "x",
+            "stage_dir": "x",
+            "node_features": ["hit_r", "hit_phi", "hit_z"],
+            "node_scales": [1000, 3.14159, 1000],
+            "edge_features": ["dr", "dphi"],
+            "edge_scales": [100, 0.1],
+            "hidden": 8,
+            "n_graph_iters": 1,
+            "max_epochs": 2,
+            "lr": 3e-3,
+        },
         {"stage": "track_building", "model": "ConnectedComponents", "input_dir": "x", "stage_dir": "x"},
     ]
     write_yaml(configs / "pipeline.yaml", {"stages": stages})
     write_yaml(configs / "tb.yaml", TB_TINY)
-    write_yaml(configs / "ab.yaml", {
-        "ab_dir": str(root / "ab"), "pipeline": "pipeline.yaml", "tracking_bert": "tb.yaml", "seeds": [0, 1],
-        "bootstrap": {"samples": 200}, "timing_events": 1, "timing_repeats": 1,
-        "low_label": {"n_labelled": [1, 2], "seeds": [0]},
-        "trackingbert_keys": {"ConnectedComponents": {"min_track_length": 4}},
-    })
+    write_yaml(
+        configs / "ab.yaml",
+        {
+            "ab_dir": str(root / "ab"),
+            "pipeline": "pipeline.yaml",
+            "tracking_bert": "tb.yaml",
+            "seeds": [0, 1],
+            "bootstrap": {"samples": 200},
+            "timing_events": 1,
+            "timing_repeats": 1,
+            "low_label": {"n_labelled": [1, 2], "seeds": [0]},
+            "trackingbert_keys": {"ConnectedComponents": {"min_track_length": 4}},
+        },
+    )
     return configs / "ab.yaml"
 
 
 def test_the_arms_differ_only_in_the_features(ab_setup):
     runner = load_runner(ab_setup)
     base, tb = runner.arm_values("baseline", 0), runner.arm_values("trackingbert", 0)
-    assert [v["stage"] for v in base] == [v["stage"] for v in tb] == ["graph_construction", "edge_classifier", "edge_classifier",
-                                                                      "track_building"]
+    assert (
+        [v["stage"] for v in base]
+        == [v["stage"] for v in tb]
+        == ["graph_construction", "edge_classifier", "edge_classifier", "track_building"]
+    )
     # two stages of one kind get folders named by their models; the filter feeds the GNN
-    assert [Path(v["stage_dir"]).name for v in base] == ["graph_construction", "edge_classifier_filter",
-                                                         "edge_classifier_interactiongnn", "track_building"]
+    assert [Path(v["stage_dir"]).name for v in base] == [
+        "graph_construction",
+        "edge_classifier_filter",
+        "edge_classifier_interactiongnn",
+        "track_building",
+    ]
     assert base[2]["input_dir"] == base[1]["stage_dir"]
     for b, t in zip(base, tb):
         differing = {k for k in set(b) | set(t) if b.get(k) != t.get(k)}
-        assert differing <= {"input_dir", "stage_dir", "node_features", "node_scales", "edge_features", "edge_scales",
-                             "min_track_length"}
+        assert differing <= {
+            "input_dir",
+            "stage_dir",
+            "node_features",
+            "node_scales",
+            "edge_features",
+            "edge_scales",
+            "min_track_length",
+        }
     assert tb[1]["node_features"] == base[1]["node_features"] + ["hit_tb_emb"]  # the filter gets the features too
     # trackingbert_keys set the named model's keys in that arm only
     assert tb[3]["min_track_length"] == 4 and "min_track_length" not in base[3]
@@ -89,8 +150,11 @@ def test_the_arms_differ_only_in_the_features(ab_setup):
 
 def test_keys_for_a_model_the_pipeline_lacks_are_refused(ab_setup, tmp_path):
     values = yaml.safe_load(ab_setup.read_text())
-    values.update(pipeline=str(ab_setup.parent / "pipeline.yaml"), tracking_bert=str(ab_setup.parent / "tb.yaml"),
-                  trackingbert_keys={"MetricLearning": {"r_infer": 0.2}})
+    values.update(
+        pipeline=str(ab_setup.parent / "pipeline.yaml"),
+        tracking_bert=str(ab_setup.parent / "tb.yaml"),
+        trackingbert_keys={"MetricLearning": {"r_infer": 0.2}},
+    )
     with pytest.raises(ConfigError, match="trackingbert_keys.MetricLearning.*ModuleMap"):
         ABRunner(load_ab_config(write_yaml(tmp_path / "ab.yaml", values)))
 
@@ -132,12 +196,22 @@ def test_ab_runs_resumes_and_reports(ab_setup, capsys):
     assert "tracking_bert" not in results["arms"]["baseline"]["seeds"][0]["inference_s_per_event"]
     # the TrackingBERT arm's GNN has more inputs, so more parameters in its first layers
     base_seed = results["arms"]["baseline"]["seeds"][0]
-    assert tb_seed["trainable_parameters"]["edge_classifier_interactiongnn"] > base_seed["trainable_parameters"]["edge_classifier_interactiongnn"]
+    assert (
+        tb_seed["trainable_parameters"]["edge_classifier_interactiongnn"]
+        > base_seed["trainable_parameters"]["edge_classifier_interactiongnn"]
+    )
     # the matched track rows: each arm at the baseline's valset GNN efficiency of the same seed
-    assert tb_seed["operating_points"]["matched.reference_efficiency"] == base_seed["operating_points"]["matched.reference_efficiency"]
+    assert (
+        tb_seed["operating_points"]["matched.reference_efficiency"]
+        == base_seed["operating_points"]["matched.reference_efficiency"]
+    )
     names = [m["name"] for m in results["metrics"]]
-    for name in ("edge_filter.edges_per_event", "edge_filter.at99.target_purity", "edge_classifier.at95.target_purity",
-                 "track_building.matched.two_way.fake_rate"):
+    for name in (
+        "edge_filter.edges_per_event",
+        "edge_filter.at99.target_purity",
+        "edge_classifier.at95.target_purity",
+        "track_building.matched.two_way.fake_rate",
+    ):
         assert name in names and name in results["differences"]
     assert results["overhead"]["inference_ratio"] > 0
     diff = results["differences"]["graph_construction.edges_per_event"]
@@ -177,16 +251,29 @@ def test_ab_runs_resumes_and_reports(ab_setup, capsys):
 
 
 def test_config_errors_name_the_key(tmp_path, ab_setup):
-    bad = write_yaml(tmp_path / "ab.yaml", {"ab_dir": "x", "pipeline": str(ab_setup.parent / "pipeline.yaml"),
-                                            "tracking_bert": str(ab_setup.parent / "tb.yaml"), "seedz": [0]})
+    bad = write_yaml(
+        tmp_path / "ab.yaml",
+        {
+            "ab_dir": "x",
+            "pipeline": str(ab_setup.parent / "pipeline.yaml"),
+            "tracking_bert": str(ab_setup.parent / "tb.yaml"),
+            "seedz": [0],
+        },
+    )
     with pytest.raises(ConfigError, match="seedz.*did you mean 'seeds'"):
         load_ab_config(bad)
     missing = write_yaml(tmp_path / "ab2.yaml", {"ab_dir": "x", "pipeline": "nope.yaml", "tracking_bert": "tb.yaml"})
     with pytest.raises(ConfigError, match="pipeline"):
         load_ab_config(missing)
-    no_reading = write_yaml(tmp_path / "p.yaml", {"stages": [{"stage": "track_building", "model": "ConnectedComponents",
-                                                              "input_dir": "x", "stage_dir": "y"}]})
-    cfg = load_ab_config(write_yaml(tmp_path / "ab3.yaml", {"ab_dir": "x", "pipeline": str(no_reading),
-                                                            "tracking_bert": str(ab_setup.parent / "tb.yaml")}))
+    no_reading = write_yaml(
+        tmp_path / "p.yaml",
+        {"stages": [{"stage": "track_building", "model": "ConnectedComponents", "input_dir": "x", "stage_dir": "y"}]},
+    )
+    cfg = load_ab_config(
+        write_yaml(
+            tmp_path / "ab3.yaml",
+            {"ab_dir": "x", "pipeline": str(no_reading), "tracking_bert": str(ab_setup.parent / "tb.yaml")},
+        )
+    )
     with pytest.raises(ConfigError, match="data reading"):
         ABRunner(cfg)

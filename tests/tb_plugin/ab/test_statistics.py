@@ -6,8 +6,8 @@ import pytest
 
 from tb_plugin.ab.statistics import (
     Difference,
-    compare_arms,
     comparable_metrics,
+    compare_arms,
     paired_bootstrap,
     per_event_matrix,
     pooled,
@@ -149,8 +149,17 @@ def test_fast_enough():
 
 
 def test_difference_round_trips_through_a_dict():
-    d = Difference(estimate=0.1, ci_low=0.05, ci_high=0.15, confidence=0.9, n_seeds=3, n_events=7,
-                   significant=True, baseline=0.5, trackingbert=0.6)
+    d = Difference(
+        estimate=0.1,
+        ci_low=0.05,
+        ci_high=0.15,
+        confidence=0.9,
+        n_seeds=3,
+        n_events=7,
+        significant=True,
+        baseline=0.5,
+        trackingbert=0.6,
+    )
     assert Difference.from_dict(d.as_dict()) == d
     assert d.as_dict()["n_seeds"] == 3 and d.as_dict()["significant"] is True
 
@@ -164,16 +173,20 @@ def _seed(seed: int, rate: float, ids=("000000001", "000000002", "000000003"), e
     per_event = {"eff": {"num": num, "den": den}, "edges": {"num": [100.0, 200.0, 300.0], "den": [1.0, 1.0, 1.0]}}
     per_event.update(extra or {})
     return {
-        "seed": seed, "event_ids": list(ids), "metrics": {"eff": sum(num) / sum(den), "edges": 200.0},
+        "seed": seed,
+        "event_ids": list(ids),
+        "metrics": {"eff": sum(num) / sum(den), "edges": 200.0},
         "per_event": per_event,
     }
 
 
 def _results(base_rates=(0.8, 0.9), tb_rates=(0.85, 0.95), **kwargs) -> dict:
     return {
-        "metrics": [{"name": "eff", "label": "efficiency", "higher_is_better": True},
-                    {"name": "edges", "label": "edges per event", "higher_is_better": False},
-                    {"name": "absent", "label": "not measured", "higher_is_better": True}],
+        "metrics": [
+            {"name": "eff", "label": "efficiency", "higher_is_better": True},
+            {"name": "edges", "label": "edges per event", "higher_is_better": False},
+            {"name": "absent", "label": "not measured", "higher_is_better": True},
+        ],
         "arms": {
             "baseline": {"seeds": [_seed(i, r, **kwargs) for i, r in enumerate(base_rates)]},
             "trackingbert": {"seeds": [_seed(i, r, **kwargs) for i, r in enumerate(tb_rates)]},

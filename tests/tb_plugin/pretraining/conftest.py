@@ -15,7 +15,12 @@ def simulated_store(tmp_path_factory) -> Path:
     detector = Detector.builtin()
     simulate_dataset(SimulationConfig(n_events=6, pileup=5, seed=11), detector, root / "events", progress=False)
     detector.to_csv(root / "events" / "detectors.csv")
-    reading = {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(root / "events"),
-               "stage_dir": str(root / "store"), "data_split": [4, 1, 1]}
+    reading = {
+        "stage": "data_reading",
+        "model": "TrackMLReader",
+        "input_dir": str(root / "events"),
+        "stage_dir": str(root / "store"),
+        "data_split": [4, 1, 1],
+    }
     stage_from_mapping(reading, "reading.yaml").infer()
     return root / "store"

@@ -25,8 +25,28 @@ from tb_plugin.pipeline import stage_from_mapping
 SPLITS = {"trainset": [1000, 1001, 1002], "valset": [1003], "testset": [1004]}
 TRACKS_PER_EVENT = 40
 NOISE_PER_EVENT = 25
-BARREL = [(8, 2), (8, 4), (8, 6), (8, 8), (13, 2), (13, 4), (13, 6), (13, 8), (17, 2), (17, 4)]  # (volume, layer), inside out
-TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "d_ff": 32, "lr": 3e-3, "warmup_steps": 5, "batch_size": 256, "max_epochs": 1}
+BARREL = [
+    (8, 2),
+    (8, 4),
+    (8, 6),
+    (8, 8),
+    (13, 2),
+    (13, 4),
+    (13, 6),
+    (13, 8),
+    (17, 2),
+    (17, 4),
+]  # (volume, layer), inside out
+TINY = {
+    "n_layer": 1,
+    "n_embd": 16,
+    "n_head": 2,
+    "d_ff": 32,
+    "lr": 3e-3,
+    "warmup_steps": 5,
+    "batch_size": 256,
+    "max_epochs": 1,
+}
 D = TINY["n_embd"]
 
 # What ACORN's TrackMLReader records in `config` (its own YAML, prefixed feature names).
@@ -41,10 +61,29 @@ ACORN_READER_CONFIG = {
     "data_split": [3, 1, 1],
     "max_workers": 1,
     "feature_sets": {
-        "hit_features": ["hit_id", "hit_x", "hit_y", "hit_z", "hit_r", "hit_phi", "hit_eta", "hit_region",
-                         "hit_volume_id", "hit_layer_id", "hit_module_id", "hit_particle_id"],
-        "track_features": ["track_particle_id", "track_particle_pt", "track_particle_eta", "track_particle_nhits",
-                           "track_particle_primary", "track_particle_pdgId", "track_particle_radius"],
+        "hit_features": [
+            "hit_id",
+            "hit_x",
+            "hit_y",
+            "hit_z",
+            "hit_r",
+            "hit_phi",
+            "hit_eta",
+            "hit_region",
+            "hit_volume_id",
+            "hit_layer_id",
+            "hit_module_id",
+            "hit_particle_id",
+        ],
+        "track_features": [
+            "track_particle_id",
+            "track_particle_pt",
+            "track_particle_eta",
+            "track_particle_nhits",
+            "track_particle_primary",
+            "track_particle_pdgId",
+            "track_particle_radius",
+        ],
     },
     "region_labels": {1: {"volume_id": [7, 12, 16]}, 2: {"volume_id": [8, 13, 17]}, 3: {"volume_id": [9, 14, 18]}},
 }
@@ -87,7 +126,9 @@ def acorn_event(event_id: int, detector_layers, rng: np.random.Generator) -> Dat
         rows.append((*(centres[m] + rng.normal(0.0, 2.0, 3)), volume, layer, int(ids[m]), 0))
 
     hits = pd.DataFrame(rows, columns=["x", "y", "z", "volume_id", "layer_id", "module_id", "particle_id"])
-    hits = hits.sample(frac=1.0, random_state=int(rng.integers(1 << 31))).reset_index(drop=True)  # file order is not track order
+    hits = hits.sample(frac=1.0, random_state=int(rng.integers(1 << 31))).reset_index(
+        drop=True
+    )  # file order is not track order
     n = len(hits)
     x, y, z = (np.array(hits[c], dtype=np.float64) for c in "xyz")
     r = np.hypot(x, y)
@@ -98,14 +139,18 @@ def acorn_event(event_id: int, detector_layers, rng: np.random.Generator) -> Dat
     graph.hit_phi = torch.tensor(np.arctan2(y, x))
     graph.hit_eta = torch.tensor(-np.log(np.tan(np.arctan2(r, z) / 2.0)))
     volume = hits.volume_id.to_numpy(np.int64)
-    graph.hit_region = torch.tensor(np.select([np.isin(volume, [7, 12, 16]), np.isin(volume, [8, 13, 17])], [1, 2], 3).astype(np.int64))
+    graph.hit_region = torch.tensor(
+        np.select([np.isin(volume, [7, 12, 16]), np.isin(volume, [8, 13, 17])], [1, 2], 3).astype(np.int64)
+    )
     graph.hit_volume_id = torch.tensor(volume)
     graph.hit_layer_id = torch.tensor(hits.layer_id.to_numpy(np.int64))
     graph.hit_module_id = torch.tensor(hits.module_id.to_numpy(np.int64))
     graph.hit_particle_id = torch.tensor(hits.particle_id.to_numpy(np.int64))
 
     # truth edges: consecutive hits of each particle ordered by distance from its vertex, inner -> outer
-    table = pd.DataFrame(particles, columns=["particle_id", "pt", "eta", "nhits", "primary", "pdgId", "radius"]).set_index("particle_id")
+    table = pd.DataFrame(
+        particles, columns=["particle_id", "pt", "eta", "nhits", "primary", "pdgId", "radius"]
+    ).set_index("particle_id")
     signal = hits[hits.particle_id != 0].assign(R=np.sqrt(r**2 + z**2)[hits.particle_id.to_numpy() != 0])
     signal = signal.sort_values(["particle_id", "R"])
     edges, owners = [], []
@@ -150,8 +195,17 @@ def acorn_store(tmp_path_factory):
 def tb_output(acorn_store, tmp_path_factory):
     root, _ = acorn_store
     stage_dir = tmp_path_factory.mktemp("tracking_bert")
-    stage = stage_from_mapping({"stage": "tracking_bert", "model": "TrackingBERT", "input_dir": str(root),
-                                "stage_dir": str(stage_dir), "flat_columns": True, **TINY}, "tracking_bert.yaml")
+    stage = stage_from_mapping(
+        {
+            "stage": "tracking_bert",
+            "model": "TrackingBERT",
+            "input_dir": str(root),
+            "stage_dir": str(stage_dir),
+            "flat_columns": True,
+            **TINY,
+        },
+        "tracking_bert.yaml",
+    )
     stage.train()
     stage.infer()
     return stage
@@ -192,17 +246,27 @@ def test_stage_output_keeps_every_acorn_field_and_adds_the_embedding(acorn_store
                 assert torch.equal(after[key], before[key]), (name, key)
             else:
                 assert type(after[key]) is type(before[key]) and after[key] == before[key], (name, key)
-        assert after.event_id == before.event_id == name[len("event"):-len(".pyg")]
+        assert after.event_id == before.event_id == name[len("event") : -len(".pyg")]
         assert after.config[:-1] == before.config == [ACORN_READER_CONFIG]
         assert after.config[-1]["stage"] == "tracking_bert" and after.config[-1]["flat_columns"] is True
 
         n = before.hit_id.shape[0]
         # new: the embedding, its flat columns, and the dense module index it was looked up by (ACORN's
         # name `hit_module_index`; the input had only the TrackML ids, our module map needs the index)
-        assert set(after.keys()) - set(before.keys()) == {"hit_tb_emb", "hit_module_index", *(f"hit_tb_emb_{i}" for i in range(D))}
+        assert set(after.keys()) - set(before.keys()) == {
+            "hit_tb_emb",
+            "hit_module_index",
+            *(f"hit_tb_emb_{i}" for i in range(D)),
+        }
         assert after.hit_module_index.dtype == torch.int64
-        assert torch.equal(after.hit_module_index, torch.tensor(
-            detector.index_strict(before.hit_volume_id.numpy(), before.hit_layer_id.numpy(), before.hit_module_id.numpy())))
+        assert torch.equal(
+            after.hit_module_index,
+            torch.tensor(
+                detector.index_strict(
+                    before.hit_volume_id.numpy(), before.hit_layer_id.numpy(), before.hit_module_id.numpy()
+                )
+            ),
+        )
         assert after.hit_tb_emb.dtype == torch.float32 and after.hit_tb_emb.shape == (n, D)
         assert bool(torch.isfinite(after.hit_tb_emb).all())
         for i in range(D):
@@ -210,8 +274,11 @@ def test_stage_output_keeps_every_acorn_field_and_adds_the_embedding(acorn_store
             assert column.dtype == torch.float32 and column.shape == (n,)
             assert torch.equal(column, after.hit_tb_emb[:, i])
         # hits on the same module share one vector; different modules get different ones
-        same = (after.hit_volume_id[:, None] == after.hit_volume_id) & (after.hit_layer_id[:, None] == after.hit_layer_id) \
-            & (after.hit_module_id[:, None] == after.hit_module_id)  # [N, N]
+        same = (
+            (after.hit_volume_id[:, None] == after.hit_volume_id)
+            & (after.hit_layer_id[:, None] == after.hit_layer_id)
+            & (after.hit_module_id[:, None] == after.hit_module_id)
+        )  # [N, N]
         equal = (after.hit_tb_emb[:, None, :] == after.hit_tb_emb[None, :, :]).all(-1)  # [N, N]
         assert torch.equal(same, equal)
 
@@ -239,7 +306,7 @@ def test_finds_events_named_as_acorn_data_reading_names_them(acorn_store, tmp_pa
     (split, name), graph = next(iter(events.items()))
     folder = tmp_path / split
     folder.mkdir()
-    event_id = name[len("event"):-len(".pyg")]
+    event_id = name[len("event") : -len(".pyg")]
     torch.save(graph, folder / f"event{event_id}-graph.pyg")
     for part in ("truth", "particles"):  # the CSV files ACORN's reader leaves beside each graph
         (folder / f"event{event_id}-{part}.csv").write_text("hit_id\n0\n")

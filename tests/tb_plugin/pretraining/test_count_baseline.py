@@ -23,7 +23,7 @@ def test_fit_padded_equals_fit_on_ragged_tracks():
     tracks = [np.array([10, 11, 12, 13]), np.array([20, 21, 22, 23, 24, 25]), np.array([10, 11, 30, 31])]
     padded = np.full((3, 8), PAD)
     for i, t in enumerate(tracks):
-        padded[i, :len(t)] = t
+        padded[i, : len(t)] = t
     ragged = CountBaseline().fit(tracks)
     dense = CountBaseline().fit_padded(padded, np.array([4, 6, 4]))
     rng = np.random.default_rng(0)
@@ -34,7 +34,9 @@ def test_fit_padded_equals_fit_on_ragged_tracks():
 
 
 def test_backoff_order_trigram_then_left_then_right_then_unigram():
-    tracks = [np.array([1, 2, 3])] * 3 + [np.array([1, 5, 9])] + [np.array([7, 6, 3])] * 2 + [np.array([8, 8, 8, 8])] * 2
+    tracks = (
+        [np.array([1, 2, 3])] * 3 + [np.array([1, 5, 9])] + [np.array([7, 6, 3])] * 2 + [np.array([8, 8, 8, 8])] * 2
+    )
     model = CountBaseline("backoff").fit(tracks)
     # context (1, 3) seen once with 2 as middle; left 1 -> {2: 3, 5: 1}; right 3 <- {2: 3, 6: 2}
     pred = model.predict_topk(np.array([1]), np.array([3]), k=5)[0].tolist()

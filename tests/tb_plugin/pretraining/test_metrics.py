@@ -14,9 +14,18 @@ def detector():
     centres = np.array([[30.0, 0, 0], [30.0, 15.0, 0], [70.0, 0, 0], [30.0, 0, 600.0]])
     m = len(centres)
     return Detector.from_arrays(
-        volume_id=[8, 8, 8, 9], layer_id=[2, 2, 4, 2], module_id=[1, 2, 1, 1], center=centres,
-        rotation=np.repeat(np.eye(3)[None], m, axis=0), thickness=np.full(m, 0.15), min_hu=np.full(m, 8.4),
-        max_hu=np.full(m, 8.4), hv=np.full(m, 36.0), pitch_u=np.full(m, 0.05), pitch_v=np.full(m, 0.05625))
+        volume_id=[8, 8, 8, 9],
+        layer_id=[2, 2, 4, 2],
+        module_id=[1, 2, 1, 1],
+        center=centres,
+        rotation=np.repeat(np.eye(3)[None], m, axis=0),
+        thickness=np.full(m, 0.15),
+        min_hu=np.full(m, 8.4),
+        max_hu=np.full(m, 8.4),
+        hv=np.full(m, 36.0),
+        pitch_u=np.full(m, 0.05),
+        pitch_v=np.full(m, 0.05625),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +34,14 @@ def tokenizer(detector):
 
 
 def test_mdm_exact_values_and_breakdowns(detector, tokenizer):
-    pred = np.array([
-        [5, 6, 7, 8, PAD],    # target 5: top-1
-        [5, 7, 8, PAD, 6],    # target 6: top-5 only; top-1 is 15 mm away -> within 20 mm
-        [5, 6, 8, PAD, PAD],  # target 7: miss; 40 mm away
-        [MASK, 8, 5, 6, 7],   # target 8: special top-1 -> miss for top-1 and within, top-5 hit
-    ])
+    pred = np.array(
+        [
+            [5, 6, 7, 8, PAD],  # target 5: top-1
+            [5, 7, 8, PAD, 6],  # target 6: top-5 only; top-1 is 15 mm away -> within 20 mm
+            [5, 6, 8, PAD, PAD],  # target 7: miss; 40 mm away
+            [MASK, 8, 5, 6, 7],  # target 8: special top-1 -> miss for top-1 and within, top-5 hit
+        ]
+    )
     target = np.array([5, 6, 7, 8])
     position = np.array([0, 1, 1, 3])
     m = mdm_metrics(pred, target, position, tokenizer, detector)

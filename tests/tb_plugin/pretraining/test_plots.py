@@ -14,9 +14,14 @@ def assert_png(path):
 
 def fake_mdm(top1, top5):
     group = lambda a, b, n: {"top1": a, "top5": b, "within_20mm": b, "n": n}  # noqa: E731
-    return {"top1": top1, "top5": top5, "within_20mm": top5, "n_masked": 300,
-            "by_volume": {"7": group(top1 - 0.1, top5, 50), "8": group(top1, top5, 200), "9": group(top1 - 0.1, top5, 50)},
-            "by_position": {str(p): group(top1 - 0.05 * p, top5, 300 // 6) for p in range(6)}}
+    return {
+        "top1": top1,
+        "top5": top5,
+        "within_20mm": top5,
+        "n_masked": 300,
+        "by_volume": {"7": group(top1 - 0.1, top5, 50), "8": group(top1, top5, 200), "9": group(top1 - 0.1, top5, 50)},
+        "by_position": {str(p): group(top1 - 0.05 * p, top5, 300 // 6) for p in range(6)},
+    }
 
 
 def test_mdm_accuracy_figures(tmp_path):

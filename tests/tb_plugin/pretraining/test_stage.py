@@ -22,8 +22,15 @@ TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "d_ff": 32, "lr": 3e-3, "warmup
 
 
 def tb_stage(store, stage_dir, **overrides):
-    values = {"stage": "tracking_bert", "model": "TrackingBERT", "input_dir": str(store),
-              "stage_dir": str(stage_dir), "max_epochs": 1, **TINY, **overrides}
+    values = {
+        "stage": "tracking_bert",
+        "model": "TrackingBERT",
+        "input_dir": str(store),
+        "stage_dir": str(stage_dir),
+        "max_epochs": 1,
+        **TINY,
+        **overrides,
+    }
     return stage_from_mapping(values, "tracking_bert.yaml")
 
 
@@ -46,7 +53,9 @@ def test_eval_writes_the_metrics_and_plots(trained):
     assert saved["n_eval_tracks"] > 100
     assert saved["config"]["stage"] == "tracking_bert"
     # both models are scored on the same hidden positions
-    assert saved["mdm"]["trackingbert"]["n_masked"] == saved["mdm"]["count_baseline"]["n_masked"] == saved["n_eval_tracks"]
+    assert (
+        saved["mdm"]["trackingbert"]["n_masked"] == saved["mdm"]["count_baseline"]["n_masked"] == saved["n_eval_tracks"]
+    )
     for name in ("mdm_accuracy_by_volume.png", "mdm_accuracy_by_position.png", "ntp_roc.png", "embedding_pca.png"):
         assert (trained.stage_dir / "eval" / name).stat().st_size > 5000
 
@@ -62,7 +71,11 @@ def test_infer_adds_the_module_embedding_and_keeps_every_field(trained, simulate
     before, after = load_event(inputs[0]), load_event(outputs[0])
     for key in before.keys():
         if key != "config":
-            assert torch.equal(torch.as_tensor(before[key]), torch.as_tensor(after[key])) if key != "event_id" else before[key] == after[key]
+            assert (
+                torch.equal(torch.as_tensor(before[key]), torch.as_tensor(after[key]))
+                if key != "event_id"
+                else before[key] == after[key]
+            )
     tokens = torch.from_numpy(tokenizer.encode(after.hit_module_index.numpy()))
     assert after.hit_tb_emb.shape == (after.num_nodes, 16)
     assert torch.allclose(after.hit_tb_emb, table[tokens])
@@ -142,15 +155,18 @@ def test_missing_checkpoint_is_a_clear_error(simulated_store, tmp_path):
         tb_stage(simulated_store, tmp_path).infer()
 
 
-@pytest.mark.parametrize("overrides, pattern", [
-    ({"min_hits": 9}, "need 2 <= min_hits <= max_hits"),
-    ({"n_embd": 30, "n_head": 4}, "n_embd"),
-    ({"mask_rate": 1.5}, "key 'mask_rate' must be between 0 and 1"),
-    ({"precision": "bf16"}, "key 'precision' has value 'bf16'"),
-    ({"dim": 0}, r"key 'dim' must be null or an integer from 1 to n_embd = 16, got 0$"),
-    ({"dim": 17}, r"key 'dim' must be null or an integer from 1 to n_embd = 16, got 17$"),
-    ({"normalize": "zscore"}, r"key 'normalize' has value 'zscore'.* Allowed: 'none', 'standard'$"),
-])
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        ({"min_hits": 9}, "need 2 <= min_hits <= max_hits"),
+        ({"n_embd": 30, "n_head": 4}, "n_embd"),
+        ({"mask_rate": 1.5}, "key 'mask_rate' must be between 0 and 1"),
+        ({"precision": "bf16"}, "key 'precision' has value 'bf16'"),
+        ({"dim": 0}, r"key 'dim' must be null or an integer from 1 to n_embd = 16, got 0$"),
+        ({"dim": 17}, r"key 'dim' must be null or an integer from 1 to n_embd = 16, got 17$"),
+        ({"normalize": "zscore"}, r"key 'normalize' has value 'zscore'.* Allowed: 'none', 'standard'$"),
+    ],
+)
 def test_config_errors(simulated_store, tmp_path, overrides, pattern):
     with pytest.raises(ConfigError, match=pattern) as err:
         tb_stage(simulated_store, tmp_path, **overrides)
@@ -158,14 +174,28 @@ def test_config_errors(simulated_store, tmp_path, overrides, pattern):
 
 
 def test_ddp_on_two_cpu_processes(simulated_store, tmp_path):
-    config = {"stage": "tracking_bert", "model": "TrackingBERT", "input_dir": str(simulated_store),
-              "stage_dir": str(tmp_path / "tb"), "max_epochs": 1, **TINY,
-              "accelerator": "cpu", "devices": 2, "strategy": "ddp"}
+    config = {
+        "stage": "tracking_bert",
+        "model": "TrackingBERT",
+        "input_dir": str(simulated_store),
+        "stage_dir": str(tmp_path / "tb"),
+        "max_epochs": 1,
+        **TINY,
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp",
+    }
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "PL_DISABLE_FORK": "1"}
-    result = subprocess.run([sys.executable, "-m", "tb_plugin.cli", "train", str(path)], capture_output=True, text=True,
-                            timeout=300, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "tb_plugin.cli", "train", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     assert "distributed_backend=gloo" in log

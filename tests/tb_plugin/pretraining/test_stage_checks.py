@@ -22,15 +22,27 @@ TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "d_ff": 32, "max_epochs": 1, "b
 
 
 def read_store(folder, store, **overrides):
-    values = {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(folder), "stage_dir": str(store),
-              "data_split": [4, 1, 1], **overrides}
+    values = {
+        "stage": "data_reading",
+        "model": "TrackMLReader",
+        "input_dir": str(folder),
+        "stage_dir": str(store),
+        "data_split": [4, 1, 1],
+        **overrides,
+    }
     stage_from_mapping(values, "reading.yaml").infer(overwrite=True)
     return store
 
 
 def tb_stage(store, stage_dir, **overrides):
-    values = {"stage": "tracking_bert", "model": "TrackingBERT", "input_dir": str(store), "stage_dir": str(stage_dir),
-              **TINY, **overrides}
+    values = {
+        "stage": "tracking_bert",
+        "model": "TrackingBERT",
+        "input_dir": str(store),
+        "stage_dir": str(stage_dir),
+        **TINY,
+        **overrides,
+    }
     return stage_from_mapping(values, "tracking_bert.yaml")
 
 
@@ -38,10 +50,14 @@ def hand_trained(stage):
     """vocab.json and best/last.ckpt as `tb train` leaves them, without training: what the checks read."""
     tokenizer = ModuleTokenizer(stage.detector())
     tokenizer.save(stage.vocab_file)
-    module = TrackingBERTModule(model=asdict(stage.config.model_config(tokenizer.vocab_size)), optim=asdict(stage.config.optim_config()))
+    module = TrackingBERTModule(
+        model=asdict(stage.config.model_config(tokenizer.vocab_size)), optim=asdict(stage.config.optim_config())
+    )
     for name in ("best.ckpt", "last.ckpt"):
-        torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0, "global_step": 0},
-                   stage.artifacts / name)
+        torch.save(
+            {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0, "global_step": 0},
+            stage.artifacts / name,
+        )
     return module
 
 
@@ -56,19 +72,24 @@ def test_infer_refuses_a_checkpoint_of_another_width(store, tmp_path):
     with pytest.raises(CheckpointError) as err:
         stage.infer()
     best = tmp_path / "tb" / "artifacts" / "best.ckpt"
-    assert str(err.value) == (f"{best} was trained with n_embd: 16, but the config has n_embd: 32; set n_embd: 16 again "
-                              f"to use this checkpoint, or delete {tmp_path / 'tb' / 'artifacts'} and run 'tb train' again")
+    assert str(err.value) == (
+        f"{best} was trained with n_embd: 16, but the config has n_embd: 32; set n_embd: 16 again "
+        f"to use this checkpoint, or delete {tmp_path / 'tb' / 'artifacts'} and run 'tb train' again"
+    )
     assert not any(list_event_files(tmp_path / "tb", split) for split in ("trainset", "valset", "testset"))
     tb_stage(store, tmp_path / "tb").infer()  # the config the checkpoint was trained with
     [event] = [e for e in list_event_files(tmp_path / "tb", "testset")]
     assert torch.load(event, weights_only=False).hit_tb_emb.shape[1] == 16
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("n_embd", 32, "was trained with n_embd: 16, but the config has n_embd: 32; set n_embd: 16 again to resume"),
-    ("n_layer", 2, "was trained with n_layer: 1, but the config has n_layer: 2"),
-    ("max_hits", 6, "was trained with max_hits: 8, but the config has max_hits: 6"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("n_embd", 32, "was trained with n_embd: 16, but the config has n_embd: 32; set n_embd: 16 again to resume"),
+        ("n_layer", 2, "was trained with n_layer: 1, but the config has n_layer: 2"),
+        ("max_hits", 6, "was trained with max_hits: 8, but the config has max_hits: 6"),
+    ],
+)
 def test_resume_refuses_a_checkpoint_of_other_model_keys(store, tmp_path, key, value, message):
     hand_trained(tb_stage(store, tmp_path / "tb"))
     with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'tb' / 'artifacts' / 'last.ckpt'} {message}"):
@@ -93,7 +114,9 @@ def test_a_foreign_best_checkpoint_is_refused_naming_it(store, tmp_path):
 def test_a_missing_input_dir_is_refused_before_anything_is_written(tmp_path):
     stage = tb_stage(tmp_path / "no_store", tmp_path / "tb")
     for run in (stage.train, stage.infer, stage.evaluate):
-        with pytest.raises(ConfigError, match=rf"^key 'input_dir': {tmp_path / 'no_store'} does not exist; run the stage"):
+        with pytest.raises(
+            ConfigError, match=rf"^key 'input_dir': {tmp_path / 'no_store'} does not exist; run the stage"
+        ):
             run()
     assert not (tmp_path / "tb").exists()  # no vocab.json of the built-in geometry
 
@@ -121,5 +144,7 @@ def test_a_store_without_detectors_csv_falls_back_loudly(store, tmp_path, caplog
         detector = tb_stage(store, tmp_path / "tb").detector()
     assert detector.geometry_hash() == Detector.builtin().geometry_hash()
     [record] = [r for r in caplog.records if "FALLING BACK" in r.getMessage()]
-    assert record.getMessage().startswith(f"{store} has no detectors.csv and the config names no 'detector': FALLING BACK "
-                                          f"to the built-in TrackML-like detector")
+    assert record.getMessage().startswith(
+        f"{store} has no detectors.csv and the config names no 'detector': FALLING BACK "
+        f"to the built-in TrackML-like detector"
+    )

@@ -24,11 +24,19 @@ def hand_event(event_id="000000007"):
     edges = torch.tensor([[1, 3, 0, 4, 5, 7], [3, 0, 4, 2, 7, 6]])
     pid = torch.tensor([11, 11, 11, 11, 22, 22])
     return Data(
-        hit_x=x, hit_y=torch.zeros(9), hit_z=torch.zeros(9), hit_module_index=module,
-        hit_volume_id=torch.full((9,), 8), track_edges=edges, track_particle_id=pid,
+        hit_x=x,
+        hit_y=torch.zeros(9),
+        hit_z=torch.zeros(9),
+        hit_module_index=module,
+        hit_volume_id=torch.full((9,), 8),
+        track_edges=edges,
+        track_particle_id=pid,
         track_particle_pt=torch.tensor([900.0] * 4 + [2500.0] * 2),
-        track_particle_vx=torch.tensor([0.0] * 4 + [100.0] * 2), track_particle_vy=torch.zeros(6),
-        track_particle_vz=torch.zeros(6), event_id=event_id, num_nodes=9,
+        track_particle_vx=torch.tensor([0.0] * 4 + [100.0] * 2),
+        track_particle_vy=torch.zeros(6),
+        track_particle_vz=torch.zeros(6),
+        event_id=event_id,
+        num_nodes=9,
     )
 
 
@@ -78,8 +86,13 @@ def random_trackset(n_events=20, per_event=50, seed=0):
     k = n_events * per_event
     length = rng.integers(4, 9, k)
     tokens = np.where(np.arange(8)[None] < length[:, None], rng.integers(N_SPECIAL, 500, (k, 8)), PAD)
-    return TrackSet(tokens=tokens, length=length, pt=rng.lognormal(6, 1, k).astype(np.float32),
-                    event_id=np.repeat(np.arange(n_events), per_event), particle_id=np.arange(k))
+    return TrackSet(
+        tokens=tokens,
+        length=length,
+        pt=rng.lognormal(6, 1, k).astype(np.float32),
+        event_id=np.repeat(np.arange(n_events), per_event),
+        particle_id=np.arange(k),
+    )
 
 
 def test_pairs_are_balanced_within_event_and_deterministic():

@@ -33,8 +33,9 @@ def test_same_seed_same_event_and_different_seed_different_event(detector, event
     other_seed = simulate_event(SimulationConfig(pileup=4.0, seed=8), detector, 1000)
     other_event = simulate_event(CONFIG, detector, 1001)
     for other in (other_seed, other_event):
-        assert not event["particles"]["particle_id"].equals(other["particles"]["particle_id"]) \
-            or not event["hits"]["x"].equals(other["hits"]["x"])
+        assert not event["particles"]["particle_id"].equals(other["particles"]["particle_id"]) or not event["hits"][
+            "x"
+        ].equals(other["hits"]["x"])
 
 
 def test_frames_have_the_trackml_columns_and_dtypes(event):

@@ -61,8 +61,9 @@ def prompt_hits(event: dict[str, pd.DataFrame], pt_min: float, eta_max: float) -
 
 def test_radii_grow_along_central_barrel_tracks(event):
     hits = prompt_hits(event, pt_min=0.5, eta_max=1.0)
-    hits["flight"] = np.sqrt((hits["tx"] - hits["vx"]) ** 2 + (hits["ty"] - hits["vy"]) ** 2
-                             + (hits["tz"] - hits["vz"]) ** 2)
+    hits["flight"] = np.sqrt(
+        (hits["tx"] - hits["vx"]) ** 2 + (hits["ty"] - hits["vy"]) ** 2 + (hits["tz"] - hits["vz"]) ** 2
+    )
     hits["r"] = np.hypot(hits["tx"], hits["ty"])
     hits = hits.sort_values(["particle_id", "flight"])
     step = hits.groupby("particle_id")["r"].diff().dropna()
@@ -99,12 +100,27 @@ def test_pt_is_recovered_from_the_curvature_of_the_hits(event):
 
 def test_loopers_come_back_only_when_followed_past_half_a_turn(detector):
     # A low-pT particle from the beam, central: R = 0.18 / 0.6 m = 300 mm, so it turns back at r = 600 mm.
-    replay = pd.DataFrame({
-        "particle_id": [1 << 52], "vx": [0.0], "vy": [0.0], "vz": [0.0],
-        "px": [0.18], "py": [0.0], "pz": [0.02], "q": [1], "nhits": [0],
-    })
-    config = dict(pileup=0.0, noise_fraction=0.0, hit_inefficiency=0.0, multiple_scattering=False,
-                  energy_loss=False, secondaries=False)
+    replay = pd.DataFrame(
+        {
+            "particle_id": [1 << 52],
+            "vx": [0.0],
+            "vy": [0.0],
+            "vz": [0.0],
+            "px": [0.18],
+            "py": [0.0],
+            "pz": [0.02],
+            "q": [1],
+            "nhits": [0],
+        }
+    )
+    config = dict(
+        pileup=0.0,
+        noise_fraction=0.0,
+        hit_inefficiency=0.0,
+        multiple_scattering=False,
+        energy_loss=False,
+        secondaries=False,
+    )
     counts = {}
     for turns in (0.5, 1.0):
         event = simulate_event(SimulationConfig(max_turns=turns, **config), detector, 1, replay=replay)
