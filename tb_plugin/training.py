@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import random
 import time
 import warnings
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader
 
 from tb_plugin.config import ConfigError
 from tb_plugin.event_store import unpickling_reason
@@ -75,6 +78,73 @@ class EpochTimer(Callback):
             self.start = None
 
 
+# ------------------------------------------------------------------------------ exact resume
+#
+# A run killed after epoch k and resumed from last.ckpt must end with the same weights as a run never
+# stopped. Lightning restores the weights, the optimizer, the schedulers and the loop counters, but not
+# the random generators, which decide the shuffle order, the MDM masks, the phi sectors and dropout:
+# the resumed run would redraw them from the seed. So every checkpoint also stores the generators'
+# states at the moment it is written (the end of an epoch), and the first iteration of the training
+# loader after a resume restores them, just before it draws its first number, so that whatever ran
+# in between (Lightning's sanity check reads validation batches) does not count.
+
+_pending_random_state: dict[str, Any] | None = None  # loaded with a checkpoint, used by the next training loader
+
+
+def random_state() -> dict[str, Any]:
+    """The states of torch's (CPU and CUDA), numpy's and Python's generators, as tensors and plain
+    values, so a checkpoint holding them still loads with weights_only."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class RandomStateCheckpoint(Callback):
+    """Writes the generators' states into every checkpoint; on resume, hands them to the training loader."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return random_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        global _pending_random_state
+        _pending_random_state = state_dict
+
+
+def restore_pending_random_state() -> None:
+    """Restore the random state a resumed checkpoint brought, once (nothing to do otherwise)."""
+    global _pending_random_state
+    if _pending_random_state is not None:
+        set_random_state(_pending_random_state)
+        _pending_random_state = None
+
+
+class RestoresRandomState:
+    """Mixin for the DataLoader class of a stage's training batches: its first iteration after a
+    resume restores the random state saved with the checkpoint (see above)."""
+
+    def __iter__(self):
+        restore_pending_random_state()
+        return super().__iter__()
+
+
+class TrainingLoader(RestoresRandomState, DataLoader):
+    """torch's DataLoader for training batches, resuming exactly."""
+
+
 def make_logger(kind: str, stage_dir: Path):
     """CSV logs by default (stage_dir/logs); TensorBoard when asked and installed."""
     if kind == "tensorboard":
@@ -107,7 +177,7 @@ def make_trainer(config: Any, stage_dir: Path, monitor: str | None = None, **tra
         save_last=True,
         enable_version_counter=False,
     )
-    callbacks: list[Callback] = [checkpoint, EpochTimer()]
+    callbacks: list[Callback] = [checkpoint, EpochTimer(), RandomStateCheckpoint()]
     if config.patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=config.metric_mode, patience=config.patience))
     return L.Trainer(

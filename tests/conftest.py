@@ -114,3 +114,39 @@ def tiny_trackml_folder(tmp_path: Path) -> Path:
 def make_tiny_event():
     """The builder of the hand-made event, for tests that alter one before writing it."""
     return tiny_event_frames
+
+
+# A `tb` command in a child process, optionally killed with SIGKILL (no cleanup, no finally blocks) at
+# the end of the first training batch of a given epoch of whichever stage trains first: what a job
+# scheduler or an out-of-memory killer does. The hook is set on the Trainer's EpochTimer callback, so
+# the kill lands after that epoch's previous one wrote last.ckpt.
+_TB_CHILD = """
+import os, signal, sys
+kill_epoch = int(sys.argv[1])
+if kill_epoch >= 0:
+    from tb_plugin import training
+
+    def kill(self, trainer, *args):
+        if trainer.current_epoch == kill_epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    training.EpochTimer.on_train_batch_end = kill
+from tb_plugin.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _run_tb(args: list[str], kill_in_epoch: int | None = None, cwd: Path | None = None):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}  # the same threads in every run
+    command = [sys.executable, "-c", _TB_CHILD, str(-1 if kill_in_epoch is None else kill_in_epoch), "-q", *args]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def run_tb():
+    """run_tb(["train", config], kill_in_epoch=1) -> CompletedProcess; returncode -9 when it was killed."""
+    return _run_tb

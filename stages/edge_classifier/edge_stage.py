@@ -72,6 +72,7 @@ from tb_plugin.pretraining.metrics import roc_auc, roc_curve
 from tb_plugin.stage import EventProcessor, Stage, StageConfig
 from tb_plugin.training import (
     CheckpointError,
+    RestoresRandomState,
     TrainerConfig,
     inference_device,
     last_checkpoint,
@@ -84,6 +85,10 @@ log = logging.getLogger(__name__)
 
 SCORES_FIELD = "edge_scores"
 EDGE_CUT_FILE = "edge_cut.json"
+
+
+class GraphTrainingLoader(RestoresRandomState, DataLoader):
+    """PyG's DataLoader for the training graphs, resuming exactly (tb_plugin.training)."""
 
 
 # ------------------------------------------------------------------------------------- config
@@ -457,7 +462,7 @@ class EdgeClassifierStage(Stage):
             f"{c.model}: {module.model.num_params():,} parameters, {node_dim} node and {edge_dim} edge features, "
             f"{len(train_files)} training and {len(val_files)} validation events"
         )
-        train_loader = DataLoader(
+        train_loader = GraphTrainingLoader(
             EventGraphs(train_files, c, cap_edges=True),
             batch_size=c.batch_size,
             shuffle=True,

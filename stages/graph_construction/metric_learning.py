@@ -45,6 +45,7 @@ from tb_plugin.stage import StageConfig
 from tb_plugin.training import (
     CheckpointError,
     TrainerConfig,
+    TrainingLoader,
     inference_device,
     last_checkpoint,
     load_module,
@@ -231,7 +232,7 @@ class MetricLearningData(L.LightningDataModule):
 
     def _loader(self, files: list[Path], shuffle: bool) -> DataLoader:
         c = self.config
-        return DataLoader(
+        return (TrainingLoader if shuffle else DataLoader)(
             EventDataset(files, c.node_features, c.node_scales, c.train_tracks),
             batch_size=c.batch_size,
             shuffle=shuffle,

@@ -25,6 +25,7 @@ from tb_plugin.pretraining.masking import eval_mask_positions, mask_for_eval, ma
 from tb_plugin.pretraining.pairs import PairSet, layout_pairs, make_pairs
 from tb_plugin.pretraining.tracks import TrackSet, event_tracks
 from tb_plugin.tokenizer import ModuleTokenizer
+from tb_plugin.training import TrainingLoader
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class TrackingBERTDataModule(L.LightningDataModule):
                 f"check the feature store has truth (track_edges) and events in this split"
             )
         collate = TrainingMasker(self.settings.mask_rate, self.tokenizer.vocab_size) if shuffle else None
-        return DataLoader(
+        return (TrainingLoader if shuffle else DataLoader)(
             self.datasets[split],
             batch_size=self.settings.batch_size,
             shuffle=shuffle,

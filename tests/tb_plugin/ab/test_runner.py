@@ -277,3 +277,40 @@ def test_config_errors_name_the_key(tmp_path, ab_setup):
     )
     with pytest.raises(ConfigError, match="data reading"):
         ABRunner(cfg)
+
+
+TIMING_KEYS = {"train_time_s", "inference_s_per_event", "overhead", "ab_dir"}
+
+
+def without_timings(value):
+    """results.json less what depends on the clock (and the A/B's own folder)."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def test_a_killed_ab_resumes_to_the_same_results(ab_setup, tmp_path, run_tb):
+    """kill -9 inside the baseline GNN's second epoch, rerun `tb ab`: results.json equals an
+    uninterrupted A/B's, timings aside (the killed stage resumes exactly from its last.ckpt)."""
+    values = yaml.safe_load(ab_setup.read_text())
+    values.update(
+        pipeline=str(ab_setup.parent / "pipeline.yaml"),
+        tracking_bert=str(ab_setup.parent / "tb.yaml"),
+        seeds=[0],
+        low_label=None,
+    )
+    whole = write_yaml(tmp_path / "whole.yaml", {**values, "ab_dir": str(tmp_path / "whole")})
+    killed = write_yaml(tmp_path / "killed.yaml", {**values, "ab_dir": str(tmp_path / "killed")})
+    done = run_tb(["ab", str(whole)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    interrupted = run_tb(["ab", str(killed)], kill_in_epoch=1)  # the filter trains 1 epoch, the GNN 2
+    assert interrupted.returncode == -9, interrupted.stderr[-2000:]
+    gnn = tmp_path / "killed" / "baseline" / "seed0" / "edge_classifier_interactiongnn"
+    assert (gnn / "artifacts" / "last.ckpt").is_file() and not (tmp_path / "killed" / "results.json").exists()
+    resumed = run_tb(["ab", str(killed)])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((tmp_path / "whole" / "results.json").read_text())
+    b = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert without_timings(a) == without_timings(b)

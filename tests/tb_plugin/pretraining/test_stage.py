@@ -201,3 +201,36 @@ def test_ddp_on_two_cpu_processes(simulated_store, tmp_path):
     assert "distributed_backend=gloo" in log
     assert "MEMBER: 2/2" in log
     assert (tmp_path / "tb" / "artifacts" / "last.ckpt").is_file()
+
+
+def test_a_killed_training_resumes_to_the_same_weights(simulated_store, tmp_path, run_tb):
+    """kill -9 in the second epoch, rerun `tb train`: the final weights equal an uninterrupted run's
+    (the shuffle order, the MDM masks and dropout continue where they were, not from the seed)."""
+
+    def config(name):
+        values = {
+            "stage": "tracking_bert",
+            "model": "TrackingBERT",
+            "input_dir": str(simulated_store),
+            "stage_dir": str(tmp_path / name),
+            "max_epochs": 3,
+            **TINY,
+            "dropout": 0.1,
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(values))
+        return path
+
+    whole, killed = config("whole"), config("killed")
+    assert run_tb(["train", str(whole)]).returncode == 0
+    interrupted = run_tb(["train", str(killed)], kill_in_epoch=1)
+    assert interrupted.returncode == -9, interrupted.stderr[-2000:]
+    assert torch.load(tmp_path / "killed" / "artifacts" / "last.ckpt", weights_only=True)["epoch"] == 0
+    resumed = run_tb(["train", str(killed)])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(tmp_path / "whole" / "artifacts" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "artifacts" / "last.ckpt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
