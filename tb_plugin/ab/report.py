@@ -59,10 +59,12 @@ def format_seconds(x: float | None) -> str:
 
 
 def _mean_std(mean: float, std: float, fmt=format_value, spread=format_spread) -> str:
-    """'mean ± std', or the mean alone when the seeds agree (std 0)."""
+    """'mean ± std', or the mean alone when the seeds agree (a std at floating-point rounding of the
+    mean, e.g. 1e-16 from averaging equal values, counts as agreement)."""
     if not math.isfinite(mean):
         return MISSING
-    return fmt(mean) if not std else f"{fmt(mean)} ± {spread(std)}"
+    agree = not std or abs(std) <= 1e-12 * max(abs(mean), 1.0)
+    return fmt(mean) if agree else f"{fmt(mean)} ± {spread(std)}"
 
 
 # ---------------------------------------------------------------------------- verdicts

@@ -199,3 +199,10 @@ def test_write_report_is_atomic(results, differences, tmp_path):
     path = write_report(tmp_path / "ab" / "REPORT.md", render_report(results, differences))
     assert path.read_text().startswith("# A/B benchmark")
     assert not list(path.parent.glob(".*tmp"))
+
+
+def test_a_spread_at_rounding_level_is_no_spread():
+    from tb_plugin.ab.report import _mean_std
+
+    assert _mean_std(0.9787, 1.4e-16) == _mean_std(0.9787, 0.0) == "0.9787"
+    assert "±" in _mean_std(0.9787, 1e-6)
