@@ -56,6 +56,7 @@ from tb_plugin.conditions import Condition, parse_conditions, select
 from tb_plugin.event_store import (
     EVENT_FILE,
     SPLITS,
+    SplitError,
     append_config,
     list_event_files,
     load_event,
@@ -355,6 +356,28 @@ class TrackBuilder(Stage):
             raise FileNotFoundError(
                 f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing to build tracks on"
             )
+
+    def prepare_outputs(self, overwrite: bool) -> None:
+        """The event files' split check (Stage.prepare_outputs), then the same for the submission CSVs:
+        one whose event the input no longer holds in that split would be scored with the wrong split."""
+        super().prepare_outputs(overwrite)
+        stale = [
+            path
+            for split in SPLITS
+            for path in sorted((self.stage_dir / "submissions" / split).glob("event*-submission.csv"))
+            if not (Path(self.config.input_dir) / split / f"{path.name.split('-')[0]}.pyg").exists()
+        ]
+        if not stale or not any(self.input_files(split) for split in SPLITS):
+            return
+        if not overwrite:
+            raise SplitError(
+                f"{self.stage_dir}: {len(stale)} submission file(s) are of events the input no longer holds in "
+                f"that split (e.g. submissions/{stale[0].parent.name}/{stale[0].name}); rerun with --overwrite "
+                f"to rewrite this stage, or delete {self.stage_dir}"
+            )
+        for path in stale:
+            path.unlink()
+        log.info("track_building: removed %d submission files of events that moved or went away", len(stale))
 
     def build_event(self, path: Path, split: str, process: EventProcessor) -> Data:
         """Label one event's hits (`process`, from event_processor) and write its submission, then the

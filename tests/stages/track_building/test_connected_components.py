@@ -17,7 +17,7 @@ from stages.track_building.connected_components import (
     track_labels,
 )
 from tb_plugin.config import ConfigError, build
-from tb_plugin.event_store import MissingFieldError, event_file, list_event_files, load_event, save_event
+from tb_plugin.event_store import MissingFieldError, SplitError, event_file, list_event_files, load_event, save_event
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -257,3 +257,16 @@ def test_repeated_hit_ids_cannot_make_a_submission(tmp_path):
     with pytest.raises(ValueError, match="repeat") as err:
         stage(folder, tmp_path / "tb").infer()
     assert str(path) in str(err.value)
+
+
+def test_submissions_of_events_that_left_the_split_are_refused_then_removed(input_dir, tmp_path):
+    out = tmp_path / "tb"
+    stage(input_dir, out).infer()
+    moved = out / "submissions" / "testset" / "event000000003-submission.csv"
+    (input_dir / "valset").mkdir()
+    (input_dir / "testset" / "event000000003.pyg").rename(input_dir / "valset" / "event000000003.pyg")
+    (out / "testset" / "event000000003.pyg").unlink()  # a stage of an older version: only its submission is left
+    with pytest.raises(SplitError, match=r"submissions/testset/event000000003-submission\.csv.*--overwrite"):
+        stage(input_dir, out).infer()
+    stage(input_dir, out).infer(overwrite=True)
+    assert not moved.exists() and (out / "submissions" / "valset" / "event000000003-submission.csv").is_file()
