@@ -78,6 +78,7 @@ from tb_plugin.training import (
     last_checkpoint,
     load_module,
     make_trainer,
+    read_checkpoint,
     trained_checkpoint,
 )
 
@@ -446,6 +447,10 @@ class EdgeClassifierStage(Stage):
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} not found")
         resume = checkpoint or last_checkpoint(self.stage_dir)
+        if resume:
+            read_checkpoint(
+                resume
+            )  # a file cut short by a kill mid-write: one line naming it, not Lightning's traceback
         train_files, val_files = self.input_files("trainset"), self.input_files("valset")
         if not train_files:
             raise FileNotFoundError(f"no event files in {self.config.input_dir / 'trainset'}: nothing to train on")

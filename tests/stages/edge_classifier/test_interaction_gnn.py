@@ -10,6 +10,7 @@ from stages.edge_classifier import InteractionGNN, InteractionGNNConfig
 from stages.edge_classifier.interaction_gnn import edge_weights, sector_edges, training_graph
 from tb_plugin.config import ConfigError, build
 from tb_plugin.event_store import MissingFieldError, list_event_files, load_event, save_event
+from tb_plugin.training import CheckpointError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # (particle_id, pT MeV, phi) of the hand-made particles; each leaves one hit on each of 5 layers.
@@ -240,3 +241,13 @@ def test_config_errors_name_the_key(tmp_path, overrides, key):
 def test_infinite_range_in_yaml_style(tmp_path):
     c = config(tmp_path, tmp_path, target_tracks={"track_particle_pt": [1000, math.inf]})
     assert c.target_conditions()[0].value == (1000.0, math.inf)
+
+
+def test_a_checkpoint_cut_short_is_refused_naming_it(graph_folder, tmp_path):
+    stage_dir = tmp_path / "gnn"
+    stage = InteractionGNN(config(graph_folder, stage_dir))
+    stage.train()
+    last = stage_dir / "artifacts" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # killed while Lightning wrote it
+    with pytest.raises(CheckpointError, match=r"last\.ckpt: not a readable checkpoint \(truncated or corrupt\?\)"):
+        InteractionGNN(config(graph_folder, stage_dir, max_epochs=2)).train()
