@@ -51,6 +51,7 @@ from tqdm import tqdm
 from stages.data_reading.trackml_reader import SHORT_NAMES
 from stages.plots import plot_efficiency_curves
 from stages.track_building.matching import STYLES, MatchCounts, check_matching_fraction, count_matches, match_event
+from stages.track_building.stitching import MERGES_FIELD, Stitch, check_stitch_keys, make_stitcher
 from tb_plugin.atomic import atomic_path
 from tb_plugin.conditions import Condition, parse_conditions, select
 from tb_plugin.event_store import (
@@ -83,6 +84,7 @@ class EventMatches:
     counts_pt1: dict[str, MatchCounts]  # per style, particles with pT > 1 GeV and >= 5 hits
     trackml_score: float | None  # None without hit weights
     particles: pd.DataFrame  # the target particles, with pt_gev, eta and reconstructed_<style>
+    stitch_merges: int = 0  # fragment pairs stitching joined in the event (stitching.py)
 
 
 @dataclass(kw_only=True)
@@ -105,6 +107,31 @@ class TrackBuildingConfig(StageConfig):
     write_submission: bool = True
     # The split that evaluate reads (ACORN's key).
     dataset: Literal["trainset", "valset", "testset"] = "testset"
+    # Fragment stitching after the builder (stitching.py): none, geometry (helix chi2) or tb (TrackingBERT).
+    stitch: Stitch = "none"
+    # Junction windows of a candidate pair: A's outer hit -> B's inner hit (phi in rad, lengths in mm).
+    # Loose on purpose (the scorer decides): 0.3 rad is a 0.5 GeV track's turn over ~400 mm in 2 T.
+    stitch_max_dphi: float = 0.3
+    # |z of B's inner hit - A's straight r-z line there|.
+    stitch_max_dz: float = 100.0
+    # 3D distance of the two hits: a missing layer or two of the strips.
+    stitch_max_gap: float = 500.0
+    # Each A end keeps its nearest candidates (3D distance): bounds the scorer's work in dense events.
+    stitch_max_candidates: int = 5
+    # geometry: one hit resolution (mm) for both helix residuals, loose for strips and scattering ...
+    stitch_hit_sigma: float = 1.0
+    # ... and the largest chi2 per degree of freedom that merges. Tune on the valset.
+    stitch_max_chi2: float = 10.0
+    # tb: the stage_dir of a trained tracking_bert stage (artifacts/best.ckpt or last.ckpt, vocab.json).
+    stitch_tracking_bert_dir: Path | None = None
+    # tb: junction modules scored on each side (A's last k, B's first k), each masked in its own copy.
+    stitch_junction_hits: int = 2
+    # tb: the smallest mean log-probability of the true junction modules that merges. -5 is a
+    # probability of ~0.7 % per module: far above chance for a TrackML vocabulary (1/V ~ 1e-4), below
+    # what a trained model gives true neighbours. Choose it on the valset.
+    stitch_min_score: float = -5.0
+    # tb: masked copies per forward pass.
+    stitch_batch_size: int = 1024
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,6 +144,7 @@ class TrackBuildingConfig(StageConfig):
         if self.min_particle_hits < 1:
             raise ValueError(f"key 'min_particle_hits' must be at least 1, got {self.min_particle_hits}")
         check_matching_fraction(self.matching_fraction)
+        check_stitch_keys(self)
         parse_conditions(self.target_tracks, "key 'target_tracks'")
 
     @property
@@ -323,11 +351,18 @@ class TrackBuilder(Stage):
         return files
 
     def event_processor(self) -> EventProcessor:
-        """Nothing to load; the function adds hit_track_labels to one scored event (no file is written:
-        `infer` writes the submission from these labels)."""
+        """Load the stitcher when `stitch` asks for one (the TrackingBERT model, once); the function adds
+        hit_track_labels to one scored event (no file is written: `infer` writes the submission from
+        these labels). With stitching, the event also gets `stitch_merges`, the pairs it joined."""
+        stitcher = make_stitcher(self.config, self.config.input_dir)
 
         def add_labels(data: Data, source: Path) -> Data:
-            data[LABELS_FIELD] = torch.from_numpy(self.hit_labels(data, source))
+            labels = self.hit_labels(data, source)
+            if stitcher is not None:
+                grouping, merges = stitcher(data, labels, source)
+                labels = number_tracks(grouping, self.config.min_track_length)
+                data[MERGES_FIELD] = merges
+            data[LABELS_FIELD] = torch.from_numpy(labels)
             return data
 
         return add_labels
@@ -408,9 +443,10 @@ class TrackBuilder(Stage):
         counts_pt1 = {style: MatchCounts() for style in STYLES}
         scores: list[float] = []
         plotted: list[pd.DataFrame] = []
-        without_truth = 0
+        without_truth = merges = 0
         for path in tqdm(files, desc=f"track_building eval {split}", unit="event", leave=False):
             matches = self.event_matches(path)
+            merges += 0 if matches is None else matches.stitch_merges
             if matches is None:
                 log.warning("%s: no truth (hit_particle_id or track_edges + track_particle_id); skipped", path)
                 without_truth += 1
@@ -427,6 +463,8 @@ class TrackBuilder(Stage):
                 "(hit_particle_id, or track_edges with track_particle_id): nothing to evaluate"
             )
         metrics = self.summarise(counts, counts_pt1, scores, len(files) - without_truth, without_truth)
+        if self.config.stitch != "none":
+            metrics |= {"stitch": self.config.stitch, "stitch_merges": merges}  # over the events with truth
         self.plot_efficiency(pd.concat(plotted, ignore_index=True))
         path = self.write_metrics(metrics)
         two_way = metrics["two_way"]
@@ -461,6 +499,7 @@ class TrackBuilder(Stage):
                 pt_gev=features.get("track_particle_pt", np.full(len(particles), np.nan)) / 1000.0,
                 eta=features.get("track_particle_eta", np.full(len(particles), np.nan)),
             )[target],
+            stitch_merges=int(data[MERGES_FIELD]) if MERGES_FIELD in data else 0,
         )
 
     def particle_selections(

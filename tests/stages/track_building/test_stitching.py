@@ -1,0 +1,278 @@
+"""Fragment stitching (stages/track_building/stitching.py) on small events built here."""
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Data
+
+from stages.graph_construction.truth import hit_order
+from stages.track_building.connected_components import LABELS_FIELD, ConnectedComponents, ConnectedComponentsConfig
+from stages.track_building.stitching import (
+    MERGES_FIELD,
+    Fragments,
+    JunctionWindows,
+    Stitcher,
+    TrackingBERTScorer,
+    candidate_pairs,
+    geometry_scorer,
+    greedy_merge,
+    helix_chi2,
+    hit_positions,
+    join,
+    make_stitcher,
+)
+from stages.track_building.walkthrough import Walkthrough, WalkthroughConfig
+from tb_plugin.config import ConfigError, build
+from tb_plugin.event_store import list_event_files, load_event, save_event
+from tb_plugin.geometry import Detector
+from tb_plugin.model import OptimConfig, TrackingBERTConfig, TrackingBERTModule
+from tb_plugin.tokenizer import UNK, ModuleTokenizer
+
+WINDOWS = JunctionWindows(max_dphi=0.3, max_dz=100.0, max_gap=500.0, max_candidates=5)
+S_A = np.arange(1, 6) * 60.0  # arc lengths (mm) of an inner fragment's hits
+S_B = np.arange(6, 11) * 60.0  # ... and of the outer fragment that continues it
+
+
+def helix(s, radius=2000.0, charge=1, phi0=0.3, z0=0.0, cot_theta=0.4) -> np.ndarray:
+    """[n, 3] points of a helix from the origin at arc lengths `s` (transverse), turning with `charge`."""
+    s = np.asarray(s, dtype=np.float64)
+    centre = charge * radius * np.array([-np.sin(phi0), np.cos(phi0)])
+    beta = np.arctan2(-centre[1], -centre[0]) + charge * s / radius
+    return np.stack([centre[0] + radius * np.cos(beta), centre[1] + radius * np.sin(beta), z0 + cot_theta * s], 1)
+
+
+def event(*fragments: np.ndarray, module_index=None) -> tuple[Data, np.ndarray]:
+    """An event of the given fragments' hits, and their labels (fragment k -> label k)."""
+    xyz = np.concatenate(fragments)
+    labels = np.repeat(np.arange(len(fragments)), [len(f) for f in fragments])
+    fields = {f"hit_{c}": torch.tensor(xyz[:, i], dtype=torch.float32) for i, c in enumerate("xyz")}
+    if module_index is not None:
+        fields["hit_module_index"] = torch.as_tensor(module_index, dtype=torch.int64)
+    return Data(**fields, hit_id=torch.arange(1, len(xyz) + 1), num_nodes=len(xyz)), labels
+
+
+def geometry_stitch(data, labels, max_chi2=10.0):
+    return Stitcher(WINDOWS, geometry_scorer(1.0, max_chi2))(data, labels, "e.pyg")
+
+
+# ------------------------------------------------------------------------------------- geometry
+
+
+def test_two_fragments_of_one_helix_are_stitched():
+    data, labels = event(helix(S_A), helix(S_B))
+    grouping, merges = geometry_stitch(data, labels)
+    assert merges == 1 and len(set(grouping.tolist())) == 1
+    # the order of the labels does not matter: the outer fragment labelled first
+    data, labels = event(helix(S_B), helix(S_A))
+    assert geometry_stitch(data, labels)[1] == 1
+
+
+def test_fragments_of_different_tracks_are_not_stitched():
+    # opposite curvature: the junction passes the windows (dphi ~ 0.17 rad), the helix fit does not
+    data, labels = event(helix(S_A), helix(S_B, charge=-1))
+    fragments = Fragments.from_labels(labels, np.arange(len(labels)))
+    a, b = candidate_pairs(fragments, hit_positions(data, "e.pyg"), np.arange(10), WINDOWS)
+    assert (a.tolist(), b.tolist()) == ([0], [1])
+    assert helix_chi2(join(fragments, a, b), hit_positions(data, "e.pyg"), 1.0)[0] > 100
+    assert geometry_stitch(data, labels)[1] == 0
+    # far in z: the same helix shifted by 300 mm is no candidate at all
+    data, labels = event(helix(S_A), helix(S_B, z0=300.0))
+    assert geometry_stitch(data, labels, max_chi2=np.inf)[1] == 0
+    # B inside A (before A's outer hit) is no candidate either, whatever the score
+    data, labels = event(helix(S_B), helix(S_A[:2]))
+    assert geometry_stitch(data, labels, max_chi2=np.inf)[1] == 1  # A = the inner two hits, B = the outer five
+    data, labels = event(helix(np.r_[S_A, S_B[-1:]]), helix(S_B[:-1]))  # A's outer hit lies beyond B's inner
+    assert geometry_stitch(data, labels, max_chi2=np.inf)[1] == 0
+
+
+def test_a_fragment_end_joins_only_the_better_of_two_candidates():
+    # B1 continues A exactly; B2 is a slightly stiffer track from the same place: both pass a loose chi2
+    a, b1, b2 = helix(S_A), helix(S_B), helix(S_B, radius=1500.0)
+    data, labels = event(a, b2, b1)  # the worse candidate first, so order cannot decide
+    fragments = Fragments.from_labels(labels, np.arange(len(labels)))
+    xyz = np.concatenate([a, b2, b1])
+    chi2 = helix_chi2(join(fragments, np.array([0, 0]), np.array([1, 2])), xyz, 1.0)
+    assert chi2[1] < chi2[0] < np.inf
+    grouping, merges = geometry_stitch(data, labels, max_chi2=np.inf)
+    assert merges == 1
+    assert grouping[0] == grouping[-1] and grouping[5] != grouping[0]  # A + B1; B2 alone
+
+
+def test_greedy_merge_uses_each_end_once_and_chains():
+    # A -> B (0.9), A -> C (0.8), B -> C (0.7): A's outer end goes to B, then B's to C: one chain
+    root, merges = greedy_merge(
+        3, np.array([0, 0, 1]), np.array([1, 2, 2]), np.array([0.9, 0.8, 0.7]), np.ones(3, bool)
+    )
+    assert merges == 2 and len(set(root.tolist())) == 1
+    # C's inner end is taken by A (0.9), so B -> C (0.8) cannot join; nothing accepted below
+    root, merges = greedy_merge(3, np.array([0, 1]), np.array([2, 2]), np.array([0.9, 0.8]), np.array([True, True]))
+    assert merges == 1 and root[0] == root[2] != root[1]
+    assert greedy_merge(2, np.array([0]), np.array([1]), np.array([0.9]), np.array([False]))[1] == 0
+
+
+def test_both_builders_stitch_and_count_the_merges(tmp_path):
+    data, labels = event(helix(S_A), helix(S_B), helix(S_A, phi0=2.5))
+    chain = [(i, i + 1) for i in range(14) if i not in (4, 9)]  # three chains, no edge A -> B
+    data.edge_index = torch.tensor(chain, dtype=torch.int64).T
+    data.edge_scores = torch.full((len(chain),), 0.9)
+    for cls, config_cls, model in (
+        (Walkthrough, WalkthroughConfig, "Walkthrough"),
+        (ConnectedComponents, ConnectedComponentsConfig, "ConnectedComponents"),
+    ):
+        values = {"stage": "track_building", "model": model, "stage_dir": tmp_path / model, "input_dir": tmp_path}
+        plain = cls(build(config_cls, values, "t.yaml")).event_processor()(data.clone(), Path("event000000001.pyg"))
+        assert plain[LABELS_FIELD].tolist() == [0] * 5 + [1] * 5 + [2] * 5 and MERGES_FIELD not in plain
+        stitched = cls(build(config_cls, values | {"stitch": "geometry"}, "t.yaml")).event_processor()(
+            data.clone(), Path("event000000001.pyg")
+        )
+        assert stitched[LABELS_FIELD].tolist() == [0] * 10 + [1] * 5 and stitched[MERGES_FIELD] == 1
+
+
+def test_evaluate_reports_the_merges(tmp_path):
+    data, _ = event(helix(S_A), helix(S_B))
+    chain = [(i, i + 1) for i in range(9) if i != 4]
+    data.edge_index = torch.tensor(chain, dtype=torch.int64).T
+    data.edge_scores = torch.full((len(chain),), 0.9)
+    data.hit_particle_id = torch.full((10,), 7)
+    save_event(data, tmp_path / "in" / "testset" / "event000000001.pyg")
+    values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path / "out"}
+    stage = Walkthrough(build(WalkthroughConfig, values | {"input_dir": tmp_path / "in", "stitch": "geometry"}, "t"))
+    stage.infer()
+    assert load_event(list_event_files(tmp_path / "out", "testset")[0])[MERGES_FIELD] == 1
+    metrics = stage.evaluate()
+    assert metrics["stitch_merges"] == 1 and metrics["two_way"]["efficiency"] == 1.0
+
+
+# ------------------------------------------------------------------------------------- TrackingBERT
+
+
+PIXEL = (7, 8, 9)
+GEOMETRY_FIELDS = (
+    "volume_id",
+    "layer_id",
+    "module_id",
+    "center",
+    "rotation",
+    "thickness",
+    "min_hu",
+    "max_hu",
+    "hv",
+    "pitch_u",
+    "pitch_v",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_tb():
+    """A TrackingBERT of one small layer, random weights with a fixed seed, over the built-in detector
+    with a pixel-only vocabulary (strip modules are [UNK])."""
+    torch.manual_seed(0)
+    detector = Detector.builtin()
+    tokenizer = ModuleTokenizer(detector, PIXEL)
+    config = TrackingBERTConfig(
+        vocab_size=tokenizer.vocab_size, max_len=2 * 6 + 3, n_embd=16, n_head=2, n_layer=1, d_ff=32, dropout=0.1
+    )
+    module = TrackingBERTModule(model=asdict(config), optim=asdict(OptimConfig()))
+    return module, tokenizer, detector
+
+
+def tb_event(tokenizer, strip_hits=()):
+    """A-B (one helix) and C (another), every hit on a pixel module but those in `strip_hits`."""
+    pixel, strip = tokenizer.token_to_module, np.flatnonzero(tokenizer.module_to_token == UNK)
+    module = pixel[np.arange(15) * 37 % len(pixel)]
+    module[list(strip_hits)] = strip[: len(strip_hits)]
+    return event(helix(S_A), helix(S_B), helix(S_B, radius=1500.0), module_index=module)
+
+
+def tb_scores(scorer, data, labels):
+    xyz = hit_positions(data, "e.pyg")
+    rank = hit_order((xyz**2).sum(axis=1))
+    fragments = Fragments.from_labels(labels, rank)
+    a, b = candidate_pairs(fragments, xyz, rank, WINDOWS)
+    return a, b, scorer.scores(data, join(fragments, a, b), "e.pyg")
+
+
+def test_tb_scores_are_deterministic_and_the_threshold_decides(tiny_tb):
+    module, tokenizer, detector = tiny_tb
+    scorer = TrackingBERTScorer(module.model, tokenizer, detector, junction_hits=2, batch_size=3)
+    data, labels = tb_event(tokenizer)
+    a, b, first = tb_scores(scorer, data, labels)
+    assert (a.tolist(), b.tolist()) == ([0, 0], [1, 2])  # nearest first
+    assert np.isfinite(first).all() and (first < 0).all()
+    assert np.array_equal(first, tb_scores(scorer, data, labels)[2])  # eval mode: no dropout
+    # one forward pass per batch of masked copies: the batch size changes nothing
+    wide = TrackingBERTScorer(module.model, tokenizer, detector, junction_hits=2, batch_size=1000)
+    np.testing.assert_allclose(tb_scores(wide, data, labels)[2], first, rtol=1e-5)
+    best = int(np.argmax(first))
+    for min_score, merges in ((first.max() - 1e-6, 1), (first.max() + 1e-6, 0)):
+        grouping, n = Stitcher(WINDOWS, scorer.scorer(min_score))(data, labels, "e.pyg")
+        assert n == merges
+        if merges:
+            assert grouping[0] == grouping[5 * b[best]] and grouping[5 * b[1 - best]] != grouping[0]
+
+
+def test_tb_skips_unknown_modules_and_never_merges_an_unscorable_pair(tiny_tb):
+    module, tokenizer, detector = tiny_tb
+    scorer = TrackingBERTScorer(module.model, tokenizer, detector, junction_hits=2, batch_size=64)
+    # A's last two hits on strips: only B's first two positions are scored, and the score changes
+    data, labels = tb_event(tokenizer, strip_hits=(3, 4))
+    a, b, partial = tb_scores(scorer, data, labels)
+    assert np.isfinite(partial).all()
+    assert not np.allclose(partial, tb_scores(scorer, *tb_event(tokenizer))[2])
+    # every hit of B1 (hits 5-9) on strips: B1 is unscorable, and never merged even at min_score -inf
+    data, labels = tb_event(tokenizer, strip_hits=range(5, 10))
+    a, b, scores = tb_scores(scorer, data, labels)
+    assert np.isnan(scores[b.tolist().index(1)]) and np.isfinite(scores[b.tolist().index(2)])
+    grouping, merges = Stitcher(WINDOWS, scorer.scorer(-np.inf))(data, labels, "e.pyg")
+    assert merges == 1 and grouping[5] != grouping[0] == grouping[10]
+
+
+def test_tb_scorer_loads_from_a_tracking_bert_stage_dir(tiny_tb, tmp_path):
+    module, tokenizer, detector = tiny_tb
+    artifacts = tmp_path / "tb" / "artifacts"
+    artifacts.mkdir(parents=True)
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, artifacts / "best.ckpt")
+    tokenizer.save(artifacts / "vocab.json")
+    detector.to_csv(tmp_path / "tb" / "detectors.csv")
+    values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path / "out"}
+    values |= {"input_dir": tmp_path / "in", "stitch": "tb", "stitch_tracking_bert_dir": tmp_path / "tb"}
+    assert isinstance(make_stitcher(build(WalkthroughConfig, values, "t.yaml"), tmp_path / "in"), Stitcher)
+    loaded = TrackingBERTScorer.from_stage_dir(tmp_path / "tb", tmp_path / "in", 2, 64)
+    direct = TrackingBERTScorer(module.model, tokenizer, detector, 2, 64)
+    data, labels = tb_event(tokenizer)
+    np.testing.assert_allclose(tb_scores(loaded, data, labels)[2], tb_scores(direct, data, labels)[2], rtol=1e-6)
+    # another geometry beside the data is refused by the stage's own check
+    other = tmp_path / "in"
+    other.mkdir()
+    Detector.from_arrays(**{k: getattr(detector, k)[:100] for k in GEOMETRY_FIELDS}).to_csv(other / "detectors.csv")
+    with pytest.raises(ValueError, match="geometry"):
+        TrackingBERTScorer.from_stage_dir(tmp_path / "tb", other, 2, 64)
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"stitch": "helix"}, r"key 'stitch'.*'none', 'geometry', 'tb'"),
+        ({"stitch": "tb"}, r"stitch_tracking_bert_dir"),
+        ({"stitch_max_dphi": 0}, r"stitch_max_dphi.*positive"),
+        ({"stitch_junction_hits": 0}, r"stitch_junction_hits.*at least 1"),
+    ],
+)
+def test_stitch_config_errors_name_the_key(tmp_path, overrides, message):
+    values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path, "input_dir": tmp_path}
+    with pytest.raises(ConfigError, match=message) as err:
+        build(WalkthroughConfig, values | overrides, "t.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_missing_tracking_bert_stage_is_a_clear_error(tmp_path):
+    values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path, "input_dir": tmp_path}
+    config = build(WalkthroughConfig, values | {"stitch": "tb", "stitch_tracking_bert_dir": tmp_path / "nope"}, "t")
+    with pytest.raises(FileNotFoundError, match="no trained TrackingBERT"):
+        make_stitcher(config, tmp_path)
