@@ -109,6 +109,10 @@ class TrackBuildingConfig(StageConfig):
     dataset: Literal["trainset", "valset", "testset"] = "testset"
     # Fragment stitching after the builder (stitching.py): none, geometry (helix chi2) or tb (TrackingBERT).
     stitch: Stitch = "none"
+    # With stitching, the builder keeps fragments from this many hits (not min_track_length), so that a
+    # particle broken into short pieces can be joined; min_track_length then applies to the stitched
+    # tracks (unjoined short fragments are dropped as before). Between 2 and min_track_length.
+    stitch_min_fragment_length: int = 3
     # Junction windows of a candidate pair: A's outer hit -> B's inner hit (phi in rad, lengths in mm).
     # Loose on purpose (the scorer decides): 0.3 rad is a 0.5 GeV track's turn over ~400 mm in 2 T.
     stitch_max_dphi: float = 0.3
@@ -340,8 +344,17 @@ class TrackBuilder(Stage):
     config: TrackBuildingConfig
 
     def hit_labels(self, data: Data, source: Path) -> np.ndarray:
-        """int64 [N]: the track of each hit of one scored event, 0..K-1, -1 = no track."""
+        """int64 [N]: the track of each hit of one scored event, 0..K-1, -1 = no track; tracks of at
+        least `self.fragment_length` hits."""
         raise NotImplementedError
+
+    @property
+    def fragment_length(self) -> int:
+        """The fewest hits of a track that hit_labels keeps: min_track_length, or with stitching the
+        shorter stitch_min_fragment_length (the stitched tracks get min_track_length after)."""
+        if self.config.stitch == "none":
+            return self.config.min_track_length
+        return self.config.stitch_min_fragment_length
 
     def input_files(self, split: str) -> list[Path]:
         """Sorted event files of a split; data_split, when given, takes the first n of each."""
@@ -583,12 +596,7 @@ class ConnectedComponents(TrackBuilder):
         """The connected components of the kept edges (track_labels)."""
         edge_index, edge_scores, num_nodes = graph_arrays(data, source)
         return track_labels(
-            edge_index,
-            edge_scores,
-            num_nodes,
-            self.config.score_cut,
-            self.config.min_track_length,
-            chains=self.config.chains,
+            edge_index, edge_scores, num_nodes, self.config.score_cut, self.fragment_length, chains=self.config.chains
         )
 
 

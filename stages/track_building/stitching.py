@@ -28,7 +28,6 @@ tuned: tune `stitch_max_chi2` / `stitch_min_score` on the valset.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +39,6 @@ from torch_geometric.data import Data
 
 from stages.graph_construction.truth import hit_order
 from tb_plugin.tokenizer import N_SPECIAL, PAD, UNK
-
-log = logging.getLogger(__name__)
 
 Stitch = Literal["none", "geometry", "tb"]
 MERGES_FIELD = "stitch_merges"  # per event: how many fragment pairs stitching joined (an int)
@@ -62,6 +59,11 @@ def check_stitch_keys(config) -> None:
             raise ValueError(f"key '{key}' must be a positive number, got {value}")
     if np.isnan(config.stitch_max_chi2) or np.isnan(config.stitch_min_score):
         raise ValueError("keys 'stitch_max_chi2' and 'stitch_min_score' must be numbers, got nan")
+    if not 2 <= config.stitch_min_fragment_length <= config.min_track_length:
+        raise ValueError(
+            f"key 'stitch_min_fragment_length' must be between 2 and min_track_length ({config.min_track_length}), "
+            f"got {config.stitch_min_fragment_length}"
+        )
     for key in ("stitch_junction_hits", "stitch_max_candidates", "stitch_batch_size"):
         if getattr(config, key) < 1:
             raise ValueError(f"key '{key}' must be at least 1, got {getattr(config, key)}")

@@ -243,6 +243,6 @@ class Walkthrough(TrackBuilder):
             edge_scores,
             num_nodes,
             self.config.score_cut,
-            self.config.min_track_length,
+            self.fragment_length,
             hit_rank=event_hit_rank(data, num_nodes, source),
         )

@@ -131,6 +131,19 @@ def test_both_builders_stitch_and_count_the_merges(tmp_path):
         assert stitched[LABELS_FIELD].tolist() == [0] * 10 + [1] * 5 and stitched[MERGES_FIELD] == 1
 
 
+def test_short_fragments_are_kept_for_stitching_and_dropped_when_not_joined(tmp_path):
+    # min_track_length 6: A (5 hits) + B (3 hits) join into one track of 8; C (3 hits, elsewhere) is dropped
+    data, _ = event(helix(S_A), helix(S_B[:3]), helix(S_A[:3], phi0=2.5))
+    chain = [(0, 1), (1, 2), (2, 3), (3, 4), (5, 6), (6, 7), (8, 9), (9, 10)]
+    data.edge_index = torch.tensor(chain, dtype=torch.int64).T
+    data.edge_scores = torch.full((len(chain),), 0.9)
+    values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path, "input_dir": tmp_path}
+    values |= {"min_track_length": 6}
+    for stitch, expected in (("none", [-1] * 11), ("geometry", [0] * 8 + [-1] * 3)):
+        stage = Walkthrough(build(WalkthroughConfig, values | {"stitch": stitch}, "t.yaml"))
+        assert stage.event_processor()(data.clone(), Path("event000000001.pyg"))[LABELS_FIELD].tolist() == expected
+
+
 def test_evaluate_reports_the_merges(tmp_path):
     data, _ = event(helix(S_A), helix(S_B))
     chain = [(i, i + 1) for i in range(9) if i != 4]
@@ -262,6 +275,7 @@ def test_tb_scorer_loads_from_a_tracking_bert_stage_dir(tiny_tb, tmp_path):
         ({"stitch": "tb"}, r"stitch_tracking_bert_dir"),
         ({"stitch_max_dphi": 0}, r"stitch_max_dphi.*positive"),
         ({"stitch_junction_hits": 0}, r"stitch_junction_hits.*at least 1"),
+        ({"stitch_min_fragment_length": 4}, r"stitch_min_fragment_length.*between 2 and min_track_length \(3\)"),
     ],
 )
 def test_stitch_config_errors_name_the_key(tmp_path, overrides, message):
