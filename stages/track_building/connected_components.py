@@ -29,6 +29,11 @@ fields `track_particle_*`, short names like `pt` allowed, pT in MeV, plus `n_tru
 particle's hit count in the event). `efficiency_pt1` has a fixed denominator, independent of those
 keys so it compares across configs: particles with pT > 1 GeV and at least 5 hits in the event.
 
+Stitching (key `stitch`: none, geometry or tb; stitching.py) joins the fragments a builder made
+when they continue each other, for every builder alike: the builder keeps fragments from
+`stitch_min_fragment_length` hits, stitching merges pairs best first, and `min_track_length` applies
+to the result. Each event then carries `stitch_merges` (pairs joined), and metrics.json their total.
+
 Everything but the labelling lives in `TrackBuilder` and `TrackBuildingConfig`, which every track
 builder shares: `model: Walkthrough` (walkthrough.py) differs from this model only in `hit_labels`.
 """
