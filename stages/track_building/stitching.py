@@ -53,7 +53,9 @@ def check_stitch_keys(config) -> None:
         raise ValueError(
             "key 'stitch_tracking_bert_dir' is required with stitch: tb (the stage_dir of a trained tracking_bert stage)"
         )
-    for key in ("stitch_max_dphi", "stitch_max_dz", "stitch_max_gap", "stitch_hit_sigma"):
+    if not 0 < config.stitch_max_dphi <= np.pi:  # a wider window would find a fragment twice
+        raise ValueError(f"key 'stitch_max_dphi' must be in (0, pi] (radians), got {config.stitch_max_dphi}")
+    for key in ("stitch_max_dz", "stitch_max_gap", "stitch_hit_sigma"):
         value = getattr(config, key)
         if not value > 0:  # also refuses nan
             raise ValueError(f"key '{key}' must be a positive number, got {value}")
@@ -278,9 +280,10 @@ def greedy_merge(
     outer_used = np.zeros(n_fragments, dtype=bool)
     inner_used = np.zeros(n_fragments, dtype=bool)
     merges = 0
-    for c in np.lexsort((b, a, -score)):
+    order = np.lexsort((b, a, -score))
+    for c in order[accept[order]]:
         fa, fb = int(a[c]), int(b[c])
-        if not accept[c] or outer_used[fa] or inner_used[fb]:
+        if outer_used[fa] or inner_used[fb]:
             continue
         ra, rb = find(fa), find(fb)
         if ra == rb:  # would close a loop (only possible with ties in rank; kept as a guard)

@@ -241,6 +241,10 @@ def test_tb_skips_unknown_modules_and_never_merges_an_unscorable_pair(tiny_tb):
     assert np.isnan(scores[b.tolist().index(1)]) and np.isfinite(scores[b.tolist().index(2)])
     grouping, merges = Stitcher(WINDOWS, scorer.scorer(-np.inf))(data, labels, "e.pyg")
     assert merges == 1 and grouping[5] != grouping[0] == grouping[10]
+    # every hit on strips: nothing to score, nothing merged
+    data, labels = tb_event(tokenizer, strip_hits=range(15))
+    assert np.isnan(tb_scores(scorer, data, labels)[2]).all()
+    assert Stitcher(WINDOWS, scorer.scorer(-np.inf))(data, labels, "e.pyg")[1] == 0
 
 
 def test_tb_scorer_loads_from_a_tracking_bert_stage_dir(tiny_tb, tmp_path):
@@ -273,7 +277,8 @@ def test_tb_scorer_loads_from_a_tracking_bert_stage_dir(tiny_tb, tmp_path):
     [
         ({"stitch": "helix"}, r"key 'stitch'.*'none', 'geometry', 'tb'"),
         ({"stitch": "tb"}, r"stitch_tracking_bert_dir"),
-        ({"stitch_max_dphi": 0}, r"stitch_max_dphi.*positive"),
+        ({"stitch_max_dphi": 0}, r"stitch_max_dphi.*\(0, pi\]"),
+        ({"stitch_max_gap": -1}, r"stitch_max_gap.*positive"),
         ({"stitch_junction_hits": 0}, r"stitch_junction_hits.*at least 1"),
         ({"stitch_min_fragment_length": 4}, r"stitch_min_fragment_length.*between 2 and min_track_length \(3\)"),
     ],
