@@ -61,6 +61,13 @@ def geometry_stitch(data, labels, max_chi2=10.0):
 # ------------------------------------------------------------------------------------- geometry
 
 
+def test_stitching_keys_only_lower_the_fragment_length(tmp_path):
+    values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path, "input_dir": tmp_path}
+    for stitch, min_track_length, expected in (("none", 6, 6), ("geometry", 6, 4), ("geometry", 3, 3)):
+        config = build(WalkthroughConfig, values | {"stitch": stitch, "min_track_length": min_track_length}, "t")
+        assert Walkthrough(config).fragment_length == expected
+
+
 def test_two_fragments_of_one_helix_are_stitched():
     data, labels = event(helix(S_A), helix(S_B))
     grouping, merges = geometry_stitch(data, labels)
@@ -138,7 +145,7 @@ def test_short_fragments_are_kept_for_stitching_and_dropped_when_not_joined(tmp_
     data.edge_index = torch.tensor(chain, dtype=torch.int64).T
     data.edge_scores = torch.full((len(chain),), 0.9)
     values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path, "input_dir": tmp_path}
-    values |= {"min_track_length": 6}
+    values |= {"min_track_length": 6, "stitch_min_fragment_length": 3}
     for stitch, expected in (("none", [-1] * 11), ("geometry", [0] * 8 + [-1] * 3)):
         stage = Walkthrough(build(WalkthroughConfig, values | {"stitch": stitch}, "t.yaml"))
         assert stage.event_processor()(data.clone(), Path("event000000001.pyg"))[LABELS_FIELD].tolist() == expected
@@ -280,7 +287,7 @@ def test_tb_scorer_loads_from_a_tracking_bert_stage_dir(tiny_tb, tmp_path):
         ({"stitch_max_dphi": 0}, r"stitch_max_dphi.*\(0, pi\]"),
         ({"stitch_max_gap": -1}, r"stitch_max_gap.*positive"),
         ({"stitch_junction_hits": 0}, r"stitch_junction_hits.*at least 1"),
-        ({"stitch_min_fragment_length": 4}, r"stitch_min_fragment_length.*between 2 and min_track_length \(3\)"),
+        ({"stitch_min_fragment_length": 1}, r"stitch_min_fragment_length.*at least 2"),
     ],
 )
 def test_stitch_config_errors_name_the_key(tmp_path, overrides, message):
