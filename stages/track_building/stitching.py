@@ -2,7 +2,9 @@
 
 A builder's tracks break where the graph misses an edge or the edge score falls below the cut: one
 particle then becomes two fragments, an inner and an outer one, and neither may be matched. Stitching
-works on the builder's per-hit labels, after `hit_labels`, so both builders share it:
+works on the builder's per-hit labels, after `hit_labels` (which then keeps fragments from
+min(`stitch_min_fragment_length`, `min_track_length`) hits, so short pieces can be joined;
+`min_track_length` applies to the stitched tracks), so both builders share it:
 
 1. Candidates. Fragment A's outermost hit must lie before fragment B's innermost hit (the rank of
    r^2 + z^2 that orients the graph, stages/graph_construction/truth.py), and the junction must pass
@@ -373,7 +375,8 @@ class TrackingBERTScorer:
     `[CLS] J [SEP] [SEP]` (layout_pairs with a track of length 0), so every module of J has the
     token, position and segment embeddings it had in pretraining; a real partner track as B would
     make the score depend on which partner was drawn. J is a window of at most max_hits hits around
-    the junction (the model's length): A's last hits and B's first, B's share at most half.
+    the junction (the model's length): A's last hits and B's first, half each when both have enough,
+    a short side leaving the rest to the other.
 
     Modules outside the vocabulary ([UNK], e.g. strip hits for a pixel-only vocabulary) carry no
     information the model was trained on and were never in a pretraining sentence (the volume cut
@@ -402,7 +405,7 @@ class TrackingBERTScorer:
         from tb_plugin.training import CheckpointError, read_checkpoint, trained_checkpoint
 
         path = trained_checkpoint(stage_dir, "TrackingBERT")
-        saved = read_checkpoint(path)["hyper_parameters"].get("model")
+        saved = read_checkpoint(path).get("hyper_parameters", {}).get("model")
         if not isinstance(saved, dict) or not all(
             k in saved for k in ("n_embd", "n_head", "n_layer", "d_ff", "max_len")
         ):
