@@ -1,7 +1,8 @@
 """Per-stage inference time and peak memory of the baseline chain on full-occupancy events, on the CPU.
 
     .venv/bin/python benchmarks/inference_speed.py [--events 3] [--map-events 30] [--threads 2]
-                                                   [--filter-events 6] [--hidden H] [--iters K]
+                                                   [--filter-events 6] [--filter-epochs 20]
+                                                   [--filter-sector 200000] [--hidden H] [--iters K]
                                                    [--out runs/bench/inference_speed.json]
 
 Two chains are timed on the same events, run in memory by stages.inference_chain.InferenceChain, one
@@ -155,9 +156,9 @@ def stage_values(name: str, work: Path, args: argparse.Namespace) -> dict[str, A
             input_dir=str(work / "graphs"),
             stage_dir=str(work / "filter"),
             data_split=[args.filter_events - n_val, n_val, 0],
-            max_epochs=FILTER_EPOCHS,
+            max_epochs=args.filter_epochs,
             val_every_n_epochs=5,
-            max_train_edges=FILTER_TRAIN_EDGES,
+            max_train_edges=args.filter_sector,
             accelerator="cpu",
             devices=1,
             num_workers=0,
@@ -190,6 +191,9 @@ def write_graphs(module_map: Stage, work: Path, n_events: int) -> None:
     for i, path in enumerate(list_event_files(work / "store", "trainset")[:n_events]):
         split = "trainset" if i < n_events - n_val else "valset"
         out = work / "graphs" / split / path.name
+        moved = work / "graphs" / ("valset" if split == "trainset" else "trainset") / path.name
+        if moved.exists():  # another --filter-events splits the graphs differently: one split per event
+            moved.unlink()
         if not out.exists():
             log(f"graph of training event {path.name} -> {split}")
             build = build or module_map.event_processor()
@@ -405,8 +409,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "map_events": args.map_events,
             "test_events": args.events,
             "filter_events": args.filter_events,
-            "filter_epochs": FILTER_EPOCHS,
-            "filter_train_edges": FILTER_TRAIN_EDGES,
+            "filter_epochs": args.filter_epochs,
+            "filter_train_edges": args.filter_sector,
             "detector": detector_name,
             "gnn_hidden": hidden,
             "gnn_iters": iters,
@@ -438,6 +442,15 @@ def main(argv: list[str] | None = None) -> int:
         default=6,
         help="training events whose graphs train (two thirds) and calibrate (one third) the filter (default 6)",
     )
+    parser.add_argument(
+        "--filter-epochs", type=int, default=FILTER_EPOCHS, help=f"filter training epochs (default {FILTER_EPOCHS})"
+    )
+    parser.add_argument(
+        "--filter-sector",
+        type=int,
+        default=FILTER_TRAIN_EDGES,
+        help=f"edges per filter training step, a random phi sector of one graph (default {FILTER_TRAIN_EDGES:,})",
+    )
     parser.add_argument("--hidden", type=int, default=None, help="GNN hidden size (default: the config's)")
     parser.add_argument(
         "--iters", type=int, default=None, help="GNN message-passing iterations (default: the config's)"
@@ -450,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "inference_speed.json")
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)  # the setup child process
     args = parser.parse_args(argv)
-    for key in ("events", "map_events", "threads"):
+    for key in ("events", "map_events", "threads", "filter_epochs", "filter_sector"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if not 2 <= args.filter_events <= args.map_events:

@@ -28,6 +28,7 @@ evaluated; a rerun skips such stages and any seed with a result.json, so an inte
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -442,13 +443,29 @@ def check_same_config(record: dict[str, Any], stage: Stage, record_path: Path) -
     would silently mix old results into the new A/B."""
     current = json.loads(json.dumps(to_record(stage.config), default=_json_default))
     previous = record.get("config", {})
-    changed = sorted(k for k in set(current) | set(previous) if current.get(k) != previous.get(k))
+    defaults = json.loads(json.dumps(field_defaults(type(stage.config)), default=_json_default))
+    changed = sorted(
+        k
+        for k in set(current) | set(previous)
+        if current.get(k) != previous.get(k)
+        # a key added in a later version, at its default (which keeps the old behaviour), is no change
+        and not (k not in previous and k in defaults and current.get(k) == defaults[k])
+    )
     if changed:
         details = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
         raise ConfigError(
             f"{record_path}: this stage finished with another config ({details}); remove "
             f"{stage.stage_dir} (or use another ab_dir) to rerun it with the new one"
         )
+
+
+def field_defaults(config_class: type) -> dict[str, Any]:
+    """The declared defaults of a config dataclass's fields (those without one are left out)."""
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(config_class)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
 
 
 def trainable_parameters(stage: Stage) -> int:

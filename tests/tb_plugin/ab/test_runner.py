@@ -314,3 +314,18 @@ def test_a_killed_ab_resumes_to_the_same_results(ab_setup, tmp_path, run_tb):
     a = json.loads((tmp_path / "whole" / "results.json").read_text())
     b = json.loads((tmp_path / "killed" / "results.json").read_text())
     assert without_timings(a) == without_timings(b)
+
+
+def test_a_key_added_later_at_its_default_does_not_invalidate_a_finished_stage(tmp_path):
+    from tb_plugin.ab.runner import check_same_config
+    from tb_plugin.config import to_record
+    from tb_plugin.pipeline import stage_from_mapping
+
+    values = {"stage": "track_building", "model": "ConnectedComponents", "input_dir": "x", "stage_dir": "y"}
+    stage = stage_from_mapping(values, "cc.yaml")
+    old = json.loads(json.dumps(to_record(stage.config), default=str))
+    del old["stitch"], old["stitch_max_chi2"]  # a stage finished before these keys existed
+    check_same_config({"config": old}, stage, tmp_path / "ab_stage.json")
+    changed = stage_from_mapping({**values, "stitch": "geometry"}, "cc.yaml")
+    with pytest.raises(ConfigError, match=r"stitch: None -> 'geometry'"):
+        check_same_config({"config": old}, changed, tmp_path / "ab_stage.json")
