@@ -443,7 +443,7 @@ def check_same_config(record: dict[str, Any], stage: Stage, record_path: Path) -
     would silently mix old results into the new A/B."""
     current = json.loads(json.dumps(to_record(stage.config), default=_json_default))
     previous = record.get("config", {})
-    defaults = json.loads(json.dumps(field_defaults(type(stage.config)), default=_json_default))
+    defaults = field_defaults(type(stage.config))
     changed = sorted(
         k
         for k in set(current) | set(previous)
@@ -460,12 +460,16 @@ def check_same_config(record: dict[str, Any], stage: Stage, record_path: Path) -
 
 
 def field_defaults(config_class: type) -> dict[str, Any]:
-    """The declared defaults of a config dataclass's fields (those without one are left out)."""
-    return {
-        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        for f in dataclasses.fields(config_class)
-        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-    }
+    """The plain declared defaults of a config dataclass's fields, as they read in a JSON record (fields
+    without one, or with a default factory, are left out: such keys always count as changed)."""
+    out = {}
+    for f in dataclasses.fields(config_class):
+        if f.default is not dataclasses.MISSING:
+            try:
+                out[f.name] = json.loads(json.dumps(f.default, default=_json_default))
+            except TypeError:
+                continue
+    return out
 
 
 def trainable_parameters(stage: Stage) -> int:
