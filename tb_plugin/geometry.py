@@ -242,6 +242,11 @@ class Detector:
 
     # ------------------------------------------------------------------ identity
 
+    def subset(self, rows: np.ndarray | slice) -> Detector:
+        """The detector of only these modules (a boolean mask, indices or a slice), in their order:
+        a smaller or partly different detector, e.g. for a geometry-mismatch test."""
+        return Detector.from_arrays(**{name: getattr(self, name)[rows] for name in _ARRAY_FIELDS})
+
     def __len__(self) -> int:
         return int(self.volume_id.shape[0])
 

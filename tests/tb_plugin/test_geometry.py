@@ -358,3 +358,11 @@ def test_bad_rotation_and_size_are_rejected(builtin, tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(DetectorFormatError, match=r"empty\.csv"):
         Detector.from_csv(tmp_path / "empty.csv")
+
+
+def test_subset_keeps_the_chosen_modules_in_order():
+    detector = Detector.builtin()
+    pixels = detector.subset(detector.volume_mask([8]))
+    assert len(pixels) == int(detector.volume_mask([8]).sum()) and set(pixels.volume_id.tolist()) == {8}
+    assert np.array_equal(pixels.center, detector.center[detector.volume_mask([8])])
+    assert detector.subset(slice(None)) == detector
