@@ -51,9 +51,8 @@ def option_label(runner: Any) -> str:
     return f"normalize {values.get('normalize', 'none')}, dim {width}"
 
 
-def build_chains(configs: list[Path], seed: int) -> dict[str, InferenceChain]:
+def build_chains(configs: list[Path], runners: list[Any], seed: int) -> dict[str, InferenceChain]:
     """The baseline chain of the first config, then one trackingbert chain per config."""
-    runners = [load_runner(path) for path in configs]
     chains = {"baseline": InferenceChain(runners[0].plan("baseline", seed).stages)}
     for path, runner in zip(configs, runners):
         stages = [runner.pretraining_stage(), *runner.plan("trackingbert", seed).stages]
@@ -135,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.events < 1 or args.rounds < 1:
         print("error: --events and --rounds must be at least 1", file=sys.stderr)
         return 2
-    chains = build_chains(args.configs, args.seed)
-    runner = load_runner(args.configs[0])
+    runners = [load_runner(path) for path in args.configs]
+    chains = build_chains(args.configs, runners, args.seed)
+    runner = runners[0]
     files = list_event_files(runner.reading_stage().stage_dir, "testset")[: args.events]
     if not files:
         print(f"error: no test events in {runner.reading_stage().stage_dir / 'testset'}", file=sys.stderr)

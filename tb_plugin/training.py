@@ -123,6 +123,12 @@ class RandomStateCheckpoint(Callback):
         global _pending_random_state
         _pending_random_state = state_dict
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """A fit that ended before its loader drew (an error, nothing left to train) must not hand its
+        state to the next stage trained in this process."""
+        global _pending_random_state
+        _pending_random_state = None
+
 
 def restore_pending_random_state() -> None:
     """Restore the random state a resumed checkpoint brought, once (nothing to do otherwise)."""

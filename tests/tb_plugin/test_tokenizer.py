@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -50,24 +52,7 @@ def test_save_load_round_trip_and_geometry_refusal(detector, tmp_path):
     assert again.volumes == PIXEL and np.array_equal(again.token_to_module, tok.token_to_module)
     moved = detector.center.copy()
     moved[0, 2] += 1.0
-    other = Detector.from_arrays(
-        **{
-            name: getattr(detector, name)
-            for name in (
-                "volume_id",
-                "layer_id",
-                "module_id",
-                "rotation",
-                "thickness",
-                "min_hu",
-                "max_hu",
-                "hv",
-                "pitch_u",
-                "pitch_v",
-            )
-        },
-        center=moved,
-    )
+    other = dataclasses.replace(detector, center=moved)  # __post_init__ rebuilds the derived fields
     with pytest.raises(
         GeometryMismatchError, match=r"vocab\.json was built on detector geometry .* but the data uses geometry"
     ):

@@ -251,3 +251,13 @@ def test_a_checkpoint_cut_short_is_refused_naming_it(graph_folder, tmp_path):
     last.write_bytes(last.read_bytes()[:1000])  # killed while Lightning wrote it
     with pytest.raises(CheckpointError, match=r"last\.ckpt: not a readable checkpoint \(truncated or corrupt\?\)"):
         InteractionGNN(config(graph_folder, stage_dir, max_epochs=2)).train()
+
+
+def test_a_resumed_finished_fit_leaves_no_random_state_for_the_next_stage(graph_folder, tmp_path):
+    """`tb run` again: a finished stage's resume must not hand its saved random state to the next
+    stage trained in the same process (that stage would then draw from another stage's generators)."""
+    from tb_plugin import training
+
+    InteractionGNN(config(graph_folder, tmp_path / "gnn")).train()
+    InteractionGNN(config(graph_folder, tmp_path / "gnn")).train()  # resumes a finished fit: nothing to train
+    assert training._pending_random_state is None
