@@ -34,12 +34,17 @@ when they continue each other, for every builder alike: the builder keeps fragme
 min(`stitch_min_fragment_length`, `min_track_length`) hits, stitching merges pairs best first, and `min_track_length` applies
 to the result. Each event then carries `stitch_merges` (pairs joined), and metrics.json their total.
 
+Candidate scoring (key `reject`: none, geometry or tb; rejection.py) follows stitching: each final
+candidate is scored and those under a cut are dropped (or flagged). The cut is `reject_min_score`, or
+is chosen on the valset by `train`, which makes the stage trainable only then (stage_dir/reject_cut.json).
+
 Everything but the labelling lives in `TrackBuilder` and `TrackBuildingConfig`, which every track
 builder shares: `model: Walkthrough` (walkthrough.py) differs from this model only in `hit_labels`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -54,11 +59,28 @@ from torch_geometric.data import Data
 from tqdm import tqdm
 
 from stages.data_reading.trackml_reader import SHORT_NAMES
-from stages.plots import plot_efficiency_curves
+from stages.plots import plot_efficiency_curves, plot_histograms
 from stages.track_building.matching import STYLES, MatchCounts, check_matching_fraction, count_matches, match_event
-from stages.track_building.stitching import MERGES_FIELD, Stitch, check_stitch_keys, make_stitcher
-from tb_plugin.atomic import atomic_path
+from stages.track_building.rejection import (
+    BELOW_FIELD,
+    CUT_FILE,
+    FLAG_FIELD,
+    SCORE_FIELD,
+    SCORES_PLOT,
+    Reject,
+    RejectAction,
+    Rejector,
+    check_reject_keys,
+    choose_cut,
+    cut_record,
+    geometry_candidate_score,
+    read_cut,
+    track_scores,
+)
+from stages.track_building.stitching import MERGES_FIELD, Stitch, TrackingBERTScorer, check_stitch_keys, make_stitcher
+from tb_plugin.atomic import atomic_path, write_text
 from tb_plugin.conditions import Condition, parse_conditions, select
+from tb_plugin.config import to_record
 from tb_plugin.event_store import (
     EVENT_FILE,
     SPLITS,
@@ -90,6 +112,7 @@ class EventMatches:
     trackml_score: float | None  # None without hit weights
     particles: pd.DataFrame  # the target particles, with pt_gev, eta and reconstructed_<style>
     stitch_merges: int = 0  # fragment pairs stitching joined in the event (stitching.py)
+    reject_below: int = 0  # candidates under the reject cut in the event (rejection.py)
 
 
 @dataclass(kw_only=True)
@@ -135,8 +158,6 @@ class TrackBuildingConfig(StageConfig):
     # of one particle had chi2/ndof median 0.07 and 95 % below 3.5; <= 3 kept 94 % of them with 85 %
     # of the accepted pairs right (10: 97 %, 67 %). Tune on the valset.
     stitch_max_chi2: float = 3.0
-    # tb: the stage_dir of a trained tracking_bert stage (artifacts/best.ckpt or last.ckpt, vocab.json).
-    stitch_tracking_bert_dir: Path | None = None
     # tb: junction modules scored on each side (A's last k, B's first k), each masked in its own copy.
     stitch_junction_hits: int = 2
     # tb: the smallest mean log-probability of the true junction modules that merges (-2: ~14 % per
@@ -144,8 +165,20 @@ class TrackBuildingConfig(StageConfig):
     # of the candidate pairs (53 % of them right), -5 accepted 87 % (48 % right): -5 barely cuts. The
     # scale depends on the model and its vocabulary: choose it on the valset.
     stitch_min_score: float = -2.0
-    # tb: masked copies per forward pass.
+    # tb: masked copies per forward pass (also for reject: tb).
     stitch_batch_size: int = 1024
+    # Candidate scoring after stitching (rejection.py): none, geometry (helix chi2) or tb (TrackingBERT).
+    reject: Reject = "none"
+    # drop the candidates scoring under the cut (their hits get -1), or flag them (hit_candidate_rejected).
+    reject_action: RejectAction = "drop"
+    # The cut, chosen by `train` on the valset: the largest score keeping this fraction of the true
+    # (two_way matched) candidates that have a score. 0.99 is the issue's example; not tuned.
+    reject_keep: float = 0.99
+    # A cut set by hand instead (no valset pass): candidates scoring under it are rejected.
+    reject_min_score: float | None = None
+    # stitch: tb and reject: tb: the stage_dir of a trained tracking_bert stage (artifacts/best.ckpt or
+    # last.ckpt, vocab.json). The A/B sets it to its own tracking_bert stage when left out.
+    tracking_bert_dir: Path | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -159,6 +192,7 @@ class TrackBuildingConfig(StageConfig):
             raise ValueError(f"key 'min_particle_hits' must be at least 1, got {self.min_particle_hits}")
         check_matching_fraction(self.matching_fraction)
         check_stitch_keys(self)
+        check_reject_keys(self)
         parse_conditions(self.target_tracks, "key 'target_tracks'")
 
     @property
@@ -373,11 +407,40 @@ class TrackBuilder(Stage):
             files = files[: self.config.data_split[SPLITS.index(split)]]
         return files
 
-    def event_processor(self) -> EventProcessor:
-        """Load the stitcher when `stitch` asks for one (the TrackingBERT model, once); the function adds
-        hit_track_labels to one scored event (no file is written: `infer` writes the submission from
-        these labels). With stitching, the event also gets `stitch_merges`, the pairs it joined."""
-        stitcher = make_stitcher(self.config, self.config.input_dir)
+    @property
+    def trainable(self) -> bool:  # type: ignore[override]  # a class constant elsewhere: here the config decides
+        """Only a reject cut chosen on the valset needs a pass before infer (`train`)."""
+        return self.config.reject != "none" and self.config.reject_min_score is None
+
+    def tracking_bert(self) -> TrackingBERTScorer | None:
+        """The pretrained model, loaded once for stitch: tb and reject: tb alike (None when neither asks)."""
+        c = self.config
+        if "tb" not in (c.stitch, c.reject):
+            return None
+        return TrackingBERTScorer.from_stage_dir(
+            c.tracking_bert_dir, c.input_dir, c.stitch_junction_hits, c.stitch_batch_size
+        )
+
+    def rejector(self, tb: TrackingBERTScorer | None, choosing_cut: bool) -> Rejector | None:
+        """The candidate scorer `reject` asks for, with its cut (reject_min_score, else the one `train`
+        chose); while the cut is being chosen, scores only."""
+        c = self.config
+        if c.reject == "none":
+            return None
+        score = geometry_candidate_score(c.stitch_hit_sigma) if c.reject == "geometry" else tb.candidate_scores
+        if choosing_cut:
+            return Rejector(score, None, c.reject_action)
+        cut = c.reject_min_score if c.reject_min_score is not None else read_cut(self.stage_dir)
+        return Rejector(score, cut, c.reject_action)
+
+    def event_processor(self, choosing_cut: bool = False) -> EventProcessor:
+        """Load the stitcher and the candidate scorer the keys ask for (the TrackingBERT model once); the
+        function adds hit_track_labels to one scored event (no file is written: `infer` writes the
+        submission from these labels). With stitching the event also gets `stitch_merges`, the pairs it
+        joined; with candidate scoring `hit_candidate_score` and `reject_below_cut` (rejection.py)."""
+        tb = self.tracking_bert()
+        stitcher = make_stitcher(self.config, self.config.input_dir, tb)
+        rejector = self.rejector(tb, choosing_cut)
 
         def add_labels(data: Data, source: Path) -> Data:
             labels = self.hit_labels(data, source)
@@ -385,10 +448,68 @@ class TrackBuilder(Stage):
                 grouping, merges = stitcher(data, labels, source)
                 labels = number_tracks(grouping, self.config.min_track_length)
                 data[MERGES_FIELD] = merges
+            if rejector is not None:
+                kept, score, below = rejector(data, labels, source)
+                if self.config.reject_action == "flag" and rejector.cut is not None:
+                    data[FLAG_FIELD] = torch.from_numpy(score < rejector.cut)  # nan (no score): not flagged
+                labels = number_tracks(kept, self.config.min_track_length)
+                score[labels < 0] = np.nan  # dropped candidates are no tracks
+                data[SCORE_FIELD] = torch.from_numpy(score)
+                data[BELOW_FIELD] = below
             data[LABELS_FIELD] = torch.from_numpy(labels)
             return data
 
         return add_labels
+
+    def train(self, checkpoint: Path | None = None) -> None:
+        """Choose the reject cut on the valset (rejection.py): build, stitch and score the valset
+        candidates, match them to the truth, keep `reject_keep` of the true ones; writes
+        stage_dir/reject_cut.json and the score distributions (PNG)."""
+        if not self.trainable:
+            super().train(checkpoint)
+        source = Path(self.config.input_dir) / "valset"
+        files = self.input_files("valset")
+        if not files:
+            raise FileNotFoundError(f"no event files in {source}: the reject cut is chosen on the valset")
+        process = self.event_processor(choosing_cut=True)
+        true, fake = [], []
+        for path in tqdm(files, desc="track_building reject cut (valset)", unit="event", leave=False):
+            data = process(load_event(path), path)
+            pid = hit_particle_ids(data)
+            if pid is None:
+                continue
+            labels = data[LABELS_FIELD].numpy()
+            tracks, _ = match_event(labels, pid, self.config.matching_fraction)
+            scores = track_scores(labels, data[SCORE_FIELD].numpy())[tracks.track_id.to_numpy()]
+            matched = tracks.matched_two_way.to_numpy()
+            true.append(scores[matched])
+            fake.append(scores[~matched])
+        if not true:
+            raise ValueError(f"{source}: none of the {len(files)} events has truth, so the reject cut cannot be chosen")
+        try:
+            cut = choose_cut(np.concatenate(true), self.config.reject_keep)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+        record = cut_record(cut, self.config.reject_keep, np.concatenate(true), np.concatenate(fake), len(true))
+        self.write_cut(record | {"reject": self.config.reject}, np.concatenate(true), np.concatenate(fake))
+
+    def write_cut(self, record: dict[str, Any], true: np.ndarray, fake: np.ndarray) -> None:
+        plot_histograms(
+            {"true candidates (two_way matched)": true, "fake candidates": fake},
+            50,
+            f"candidate score ({self.config.reject})",
+            self.stage_dir / SCORES_PLOT,
+            title=f"valset candidates; cut {record['cut']:.4g} keeps {self.config.reject_keep:g} of the true ones",
+            logy=True,
+        )
+        write_text(
+            self.stage_dir / CUT_FILE, json.dumps(record | {"config": to_record(self.config)}, indent=2, default=str)
+        )
+        print(
+            f"track_building reject cut ({self.config.reject}, valset, {record['valset_events']} events): {record['cut']:.4g}; "
+            f"below it {record['true_below_cut']} of {record['true_candidates']} true and {record['fake_below_cut']} of "
+            f"{record['fake_candidates']} fake candidates\n  -> {self.stage_dir / CUT_FILE}"
+        )
 
     def infer(self, overwrite: bool = False) -> None:
         process = self.event_processor()
@@ -466,10 +587,11 @@ class TrackBuilder(Stage):
         counts_pt1 = {style: MatchCounts() for style in STYLES}
         scores: list[float] = []
         plotted: list[pd.DataFrame] = []
-        without_truth = merges = 0
+        without_truth = merges = below = 0
         for path in tqdm(files, desc=f"track_building eval {split}", unit="event", leave=False):
             matches = self.event_matches(path)
             merges += 0 if matches is None else matches.stitch_merges
+            below += 0 if matches is None else matches.reject_below
             if matches is None:
                 log.warning("%s: no truth (hit_particle_id or track_edges + track_particle_id); skipped", path)
                 without_truth += 1
@@ -488,6 +610,9 @@ class TrackBuilder(Stage):
         metrics = self.summarise(counts, counts_pt1, scores, len(files) - without_truth, without_truth)
         if self.config.stitch != "none":
             metrics |= {"stitch": self.config.stitch, "stitch_merges": merges}  # over the events with truth
+        if self.config.reject != "none":
+            cut = self.config.reject_min_score if self.config.reject_min_score is not None else read_cut(self.stage_dir)
+            metrics |= {"reject": self.config.reject, "reject_cut": cut, "reject_below_cut": below}
         self.plot_efficiency(pd.concat(plotted, ignore_index=True))
         path = self.write_metrics(metrics)
         two_way = metrics["two_way"]
@@ -523,6 +648,7 @@ class TrackBuilder(Stage):
                 eta=features.get("track_particle_eta", np.full(len(particles), np.nan)),
             )[target],
             stitch_merges=int(data[MERGES_FIELD]) if MERGES_FIELD in data else 0,
+            reject_below=int(data[BELOW_FIELD]) if BELOW_FIELD in data else 0,
         )
 
     def particle_selections(

@@ -52,9 +52,9 @@ MERGES_FIELD = "stitch_merges"  # per event: how many fragment pairs stitching j
 
 def check_stitch_keys(config) -> None:
     """The stitch_* keys of a TrackBuildingConfig; one-line errors naming the key."""
-    if config.stitch == "tb" and config.stitch_tracking_bert_dir is None:
+    if config.stitch == "tb" and config.tracking_bert_dir is None:
         raise ValueError(
-            "key 'stitch_tracking_bert_dir' is required with stitch: tb (the stage_dir of a trained tracking_bert stage)"
+            "key 'tracking_bert_dir' is required with stitch: tb (the stage_dir of a trained tracking_bert stage)"
         )
     if not 0 < config.stitch_max_dphi <= np.pi:  # a wider window would find a fragment twice
         raise ValueError(f"key 'stitch_max_dphi' must be in (0, pi] (radians), got {config.stitch_max_dphi}")
@@ -342,9 +342,10 @@ def geometry_scorer(sigma: float, max_chi2: float) -> Scorer:
     return score
 
 
-def make_stitcher(config, data_dir: Path | None) -> Stitcher | None:
-    """The stitcher a TrackBuildingConfig asks for (None for stitch: none). stitch: tb loads the
-    TrackingBERT model once, here; `data_dir` is the builder's input_dir, for the geometry check."""
+def make_stitcher(config, data_dir: Path | None, tb: TrackingBERTScorer | None = None) -> Stitcher | None:
+    """The stitcher a TrackBuildingConfig asks for (None for stitch: none). stitch: tb uses `tb` when the
+    builder has loaded the model already (it may score candidates too), else loads it here; `data_dir`
+    is the builder's input_dir, for the geometry check."""
     if config.stitch == "none":
         return None
     windows = JunctionWindows(
@@ -352,10 +353,10 @@ def make_stitcher(config, data_dir: Path | None) -> Stitcher | None:
     )
     if config.stitch == "geometry":
         return Stitcher(windows, geometry_scorer(config.stitch_hit_sigma, config.stitch_max_chi2))
-    scorer = TrackingBERTScorer.from_stage_dir(
-        config.stitch_tracking_bert_dir, data_dir, config.stitch_junction_hits, config.stitch_batch_size
+    tb = tb or TrackingBERTScorer.from_stage_dir(
+        config.tracking_bert_dir, data_dir, config.stitch_junction_hits, config.stitch_batch_size
     )
-    return Stitcher(windows, scorer.scorer(config.stitch_min_score))
+    return Stitcher(windows, tb.scorer(config.stitch_min_score))
 
 
 # ------------------------------------------------------------------------------------- TrackingBERT
@@ -436,12 +437,36 @@ class TrackingBERTScorer:
     def scores(self, data: Data, joined: Joined, source: str) -> np.ndarray:
         """float64 [C]: mean log-probability of the true module over each pair's scorable junction
         positions; nan where a pair has none (class docstring)."""
-        from tb_plugin.pretraining.masking import mask_for_eval
+        tokens = self.tokens(data, joined, source)
+        return self.mean_log_prob(self.windows(joined, tokens), joined, tokens)
+
+    def candidate_scores(self, data: Data, fragments: Fragments, source: str) -> np.ndarray:
+        """float64 [F]: the MDM pseudo-log-likelihood of each whole candidate (rejection.py): its first
+        max_hits in-vocabulary modules, each masked in its own copy, the mean log-probability of the true
+        module; nan for a candidate with fewer than two modules in the vocabulary (nothing to judge)."""
+        from stages.track_building.rejection import alone
+
+        joined = alone(fragments)
+        tokens = self.tokens(data, joined, source)
+        n, pair = joined.n_pairs, joined.pair
+        known = tokens != UNK  # [T]
+        seen = known & (count_within(known, pair, n) <= self.max_hits)
+        judged = np.bincount(pair[seen], minlength=n) >= 2  # [F]
+        seen &= judged[pair]
+        window = ModelInput(np.flatnonzero(judged), seen, count_within(seen, pair, n), seen)
+        return self.mean_log_prob(window, joined, tokens)
+
+    def tokens(self, data: Data, joined: Joined, source: str) -> np.ndarray:
+        """int64 [T]: the token of each hit of the joined sequences ([UNK] outside the vocabulary)."""
         from tb_plugin.pretraining.tracks import hit_module_index
 
-        module = hit_module_index(data, self.detector, source)  # [N]
-        tokens = self.tokenizer.encode(module)[joined.hits]  # [T]
-        window = self.windows(joined, tokens)
+        return self.tokenizer.encode(hit_module_index(data, self.detector, source))[joined.hits]
+
+    def mean_log_prob(self, window: ModelInput, joined: Joined, tokens: np.ndarray) -> np.ndarray:
+        """float64 [C]: per sequence, the mean over its scorable entries of the log-probability of the true
+        module, each masked in its own copy of the sequence's row; nan for a sequence with none."""
+        from tb_plugin.pretraining.masking import mask_for_eval
+
         layout = self.layout(window, joined, tokens)  # [R, L] each
         q = np.flatnonzero(window.scorable)  # entries scored, one masked copy each
         row_of_q = np.searchsorted(window.row_pair, joined.pair[q])  # [Q] row of each copy

@@ -11,7 +11,7 @@ arm adds, and what it adds downstream. Validated once here; the runner only sees
       edge_features: [tb_sim]
       edge_scales: [1.0]
     trackingbert_keys:                        # keys set on the trackingbert arm's stages, by model
-      ModuleMap: {prior: {scorer: tb}}
+      ModuleMap: {prior: {scorer: tb}}        # (a stage's tracking_bert_dir defaults to the A/B's own)
     baseline_keys: {}                         # the same for the baseline arm (e.g. a geometry-only control)
     low_label: {n_labelled: [1, 2, 4, 8], seeds: [0], run: false}   # `tb ab --low-label` runs it
     bootstrap: {samples: 2000, confidence: 0.95, seed: 0}
@@ -86,7 +86,9 @@ class ABConfig:
     pipeline: Path
     tracking_bert: Path
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    trackingbert_features: FeatureAddition = field(default_factory=FeatureAddition)
+    # null: no features (an A/B of keys only, e.g. stitch: tb in track building; the arms then share the
+    # stages before the first one the keys change)
+    trackingbert_features: FeatureAddition | None = field(default_factory=FeatureAddition)
     trackingbert_keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> keys set in that arm only
     baseline_keys: dict[str, dict[str, Any]] = field(default_factory=dict)
     low_label: LowLabelConfig | None = None
@@ -95,6 +97,11 @@ class ABConfig:
     timing_repeats: int = 3
 
     def __post_init__(self) -> None:
+        if self.trackingbert_features is None and not self.trackingbert_keys:
+            raise ValueError(
+                "keys 'trackingbert_features' (null) and 'trackingbert_keys' (empty): the trackingbert arm would "
+                "be the baseline; add features, or keys that use the pretrained model (e.g. Walkthrough: {stitch: tb})"
+            )
         if not self.seeds:
             raise ValueError("key 'seeds' must list at least one seed")
         if len(set(self.seeds)) != len(self.seeds):

@@ -152,11 +152,15 @@ def _setup_section(results: Mapping[str, Any], differences: Mapping[str, Any]) -
     bootstrap = config.get("bootstrap", {}) if isinstance(config, Mapping) else {}
     level = _confidence(differences, results)
     samples = bootstrap.get("samples") if isinstance(bootstrap, Mapping) else None
+    adds = (
+        "TrackingBERT module-embedding features"
+        if config.get("trackingbert_features") is not None
+        else "the keys `trackingbert_keys` sets, which use the pretrained TrackingBERT; no features"
+    )
     lines = [
         "## What was compared",
         "",
-        f"- arms: `{ARMS[0]}` (the pipeline as configured) and `{ARMS[1]}` (the same pipeline with "
-        "TrackingBERT module-embedding features)",
+        f"- arms: `{ARMS[0]}` (the pipeline as configured) and `{ARMS[1]}` (the same pipeline with {adds})",
         f"- seeds: {', '.join(map(str, seeds))} ({len(seeds)} per arm, the same in both)",
         f"- test events: {n_events}, the same events in every arm and seed",
         f"- differences: pooled over all (seed, event) cells (ratio of sums); intervals: {level:.0%} percentile "

@@ -50,6 +50,7 @@ from tb_plugin.atomic import atomic_path, write_text
 from tb_plugin.config import ConfigError, load_yaml, to_record
 from tb_plugin.event_store import list_event_files, load_event
 from tb_plugin.pipeline import load_pipeline, stage_from_mapping
+from tb_plugin.registry import resolve
 from tb_plugin.stage import Stage
 from tb_plugin.training import TrainerConfig
 
@@ -124,18 +125,26 @@ class ABRunner:
         return stage_from_mapping(values, str(self.config.tracking_bert))
 
     def arm_values(self, arm: str, seed: int, n_labelled: int | None = None) -> list[dict[str, Any]]:
-        """The downstream stage configs of one arm and seed (and labelled-event count), wired in order."""
+        """The downstream stage configs of one arm and seed (and labelled-event count), wired in order.
+
+        A trackingbert-arm stage whose config and input are the baseline's (an A/B that adds no
+        features and sets keys on a later stage only, e.g. track building) is the baseline's run: it
+        keeps the baseline's folder, so the arms share it instead of training it twice."""
         if arm not in ARMS:
             raise ValueError(f"unknown arm '{arm}'; expected one of {', '.join(ARMS)}")
-        upstream = self.pretraining_stage().stage_dir if arm == "trackingbert" else self.reading_stage().stage_dir
+        features = arm == "trackingbert" and self.config.trackingbert_features is not None
+        upstream = self.pretraining_stage().stage_dir if features else self.reading_stage().stage_dir
+        shared = self.arm_values("baseline", seed, n_labelled) if arm == "trackingbert" and not features else []
         seeded = False
         wired = []
-        for values, name in zip(self.downstream, stage_folders(self.downstream)):
+        for i, (values, name) in enumerate(zip(self.downstream, stage_folders(self.downstream))):
             values = copy.deepcopy(values)
             values["input_dir"] = upstream
             values.update(copy.deepcopy(self.arm_keys(arm).get(values["model"], {})))
-            if arm == "trackingbert":
+            if features:
                 self.add_features(values)
+            if arm == "trackingbert" and values.get("tracking_bert_dir") is None and self.uses_model(values):
+                values["tracking_bert_dir"] = self.pretraining_stage().stage_dir  # the A/B's own model
             stage = stage_from_mapping(values, "the A/B arm")
             if n_labelled is not None and gradient_trained(stage):
                 self.set_labelled_events(values, stage, n_labelled)
@@ -146,10 +155,20 @@ class ABRunner:
             if n_labelled is not None and seeded:
                 root = root / "low_label" / f"n{n_labelled}"
             folder = root / arm / (f"seed{seed}" if seeded else "") / name
+            if i < len(shared) and {**values, "stage_dir": None} == {**shared[i], "stage_dir": None}:
+                folder = shared[i]["stage_dir"]
             values["stage_dir"] = folder
             wired.append(values)
             upstream = folder
         return wired
+
+    @staticmethod
+    def uses_model(values: dict[str, Any]) -> bool:
+        """A stage with a `tracking_bert_dir` key that asks for the model by a key set to `tb` (track
+        building's stitch: tb and reject: tb)."""
+        config_class = resolve(str(values.get("stage")), str(values.get("model")), "the A/B arm").config_class
+        has_key = any(f.name == "tracking_bert_dir" for f in dataclasses.fields(config_class))
+        return has_key and any(v == "tb" for v in values.values())
 
     def arm_keys(self, arm: str) -> dict[str, dict[str, Any]]:
         """Keys the A/B config sets on this arm's stages, by model (e.g. the module map's prior)."""
@@ -288,7 +307,8 @@ class ABRunner:
         if plan.arm == "trackingbert":
             train_time = {"tracking_bert": pretrain_record["train_time_s"], **train_time}
             params = {"tracking_bert": pretrain_record["trainable_parameters"], **params}
-        chain_stages = ([self.pretraining_stage()] if plan.arm == "trackingbert" else []) + plan.stages
+        adds_features = plan.arm == "trackingbert" and self.config.trackingbert_features is not None
+        chain_stages = ([self.pretraining_stage()] if adds_features else []) + plan.stages
         result = {
             "seed": plan.seed,
             "event_ids": events.event_ids,

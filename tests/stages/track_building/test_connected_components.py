@@ -161,6 +161,7 @@ def test_infer_writes_events_and_submissions_and_resumes(input_dir, tmp_path):
     (out / "submissions" / "testset" / "event000000001-submission.csv").unlink()
     cc.infer()
     assert (out / "submissions" / "testset" / "event000000001-submission.csv").exists()
+    inode = files[0].stat().st_ino  # (rewritten with its submission: the inode it had before may be reused)
     cc.infer(overwrite=True)
     assert files[0].stat().st_ino != inode
 

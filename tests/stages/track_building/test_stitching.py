@@ -1,12 +1,10 @@
 """Fragment stitching (stages/track_building/stitching.py) on small events built here."""
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch_geometric.data import Data
 
 from stages.graph_construction.truth import hit_order
 from stages.track_building.connected_components import LABELS_FIELD, ConnectedComponents, ConnectedComponentsConfig
@@ -27,31 +25,9 @@ from stages.track_building.stitching import (
 from stages.track_building.walkthrough import Walkthrough, WalkthroughConfig
 from tb_plugin.config import ConfigError, build
 from tb_plugin.event_store import list_event_files, load_event, save_event
-from tb_plugin.geometry import Detector
-from tb_plugin.model import OptimConfig, TrackingBERTConfig, TrackingBERTModule
-from tb_plugin.tokenizer import UNK, ModuleTokenizer
+from tests.stages.track_building.fragments import S_A, S_B, event, helix, tb_event, tiny_trackingbert
 
 WINDOWS = JunctionWindows(max_dphi=0.3, max_dz=100.0, max_gap=500.0, max_candidates=5)
-S_A = np.arange(1, 6) * 60.0  # arc lengths (mm) of an inner fragment's hits
-S_B = np.arange(6, 11) * 60.0  # ... and of the outer fragment that continues it
-
-
-def helix(s, radius=2000.0, charge=1, phi0=0.3, z0=0.0, cot_theta=0.4) -> np.ndarray:
-    """[n, 3] points of a helix from the origin at arc lengths `s` (transverse), turning with `charge`."""
-    s = np.asarray(s, dtype=np.float64)
-    centre = charge * radius * np.array([-np.sin(phi0), np.cos(phi0)])
-    beta = np.arctan2(-centre[1], -centre[0]) + charge * s / radius
-    return np.stack([centre[0] + radius * np.cos(beta), centre[1] + radius * np.sin(beta), z0 + cot_theta * s], 1)
-
-
-def event(*fragments: np.ndarray, module_index=None) -> tuple[Data, np.ndarray]:
-    """An event of the given fragments' hits, and their labels (fragment k -> label k)."""
-    xyz = np.concatenate(fragments)
-    labels = np.repeat(np.arange(len(fragments)), [len(f) for f in fragments])
-    fields = {f"hit_{c}": torch.tensor(xyz[:, i], dtype=torch.float32) for i, c in enumerate("xyz")}
-    if module_index is not None:
-        fields["hit_module_index"] = torch.as_tensor(module_index, dtype=torch.int64)
-    return Data(**fields, hit_id=torch.arange(1, len(xyz) + 1), num_nodes=len(xyz)), labels
 
 
 def geometry_stitch(data, labels, max_chi2=10.0):
@@ -169,29 +145,9 @@ def test_evaluate_reports_the_merges(tmp_path):
 # ------------------------------------------------------------------------------------- TrackingBERT
 
 
-PIXEL = (7, 8, 9)
-
-
 @pytest.fixture(scope="module")
 def tiny_tb():
-    """A TrackingBERT of one small layer, random weights with a fixed seed, over the built-in detector
-    with a pixel-only vocabulary (strip modules are [UNK])."""
-    torch.manual_seed(0)
-    detector = Detector.builtin()
-    tokenizer = ModuleTokenizer(detector, PIXEL)
-    config = TrackingBERTConfig(
-        vocab_size=tokenizer.vocab_size, max_len=2 * 6 + 3, n_embd=16, n_head=2, n_layer=1, d_ff=32, dropout=0.1
-    )
-    module = TrackingBERTModule(model=asdict(config), optim=asdict(OptimConfig()))
-    return module, tokenizer, detector
-
-
-def tb_event(tokenizer, strip_hits=()):
-    """A-B (one helix) and C (another), every hit on a pixel module but those in `strip_hits`."""
-    pixel, strip = tokenizer.token_to_module, np.flatnonzero(tokenizer.module_to_token == UNK)
-    module = pixel[np.arange(15) * 37 % len(pixel)]
-    module[list(strip_hits)] = strip[: len(strip_hits)]
-    return event(helix(S_A), helix(S_B), helix(S_B, radius=1500.0), module_index=module)
+    return tiny_trackingbert()
 
 
 def tb_scores(scorer, data, labels):
@@ -249,7 +205,7 @@ def test_tb_scorer_loads_from_a_tracking_bert_stage_dir(tiny_tb, tmp_path):
     tokenizer.save(artifacts / "vocab.json")
     detector.to_csv(tmp_path / "tb" / "detectors.csv")
     values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path / "out"}
-    values |= {"input_dir": tmp_path / "in", "stitch": "tb", "stitch_tracking_bert_dir": tmp_path / "tb"}
+    values |= {"input_dir": tmp_path / "in", "stitch": "tb", "tracking_bert_dir": tmp_path / "tb"}
     assert isinstance(make_stitcher(build(WalkthroughConfig, values, "t.yaml"), tmp_path / "in"), Stitcher)
     loaded = TrackingBERTScorer.from_stage_dir(tmp_path / "tb", tmp_path / "in", 2, 64)
     direct = TrackingBERTScorer(module.model, tokenizer, detector, 2, 64)
@@ -270,7 +226,7 @@ def test_tb_scorer_loads_from_a_tracking_bert_stage_dir(tiny_tb, tmp_path):
     "overrides, message",
     [
         ({"stitch": "helix"}, r"key 'stitch'.*'none', 'geometry', 'tb'"),
-        ({"stitch": "tb"}, r"stitch_tracking_bert_dir"),
+        ({"stitch": "tb"}, r"tracking_bert_dir"),
         ({"stitch_max_dphi": 0}, r"stitch_max_dphi.*\(0, pi\]"),
         ({"stitch_max_gap": -1}, r"stitch_max_gap.*positive"),
         ({"stitch_junction_hits": 0}, r"stitch_junction_hits.*at least 1"),
@@ -286,6 +242,6 @@ def test_stitch_config_errors_name_the_key(tmp_path, overrides, message):
 
 def test_missing_tracking_bert_stage_is_a_clear_error(tmp_path):
     values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path, "input_dir": tmp_path}
-    config = build(WalkthroughConfig, values | {"stitch": "tb", "stitch_tracking_bert_dir": tmp_path / "nope"}, "t")
+    config = build(WalkthroughConfig, values | {"stitch": "tb", "tracking_bert_dir": tmp_path / "nope"}, "t")
     with pytest.raises(FileNotFoundError, match="no trained TrackingBERT"):
         make_stitcher(config, tmp_path)

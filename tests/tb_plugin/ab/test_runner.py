@@ -329,3 +329,58 @@ def test_a_key_added_later_at_its_default_does_not_invalidate_a_finished_stage(t
     changed = stage_from_mapping({**values, "stitch": "geometry"}, "cc.yaml")
     with pytest.raises(ConfigError, match=r"stitch: None -> 'geometry'"):
         check_same_config({"config": old}, changed, tmp_path / "ab_stage.json")
+
+
+def keys_only(ab_setup: Path, tmp_path: Path, **values) -> Path:
+    """The tiny A/B with the walkthrough as track builder and no features: stitch and reject set per arm."""
+    pipeline = yaml.safe_load((ab_setup.parent / "pipeline.yaml").read_text())
+    pipeline["stages"][-1] |= {"model": "Walkthrough", "min_track_length": 3}
+    ab = yaml.safe_load(ab_setup.read_text())
+    ab |= {
+        "ab_dir": str(tmp_path / "ab"),
+        "pipeline": str(write_yaml(tmp_path / "pipeline.yaml", pipeline)),
+        "tracking_bert": str(ab_setup.parent / "tb.yaml"),
+        "trackingbert_features": None,
+        "trackingbert_keys": {"Walkthrough": {"stitch": "tb", "reject": "tb"}},
+        "baseline_keys": {"Walkthrough": {"stitch": "geometry"}},
+        "low_label": None,
+    }
+    return write_yaml(tmp_path / "ab.yaml", ab | values)
+
+
+def test_an_ab_of_keys_only_shares_the_stages_before_them(ab_setup, tmp_path):
+    runner = load_runner(keys_only(ab_setup, tmp_path))
+    base, tb = runner.arm_values("baseline", 0), runner.arm_values("trackingbert", 0)
+    # map, filter and GNN: one run, in the baseline's folders; both arms read data reading
+    assert [v["stage_dir"] for v in tb[:3]] == [v["stage_dir"] for v in base[:3]]
+    assert Path(base[0]["input_dir"]) == Path(tb[0]["input_dir"]) == runner.reading_stage().stage_dir
+    # track building: its own folder, the A/B's pretrained model, the keys of each arm
+    assert tb[3]["stage_dir"] != base[3]["stage_dir"] and tb[3]["input_dir"] == base[3]["input_dir"]
+    assert tb[3]["tracking_bert_dir"] == runner.pretraining_stage().stage_dir and "tracking_bert_dir" not in base[3]
+    assert (tb[3]["stitch"], tb[3]["reject"], base[3]["stitch"]) == ("tb", "tb", "geometry")
+    # a GNN key in the trackingbert arm: from there on nothing is shared
+    runner = load_runner(keys_only(ab_setup, tmp_path, trackingbert_keys={"InteractionGNN": {"hidden": 4}}))
+    base, tb = runner.arm_values("baseline", 0), runner.arm_values("trackingbert", 0)
+    assert tb[1]["stage_dir"] == base[1]["stage_dir"] and tb[2]["stage_dir"] != base[2]["stage_dir"]
+    assert tb[3]["input_dir"] == tb[2]["stage_dir"] and "tracking_bert_dir" not in tb[3]
+
+
+def test_an_ab_without_features_or_keys_is_refused(ab_setup, tmp_path):
+    with pytest.raises(ConfigError, match="trackingbert_features.*trackingbert_keys.*would be the baseline"):
+        load_ab_config(keys_only(ab_setup, tmp_path, trackingbert_keys={}))
+
+
+def test_an_ab_of_track_building_keys_runs_with_the_shared_graphs(ab_setup, tmp_path):
+    config = keys_only(ab_setup, tmp_path, seeds=[0])
+    assert main(["-q", "ab", str(config)]) == 0
+    ab_dir = tmp_path / "ab"
+    results = json.loads((ab_dir / "results.json").read_text())
+    # one filter and one GNN run, shared; two track builders, the trackingbert one with its valset cut
+    assert not (ab_dir / "trackingbert" / "seed0" / "edge_classifier_interactiongnn").exists()
+    assert (ab_dir / "trackingbert" / "seed0" / "track_building" / "reject_cut.json").exists()
+    base, tb = (results["arms"][arm]["seeds"][0] for arm in ARMS)
+    assert base["per_event"]["edge_classifier.auc"] == tb["per_event"]["edge_classifier.auc"]
+    assert "tracking_bert" not in tb["inference_s_per_event"]  # no features: the model runs inside track building
+    for name in ("two_way.fake_rate", "two_way.duplicate_rate", "two_way.efficiency_pt1", "trackml_score"):
+        assert f"track_building.{name}" in results["differences"]
+    assert "keys `trackingbert_keys` sets" in (ab_dir / "REPORT.md").read_text()
