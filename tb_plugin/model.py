@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tb_plugin.training import adamw
+
 IGNORE_INDEX = -100  # mdm_labels value of positions that are not scored (torch's cross-entropy default)
 
 
@@ -332,7 +334,7 @@ class TrackingBERTModule(lightning.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         groups = param_groups(self.model, o.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=self.device.type == "cuda")
+        optimizer = adamw(self, groups, lr=o.lr, betas=o.betas)
         total = self.trainer.estimated_stepping_batches
         warmup = int(min(o.warmup_steps, total)) if math.isfinite(total) else o.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_linear_decay(step, warmup, total))

@@ -12,6 +12,7 @@ import pickle
 import random
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,26 @@ def inference_device(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda"):
         log.warning("accelerator %s asked for, but no CUDA device is available: inference runs on the CPU", accelerator)
     return torch.device("cpu")
+
+
+def fused_adamw_device(device: torch.device) -> bool:
+    """Whether `device` is one where torch's fused AdamW (the whole step in one kernel) is the faster
+    choice: CUDA. Elsewhere torch's default (foreach) implementation is kept."""
+    return device.type == "cuda"
+
+
+def adamw(module: L.LightningModule, params: Iterable[Any], **options: Any) -> torch.optim.AdamW:
+    """The AdamW of every stage that learns: fused on CUDA unless `module`'s Trainer clips gradients.
+
+    Why not always fused on CUDA: a fused AdamW unscales the gradients inside its own step (torch sets
+    `_step_supports_amp_scaling` on it), so Lightning's mixed-precision plugin (bf16-mixed, 16-mixed)
+    cannot clip them before the step and stops the fit at its first step with "The current optimizer,
+    AdamW, does not allow for gradient clipping because it performs unscaling of gradients internally".
+    A Trainer with gradient_clip_val set therefore gets the non-fused AdamW, whatever its precision (one
+    rule, not one per precision plugin); without clipping the fused kernel is kept (torch expects it to be
+    the fastest AdamW on CUDA)."""
+    clips = bool(module.trainer.gradient_clip_val)
+    return torch.optim.AdamW(params, fused=fused_adamw_device(module.device) and not clips, **options)
 
 
 class EpochTimer(Callback):

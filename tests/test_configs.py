@@ -1,11 +1,23 @@
-"""Every shipped YAML config and pipeline loads into its typed stage config (no key typos)."""
+"""Every shipped YAML config and pipeline loads into its typed stage config (no key typos), and every
+stage meant for a GPU gets an optimizer its Trainer can clip."""
 
+import dataclasses
 from pathlib import Path
 
+import lightning as L
 import pytest
 
+from stages.edge_classifier.edge_stage import EdgeClassifierConfig
+from stages.edge_classifier.gnn_model import EdgeClassifierModule
+from stages.graph_construction.embedding_model import MetricLearningModule
+from stages.graph_construction.metric_learning import MetricLearningConfig
+from tb_plugin import training
 from tb_plugin.ab.runner import load_runner
+from tb_plugin.model import TrackingBERTModule
 from tb_plugin.pipeline import load_pipeline, load_stage, stage_from_mapping
+from tb_plugin.pretraining.stage import TrackingBERTStageConfig
+from tb_plugin.stage import Stage
+from tb_plugin.training import TrainerConfig, make_trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STAGE_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("pipelines", "ab"))
@@ -32,3 +44,73 @@ def test_ab_config_builds_both_arms(path):
     for arm in ("baseline", "trackingbert"):
         for seed in runner.config.seeds:
             assert [s.config.stage for s in runner.plan(arm, seed).stages][-1] == "track_building"
+
+
+def stages_of(path: Path) -> list[Stage]:
+    """The stages a shipped file runs: a stage config, a pipeline's stages, or an A/B's pretraining and
+    both arms (first seed: the seeds change no Trainer key)."""
+    if path.parent.name == "pipelines":
+        return [stage_from_mapping(e.values, e.source) for e in load_pipeline(path)]
+    if path.parent.name == "ab":
+        runner = load_runner(path)
+        arms = [runner.plan(arm, runner.config.seeds[0]).stages for arm in ("baseline", "trackingbert")]
+        return [runner.pretraining_stage(), *arms[0], *arms[1]]
+    return [load_stage(path)]
+
+
+def meant_for_a_gpu(stage: Stage) -> bool:
+    c = stage.config
+    return isinstance(c, TrainerConfig) and (
+        c.accelerator in ("gpu", "cuda", "auto") or c.precision not in ("32", "32-true")
+    )
+
+
+GPU_STAGES = [
+    pytest.param(stage, id=f"{path.relative_to(CONFIGS)}[{i}]:{stage.config.model}")
+    for path in sorted(CONFIGS.rglob("*.yaml"))
+    for i, stage in enumerate(stages_of(path))
+    if meant_for_a_gpu(stage)
+]
+
+
+def test_the_gpu_configs_are_found():
+    """The check below must not pass by finding no GPU stage."""
+    found = {p.id.split("[")[0] for p in GPU_STAGES}
+    assert {"tracking_bert/paper.yaml", "pipelines/gpu_pu200.yaml", "ab/gpu.yaml"} <= found
+
+
+def module_for(stage: Stage) -> L.LightningModule:
+    """The LightningModule the stage trains, at a made-up input width (the data sets it; the optimizer
+    does not depend on it)."""
+    c = stage.config
+    if isinstance(c, TrackingBERTStageConfig):
+        return TrackingBERTModule(
+            model=dataclasses.asdict(c.model_config(64)), optim=dataclasses.asdict(c.optim_config())
+        )
+    if isinstance(c, EdgeClassifierConfig):
+        return EdgeClassifierModule(
+            model=dataclasses.asdict(c.model_config(4, 3)),
+            optim=dataclasses.asdict(c.optim_config()),
+            architecture=stage.architecture,
+        )
+    if isinstance(c, MetricLearningConfig):
+        return MetricLearningModule(dataclasses.asdict(c.settings(4)))
+    pytest.fail(f"no module for {type(c).__name__}: add its LightningModule to module_for")
+
+
+@pytest.mark.parametrize("stage", GPU_STAGES)
+def test_a_gpu_stage_gets_an_optimizer_its_trainer_can_clip(stage, tmp_path, monkeypatch):
+    """The Trainer of the config's keys, on the CPU (no GPU here) but with its precision and clipping,
+    and the optimizer the module configures on CUDA; then the check Lightning makes before each step."""
+    monkeypatch.setattr(training, "fused_adamw_device", lambda device: True)
+    monkeypatch.setattr(L.Trainer, "estimated_stepping_batches", 1000)  # no data: the schedulers need a length
+    config = dataclasses.replace(stage.config, accelerator="cpu")
+    trainer = make_trainer(config, tmp_path)
+    module = module_for(stage)
+    module.trainer = trainer
+    configured = module.configure_optimizers()
+    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+    module.clip_gradients(
+        optimizer, gradient_clip_val=trainer.gradient_clip_val, gradient_clip_algorithm=trainer.gradient_clip_algorithm
+    )
+    assert optimizer.defaults["fused"] is not bool(config.gradient_clip_val)  # fused (faster) where nothing clips

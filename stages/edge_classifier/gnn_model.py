@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from torch_geometric.utils import scatter
 
 from tb_plugin.model import warmup_linear_decay
+from tb_plugin.training import adamw
 
 ACTIVATIONS = {"SiLU": nn.SiLU, "ReLU": nn.ReLU, "GELU": nn.GELU, "Tanh": nn.Tanh, "LeakyReLU": nn.LeakyReLU}
 AGGREGATIONS = ("sum", "mean", "max")
@@ -266,7 +267,7 @@ class EdgeClassifierModule(lightning.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        optimizer = adamw(self, self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         total = self.trainer.estimated_stepping_batches
         warmup = int(min(o.warmup_steps, total)) if math.isfinite(total) else o.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -21,6 +21,7 @@ from torch_geometric.data import Data
 
 from stages.graph_construction.truth import graph_truth
 from stages.graph_metrics import graph_counts
+from tb_plugin.training import adamw
 
 ACTIVATIONS = {"Tanh": nn.Tanh, "ReLU": nn.ReLU, "SiLU": nn.SiLU, "GELU": nn.GELU}
 
@@ -243,7 +244,7 @@ class MetricLearningModule(L.LightningModule):
         return int(edge_index.shape[1])
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.settings.lr)
+        optimizer = adamw(self, self.parameters(), lr=self.settings.lr)
         if self.settings.lr_step_epochs is None:
             return optimizer
         scheduler = torch.optim.lr_scheduler.StepLR(

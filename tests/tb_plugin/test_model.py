@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 
+import lightning
 import pytest
 import torch
 
@@ -230,3 +231,46 @@ def test_module_rebuilds_from_its_hparams():
     again.load_state_dict(module.state_dict())
     assert again.model.config == module.model.config
     assert again.model.mdm_head.decoder.weight is again.model.embeddings.tok.weight
+
+
+def _tiny_pretraining_fit(
+    monkeypatch, gradient_clip_val: float | None
+) -> tuple[lightning.Trainer, torch.optim.Optimizer]:
+    """One bf16-mixed step of a tiny TrackingBERT on the CPU, with the optimizer the module configures
+    on CUDA (the helper's device check answers as it would there)."""
+    from tb_plugin import training
+
+    monkeypatch.setattr(training, "fused_adamw_device", lambda device: True)
+    torch.manual_seed(0)
+    module = TrackingBERTModule(model=TINY, optim=asdict(OptimConfig(lr=1e-3, warmup_steps=0)))
+    b = pair_batch(B=2)
+    loader = torch.utils.data.DataLoader([{k: v[i] for k, v in b.items()} for i in range(2)], batch_size=2)
+    trainer = lightning.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        precision="bf16-mixed",
+        gradient_clip_val=gradient_clip_val,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, loader)
+    return trainer, trainer.optimizers[0]
+
+
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step`", "ignore:`isinstance\\(treespec, LeafSpec\\)`")
+def test_a_clipping_bf16_mixed_trainer_trains_with_the_optimizer_configured_for_cuda(monkeypatch):
+    """Fused AdamW unscales inside its step, so Lightning refuses to clip its gradients under mixed
+    precision: the GPU configs (bf16-mixed, gradient_clip_val 1.0) stopped at their first step."""
+    trainer, optimizer = _tiny_pretraining_fit(monkeypatch, gradient_clip_val=1.0)
+    assert trainer.global_step == 1
+    assert not optimizer.defaults["fused"]
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step`", "ignore:`isinstance\\(treespec, LeafSpec\\)`")
+def test_without_clipping_the_cuda_optimizer_stays_fused(monkeypatch):
+    trainer, optimizer = _tiny_pretraining_fit(monkeypatch, gradient_clip_val=None)
+    assert trainer.global_step == 1
+    assert optimizer.defaults["fused"] is True

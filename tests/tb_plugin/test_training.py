@@ -2,6 +2,7 @@
 
 import os
 
+import lightning as L
 import pytest
 import torch
 
@@ -79,3 +80,18 @@ def test_weights_of_another_size_are_one_message_naming_the_file(tmp_path):
     torch.save({"state_dict": small.state_dict(), "hyper_parameters": dict(small.hparams)}, path)
     loaded = load_module(TrackingBERTModule, path)
     assert not loaded.training and torch.equal(loaded.model.module_embeddings(), small.model.module_embeddings())
+
+
+@pytest.mark.parametrize(
+    ("device", "clip", "fused"),
+    [("cuda", None, True), ("cuda", 0.0, True), ("cuda", 1.0, False), ("cpu", None, False), ("cpu", 1.0, False)],
+)
+def test_adamw_is_fused_on_cuda_only_when_nothing_is_clipped(device, clip, fused):
+    """The device and the Trainer's clipping decide; the optimizer is only built, so no GPU is needed."""
+    from tb_plugin.training import adamw
+
+    module = L.LightningModule()
+    module.layer = torch.nn.Linear(2, 1)
+    module.trainer = L.Trainer(accelerator="cpu", gradient_clip_val=clip, logger=False, enable_checkpointing=False)
+    module._device = torch.device(device, 0)  # where Lightning's .to() records it; a CUDA index needs no GPU
+    assert adamw(module, module.parameters(), lr=1e-3).defaults["fused"] is fused
