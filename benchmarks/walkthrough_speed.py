@@ -3,6 +3,7 @@
     nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/walkthrough_speed.py
         [--graph FILE.pyg] [--repeats 5] [--seed 0] [--tracks 11000] [--layers 10] [--noise 10000]
         [--fakes-per-hit 13] [--score-cut 0.5] [--min-track-length 3] [--out runs/bench/walkthrough_speed.json]
+        [--tracking-bert-dir runs/demo/ab/tracking_bert]
 
 What is timed is the per-event labelling that `infer` runs, on arrays already in memory (no file
 I/O): stages.track_building.walkthrough.walkthrough_labels (cut, orientation by the given hit rank,
@@ -19,6 +20,13 @@ edge, is kept once). Scores: 1 - |N(0, 0.2)| on true edges, |N(0, 0.3)| on fakes
 [0, 1]), so about 1 % of true edges and 10 % of fakes pass a cut at 0.5. With
 --graph, a saved event (edge_index, edge_scores; hit positions for the rank, hit_particle_id for the
 efficiency) is timed instead.
+
+After the builders, what follows the walkthrough when asked for is timed on its labels the same way:
+fragment stitching (stitching.py) and candidate scoring (rejection.py) with the geometry scorers
+(thresholds of the config defaults), and, with --tracking-bert-dir (a trained tracking_bert stage_dir),
+the TrackingBERT ones. The synthetic hits carry no module: for the TrackingBERT timings each hit gets
+a module drawn at random from the model's vocabulary, so those scores are meaningless and only the
+time (how many sequences, masked copies and forward passes) is real.
 
 Also reported, untimed: the kept edges, the hits the walk had to walk (not on simple chains), and
 the two_way efficiency and fake rate (matching.py, f = 0.5, particles with >= 5 hits) of both
@@ -44,10 +52,13 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch_geometric.data import Data  # noqa: E402
 
 from stages.graph_construction.truth import hit_order  # noqa: E402
 from stages.track_building.connected_components import graph_arrays, hit_particle_ids, track_labels  # noqa: E402
 from stages.track_building.matching import count_matches, match_event  # noqa: E402
+from stages.track_building.rejection import Rejector, geometry_candidate_score  # noqa: E402
+from stages.track_building.stitching import JunctionWindows, Stitcher, TrackingBERTScorer, geometry_scorer  # noqa: E402
 from stages.track_building.walkthrough import chain_groups, event_hit_rank, kept_oriented_edges, walkthrough_labels  # noqa: E402
 from tb_plugin.event_store import load_event  # noqa: E402
 
@@ -141,6 +152,12 @@ def synthetic_graph(args: argparse.Namespace) -> dict[str, Any]:
         "rank": None,
         "radius2": hits["r"] ** 2 + hits["z"] ** 2,
         "true_edges": int(is_true.sum()),
+        "data": Data(
+            hit_r=torch.from_numpy(hits["r"]),
+            hit_phi=torch.from_numpy(hits["phi"]),
+            hit_z=torch.from_numpy(hits["z"]),
+            num_nodes=n,
+        ),
     }
 
 
@@ -156,6 +173,7 @@ def saved_graph(path: Path) -> dict[str, Any]:
         "rank": lambda: event_hit_rank(data, num_nodes, path),
         "radius2": None,
         "true_edges": int(data.edge_y.sum()) if "edge_y" in data else None,
+        "data": data,
     }
 
 
@@ -197,10 +215,13 @@ def run(graph: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         ),
     }
     results: dict[str, Any] = {"hit_rank": rank_time}
+    walked_labels = None
     for name, build in builders.items():
         seconds, labels = timed(build, args.repeats)
         results[name] = seconds | {"tracks": int(labels.max()) + 1, "two_way": quality(labels, graph["particle"])}
         print(f"{name}: {seconds['min_seconds']:.3f} s (median {seconds['median_seconds']:.3f})", file=sys.stderr)
+        walked_labels = labels if name == "walkthrough" else walked_labels
+    results["after_walkthrough"] = time_after_builder(graph["data"], walked_labels, args)
     src, dst, _ = kept_oriented_edges(edge_index, scores, args.score_cut, rank)
     walked = int(chain_groups(src, dst, n)[1].sum())
     results["graph"] = {
@@ -211,6 +232,31 @@ def run(graph: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "walked_hits": walked,
     }
     return results
+
+
+def time_after_builder(data: Data, labels: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Stitching and candidate scoring on the walkthrough's labels: geometry, and TrackingBERT when a
+    model is given (random modules of its vocabulary on hits without one: the module docstring)."""
+    windows = JunctionWindows(0.3, 100.0, 500.0, 5)
+    steps = {
+        "stitch_geometry": Stitcher(windows, geometry_scorer(1.0, 3.0)),
+        "reject_geometry": Rejector(geometry_candidate_score(1.0), cut=-3.0),
+    }
+    if args.tracking_bert_dir is not None:
+        tb = TrackingBERTScorer.from_stage_dir(args.tracking_bert_dir, None, 2, 1024)
+        if "hit_module_index" not in data and "hit_module_id" not in data:
+            vocabulary = tb.tokenizer.token_to_module
+            data.hit_module_index = torch.from_numpy(
+                vocabulary[np.random.default_rng(0).integers(0, len(vocabulary), data.num_nodes)]
+            )
+        steps |= {"stitch_tb": Stitcher(windows, tb.scorer(-2.0)), "reject_tb": Rejector(tb.candidate_scores, cut=-3.0)}
+    out = {}
+    for name, step in steps.items():
+        with torch.inference_mode():
+            seconds, result = timed(lambda step=step: step(data, labels, "event.pyg"), args.repeats)
+        out[name] = seconds | {"stitch_merges" if name.startswith("stitch") else "below_cut": int(result[-1])}
+        print(f"{name}: {seconds['min_seconds']:.3f} s (median {seconds['median_seconds']:.3f})", file=sys.stderr)
+    return out
 
 
 def main() -> None:
@@ -227,6 +273,9 @@ def main() -> None:
     parser.add_argument("--score-cut", type=float, default=0.5)
     parser.add_argument("--min-track-length", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "walkthrough_speed.json")
+    parser.add_argument(
+        "--tracking-bert-dir", type=Path, help="a trained tracking_bert stage_dir: time stitch/reject tb"
+    )
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")

@@ -526,7 +526,12 @@ class TrackingBERTScorer:
         with torch.inference_mode():
             for start in range(0, input_ids.shape[0], self.batch_size):
                 sl = slice(start, start + self.batch_size)
-                ids, seg, att = (torch.from_numpy(x[sl]).to(device) for x in (input_ids, segment_ids, attention_mask))
+                # trailing columns that are padding in every row change nothing (masked out of attention,
+                # positions are absolute) and cost as much as the rest: a candidate fills 11 of 19
+                width = int(np.flatnonzero(attention_mask[sl].any(axis=0)).max()) + 1
+                ids, seg, att = (
+                    torch.from_numpy(x[sl, :width]).to(device) for x in (input_ids, segment_ids, attention_mask)
+                )
                 h = self.model.encode(ids, seg, att)  # [B, L, C]
                 at = torch.from_numpy(column[sl]).to(device)
                 logits = self.model.mdm_head(h[torch.arange(ids.shape[0], device=device), at]).float()  # [B, V]
