@@ -4,6 +4,7 @@ arm adds, and what it adds downstream. Validated once here; the runner only sees
     ab_dir: runs/demo/ab                      # everything the A/B writes (relative to where tb runs)
     pipeline: ../pipelines/demo_baseline.yaml # the baseline arm (relative to this file); data reading first
     tracking_bert: ../tracking_bert/demo.yaml # the stage the trackingbert arm inserts after data reading
+    tracking_bert_dir: null                   # its stage_dir (null: ab_dir/tracking_bert); share one across A/Bs
     seeds: [0, 1, 2]                          # K seeds of the downstream stages, the same in both arms
     trackingbert_features:                    # appended to every downstream stage that has the key
       node_features: [hit_tb_emb]
@@ -85,6 +86,9 @@ class ABConfig:
     ab_dir: Path
     pipeline: Path
     tracking_bert: Path
+    # Where the tracking_bert stage lives (null: ab_dir/tracking_bert). Point it at another A/B's (or a
+    # `tb train` stage_dir) trained with the same config to pretrain once for several A/Bs.
+    tracking_bert_dir: Path | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # null: no features (an A/B of keys only, e.g. stitch: tb in track building; the arms then share the
     # stages before the first one the keys change)

@@ -14,7 +14,7 @@ a run of them whose upstream is seed-free is shared by the seeds instead of bein
 
 Layout under ab_dir:
 
-    tracking_bert/                     the pretrained stage (trackingbert arm only)
+    tracking_bert/                     the pretrained stage (trackingbert arm only; key tracking_bert_dir moves it)
     <arm>/<stage>/                     seed-free stages (e.g. the module map)
     <arm>/seed<k>/<stage>/             the rest, per seed
     <arm>/seed<k>/result.json          the seed's metrics: written last, so its presence means done
@@ -120,7 +120,7 @@ class ABRunner:
         values = {
             **self.tb_values,
             "input_dir": self.reading_stage().stage_dir,
-            "stage_dir": self.ab_dir / "tracking_bert",
+            "stage_dir": self.config.tracking_bert_dir or self.ab_dir / "tracking_bert",
         }
         return stage_from_mapping(values, str(self.config.tracking_bert))
 

@@ -358,6 +358,10 @@ def test_an_ab_of_keys_only_shares_the_stages_before_them(ab_setup, tmp_path):
     assert tb[3]["stage_dir"] != base[3]["stage_dir"] and tb[3]["input_dir"] == base[3]["input_dir"]
     assert tb[3]["tracking_bert_dir"] == runner.pretraining_stage().stage_dir and "tracking_bert_dir" not in base[3]
     assert (tb[3]["stitch"], tb[3]["reject"], base[3]["stitch"]) == ("tb", "tb", "geometry")
+    # another A/B's pretrained stage, named by tracking_bert_dir, is the one used
+    runner = load_runner(keys_only(ab_setup, tmp_path, tracking_bert_dir=str(tmp_path / "other" / "tracking_bert")))
+    assert runner.pretraining_stage().stage_dir == tmp_path / "other" / "tracking_bert"
+    assert runner.arm_values("trackingbert", 0)[3]["tracking_bert_dir"] == tmp_path / "other" / "tracking_bert"
     # a GNN key in the trackingbert arm: from there on nothing is shared
     runner = load_runner(keys_only(ab_setup, tmp_path, trackingbert_keys={"InteractionGNN": {"hidden": 4}}))
     base, tb = runner.arm_values("baseline", 0), runner.arm_values("trackingbert", 0)
