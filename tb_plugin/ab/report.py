@@ -92,6 +92,21 @@ def _metric_specs(results: Mapping[str, Any], differences: Mapping[str, Any]) ->
     return specs
 
 
+def identical_metrics(results: Mapping[str, Any]) -> set[str]:
+    """Metrics whose every per-event cell is the same in both arms, seed by seed: made by stages the arms
+    share (an A/B that changes only track building shares the graph, the filter and the GNN). Their
+    difference is zero by construction, not a measurement, so the table lists them in one line."""
+    seeds = {arm: results["arms"][arm]["seeds"] for arm in ARMS}
+    if not all(seeds.values()) or len(seeds[ARMS[0]]) != len(seeds[ARMS[1]]):
+        return set()
+    names = set.intersection(*(set(s.get("per_event") or {}) for arm in ARMS for s in seeds[arm]))
+    return {
+        name
+        for name in names
+        if all(a["per_event"][name] == b["per_event"][name] for a, b in zip(seeds[ARMS[0]], seeds[ARMS[1]]))
+    }
+
+
 def _confidence(differences: Mapping[str, Any], results: Mapping[str, Any]) -> float:
     for diff in differences.values():
         return _as_difference(diff).confidence
@@ -111,8 +126,11 @@ def summary_table(results: Mapping[str, Any], differences: Mapping[str, Differen
         f"| difference {ARMS[1]} − {ARMS[0]} [{level} CI] | verdict |",
         "| --- | ---: | ---: | ---: | --- |",
     ]
+    same = identical_metrics(results)
     for spec in _metric_specs(results, differences):
         name = spec["name"]
+        if name in same:
+            continue
         cells = [spec.get("label", name)]
         for arm in ARMS:
             cells.append(_mean_std(*seed_summary(results, arm, name)))
@@ -129,14 +147,22 @@ def summary_table(results: Mapping[str, Any], differences: Mapping[str, Differen
 
 def _verdict_counts(results: Mapping[str, Any], differences: Mapping[str, Any]) -> str:
     counts = {BETTER: 0, WORSE: 0, NO_DIFFERENCE: 0}
+    same = identical_metrics(results)
+    shared = [spec.get("label", spec["name"]) for spec in _metric_specs(results, differences) if spec["name"] in same]
     for spec in _metric_specs(results, differences):
-        if spec["name"] in differences:
+        if spec["name"] in differences and spec["name"] not in same:
             counts[verdict(differences[spec["name"]], bool(spec.get("higher_is_better", True)))] += 1
     n = sum(counts.values())
-    return (
+    text = (
         f"Of {n} metrics compared, {ARMS[1]} is significantly better on {counts[BETTER]}, significantly "
         f"worse on {counts[WORSE]}, and shows no significant difference on {counts[NO_DIFFERENCE]}."
     )
+    if shared:
+        text += (
+            f" Identical in both arms, event by event (made by stages the arms share), and left out of the "
+            f"table: {'; '.join(shared)}."
+        )
+    return text
 
 
 def _compact(value: Any, limit: int = 300) -> str:
@@ -358,6 +384,7 @@ __all__: Sequence[str] = [
     "format_seconds",
     "verdict",
     "summary_table",
+    "identical_metrics",
     "overhead_line",
     "render_report",
     "write_report",

@@ -206,3 +206,24 @@ def test_a_spread_at_rounding_level_is_no_spread():
 
     assert _mean_std(0.9787, 1.4e-16) == _mean_std(0.9787, 0.0) == "0.9787"
     assert "±" in _mean_std(0.9787, 1e-6)
+
+
+def test_metrics_identical_in_both_arms_leave_the_table(results, differences):
+    # the graph's edges: the same cells in both arms, seed by seed (a shared module map); the efficiency: not
+    for arm, effs in (("baseline", ([3, 4], [3, 5])), ("trackingbert", ([3, 4], [2, 5]))):
+        for seed, eff in zip(results["arms"][arm]["seeds"], effs):
+            seed["per_event"] = {
+                METRICS[2]["name"]: {"num": [12000.0, 12690.0], "den": [1.0, 1.0]},
+                METRICS[0]["name"]: {"num": eff, "den": [5, 5]},
+            }
+    table = summary_table(results, differences)
+    assert "graph edges per event" not in table and "track efficiency (two_way)" in table
+    text = render_report(results, differences)
+    assert "Of 3 metrics compared" in text
+    assert (
+        "Identical in both arms, event by event (made by stages the arms share), and left out of the table: graph edges per event."
+        in text
+    )
+    # one differing cell in one seed: back in the table
+    results["arms"]["trackingbert"]["seeds"][1]["per_event"][METRICS[2]["name"]]["num"][0] = 12001.0
+    assert "graph edges per event" in summary_table(results, differences)
