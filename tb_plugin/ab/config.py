@@ -5,6 +5,7 @@ arm adds, and what it adds downstream. Validated once here; the runner only sees
     pipeline: ../pipelines/demo_baseline.yaml # the baseline arm (relative to this file); data reading first
     tracking_bert: ../tracking_bert/demo.yaml # the stage the trackingbert arm inserts after data reading
     tracking_bert_dir: null                   # its stage_dir (null: ab_dir/tracking_bert); share one across A/Bs
+    reuse_ab_dir: null                        # another A/B's ab_dir: its finished stages of the same config are reused
     seeds: [0, 1, 2]                          # K seeds of the downstream stages, the same in both arms
     trackingbert_features:                    # appended to every downstream stage that has the key
       node_features: [hit_tb_emb]
@@ -89,6 +90,9 @@ class ABConfig:
     # Where the tracking_bert stage lives (null: ab_dir/tracking_bert). Point it at another A/B's (or a
     # `tb train` stage_dir) trained with the same config to pretrain once for several A/Bs.
     tracking_bert_dir: Path | None = None
+    # Another A/B's ab_dir over the same events: a stage that finished there with the same config on the
+    # same input is read from there instead of being run again (e.g. the filter and GNN of a variant).
+    reuse_ab_dir: Path | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # null: no features (an A/B of keys only, e.g. stitch: tb in track building; the arms then share the
     # stages before the first one the keys change)

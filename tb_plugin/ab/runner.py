@@ -157,10 +157,23 @@ class ABRunner:
             folder = root / arm / (f"seed{seed}" if seeded else "") / name
             if i < len(shared) and {**values, "stage_dir": None} == {**shared[i], "stage_dir": None}:
                 folder = shared[i]["stage_dir"]
-            values["stage_dir"] = folder
+            values["stage_dir"] = self.reused(values, folder, upstream)
+            folder = values["stage_dir"]
             wired.append(values)
             upstream = folder
         return wired
+
+    def reused(self, values: dict[str, Any], folder: Path, upstream: Path) -> Path:
+        """`folder`, or its twin under `reuse_ab_dir` when that holds a finished run of the same config on
+        the same input (upstream stages reused, or shared by both A/Bs: data reading, a pretraining
+        named by tracking_bert_dir): another A/B's runs are read instead of run again."""
+        other = self.config.reuse_ab_dir
+        if other is None or not Path(folder).is_relative_to(self.ab_dir):
+            return folder
+        if Path(upstream).is_relative_to(self.ab_dir) and not Path(upstream).is_relative_to(other):
+            return folder  # the input is this A/B's own run: nothing made from it can be elsewhere
+        twin = Path(other) / Path(folder).relative_to(self.ab_dir)
+        return twin if finished_with(stage_from_mapping({**values, "stage_dir": twin}, "the A/B arm")) else folder
 
     @staticmethod
     def uses_model(values: dict[str, Any]) -> bool:
@@ -458,19 +471,32 @@ def run_once(stage: Stage) -> dict[str, Any]:
     return record
 
 
-def check_same_config(record: dict[str, Any], stage: Stage, record_path: Path) -> None:
-    """A finished stage is reused only for the config that produced it: after a config edit, resuming
-    would silently mix old results into the new A/B."""
+def changed_keys(record: dict[str, Any], stage: Stage) -> list[str]:
+    """The keys whose value in the stage's config differs from the one a finished run recorded."""
     current = json.loads(json.dumps(to_record(stage.config), default=_json_default))
     previous = record.get("config", {})
     defaults = field_defaults(type(stage.config))
-    changed = sorted(
+    return sorted(
         k
         for k in set(current) | set(previous)
         if current.get(k) != previous.get(k)
         # a key added in a later version, at its default (which keeps the old behaviour), is no change
         and not (k not in previous and k in defaults and current.get(k) == defaults[k])
     )
+
+
+def finished_with(stage: Stage) -> bool:
+    """Whether the stage's folder holds a finished run (its ab_stage.json) of exactly this config."""
+    record_path = stage.stage_dir / STAGE_RECORD
+    return record_path.is_file() and not changed_keys(json.loads(record_path.read_text()), stage)
+
+
+def check_same_config(record: dict[str, Any], stage: Stage, record_path: Path) -> None:
+    """A finished stage is reused only for the config that produced it: after a config edit, resuming
+    would silently mix old results into the new A/B."""
+    current = json.loads(json.dumps(to_record(stage.config), default=_json_default))
+    previous = record.get("config", {})
+    changed = changed_keys(record, stage)
     if changed:
         details = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
         raise ConfigError(

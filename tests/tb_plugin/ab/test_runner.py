@@ -7,10 +7,11 @@ import pytest
 import yaml
 
 from tb_plugin.ab.config import load_ab_config
-from tb_plugin.ab.runner import ARMS, ABRunner, load_runner
+from tb_plugin.ab.runner import ARMS, STAGE_RECORD, ABRunner, load_runner
 from tb_plugin.cli import main
-from tb_plugin.config import ConfigError
+from tb_plugin.config import ConfigError, to_record
 from tb_plugin.geometry import Detector
+from tb_plugin.pipeline import stage_from_mapping
 from tb_plugin.simulation import SimulationConfig, simulate_dataset
 
 TB_TINY = {
@@ -388,3 +389,37 @@ def test_an_ab_of_track_building_keys_runs_with_the_shared_graphs(ab_setup, tmp_
     for name in ("two_way.fake_rate", "two_way.duplicate_rate", "two_way.efficiency_pt1", "trackml_score"):
         assert f"track_building.{name}" in results["differences"]
     assert "keys `trackingbert_keys` sets" in (ab_dir / "REPORT.md").read_text()
+
+
+def test_finished_stages_of_another_ab_with_the_same_config_are_reused(ab_setup, tmp_path):
+    first = load_runner(keys_only(ab_setup, tmp_path))
+    base = first.arm_values("baseline", 0)
+    for values in base[:3]:  # pretend the first A/B finished its map, filter and GNN
+        stage = stage_from_mapping(values, "t")
+        (stage.stage_dir).mkdir(parents=True)
+        (stage.stage_dir / STAGE_RECORD).write_text(json.dumps({"config": to_record(stage.config)}, default=str))
+    variant = keys_only(
+        ab_setup,
+        tmp_path,
+        ab_dir=str(tmp_path / "variant"),
+        reuse_ab_dir=str(tmp_path / "ab"),
+        baseline_keys={"Walkthrough": {"stitch": "geometry", "reject": "geometry"}},
+    )
+    runner = load_runner(variant)
+    for arm in ARMS:
+        values = runner.arm_values(arm, 0)
+        assert [v["stage_dir"] for v in values[:3]] == [v["stage_dir"] for v in base[:3]]  # read from the first A/B
+        assert Path(values[3]["stage_dir"]).is_relative_to(tmp_path / "variant")  # its own track building
+    # a GNN of another config is not reused, and nothing after it either
+    runner = load_runner(
+        keys_only(
+            ab_setup,
+            tmp_path,
+            ab_dir=str(tmp_path / "v2"),
+            reuse_ab_dir=str(tmp_path / "ab"),
+            baseline_keys={"InteractionGNN": {"hidden": 4}},
+        )
+    )
+    values = runner.arm_values("baseline", 0)
+    assert values[1]["stage_dir"] == base[1]["stage_dir"]
+    assert all(Path(v["stage_dir"]).is_relative_to(tmp_path / "v2") for v in values[2:])
