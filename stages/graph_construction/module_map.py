@@ -8,12 +8,17 @@ truth tracks have connected before.
     tb infer   every event again with edge_index, edge_y, track_to_edge_map (stages.graph_construction.truth)
     tb eval    graph efficiency (all and target truth edges), purity and size on `dataset`
 
-Building is vectorised: hits are sorted by module, so the hits of module m are one slice of that
-order; a pair (a, b) contributes the n_a x n_b combinations of its two slices, enumerated with
-repeat / integer division over many pairs at once. Pairs are processed in chunks of at most
-`chunk_edges` candidates, each cut before the next is made, so peak memory stays bounded on
-100k-hit events; an event whose graph would still exceed `max_edges` keeps its shortest edges (with
-a warning) instead of exhausting memory.
+Building runs in torch on the `accelerator`'s device (CUDA or the CPU, the same graph on each),
+vectorised over all module pairs, with no loop over pairs or hits. Hits are sorted by module and by
+phi within a module, each listed twice (at phi and phi + 2 pi), so the hits of module b inside a dphi
+window are one run of that order even across phi = +-pi. For each hit on the inner module a of a pair
+(a, b), a binary search finds the run of b's hits inside the pair's dphi window; only those hit pairs
+are made (about a tenth of the n_a x n_b at pile-up 200), and cut exactly on dphi and z0. The search is
+a little wider than the window, so the graph is exactly the hit pairs whose features lie in the
+windows, as enumerating every n_a x n_b combination would give. At most `chunk_edges` searches and
+then `chunk_edges` candidates are made at a time, so peak memory stays bounded on 100k-hit events; an
+event whose graph would still exceed `max_edges` keeps its shortest edges (with a warning) instead of
+exhausting memory.
 
 Doublet cuts, as ACORN's module map applies per module pair: a candidate is kept when its dphi and
 z0 (see doublet_features) lie in the window of its layer pair: the central `window_coverage`
@@ -37,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +74,7 @@ def _default_window_tracks() -> dict[str, Any]:
 
 
 PRIOR_SCORERS = ("tb", "geometry")
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 PRIOR_HEADS = ("none", "bilinear", "mlp")
 
 
@@ -151,7 +156,7 @@ class ModuleMapConfig(StageConfig):
     window_coverage: float = 0.99
     # Each window is widened by this fraction of its width on both sides.
     window_margin: float = 0.1
-    # Candidate edges enumerated at a time (bounds the temporaries of the enumeration).
+    # Hit pairs inside the dphi windows (and phi searches) made at a time: bounds the temporaries.
     chunk_edges: int = 4_000_000
     # Largest graph of one event; a bigger one keeps its shortest edges, with a warning.
     max_edges: int = 20_000_000
@@ -165,6 +170,9 @@ class ModuleMapConfig(StageConfig):
     dataset: Literal["trainset", "valset", "testset"] = "testset"
     # Module-pair prior applied when the map is learned (PairPriorConfig); null = off.
     prior: PairPriorConfig | None = None
+    # Where graphs are built (the learning stages' key): gpu / cuda = the CUDA device (the CPU, with a
+    # warning, when there is none), auto = CUDA when present, else the CPU. The graph is the same on each.
+    accelerator: Literal["cpu", "gpu", "cuda", "auto"] = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -179,6 +187,10 @@ class ModuleMapConfig(StageConfig):
             raise ValueError(f"key 'window_margin' must be a finite number >= 0, got {self.window_margin}")
         if not 0.0 < self.window_coverage <= 1.0:
             raise ValueError(f"key 'window_coverage' must be in (0, 1], got {self.window_coverage}")
+        if (
+            self.accelerator not in ACCELERATORS
+        ):  # typed configs are checked by build(); this guards direct construction
+            raise ValueError(f"key 'accelerator' has value {self.accelerator!r}; choices: {', '.join(ACCELERATORS)}")
         target_conditions(self.target_tracks)
         target_conditions(self.map_tracks, "key 'map_tracks'")
         target_conditions(self.window_tracks, "key 'window_tracks'")
@@ -198,23 +210,27 @@ def doublet_features(data: Data, edges: np.ndarray, source: str | Path) -> np.nd
     stays near the vertex. Hits at one radius (an endcap disk's overlaps) give z0 = +-inf, which the
     histograms clip into their edge bins.
     """
-    phi = require_field(data, "hit_phi", source).numpy().astype(np.float64)
-    r = require_field(data, "hit_r", source).numpy().astype(np.float64)
-    z = require_field(data, "hit_z", source).numpy().astype(np.float64)
-    src, dst = edges
-    return doublet_values(phi[src], r[src], z[src], phi[dst], r[dst], z[dst])
+    phi, r, z = (require_field(data, k, source).double() for k in ("hit_phi", "hit_r", "hit_z"))  # [N] each
+    src, dst = torch.from_numpy(np.asarray(edges, dtype=np.int64))
+    return doublet_values(phi[src], r[src], z[src], phi[dst], r[dst], z[dst]).T.numpy()
 
 
 def doublet_values(
-    phi_in: np.ndarray, r_in: np.ndarray, z_in: np.ndarray, phi_out: np.ndarray, r_out: np.ndarray, z_out: np.ndarray
-) -> np.ndarray:
-    """float64 [E, 2] dphi, z0 (see doublet_features) of points given as arrays [E] each (inner, outer)."""
-    dphi = np.remainder(phi_out - phi_in + np.pi, 2 * np.pi) - np.pi
+    phi_in: torch.Tensor,
+    r_in: torch.Tensor,
+    z_in: torch.Tensor,
+    phi_out: torch.Tensor,
+    r_out: torch.Tensor,
+    z_out: torch.Tensor,
+) -> torch.Tensor:
+    """float64 [2, E] dphi, z0 (see doublet_features) of points given as tensors [E] each (inner, outer),
+    on their device. The one formula the map learns its windows with and builds its graphs with: the
+    cut at inference must see the very numbers the windows were set from."""
+    dphi = torch.remainder(phi_out - phi_in + math.pi, 2 * math.pi) - math.pi
     dr, dz = r_out - r_in, z_out - z_in
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z0 = z_in - r_in * dz / dr
-    z0 = np.where(np.isnan(z0), np.inf, z0)  # same position twice: no line, no cut
-    return np.stack([dphi, z0], axis=1)
+    z0 = z_in - r_in * dz / dr
+    z0 = torch.where(torch.isnan(z0), math.inf, z0)  # same position twice: no line, no cut
+    return torch.stack([dphi, z0])
 
 
 def layer_key(data: Data, source: str | Path) -> np.ndarray:
@@ -382,61 +398,185 @@ class ModuleMapTable:
 # ------------------------------------------------------------------------------------- building
 
 
-def module_slices(module: np.ndarray, n_modules: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(hits sorted by module [N], first position of each module in that order [M], hits per module [M])."""
-    order = np.argsort(module, kind="stable")  # [N]
-    count = np.bincount(module, minlength=n_modules)  # [M]
-    start = np.cumsum(count) - count  # [M]
-    return order, start, count
+# Search keys of PhiSortedHits: module * KEY_SPAN + KEY_OFFSET + phi, with phi in [-pi, 3 pi): the
+# keys of one module lie in (module * KEY_SPAN, (module + 1) * KEY_SPAN), so modules never mix.
+KEY_SPAN, KEY_OFFSET = 16.0, 4.0
+# The phi search runs this much (rad) wider than a window on each side, far above the rounding of the
+# search (about 1e-15), so it never loses an edge that the exact cut keeps.
+SEARCH_SLACK = 1e-9
+FULL_TURN = 2 * math.pi - 1e-6  # a dphi window at least this wide takes every hit of the outer module
+
+Windows = tuple[torch.Tensor, torch.Tensor]  # (low, high) [F, P]: each module pair's window of each doublet feature
 
 
-def pair_edges(
-    order: np.ndarray, start: np.ndarray, count: np.ndarray, pairs: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """([2, C], [C]): every (hit on a, hit on b) combination of the module pairs [P, 2] (C = sum of
-    n_a * n_b) and the row in `pairs` of each."""
-    a, b = pairs[:, 0], pairs[:, 1]  # [P]
-    n_b = count[b]
-    size = count[a] * n_b  # [P] candidates per pair
-    pair = np.repeat(np.arange(len(pairs)), size)  # [C] the pair of each candidate
-    k = np.arange(pair.size) - np.repeat(np.cumsum(size) - size, size)  # [C] index inside its pair
-    src = order[start[a][pair] + k // n_b[pair]]
-    dst = order[start[b][pair] + k % n_b[pair]]
-    return np.stack([src, dst]), pair
+@dataclass
+class EventHits:
+    """One event's hits on the building device: module int64 [N], and phi, r, z as rows of coords
+    float64 [3, N], the order doublet_values takes them in (one gather fetches all three)."""
+
+    module: torch.Tensor
+    coords: torch.Tensor
+
+    @classmethod
+    def from_data(cls, data: Data, source: str | Path, device: torch.device) -> EventHits:
+        module = require_field(data, "hit_module_index", source).to(device, torch.int64)
+        coords = torch.stack([require_field(data, k, source) for k in ("hit_phi", "hit_r", "hit_z")])
+        return cls(module, coords.to(device, torch.float64))
+
+
+@dataclass
+class PhiSortedHits:
+    """The hits ordered by module and by phi within a module, each listed twice: at phi (wrapped to
+    [-pi, pi)), then at phi + 2 pi. The hits of a module inside a phi window narrower than 2 pi are then
+    one run of consecutive positions, even when the window crosses phi = +-pi, which a binary search on
+    `key` finds: hit pairs outside the dphi window are never made. Candidates are handled as positions
+    in this order (their hits' coordinates are then read from nearby memory) and turned into hit ids
+    once cut."""
+
+    hit: torch.Tensor  # [2N] the hit at each position
+    coords: torch.Tensor  # [3, 2N] float64 phi, r, z (EventHits.coords) of the hit at each position
+    key: torch.Tensor  # [2N] float64, increasing: module * KEY_SPAN + KEY_OFFSET + phi (+ 2 pi in the second copy)
+    start: torch.Tensor  # [M] first position of each module; its first copy is start .. start + count
+    count: torch.Tensor  # [M] hits on each module
+
+
+def sort_hits(hits: EventHits, n_modules: int) -> PhiSortedHits:
+    """PhiSortedHits of one event's hits, for modules 0 .. n_modules - 1."""
+    n = len(hits.module)
+    wrapped = torch.remainder(hits.coords[0] + math.pi, 2 * math.pi) - math.pi  # [N] in [-pi, pi)
+    base = hits.module.to(torch.float64) * KEY_SPAN + KEY_OFFSET  # [N]
+    key = torch.cat([base + wrapped, base + (wrapped + 2 * math.pi)])  # [2N] the two copies
+    # stable: should rounding tie a first copy (phi < pi) with a second (phi + 2 pi >= pi), the first
+    # comes first, so each module's first `count` positions hold every hit once
+    order = torch.argsort(key, stable=True)  # [2N]
+    count = torch.bincount(hits.module, minlength=n_modules)  # [M]
+    start = 2 * (torch.cumsum(count, 0) - count)  # [M]
+    hit = torch.remainder(order, max(n, 1))  # [2N]
+    return PhiSortedHits(hit, hits.coords[:, hit], key[order], start, count)
+
+
+def chunks(size: np.ndarray, limit: int) -> list[np.ndarray]:
+    """Indices of the non-zero sizes [K], in consecutive chunks whose sizes add up to at most `limit` (a
+    bigger item goes alone): what bounds the temporaries on a 100k-hit event."""
+    rows = np.flatnonzero(size > 0)
+    end = np.cumsum(size[rows])  # [K'] size up to and including each of them
+    found, first = [], 0
+    while first < len(rows):
+        done = end[first - 1] if first else 0
+        last = max(int(np.searchsorted(end, done + limit, side="right")), first + 1)
+        found.append(rows[first:last])
+        first = last
+    return found
+
+
+def inner_hits(hits: PhiSortedHits, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(place [G], position [G]): each hit on the inner module of each pair (a [P'] holds those
+    modules), as its position in `hits`, with the pair's place in `a`."""
+    n_a = hits.count[a]  # [P']
+    total = int(n_a.sum())
+    place = torch.repeat_interleave(torch.arange(len(a), device=a.device), n_a, output_size=total)  # [G]
+    first = (hits.start[a] - (torch.cumsum(n_a, 0) - n_a)).index_select(0, place)  # [G]
+    return place, torch.arange(total, device=a.device) + first
+
+
+def outer_runs(
+    hits: PhiSortedHits, phi_in: torch.Tensor, b: torch.Tensor, dphi_window: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(begin [G], end [G]): the positions of the hits on module b [G] whose phi lies in
+    phi_in + [low, high] (dphi_window, [G] each, widened by SEARCH_SLACK); every hit of b when the
+    window spans a full turn or is None."""
+    every_begin = hits.start.index_select(0, b)  # [G]
+    every_end = every_begin + hits.count.index_select(0, b)
+    if dphi_window is None:
+        return every_begin, every_end
+    low, high = dphi_window
+    width = high - low + 2 * SEARCH_SLACK  # [G] inf for an open window
+    full = width >= FULL_TURN  # [G]
+    # the run starts in the first copy, phi in [-pi, pi), and ends at most a turn later, in the second
+    lo = torch.remainder(phi_in + low - SEARCH_SLACK + math.pi, 2 * math.pi) - math.pi  # [G]
+    base = b.to(torch.float64) * KEY_SPAN + KEY_OFFSET  # [G]
+    begin = torch.searchsorted(hits.key, base + torch.where(full, 0.0, lo))  # first key >= the window's low end
+    end = torch.searchsorted(hits.key, base + torch.where(full, 0.0, lo + width), right=True)  # past its high end
+    return torch.where(full, every_begin, begin), torch.where(full, every_end, end)
+
+
+def expand_runs(begin: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(run [C], position [C]): every position of the runs begin .. end [G], with the run it belongs to."""
+    size = end - begin  # [G]
+    total = int(size.sum())
+    run = torch.repeat_interleave(torch.arange(len(size), device=size.device), size, output_size=total)  # [C]
+    first = (begin - (torch.cumsum(size, 0) - size)).index_select(0, run)  # [C]
+    return run, torch.arange(total, device=size.device) + first
+
+
+Runs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # (inner position, pair, begin, end) [G]
+
+# The [G] and [C] gathers below use index_select: the same as [], several times faster on the CPU,
+# where they are most of the time.
+
+
+def searched_runs(by_phi: PhiSortedHits, pairs: torch.Tensor, rows: torch.Tensor, windows: Windows | None) -> Runs:
+    """(inner, pair, begin, end) [G]: each hit on the inner module of the module pairs `rows` [P'] of
+    `pairs` (its position in by_phi), its pair's row, and the run of positions of the outer module's
+    hits inside the pair's dphi window (every hit of that module without cuts)."""
+    place, inner = inner_hits(by_phi, pairs[rows, 0])  # [G]
+    pair = rows.index_select(0, place)  # [G]
+    dphi_window = (
+        None if windows is None else (windows[0][0].index_select(0, pair), windows[1][0].index_select(0, pair))
+    )
+    phi_in = by_phi.coords[0].index_select(0, inner)  # [G]
+    begin, end = outer_runs(by_phi, phi_in, pairs[:, 1].index_select(0, pair), dphi_window)
+    return inner, pair, begin, end
+
+
+def cut_runs(by_phi: PhiSortedHits, runs: Runs, windows: Windows | None) -> torch.Tensor:
+    """[2, E'] hit pairs (inner hit, each hit of its run) of runs (inner, pair, begin, end) [G] whose
+    doublet features (doublet_values, every feature, exactly) lie in their pair's windows."""
+    inner, pair, begin, end = runs
+    run, outer = expand_runs(begin, end)  # [C]
+    if windows is not None:
+        inner_coords = [c.index_select(0, inner).index_select(0, run) for c in by_phi.coords]  # 3 x [C]
+        features = doublet_values(*inner_coords, *(c.index_select(0, outer) for c in by_phi.coords))  # [F, C]
+        pair = pair.index_select(0, run)  # [C]
+        low, high = windows[0].index_select(1, pair), windows[1].index_select(1, pair)  # [F, C]
+        keep = torch.nonzero(((features >= low) & (features <= high)).all(dim=0)).squeeze(1)  # [E']
+        run, outer = run.index_select(0, keep), outer.index_select(0, keep)
+    return torch.stack([by_phi.hit.index_select(0, inner.index_select(0, run)), by_phi.hit.index_select(0, outer)])
 
 
 def build_module_map_edges(
-    module: np.ndarray,
-    pairs: np.ndarray,
-    chunk_edges: int,
-    cut: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
-    """[2, E] candidate edges of one event from the map, enumerated chunk by chunk of pairs.
+    hits: EventHits, pairs: torch.Tensor, windows: Windows | None, chunk_edges: int
+) -> torch.Tensor:
+    """int64 [2, E] edges of one event (on the hits' device): the hit pairs on the map's module pairs
+    [P, 2] whose doublet features lie in the pair's windows (low, high) [F, P] (None: no cuts).
 
-    `cut(edges [2, C], pair_row [C]) -> keep [C]` filters each chunk as it is made, so the uncut
-    candidates never exist all at once.
+    At most chunk_edges searches, then at most chunk_edges candidates, are made at a time, so the
+    temporaries stay bounded on 100k-hit events. Edges come grouped by module pair, not in hit order;
+    pairs ordered by outer module make consecutive searches read neighbouring keys (several times faster).
     """
-    n_modules = int(max(module.max(initial=-1), pairs.max(initial=-1)) + 1)
-    order, start, count = module_slices(module, n_modules)
-    size = count[pairs[:, 0]] * count[pairs[:, 1]]  # [P]
-    rows = np.flatnonzero(size > 0)  # the pairs with hits on both modules
-    end = np.cumsum(size[rows])  # candidates up to and including each of them
-    chunks, first = [], 0
-    while first < len(rows):
-        done = end[first - 1] if first else 0
-        last = max(int(np.searchsorted(end, done + chunk_edges, side="right")), first + 1)  # a huge pair goes alone
-        edges, pair = pair_edges(order, start, count, pairs[rows[first:last]])
-        if cut is not None:
-            edges = edges[:, cut(edges, rows[first:last][pair])]
-        chunks.append(edges)
-        first = last
-    return np.concatenate(chunks, axis=1) if chunks else np.zeros((2, 0), dtype=np.int64)
+    device = pairs.device
+    n_modules = int(max(hits.module.max() if len(hits.module) else -1, pairs.max() if len(pairs) else -1)) + 1
+    by_phi = sort_hits(hits, n_modules)
+    searches = by_phi.count[pairs[:, 0]] * (by_phi.count[pairs[:, 1]] > 0)  # [P] inner hits facing an outer one
+    edges = []
+    for rows in chunks(searches.cpu().numpy(), chunk_edges):
+        runs = searched_runs(by_phi, pairs, torch.from_numpy(rows).to(device), windows)  # [G] each
+        size = runs[3] - runs[2]  # [G] candidates of each search
+        if int(size.sum()) <= chunk_edges:  # all at once (the usual case): no copy
+            edges.append(cut_runs(by_phi, runs, windows))
+            continue
+        for part in chunks(size.cpu().numpy(), chunk_edges):
+            part = torch.from_numpy(part).to(device)
+            edges.append(cut_runs(by_phi, tuple(x[part] for x in runs), windows))
+    return torch.cat(edges, dim=1) if edges else torch.zeros((2, 0), dtype=torch.int64, device=device)
 
 
 def cap_edges(edges: np.ndarray, position: np.ndarray, max_edges: int, source: str | Path) -> np.ndarray:
     """At most max_edges edges: the shortest ones (a graph too big for memory is worse than a short one)."""
     if edges.shape[1] <= max_edges:
         return edges
+    edges = edges[:, np.argsort(edges[0] * np.int64(len(position)) + edges[1])]  # hit order: ties at the cut do not
+    # depend on the order the builder found the edges in
     length = np.linalg.norm(position[edges[1]] - position[edges[0]], axis=1)  # [E]
     keep = np.argpartition(length, max_edges - 1)[:max_edges]
     log.warning(
@@ -459,6 +599,9 @@ class ModuleMap(GraphBuilderStage):
     def __init__(self, config: ModuleMapConfig) -> None:
         super().__init__(config)
         self.table: ModuleMapTable | None = None
+        self.device = torch.device("cpu")
+        self.pairs = torch.zeros((0, 2), dtype=torch.int64)
+        self.windows: Windows | None = None
 
     @property
     def map_file(self) -> Path:
@@ -519,22 +662,25 @@ class ModuleMap(GraphBuilderStage):
         return files
 
     def prepare_inference(self) -> None:
+        """The map's pairs and windows, once, on the device the graphs are built on."""
+        from tb_plugin.training import inference_device  # imports lightning: only once graphs are built
+
         self.table = ModuleMapTable.load(self.map_file).select(self.config.min_count)
+        self.device = inference_device(self.config.accelerator)
+        # by outer module, then inner: see build_module_map_edges
+        order = np.lexsort((self.table.pairs[:, 0], self.table.pairs[:, 1]))  # [P]
+        self.pairs = torch.from_numpy(self.table.pairs[order]).to(self.device)  # [P, 2]
+        self.windows = None
+        if self.config.doublet_cuts:
+            low, high = self.table.windows(self.config.window_margin)  # [P, F] each
+            low, high = (torch.from_numpy(w[order].T.copy()).to(self.device) for w in (low, high))  # [F, P] each
+            self.windows = (low, high)
 
     def build_edges(self, data: Data, source: Path) -> np.ndarray:
         if self.table is None:
             self.prepare_inference()
-        table = self.table
-        module = require_field(data, "hit_module_index", source).numpy().astype(np.int64)  # [N]
-        cut = None
-        if self.config.doublet_cuts:
-            low, high = table.windows(self.config.window_margin)  # [P, F] each
-
-            def cut(edges: np.ndarray, pair: np.ndarray) -> np.ndarray:
-                features = doublet_features(data, edges, source)  # [C, F]
-                return ((features >= low[pair]) & (features <= high[pair])).all(axis=1)
-
-        edges = build_module_map_edges(module, table.pairs, self.config.chunk_edges, cut)
+        hits = EventHits.from_data(data, source, self.device)
+        edges = build_module_map_edges(hits, self.pairs, self.windows, self.config.chunk_edges).cpu().numpy()
         if edges.shape[1] > self.config.max_edges:
             position = torch.stack([data.hit_x, data.hit_y, data.hit_z], dim=1).numpy()  # [N, 3]
             edges = cap_edges(edges, position, self.config.max_edges, source)

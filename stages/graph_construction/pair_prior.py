@@ -139,9 +139,8 @@ def pair_geometry(
     over the modules' reach takes its place in the score (not in `inside`): modules that touch score
     >= 0, far ones below, so the score does not rank every pair of such a layer pair alike.
     """
-    features = doublet_values(
-        shapes.phi[a], shapes.r[a], shapes.z[a], shapes.phi[b], shapes.r[b], shapes.z[b]
-    )  # [C, 2]
+    centres = (shapes.phi[a], shapes.r[a], shapes.z[a], shapes.phi[b], shapes.r[b], shapes.z[b])
+    features = doublet_values(*(torch.from_numpy(np.asarray(v, dtype=np.float64)) for v in centres)).T.numpy()  # [C, 2]
     ext_dphi = shapes.ext_phi[a] + shapes.ext_phi[b]
     r_a, r_b = shapes.r[a], shapes.r[b]
     d_r = r_b - r_a

@@ -1,16 +1,28 @@
-"""ModuleMap: learns module pairs from hand-made truth and builds exactly the expected candidate edges."""
+"""ModuleMap: learns module pairs from hand-made truth and builds exactly the expected candidate edges;
+the phi-searched builder gives every hit pair inside the windows, as brute force finds them."""
 
 import itertools
 import json
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Data
 
-from stages.graph_construction.module_map import ModuleMap, ModuleMapConfig, build_module_map_edges
+from stages.graph_construction.module_map import (
+    EventHits,
+    ModuleMap,
+    ModuleMapConfig,
+    ModuleMapTable,
+    build_module_map_edges,
+)
 from tb_plugin.config import ConfigError, build
-from tb_plugin.event_store import load_event, save_event
+from tb_plugin.event_store import list_event_files, load_event, save_event
+from tb_plugin.geometry import Detector
+from tb_plugin.pipeline import stage_from_mapping
+from tb_plugin.simulation import SimulationConfig, simulate_dataset
 
 # Six modules on three barrel layers (2 per layer, at phi 0 and pi), at radii 30, 70, 110 mm.
 MODULE_LAYER = np.array([2, 2, 4, 4, 6, 6])
@@ -121,13 +133,133 @@ def test_doublet_cuts_drop_candidates_outside_the_learned_window(store):
     assert set(map(tuple, edges.T.tolist())) == {(0, 2)}
 
 
+def edge_set(edges) -> set[tuple[int, int]]:
+    return set(map(tuple, np.asarray(edges).T.tolist()))
+
+
+def hits_on(module, phi=None, r=None, z=None) -> EventHits:
+    """EventHits on the CPU; coordinates default to zeros (enough without doublet cuts)."""
+    n = len(module)
+    coords = [np.zeros(n) if c is None else np.asarray(c, dtype=np.float64) for c in (phi, r, z)]
+    return EventHits(torch.as_tensor(module, dtype=torch.int64), torch.from_numpy(np.stack(coords)))
+
+
 def test_chunks_give_the_same_edges():
     module = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
-    pairs = np.array([[0, 1], [1, 2], [0, 2]])
-    whole = build_module_map_edges(module, pairs, chunk_edges=1_000)
+    pairs = torch.tensor([[0, 1], [1, 2], [0, 2]])
+    whole = build_module_map_edges(hits_on(module), pairs, None, chunk_edges=1_000)
     for chunk in (1, 2, 5, 7):
-        assert np.array_equal(build_module_map_edges(module, pairs, chunk_edges=chunk), whole)
-    assert whole.shape[1] == 3 * 2 + 2 * 4 + 3 * 4
+        chunked = build_module_map_edges(hits_on(module), pairs, None, chunk_edges=chunk)
+        assert edge_set(chunked) == edge_set(whole) and chunked.shape == whole.shape
+    expected = {
+        (i, j) for (a, b) in pairs.tolist() for i in np.flatnonzero(module == a) for j in np.flatnonzero(module == b)
+    }
+    assert edge_set(whole) == expected and whole.shape[1] == 3 * 2 + 2 * 4 + 3 * 4
+    assert build_module_map_edges(hits_on(np.zeros(0, dtype=np.int64)), pairs, None, 1_000).shape == (2, 0)
+
+
+def brute_force_edges(module, phi, r, z, pairs, low, high) -> set[tuple[int, int]]:
+    """The oracle: every hit pair on each map pair (a, b) [P, 2] whose dphi and z0, computed here in
+    numpy from their definition, lie in the pair's windows low / high [P, F]."""
+    phi, r, z = (np.asarray(c, dtype=np.float64) for c in (phi, r, z))
+    found = set()
+    for (a, b), lo, hi in zip(pairs.tolist(), low, high):
+        i, j = (g.ravel() for g in np.meshgrid(np.flatnonzero(module == a), np.flatnonzero(module == b), indexing="ij"))
+        dphi = np.remainder(phi[j] - phi[i] + np.pi, 2 * np.pi) - np.pi
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z0 = z[i] - r[i] * (z[j] - z[i]) / (r[j] - r[i])
+        z0 = np.where(np.isnan(z0), np.inf, z0)
+        keep = (dphi >= lo[0]) & (dphi <= hi[0]) & (z0 >= lo[1]) & (z0 <= hi[1])
+        found |= set(zip(i[keep].tolist(), j[keep].tolist()))
+    return found
+
+
+def random_event_and_windows(seed: int):
+    """300 hits on 12 modules (float32 phi all around, some at exactly +-pi; two modules at one
+    radius: z0 = +-inf) and every module pair with windows of each kind: narrow, crossing phi = +-pi,
+    below -pi, wider than a turn, open, and one whose low end is exactly the dphi of a hit pair."""
+    rng = np.random.default_rng(seed)
+    module = rng.integers(0, 12, 300)
+    phi = rng.uniform(-np.pi, np.pi, 300).astype(np.float32)
+    phi[:6] = [np.pi, -np.pi, np.pi, -np.pi, 0.0, 0.0]
+    radius = np.array([30, 30, 70, 70, 110, 110, 170, 170, 260, 260, 360, 360.0])
+    r = np.where(module == 1, 30.0, radius[module] + rng.uniform(-2, 2, 300)).astype(np.float32)
+    z = rng.uniform(-600, 600, 300).astype(np.float32)
+    pairs = np.array([(a, b) for a in range(12) for b in range(12)])  # [P, 2], with a == b
+    centre = rng.uniform(-np.pi, np.pi, len(pairs))
+    half = rng.choice([0.05, 0.4, 1.5, 4.0], len(pairs))
+    low = np.stack([centre - half, rng.uniform(-400, 0, len(pairs))], axis=1)  # [P, F]
+    high = np.stack([centre + half, rng.uniform(0, 400, len(pairs))], axis=1)
+    low[::7, 0], high[::7, 0] = -4.0, -3.0  # below -pi: only its part above -pi can hold edges
+    low[::11], high[::11] = -np.inf, np.inf  # open: no cut
+    low[::13, 1], high[::13, 1] = -np.inf, np.inf
+    i, j = np.flatnonzero(module == 2)[0], np.flatnonzero(module == 4)[0]  # a window edge on a hit pair's dphi
+    row = 2 * 12 + 4
+    low[row, 0] = np.remainder(np.float64(phi[j]) - np.float64(phi[i]) + np.pi, 2 * np.pi) - np.pi
+    high[row, 0], low[row, 1], high[row, 1] = low[row, 0] + 0.3, -np.inf, np.inf
+    return module, phi, r, z, pairs, low, high
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_edges_are_every_hit_pair_inside_the_windows_whatever_the_chunks(seed):
+    module, phi, r, z, pairs, low, high = random_event_and_windows(seed)
+    expected = brute_force_edges(module, phi, r, z, pairs, low, high)
+    assert 0 < len(expected) < sum((module == a).sum() * (module == b).sum() for a, b in pairs)  # the cuts cut
+    windows = (torch.from_numpy(low.T.copy()), torch.from_numpy(high.T.copy()))  # [F, P]
+    for chunk in (1, 5, 64, 10**9):
+        edges = build_module_map_edges(hits_on(module, phi, r, z), torch.from_numpy(pairs), windows, chunk)
+        assert edges.dtype == torch.int64 and edges.shape[1] == len(expected)  # no duplicates
+        assert edge_set(edges) == expected
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory) -> Path:
+    """Feature store of four simulated events (pile-up 2, the built-in detector): 3 train, 1 test."""
+    root = tmp_path_factory.mktemp("mm_sim")
+    detector = Detector.builtin()
+    simulate_dataset(
+        SimulationConfig(n_events=4, pileup=2, seed=5), detector, root / "events", progress=False, workers=1
+    )
+    detector.to_csv(root / "events" / "detectors.csv")
+    values = {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(root / "events")}
+    stage_from_mapping({**values, "stage_dir": str(root / "store"), "data_split": [3, 0, 1]}, "reading.yaml").infer()
+    return root
+
+
+def test_simulated_event_gets_exactly_the_hit_pairs_inside_the_learned_windows(simulated):
+    mm = stage(simulated, doublet_cuts=True, window_tracks={}, accelerator="cpu")
+    mm.train()
+    mm.prepare_inference()
+    path = list_event_files(simulated / "store", "testset")[0]
+    data = load_event(path)
+    table = ModuleMapTable.load(mm.map_file).select(1)
+    low, high = table.windows(0.1)  # [P, F]
+    coords = [data[k].numpy() for k in ("hit_phi", "hit_r", "hit_z")]
+    expected = brute_force_edges(data.hit_module_index.numpy(), *coords, table.pairs, low, high)
+    edges = mm.build_edges(data, path)
+    assert len(expected) > 100 and edges.shape[1] == len(expected) and edge_set(edges) == expected
+
+
+def test_accelerator_key_lists_its_choices(tmp_path):
+    with pytest.raises(ConfigError, match="accelerator.*'tpu'"):
+        stage(tmp_path, accelerator="tpu")
+    with pytest.raises(ValueError, match="key 'accelerator' has value 'tpu'; choices: cpu, gpu, cuda, auto"):
+        ModuleMapConfig(
+            stage="graph_construction", model="ModuleMap", stage_dir=tmp_path, input_dir=tmp_path, accelerator="tpu"
+        )
+    assert stage(tmp_path).config.accelerator == "auto"
+
+
+def test_gpu_accelerator_without_cuda_builds_on_the_cpu_with_a_warning(store, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    mm = stage(store, accelerator="gpu")
+    mm.train()
+    with caplog.at_level(logging.WARNING):
+        mm.prepare_inference()
+    assert mm.device == torch.device("cpu") and "no CUDA device" in caplog.text
+    edges = mm.build_edges(load_event(store / "store" / "testset" / "event000000100.pyg"), "testset event")
+    assert edges.shape == (2, 2 * 3 + 3 * 1 + 1 * 1)  # modules 0 -> 2, 2 -> 4, 1 -> 3 of the test event
 
 
 def test_config_errors_name_the_key(tmp_path):

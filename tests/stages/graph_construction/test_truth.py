@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from stages.graph_construction.truth import graph_truth, hit_order
+from stages.graph_construction.truth import graph_truth, hit_order, sorted_unique
 
 # Five hits on a line outwards (r^2 + z^2 grows with the index), plus hit 5 sharing hit 2's r^2 + z^2.
 R2Z2 = torch.tensor([1.0, 4.0, 9.0, 16.0, 25.0, 9.0], dtype=torch.float64)
@@ -48,3 +48,9 @@ def test_hit_index_out_of_range_is_an_error():
 
     with pytest.raises(ValueError, match="edge_index refers to hits outside"):
         graph_truth(torch.tensor([[0], [9]]), torch.zeros((2, 0), dtype=torch.long), R2Z2)
+
+
+def test_sorted_unique_is_np_unique():
+    keys = np.random.default_rng(0).integers(0, 500, 2_000)  # many duplicates
+    for sample in (keys, keys[:1], keys[:0], np.array([7, 7, 7])):
+        assert np.array_equal(sorted_unique(sample), np.unique(sample))
