@@ -187,9 +187,8 @@ class ModuleMapConfig(StageConfig):
             raise ValueError(f"key 'window_margin' must be a finite number >= 0, got {self.window_margin}")
         if not 0.0 < self.window_coverage <= 1.0:
             raise ValueError(f"key 'window_coverage' must be in (0, 1], got {self.window_coverage}")
-        if (
-            self.accelerator not in ACCELERATORS
-        ):  # typed configs are checked by build(); this guards direct construction
+        # typed configs are checked by build(); this guards direct construction
+        if self.accelerator not in ACCELERATORS:
             raise ValueError(f"key 'accelerator' has value {self.accelerator!r}; choices: {', '.join(ACCELERATORS)}")
         target_conditions(self.target_tracks)
         target_conditions(self.map_tracks, "key 'map_tracks'")
