@@ -60,7 +60,15 @@ from tqdm import tqdm
 
 from stages.data_reading.trackml_reader import SHORT_NAMES
 from stages.plots import plot_efficiency_curves, plot_histograms
-from stages.track_building.matching import STYLES, MatchCounts, check_matching_fraction, count_matches, match_event
+from stages.track_building.matching import (
+    FAKE_KINDS,
+    STYLES,
+    MatchCounts,
+    check_matching_fraction,
+    count_matches,
+    fake_kinds,
+    match_event,
+)
 from stages.track_building.rejection import (
     BELOW_FIELD,
     CUT_FILE,
@@ -113,6 +121,7 @@ class EventMatches:
     particles: pd.DataFrame  # the target particles, with pt_gev, eta and reconstructed_<style>
     stitch_merges: int = 0  # fragment pairs stitching joined in the event (stitching.py)
     reject_below: int = 0  # candidates under the reject cut in the event (rejection.py)
+    fake_kinds: dict[str, int] = field(default_factory=dict)  # the two_way fakes by kind (matching.fake_kinds)
 
 
 @dataclass(kw_only=True)
@@ -588,6 +597,7 @@ class TrackBuilder(Stage):
         scores: list[float] = []
         plotted: list[pd.DataFrame] = []
         without_truth = merges = below = 0
+        kinds = dict.fromkeys(FAKE_KINDS, 0)
         for path in tqdm(files, desc=f"track_building eval {split}", unit="event", leave=False):
             matches = self.event_matches(path)
             merges += 0 if matches is None else matches.stitch_merges
@@ -596,6 +606,7 @@ class TrackBuilder(Stage):
                 log.warning("%s: no truth (hit_particle_id or track_edges + track_particle_id); skipped", path)
                 without_truth += 1
                 continue
+            kinds = {k: kinds[k] + matches.fake_kinds.get(k, 0) for k in FAKE_KINDS}
             for style in STYLES:
                 counts[style] = counts[style] + matches.counts[style]
                 counts_pt1[style] = counts_pt1[style] + matches.counts_pt1[style]
@@ -608,6 +619,7 @@ class TrackBuilder(Stage):
                 "(hit_particle_id, or track_edges with track_particle_id): nothing to evaluate"
             )
         metrics = self.summarise(counts, counts_pt1, scores, len(files) - without_truth, without_truth)
+        metrics["two_way"]["fake_kinds"] = kinds
         if self.config.stitch != "none":
             metrics |= {"stitch": self.config.stitch, "stitch_merges": merges}  # over the events with truth
         if self.config.reject != "none":
@@ -649,6 +661,7 @@ class TrackBuilder(Stage):
             )[target],
             stitch_merges=int(data[MERGES_FIELD]) if MERGES_FIELD in data else 0,
             reject_below=int(data[BELOW_FIELD]) if BELOW_FIELD in data else 0,
+            fake_kinds=fake_kinds(tracks, particles, self.config.matching_fraction),
         )
 
     def particle_selections(

@@ -158,6 +158,30 @@ def match_event(
     return track_table(pairs, matching_fraction), particle_table(pairs, hit_particle_id, matching_fraction)
 
 
+FAKE_KINDS = ("fragment_of_a_found_particle", "fragment_of_a_lost_particle", "no_majority")
+
+
+def fake_kinds(tracks: pd.DataFrame, particles: pd.DataFrame, matching_fraction: float) -> dict[str, int]:
+    """The two_way fakes of one event by what they are, so that a fix can aim at the right kind:
+
+    - fragment_of_a_found_particle: most hits (>= f) from one particle, which another track reconstructs
+      (a broken-off piece beside the found track);
+    - fragment_of_a_lost_particle: most hits from one particle that no track reconstructs (the particle
+      was cut into pieces none of which holds f of its hits);
+    - no_majority: no particle holds f of the track's hits (hits of several particles, or noise).
+    """
+    fakes = tracks[~tracks.matched_two_way.to_numpy()]
+    majority = fraction_passes(fakes.n_shared.to_numpy(), fakes.n_hits.to_numpy(), matching_fraction)
+    majority &= fakes.particle_id.to_numpy() != NOISE
+    found = particles.particle_id.to_numpy()[particles.reconstructed_two_way.to_numpy()]
+    of_found = np.isin(fakes.particle_id.to_numpy(), found)
+    return {
+        FAKE_KINDS[0]: int((majority & of_found).sum()),
+        FAKE_KINDS[1]: int((majority & ~of_found).sum()),
+        FAKE_KINDS[2]: int((~majority).sum()),
+    }
+
+
 @dataclass
 class MatchCounts:
     """Counts that add up over events; the rates are taken from the pooled counts, as ACORN does."""

@@ -6,6 +6,7 @@ from stages.track_building.matching import (
     MatchCounts,
     check_matching_fraction,
     count_matches,
+    fake_kinds,
     fraction_passes,
     match_event,
     pair_table,
@@ -118,3 +119,18 @@ def test_counts_pool_over_events_and_empty_denominators_are_none():
 def test_event_with_no_tracks():
     tracks, particles = match_event(np.full(3, -1), np.array([1, 1, 1]), 0.5)
     assert len(tracks) == 0 and particles.reconstructed_two_way.tolist() == [False]
+
+
+def test_fakes_are_told_apart_by_kind():
+    # particle 1 (10 hits): track 0 holds 6 (found), track 1 holds 4 (a piece beside it: fake)
+    # particle 2 (10 hits): tracks 2 and 3 hold 4 each, 2 unassigned (lost: both pieces fake)
+    # track 4: 2 hits of particle 3 and 2 of particle 4 (no majority); track 5: noise only
+    pid = np.r_[[1] * 10, [2] * 10, [3, 3, 4, 4], [0, 0, 0]]
+    labels = np.r_[[0] * 6, [1] * 4, [2] * 4, [3] * 4, [-1, -1], [4] * 4, [5] * 3]
+    tracks, particles = match_event(labels, pid, 0.5)
+    assert fake_kinds(tracks, particles, 0.5) == {
+        "fragment_of_a_found_particle": 1,
+        "fragment_of_a_lost_particle": 2,
+        "no_majority": 2,
+    }
+    assert sum(fake_kinds(tracks, particles, 0.5).values()) == (~tracks.matched_two_way).sum()
