@@ -1,9 +1,9 @@
-"""Per-stage inference time and peak memory of the baseline chain on full-occupancy events, on the CPU.
+"""Per-stage inference time and peak memory of the baseline chain on full-occupancy events (CPU, or GPU).
 
     .venv/bin/python benchmarks/inference_speed.py [--events 3] [--map-events 30] [--threads 2]
                                                    [--filter-events 6] [--filter-epochs 20]
                                                    [--filter-sector 200000] [--hidden H] [--iters K]
-                                                   [--out runs/bench/inference_speed.json]
+                                                   [--accelerator cpu|gpu] [--out runs/bench/inference_speed.json]
 
 Two chains are timed on the same events, run in memory by stages.inference_chain.InferenceChain, one
 event at a time, with the keys of the shipped configs (configs/graph_construction/module_map.yaml,
@@ -141,7 +141,7 @@ def stage_values(name: str, work: Path, args: argparse.Namespace) -> dict[str, A
             max_epochs=1,
             warmup_steps=0,
             max_train_edges=GNN_TRAIN_EDGES,
-            accelerator="cpu",
+            accelerator=args.accelerator,
             devices=1,
             num_workers=0,
             logger="csv",
@@ -159,7 +159,7 @@ def stage_values(name: str, work: Path, args: argparse.Namespace) -> dict[str, A
             max_epochs=args.filter_epochs,
             val_every_n_epochs=5,
             max_train_edges=args.filter_sector,
-            accelerator="cpu",
+            accelerator=args.accelerator,
             devices=1,
             num_workers=0,
             logger="csv",
@@ -414,6 +414,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "detector": detector_name,
             "gnn_hidden": hidden,
             "gnn_iters": iters,
+            "accelerator": args.accelerator,
             "seed": args.seed,
             "configs": {name: str(path.relative_to(REPO)) for name, path in CONFIGS.items()},
         },
@@ -454,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=None, help="GNN hidden size (default: the config's)")
     parser.add_argument(
         "--iters", type=int, default=None, help="GNN message-passing iterations (default: the config's)"
+    )
+    parser.add_argument(
+        "--accelerator",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="where the filter and the GNN train and infer (default cpu; gpu: benchmarks/gpu_check.sh)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -9,6 +9,10 @@ steps are not timed; the models alternate repeat by repeat (short repeats, many 
 from other processes hits all of them; the median is the headline, the best repeat is printed too.
 
     .venv/bin/python benchmarks/pretrain_throughput.py --batch-size 256 --steps 4 --repeats 11
+    python3 benchmarks/pretrain_throughput.py --device cuda --precision bf16-mixed   # on a GPU
+
+`--precision bf16-mixed` runs every model's forward and loss under torch.autocast(bfloat16), as Lightning's
+bf16-mixed does for the pretraining stage (configs/tracking_bert/paper.yaml); weights and AdamW stay fp32.
 
 Prints one JSON object; a pair of tracks counts as 2 tracks.
 """
@@ -116,14 +120,15 @@ def ours_full_logits_loss(model, batch: dict) -> torch.Tensor:
     return mdm + F.binary_cross_entropy_with_logits(ntp_logits.float(), batch["ntp_labels"])
 
 
-def train_steps(model, opt, loss_fn, batches, n: int, device: torch.device) -> float:
-    """Seconds for n full training steps."""
+def train_steps(model, opt, loss_fn, batches, n: int, device: torch.device, bf16: bool = False) -> float:
+    """Seconds for n full training steps; `bf16`: forward and loss under bfloat16 autocast (bf16-mixed)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for i in range(n):
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model, batches[i % len(batches)])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model, batches[i % len(batches)])
         loss.backward()
         opt.step()
     if device.type == "cuda":
@@ -141,6 +146,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per model before timing")
     ap.add_argument("--n-batches", type=int, default=4, help="distinct batches cycled through")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument(
+        "--precision", default="32-true", choices=["32-true", "bf16-mixed"], help="bf16-mixed: bfloat16 autocast"
+    )
     ap.add_argument("--vocab", type=int, default=4009, help="vocabulary size (4004 pixel modules + 5 specials)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
@@ -149,6 +157,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    bf16 = args.precision == "bf16-mixed"
     gen = torch.Generator().manual_seed(args.seed)
     batches = [
         {k: v.to(device) for k, v in make_batch(args.batch_size, args.vocab, gen).items()}
@@ -174,17 +183,19 @@ def main() -> None:
     }
 
     for name, (model, loss_fn) in runs.items():
-        train_steps(model, opts[name], loss_fn, batches, args.warmup, device)
+        train_steps(model, opts[name], loss_fn, batches, args.warmup, device, bf16)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, (model, loss_fn) in runs.items():
-            seconds[name].append(train_steps(model, opts[name], loss_fn, batches, args.steps, device))
+            seconds[name].append(train_steps(model, opts[name], loss_fn, batches, args.steps, device, bf16))
 
     tracks = 2 * args.batch_size * args.steps
     result = {
         "benchmark": "pretrain_throughput",
         "unit": "tracks/s (forward+backward+AdamW step; a pair = 2 tracks)",
         "device": args.device,
+        "precision": args.precision,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

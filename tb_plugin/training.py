@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,10 +49,15 @@ class TrainerConfig:
     val_every_n_epochs: int = (
         1  # validate every n-th epoch (Lightning's check_val_every_n_epoch): tiny epochs need not validate each time
     )
+    # wall-clock limit of training in seconds (Lightning's max_time): a bounded run such as
+    # benchmarks/gpu_check.sh stops there, validates and checkpoints; None = max_epochs alone decides
+    max_time_s: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.val_every_n_epochs, bool) or self.val_every_n_epochs < 1:
             raise ValueError(f"key 'val_every_n_epochs' must be an integer >= 1, got {self.val_every_n_epochs!r}")
+        if self.max_time_s is not None and not self.max_time_s > 0:
+            raise ValueError(f"key 'max_time_s' must be a positive number of seconds or null, got {self.max_time_s!r}")
 
 
 def inference_device(accelerator: str) -> torch.device:
@@ -222,6 +228,7 @@ def make_trainer(config: Any, stage_dir: Path, monitor: str | None = None, **tra
         log_every_n_steps=10,
         deterministic=False,
         check_val_every_n_epoch=config.val_every_n_epochs,
+        max_time=None if config.max_time_s is None else timedelta(seconds=config.max_time_s),
         **trainer_options,
     )
 

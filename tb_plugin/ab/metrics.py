@@ -200,8 +200,11 @@ def collect_arm_events(
         if efficiency is None:  # the baseline arm: its own operating point
             efficiency = valset_efficiency(val["edge_classifier"])
         out.operating_points["matched.reference_efficiency"] = efficiency
-        out.operating_points["matched.cut"] = valset_cut(val["edge_classifier"], efficiency)
-        build = matched_builder(tracks, out.operating_points["matched.cut"])
+        # a baseline GNN that keeps no valset target edge at its cut (briefly trained, as in
+        # benchmarks/gpu_check.sh) has no operating point to match: the matched rows are left out
+        if efficiency > 0:
+            out.operating_points["matched.cut"] = valset_cut(val["edge_classifier"], efficiency)
+            build = matched_builder(tracks, out.operating_points["matched.cut"])
     rng = np.random.default_rng(0)
     for path in files:
         out.event_ids.append(_event_id(path))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
-from tb_plugin.ab.metrics import ArmEvents, GraphCurve
+from tb_plugin.ab.metrics import ArmEvents, GraphCurve, collect_arm_events
 from tb_plugin.event_store import save_event
 
 
@@ -78,3 +78,27 @@ def test_the_trackingbert_arm_is_read_at_the_baselines_graph_size(tmp_path, no_l
     kept = (val.edge_distance.numpy() < curve.radius["at_edges"]).sum()
     assert kept == 3 and points["graph.valset_edges_per_event"] == 5
     np.testing.assert_allclose(points["graph.at_edges.radius"], curve.radius["at_edges"])
+
+
+def test_a_gnn_that_keeps_no_valset_target_edge_has_no_matched_rows(tmp_path, monkeypatch):
+    """A briefly trained baseline GNN (benchmarks/gpu_check.sh) can keep no target edge of the valset at
+    its cut: the matched operating point is then undefined, and its rows are left out instead of failing
+    the A/B; the fixed-efficiency operating points are still chosen."""
+    arrays = {
+        "scores": np.array([0.1, 0.2, 0.3]),
+        "edge_target": np.array([True, True, False]),
+        "kept": np.zeros(3, dtype=bool),
+    }
+    gnn = SimpleNamespace(
+        config=SimpleNamespace(stage="edge_classifier"), stage_dir=tmp_path / "gnn", event_arrays=lambda path: arrays
+    )
+    tracks = SimpleNamespace(config=SimpleNamespace(stage="track_building"), stage_dir=tmp_path / "tracks")
+    save_event(Data(num_nodes=1), gnn.stage_dir / "valset" / "event000000001.pyg")
+    save_event(Data(num_nodes=1), tracks.stage_dir / "testset" / "event000000002.pyg")
+    monkeypatch.setattr("tb_plugin.ab.metrics._edge_metrics", lambda *args: None)
+    monkeypatch.setattr("tb_plugin.ab.metrics._track_metrics", lambda *args, **kw: None)
+    tracks.event_matches = lambda path: None
+    out = collect_arm_events([gnn, tracks], reference={})
+    assert out.operating_points["matched.reference_efficiency"] == 0.0
+    assert "matched.cut" not in out.operating_points
+    assert "edge_classifier.at95.cut" in out.operating_points and out.event_ids == ["000000002"]
