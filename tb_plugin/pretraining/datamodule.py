@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from tb_plugin.event_store import SPLITS, iter_events, list_event_files
+from tb_plugin.event_store import SPLITS, list_event_files, load_event
 from tb_plugin.pretraining.masking import eval_mask_positions, mask_for_eval, mask_for_training
 from tb_plugin.pretraining.pairs import PairSet, layout_pairs, make_pairs
 from tb_plugin.pretraining.tracks import TrackSet, event_tracks
@@ -49,14 +49,19 @@ class SequenceSettings:
     seed: int = 0
 
 
-def read_tracks(input_dir: Path, split: str, tokenizer: ModuleTokenizer, settings: SequenceSettings) -> TrackSet:
-    sets = []
+def split_files(input_dir: Path, split: str, data_split: list[int] | None) -> list[Path]:
+    """The split's event files; with the stage's `data_split`, the first n of them (as every stage reads it)."""
     files = list_event_files(input_dir, split)
-    for path, data in tqdm(
-        iter_events(input_dir, split), total=len(files), desc=f"tracks {split}", unit="event", leave=False
-    ):
+    return files if data_split is None else files[: data_split[SPLITS.index(split)]]
+
+
+def read_tracks(files: list[Path], split: str, tokenizer: ModuleTokenizer, settings: SequenceSettings) -> TrackSet:
+    sets = []
+    for path in tqdm(files, desc=f"tracks {split}", unit="event", leave=False):
         sets.append(
-            event_tracks(data, tokenizer, settings.min_hits, settings.max_hits, settings.long_tracks, str(path))
+            event_tracks(
+                load_event(path), tokenizer, settings.min_hits, settings.max_hits, settings.long_tracks, str(path)
+            )
         )
     if tokenizer.n_unknown:
         log.warning("%s: %d hits of tracks fell outside the vocabulary and became [UNK]", split, tokenizer.n_unknown)
@@ -100,10 +105,16 @@ class TrainingMasker:
 
 class TrackingBERTDataModule(L.LightningDataModule):
     def __init__(
-        self, input_dir: Path, cache_dir: Path, tokenizer: ModuleTokenizer, settings: SequenceSettings
+        self,
+        input_dir: Path,
+        cache_dir: Path,
+        tokenizer: ModuleTokenizer,
+        settings: SequenceSettings,
+        data_split: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.input_dir, self.cache_dir = Path(input_dir), Path(cache_dir)
+        self.data_split = data_split
         self.tokenizer, self.settings = tokenizer, settings
         self.tracks: dict[str, TrackSet] = {}
         self.datasets: dict[str, PairDataset] = {}
@@ -113,7 +124,10 @@ class TrackingBERTDataModule(L.LightningDataModule):
         tracks: the settings, the geometry, the input folder and each event file's name, size and
         mtime_ns (a feature store rewritten in place keeps its file names, not their content)."""
         s = self.settings
-        files = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in list_event_files(self.input_dir, split)]
+        files = [
+            [p.name, p.stat().st_size, p.stat().st_mtime_ns]
+            for p in split_files(self.input_dir, split, self.data_split)
+        ]
         key = json.dumps(
             [
                 self.tokenizer.geometry_hash,
@@ -131,7 +145,9 @@ class TrackingBERTDataModule(L.LightningDataModule):
         for split in SPLITS:
             path = self.cache_file(split)
             if not path.exists():
-                read_tracks(self.input_dir, split, self.tokenizer, self.settings).save(path)
+                read_tracks(
+                    split_files(self.input_dir, split, self.data_split), split, self.tokenizer, self.settings
+                ).save(path)
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:

@@ -148,7 +148,11 @@ class TrackingBERTStage(Stage):
 
     def datamodule(self, tokenizer: ModuleTokenizer) -> TrackingBERTDataModule:
         return TrackingBERTDataModule(
-            self.config.input_dir, self.stage_dir / "cache", tokenizer, self.config.sequence_settings()
+            self.config.input_dir,
+            self.stage_dir / "cache",
+            tokenizer,
+            self.config.sequence_settings(),
+            self.config.data_split,
         )
 
     # ------------------------------------------------------------------ train

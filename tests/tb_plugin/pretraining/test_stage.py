@@ -234,3 +234,19 @@ def test_a_killed_training_resumes_to_the_same_weights(simulated_store, tmp_path
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+
+
+def test_data_split_limits_the_events_pretraining_reads(simulated_store, tmp_path):
+    # the store holds 4 / 1 / 1 events: data_split [2, 1, 1] keeps half of the training events
+    full_stage, half_stage = (
+        tb_stage(simulated_store, tmp_path / name, **extra)
+        for name, extra in (("all", {}), ("half", {"data_split": [2, 1, 1]}))
+    )
+    tokenizer = full_stage.tokenizer(full_stage.detector())
+    full, half = full_stage.datamodule(tokenizer), half_stage.datamodule(tokenizer)
+    for module in (full, half):
+        module.prepare_data()
+        module.setup()
+    assert 0 < len(half.tracks["trainset"]) < len(full.tracks["trainset"])
+    assert len(half.tracks["valset"]) == len(full.tracks["valset"])
+    assert half.cache_file("trainset").name != full.cache_file("trainset").name  # never the other's cache
