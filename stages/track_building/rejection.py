@@ -38,7 +38,7 @@ import numpy as np
 from torch_geometric.data import Data
 
 from stages.graph_construction.truth import hit_order
-from stages.track_building.stitching import Fragments, Joined, helix_chi2, hit_positions
+from stages.track_building.stitching import Fragments, alone, helix_chi2, hit_positions
 from tb_plugin.pretraining.metrics import roc_auc
 
 Reject = Literal["none", "geometry", "tb"]
@@ -73,13 +73,6 @@ def candidates(data: Data, labels: np.ndarray, source: str) -> tuple[Fragments, 
     if xyz.shape[0] != labels.shape[0]:
         raise ValueError(f"{source}: {xyz.shape[0]} hit positions for {labels.shape[0]} hits")
     return Fragments.from_labels(labels, hit_order((xyz**2).sum(axis=1))), xyz
-
-
-def alone(fragments: Fragments) -> Joined:
-    """Each candidate as a sequence of its own (the Joined layout with nothing after it)."""
-    owner = fragments.owner()  # [H]
-    position = np.arange(owner.size) - fragments.start[owner]
-    return Joined(fragments.hits, owner, position, fragments.length, len(fragments))
 
 
 def geometry_candidate_score(sigma: float) -> CandidateScore:

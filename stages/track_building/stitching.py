@@ -141,6 +141,14 @@ def join(fragments: Fragments, a: np.ndarray, b: np.ndarray) -> Joined:
     return Joined(fragments.hits[source], pair, position, len_a, a.size)
 
 
+def alone(fragments: Fragments) -> Joined:
+    """Each fragment as a sequence of its own (the Joined layout with nothing after it): what candidate
+    scoring (rejection.py) scores."""
+    owner = fragments.owner()  # [H]
+    position = np.arange(owner.size) - fragments.start[owner]
+    return Joined(fragments.hits, owner, position, fragments.length, len(fragments))
+
+
 def hit_positions(data: Data, source: str | Path) -> np.ndarray:
     """float64 [N, 3] x, y, z of each hit: hit_x, hit_y, hit_z, else from hit_r, hit_phi, hit_z."""
     if all(k in data for k in ("hit_x", "hit_y", "hit_z")):
@@ -444,8 +452,6 @@ class TrackingBERTScorer:
         """float64 [F]: the MDM pseudo-log-likelihood of each whole candidate (rejection.py): its first
         max_hits in-vocabulary modules, each masked in its own copy, the mean log-probability of the true
         module; nan for a candidate with fewer than two modules in the vocabulary (nothing to judge)."""
-        from stages.track_building.rejection import alone
-
         joined = alone(fragments)
         tokens = self.tokens(data, joined, source)
         n, pair = joined.n_pairs, joined.pair
