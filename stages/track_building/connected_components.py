@@ -503,6 +503,18 @@ class TrackBuilder(Stage):
         self.write_cut(record | {"reject": self.config.reject}, np.concatenate(true), np.concatenate(fake))
 
     def write_cut(self, record: dict[str, Any], true: np.ndarray, fake: np.ndarray) -> None:
+        """reject_cut.json and the score histograms; a warning when a different cut replaces one that
+        events were already built with (infer keeps finished events unless --overwrite)."""
+        old = self.stage_dir / CUT_FILE
+        built = any(list_event_files(self.stage_dir, split) for split in SPLITS) if old.is_file() else False
+        if built and read_cut(self.stage_dir) != record["cut"]:
+            log.warning(
+                "%s: the reject cut changes from %.6g to %.6g; events already built keep the old one: rerun "
+                "infer with --overwrite",
+                old,
+                read_cut(self.stage_dir),
+                record["cut"],
+            )
         plot_histograms(
             {"true candidates (two_way matched)": true, "fake candidates": fake},
             50,

@@ -1,6 +1,7 @@
 """Candidate scoring (stages/track_building/rejection.py) on small events built here."""
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,7 @@ def walkthrough(tmp_path: Path, **keys) -> Walkthrough:
     return Walkthrough(build(WalkthroughConfig, values, "t.yaml"))
 
 
-def test_the_cut_is_chosen_on_the_valset_and_applied_at_infer(tmp_path):
+def test_the_cut_is_chosen_on_the_valset_and_applied_at_infer(tmp_path, caplog):
     # valset: 9 true helices and one candidate of two particles (a fake) -> the cut sits below the helices
     tracks = [helix(np.r_[S_A, S_B], phi0=0.6 * k) for k in range(9)]
     particles = np.r_[np.repeat(np.arange(1, 10), 10), [10] * 5 + [11] * 5]
@@ -114,6 +115,10 @@ def test_the_cut_is_chosen_on_the_valset_and_applied_at_infer(tmp_path):
     assert torch.isfinite(out[SCORE_FIELD][:10]).all() and torch.isnan(out[SCORE_FIELD][10:]).all()
     metrics = stage.evaluate()
     assert metrics["reject_below_cut"] == 1 and metrics["two_way"]["fake_rate"] == 0.0
+    # another cut after the events were built: said, since infer keeps finished events
+    with caplog.at_level(logging.WARNING):
+        walkthrough(tmp_path, reject_keep=0.5).train()
+    assert "the reject cut changes" in caplog.text and "--overwrite" in caplog.text
     flag = walkthrough(tmp_path, reject_min_score=record["cut"], reject_action="flag", stage_dir=tmp_path / "flag")
     flagged = flag.event_processor()(load_event(tmp_path / "in" / "testset" / "event000000002.pyg"), Path("e.pyg"))
     assert flagged[LABELS_FIELD].tolist() == [0] * 10 + [1] * 10
