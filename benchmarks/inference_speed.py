@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/inference_speed.py [--events 3] [--map-events 30] [--threads 2]
                                                    [--filter-events 6] [--filter-epochs 20]
                                                    [--filter-sector 200000] [--hidden H] [--iters K]
-                                                   [--accelerator cpu|gpu] [--out runs/bench/inference_speed.json]
+                                                   [--accelerator cpu|gpu] [--compile] [--out runs/bench/inference_speed.json]
 
 Two chains are timed on the same events, run in memory by stages.inference_chain.InferenceChain, one
 event at a time, with the keys of the shipped configs (configs/graph_construction/module_map.yaml,
@@ -146,6 +146,7 @@ def stage_values(name: str, work: Path, args: argparse.Namespace) -> dict[str, A
             num_workers=0,
             logger="csv",
         )
+        values["compile_inference"] = args.compile
         if args.hidden is not None:
             values["hidden"] = args.hidden
         if args.iters is not None:
@@ -163,6 +164,7 @@ def stage_values(name: str, work: Path, args: argparse.Namespace) -> dict[str, A
             devices=1,
             num_workers=0,
             logger="csv",
+            compile_inference=args.compile,
         )
     else:
         values.update(input_dir=str(work / "gnn"), stage_dir=str(work / "track_building"))
@@ -415,6 +417,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "gnn_hidden": hidden,
             "gnn_iters": iters,
             "accelerator": args.accelerator,
+            "compile_inference": args.compile,
             "seed": args.seed,
             "configs": {name: str(path.relative_to(REPO)) for name, path in CONFIGS.items()},
         },
@@ -451,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=FILTER_TRAIN_EDGES,
         help=f"edges per filter training step, a random phi sector of one graph (default {FILTER_TRAIN_EDGES:,})",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the filter and the GNN (compile_inference; the warm-up event pays it)",
     )
     parser.add_argument("--hidden", type=int, default=None, help="GNN hidden size (default: the config's)")
     parser.add_argument(

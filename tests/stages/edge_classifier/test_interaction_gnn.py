@@ -261,3 +261,13 @@ def test_a_resumed_finished_fit_leaves_no_random_state_for_the_next_stage(graph_
     InteractionGNN(config(graph_folder, tmp_path / "gnn")).train()
     InteractionGNN(config(graph_folder, tmp_path / "gnn")).train()  # resumes a finished fit: nothing to train
     assert training._pending_random_state is None
+
+
+def test_compiled_inference_gives_the_eager_scores(graph_folder, tmp_path):
+    stage = InteractionGNN(config(graph_folder, tmp_path / "gnn", max_epochs=1))
+    stage.train()
+    compiled = InteractionGNN(config(graph_folder, tmp_path / "gnn", max_epochs=1, compile_inference=True))
+    assert isinstance(compiled.inference_module().model, torch._dynamo.eval_frame.OptimizedModule)
+    eager, fast = stage.event_processor(), compiled.event_processor()
+    for path in list_event_files(graph_folder, "testset") + list_event_files(graph_folder, "trainset"):  # 2 sizes
+        torch.testing.assert_close(fast(load_event(path), path).edge_scores, eager(load_event(path), path).edge_scores)
