@@ -150,3 +150,19 @@ def _run_tb(args: list[str], kill_in_epoch: int | None = None, cwd: Path | None 
 def run_tb():
     """run_tb(["train", config], kill_in_epoch=1) -> CompletedProcess; returncode -9 when it was killed."""
     return _run_tb
+
+
+def simulated_feature_store(root: Path, n_events: int, pileup: float, seed: int, data_split: list[int]) -> Path:
+    """Simulate events with the built-in detector into root/events and read them into root/store (the
+    data reading stage, data_split as given); returns root/store. For module-scoped fixtures."""
+    from tb_plugin.geometry import Detector
+    from tb_plugin.pipeline import stage_from_mapping
+    from tb_plugin.simulation import SimulationConfig, simulate_dataset
+
+    detector = Detector.builtin()
+    config = SimulationConfig(n_events=n_events, pileup=pileup, seed=seed)
+    simulate_dataset(config, detector, root / "events", progress=False, workers=1)
+    detector.to_csv(root / "events" / "detectors.csv")
+    reading = {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(root / "events")}
+    stage_from_mapping({**reading, "stage_dir": str(root / "store"), "data_split": data_split}, "reading.yaml").infer()
+    return root / "store"

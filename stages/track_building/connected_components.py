@@ -495,24 +495,26 @@ class TrackBuilder(Stage):
             fake.append(scores[~matched])
         if not true:
             raise ValueError(f"{source}: none of the {len(files)} events has truth, so the reject cut cannot be chosen")
+        events, true, fake = len(true), np.concatenate(true), np.concatenate(fake)
         try:
-            cut = choose_cut(np.concatenate(true), self.config.reject_keep)
+            cut = choose_cut(true, self.config.reject_keep)
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from None
-        record = cut_record(cut, self.config.reject_keep, np.concatenate(true), np.concatenate(fake), len(true))
-        self.write_cut(record | {"reject": self.config.reject}, np.concatenate(true), np.concatenate(fake))
+        self.write_cut(
+            cut_record(cut, self.config.reject_keep, true, fake, events) | {"reject": self.config.reject}, true, fake
+        )
 
     def write_cut(self, record: dict[str, Any], true: np.ndarray, fake: np.ndarray) -> None:
         """reject_cut.json and the score histograms; a warning when a different cut replaces one that
         events were already built with (infer keeps finished events unless --overwrite)."""
-        old = self.stage_dir / CUT_FILE
-        built = any(list_event_files(self.stage_dir, split) for split in SPLITS) if old.is_file() else False
-        if built and read_cut(self.stage_dir) != record["cut"]:
+        path = self.stage_dir / CUT_FILE
+        previous = read_cut(self.stage_dir) if path.is_file() else record["cut"]
+        if previous != record["cut"] and any(list_event_files(self.stage_dir, split) for split in SPLITS):
             log.warning(
                 "%s: the reject cut changes from %.6g to %.6g; events already built keep the old one: rerun "
                 "infer with --overwrite",
-                old,
-                read_cut(self.stage_dir),
+                path,
+                previous,
                 record["cut"],
             )
         plot_histograms(

@@ -125,7 +125,7 @@ def choose_cut(true_scores: np.ndarray, keep: float) -> float:
     scores = np.sort(np.asarray(true_scores, dtype=np.float64)[np.isfinite(true_scores)])
     if scores.size == 0:
         raise ValueError("no true candidate on the valset has a score: the cut cannot be chosen")
-    return float(scores[int(math.floor((1.0 - keep) * scores.size + 1e-9))]) if keep < 1.0 else float(scores[0])
+    return float(scores[int(math.floor((1.0 - keep) * scores.size + 1e-9))])  # + 1e-9: (1 - 0.9) * 100 is 9.99..
 
 
 def cut_record(cut: float, keep: float, true_scores: np.ndarray, fake_scores: np.ndarray, events: int) -> dict:

@@ -25,9 +25,8 @@ from stages.graph_construction.metric_learning import (
 )
 from tb_plugin.config import ConfigError, build
 from tb_plugin.event_store import SPLITS, MissingFieldError, list_event_files, load_event, save_event
-from tb_plugin.geometry import Detector
 from tb_plugin.pipeline import stage_from_mapping
-from tb_plugin.simulation import SimulationConfig, simulate_dataset
+from tests.conftest import simulated_feature_store
 
 SMALL = {
     "emb_hidden": 32,
@@ -44,23 +43,7 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ml")
-    detector = Detector.builtin()
-    simulate_dataset(
-        SimulationConfig(n_events=3, pileup=1, seed=3), detector, root / "events", progress=False, workers=1
-    )
-    detector.to_csv(root / "events" / "detectors.csv")
-    stage_from_mapping(
-        {
-            "stage": "data_reading",
-            "model": "TrackMLReader",
-            "input_dir": str(root / "events"),
-            "stage_dir": str(root / "store"),
-            "data_split": [1, 1, 1],
-        },
-        "reading.yaml",
-    ).infer()
-    return root / "store"
+    return simulated_feature_store(tmp_path_factory.mktemp("ml"), n_events=3, pileup=1, seed=3, data_split=[1, 1, 1])
 
 
 TB_DIM = 4
@@ -210,7 +193,7 @@ def test_train_tracks_keep_only_the_selected_truth_edges(store):
 
 
 def test_the_demo_configs_build():
-    from tb_plugin.pipeline import load_pipeline, stage_from_mapping
+    from tb_plugin.pipeline import load_pipeline
 
     root = Path(__file__).resolve().parents[3] / "configs"
     stages = [

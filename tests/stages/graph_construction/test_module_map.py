@@ -20,9 +20,7 @@ from stages.graph_construction.module_map import (
 )
 from tb_plugin.config import ConfigError, build
 from tb_plugin.event_store import list_event_files, load_event, save_event
-from tb_plugin.geometry import Detector
-from tb_plugin.pipeline import stage_from_mapping
-from tb_plugin.simulation import SimulationConfig, simulate_dataset
+from tests.conftest import simulated_feature_store
 
 # Six modules on three barrel layers (2 per layer, at phi 0 and pi), at radii 30, 70, 110 mm.
 MODULE_LAYER = np.array([2, 2, 4, 4, 6, 6])
@@ -216,13 +214,7 @@ def test_edges_are_every_hit_pair_inside_the_windows_whatever_the_chunks(seed):
 def simulated(tmp_path_factory) -> Path:
     """Feature store of four simulated events (pile-up 2, the built-in detector): 3 train, 1 test."""
     root = tmp_path_factory.mktemp("mm_sim")
-    detector = Detector.builtin()
-    simulate_dataset(
-        SimulationConfig(n_events=4, pileup=2, seed=5), detector, root / "events", progress=False, workers=1
-    )
-    detector.to_csv(root / "events" / "detectors.csv")
-    values = {"stage": "data_reading", "model": "TrackMLReader", "input_dir": str(root / "events")}
-    stage_from_mapping({**values, "stage_dir": str(root / "store"), "data_split": [3, 0, 1]}, "reading.yaml").infer()
+    simulated_feature_store(root, n_events=4, pileup=2, seed=5, data_split=[3, 0, 1])
     return root
 
 
