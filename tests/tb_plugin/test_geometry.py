@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tb_plugin.geometry import Detector, DetectorFormatError, UnknownModuleError
+from tb_plugin.geometry import Detector, DetectorFormatError, UnknownModuleError, _binned_disk_order
 
 # REFERENCE section 2, hard-coded so the built-in tests need no shared files.
 MODULES_PER_VOLUME = {7: 756, 8: 2492, 9: 756, 12: 1020, 13: 5796, 14: 1020, 16: 588, 17: 5712, 18: 588}
@@ -36,6 +36,19 @@ ENDCAPS = {  # (volume, side): (disk |z| ordered by layer id, modules per disk)
     16: (STRIP_DISKS[::-1], -1, 98),
     18: (STRIP_DISKS, 1, 98),
 }
+
+
+# Real file facts (the lead's reading of detectors.csv): the first six modules of every pixel disk,
+# as (ring radius, centre phi). The rings interleave neither by centre phi nor ring by ring.
+PIXEL_DISK_FIRST_SIX = (
+    (66.0, -3.063),
+    (140.0, -3.095),
+    (140.0, -3.003),
+    (66.0, -2.906),
+    (140.0, -2.911),
+    (66.0, -2.749),
+)
+STRIP_ENDCAPS = (12, 14, 16, 18)  # endcaps whose real module_id order the built-in does not reproduce
 
 
 def expected_layer_counts() -> dict[tuple[int, int], int]:
@@ -270,11 +283,73 @@ def test_builtin_csv_round_trip_and_hash(builtin, tmp_path):
     assert Detector.from_csv(moved).geometry_hash() == builtin.geometry_hash()
 
 
+def test_binned_disk_order_follows_the_grid_not_the_centre_phi():
+    """A hand-worked disk: 2 inner modules, 4 outer, 4 phi bins. The inner module just after -pi/2 is
+    the nearest one to the empty inner bin before it, so it comes before the outer module that has the
+    lower centre phi; pushed 9 mm out of the disk plane it is no longer nearest (3D distance, as ACTS)."""
+    inner = np.array([-np.pi / 2 + 0.1, np.pi / 2 + 0.1])
+    outer = -np.pi + (np.arange(4) + 0.5) * np.pi / 2  # at the centres of the 4 bins
+    phi = np.concatenate([inner, outer])
+    radius = np.array([10.0, 10.0, 20.0, 20.0, 20.0, 20.0])
+    center = np.stack([radius * np.cos(phi), radius * np.sin(phi), np.zeros(6)], axis=1)
+    ring = np.array([0, 0, 1, 1, 1, 1])
+    rings = np.array([10.0, 20.0])
+    assert _binned_disk_order(center, ring, rings, 4).tolist() == [0, 2, 3, 1, 4, 5]
+    assert np.argsort(phi).tolist() == [2, 0, 3, 4, 1, 5]  # what ordering by centre phi would give
+    center[0, 2] = 9.0
+    assert _binned_disk_order(center, ring, rings, 4).tolist() == [2, 0, 3, 1, 4, 5]
+
+
+def test_builtin_endcap_ids_are_dense_and_follow_the_rings(builtin):
+    """Every endcap layer numbers its modules 1..K; each ring is numbered in increasing phi; each pixel
+    disk starts with the six modules the real file starts with (real ids, not centre-phi order)."""
+    for volume in ENDCAPS:
+        for layer in np.unique(builtin.layer_id[builtin.volume_id == volume]):
+            idx = np.flatnonzero((builtin.volume_id == volume) & (builtin.layer_id == layer))
+            assert builtin.module_id[idx].tolist() == list(range(1, len(idx) + 1)), (volume, layer)
+            radius = np.round(np.hypot(*builtin.center[idx, :2].T))
+            phi = np.arctan2(builtin.center[idx, 1], builtin.center[idx, 0])
+            for ring_radius in np.unique(radius):
+                assert (np.diff(phi[radius == ring_radius]) > 0).all(), (volume, layer, ring_radius)
+            if volume in (7, 9):
+                first = [(radius[k], round(float(phi[k]), 3)) for k in range(6)]
+                assert first == list(PIXEL_DISK_FIRST_SIX), (volume, layer)
+
+
 # ---------------------------------------------------------------------- builtin vs real
 
 
+def print_tolerance(values: np.ndarray) -> np.ndarray:
+    """What the real file's 6 significant digits allow (half a unit of the last digit) plus 1 um."""
+    magnitude = np.floor(np.log10(np.maximum(np.abs(values), 1e-3)))
+    return 1e-3 + 0.5 * 10.0 ** (magnitude - 5)
+
+
+def real_ids_in_builtin(builtin: Detector, real: Detector, volumes) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the real modules of ``volumes`` and of their namesakes (same ids) in the built-in detector."""
+    rows = np.flatnonzero(real.volume_mask(volumes))
+    return rows, builtin.index_strict(real.volume_id[rows], real.layer_id[rows], real.module_id[rows])
+
+
+def test_builtin_ids_match_the_real_detector(builtin, real):
+    """Every real module outside the strip endcaps has a built-in namesake at the same place, so data and
+    artifacts keyed on ids carry over between the two geometries."""
+    volumes = [v for v in sorted(set(real.volume_id.tolist())) if v not in STRIP_ENDCAPS]
+    rows, twins = real_ids_in_builtin(builtin, real, volumes)
+    assert len(rows) == len(real) - int(real.volume_mask(list(STRIP_ENDCAPS)).sum())
+    offset = np.abs(builtin.center[twins] - real.center[rows])  # [N, 3] mm
+    assert (offset <= print_tolerance(real.center[rows])).all()
+    assert np.abs(builtin.rotation[twins] - real.rotation[rows]).max() < 1e-5
+
+
+@pytest.mark.xfail(strict=True, reason="strip endcap module_id order of the real file not reproduced (geometry.py)")
+def test_builtin_strip_endcap_ids_match_the_real_detector(builtin, real):
+    rows, twins = real_ids_in_builtin(builtin, real, list(STRIP_ENDCAPS))
+    assert (np.abs(builtin.center[twins] - real.center[rows]) <= print_tolerance(real.center[rows])).all()
+
+
 def test_builtin_matches_the_real_detector(builtin, real):
-    """Same ids, positions and orientations as the real file; only endcap module_id numbering differs."""
+    """Same layers, positions, orientations and sizes as the real file (ids: the two tests above)."""
     assert (builtin.volume_id == real.volume_id).all() and (builtin.layer_id == real.layer_id).all()
     mine, theirs = builtin.layers(), real.layers()
     assert (mine.n_modules.to_numpy() == theirs.n_modules.to_numpy()).all()
