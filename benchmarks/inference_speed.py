@@ -318,16 +318,15 @@ def filter_effect(without: dict[str, Any], with_filter: dict[str, Any]) -> dict[
 def map_compatibility(sim: Detector, real: Detector) -> tuple[bool, str]:
     """Whether a map learned on `sim` applies to hits indexed with `real`: the map stores dense module
     indices, the rank of (volume, layer, module) in the sorted module table, so it applies when both
-    tables hold the same ids."""
+    tables hold the same ids (equal ids hashes)."""
     if sim.geometry_hash() == real.geometry_hash():
         return True, "the map was learned on events simulated with this detectors.csv: same geometry, same module index"
-    same_ids = len(sim) == len(real) and all(
-        np.array_equal(getattr(sim, k), getattr(real, k)) for k in ("volume_id", "layer_id", "module_id")
-    )
-    if same_ids:
+    if sim.ids_hash() == real.ids_hash():
         return True, (
             "the simulation used the built-in detector, which has the real file's (volume, layer, module) ids, "
-            "so the module index agrees; its module positions differ slightly, so the doublet windows are approximate"
+            "so the module index agrees; barrel and pixel endcap ids name the same modules, strip endcap ids "
+            "(volumes 12, 14, 16, 18) partly name other modules (tb_plugin/geometry.py), and module positions "
+            "differ slightly, so the doublet windows are approximate"
         )
     return (
         False,

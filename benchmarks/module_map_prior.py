@@ -96,7 +96,7 @@ def write_table(config_path: Path, out: Path) -> dict[str, Any]:
     module, tokenizer, detector = stage.trained()
     table = ModuleEmbedding.from_token_embeddings(module.model.module_embeddings(), tokenizer).table  # [M, D]
     in_vocab = tokenizer.module_to_token != UNK
-    save_module_table(out, table, in_vocab, detector.geometry_hash())
+    save_module_table(out, table, in_vocab, detector)
     log(f"module table {tuple(table.shape)} ({int(in_vocab.sum()):,} modules in the vocabulary) -> {out}")
     return {
         "tb_config": str(config_path),

@@ -22,6 +22,7 @@ from torch_geometric.transforms import BaseTransform
 
 from tb_plugin.atomic import atomic_path
 from tb_plugin.event_store import MissingFieldError
+from tb_plugin.geometry import Detector
 from tb_plugin.tokenizer import UNK, ModuleTokenizer
 
 Normalize = Literal["none", "standard"]
@@ -155,28 +156,32 @@ class ModuleEmbedding(BaseTransform):
 MODULE_TABLE_FILE = "module_table.npz"
 
 
-def save_module_table(path: str | Path, table: torch.Tensor, in_vocab: np.ndarray, geometry_hash: str) -> Path:
+def save_module_table(path: str | Path, table: torch.Tensor, in_vocab: np.ndarray, detector: Detector) -> Path:
     """The injected per-module table [M, D] (rows by dense module index) with in_vocab bool [M] and the
-    geometry hash, written atomically. The tracking_bert stage writes it beside its events, so a later
-    stage (the module map's pair prior) finds the vectors of every module, also those no event hit."""
+    geometry and module-ids hashes of `detector`, written atomically. The tracking_bert stage writes it
+    beside its events, so a later stage (the module map's pair prior) finds the vectors of every module,
+    also those no event hit; the ids hash lets it serve a detector with the same ids (artifact_applies)."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(
             handle,
             table=table.detach().float().cpu().numpy(),
             in_vocab=np.asarray(in_vocab, dtype=bool),
-            geometry_hash=np.array(geometry_hash),
+            geometry_hash=np.array(detector.geometry_hash()),
+            ids_hash=np.array(detector.ids_hash()),
         )
     return path
 
 
 @dataclass
 class ModuleTable:
-    """table float32 [M, D] by dense module index; in_vocab bool [M] (False: the module has [UNK]'s vector)."""
+    """table float32 [M, D] by dense module index; in_vocab bool [M] (False: the module has [UNK]'s vector);
+    ids_hash None for a table saved before module-ids hashes were recorded."""
 
     table: np.ndarray
     in_vocab: np.ndarray
     geometry_hash: str
+    ids_hash: str | None
 
 
 def load_module_table(path: str | Path) -> ModuleTable:
@@ -190,7 +195,10 @@ def load_module_table(path: str | Path) -> ModuleTable:
         missing = [k for k in ("table", "in_vocab", "geometry_hash") if k not in npz.files]
         if missing:
             raise ValueError(f"{path}: not a module embedding table (missing {', '.join(missing)})")
-        table = ModuleTable(npz["table"].astype(np.float32), npz["in_vocab"].astype(bool), str(npz["geometry_hash"]))
+        ids_hash = str(npz["ids_hash"]) if "ids_hash" in npz.files else None
+        table = ModuleTable(
+            npz["table"].astype(np.float32), npz["in_vocab"].astype(bool), str(npz["geometry_hash"]), ids_hash
+        )
     if table.table.ndim != 2 or table.in_vocab.shape != (table.table.shape[0],):
         raise ValueError(
             f"{path}: table {table.table.shape} and in_vocab {table.in_vocab.shape} do not fit [M, D] and [M]"

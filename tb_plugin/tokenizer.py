@@ -3,8 +3,10 @@
 Token ids are fixed by the detector alone: special tokens first, then every module of the chosen
 volumes in sorted (volume_id, layer_id, module_id) order. The same detector therefore always gives the
 same ids (the public TrackingBERT code numbered modules in data order, so its ids changed between
-datasets). The vocabulary is saved with the geometry hash, and a saved vocabulary or checkpoint is
-refused on data made with another geometry.
+datasets). The vocabulary is saved with the geometry hash and the module-ids hash: a saved vocabulary
+or checkpoint is refused on data whose detector has other module ids, and accepted with a warning on a
+detector with the same ids but another geometry (a model trained on the built-in detector applied to
+the real one; ``geometry.artifact_applies``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tb_plugin.atomic import write_text
-from tb_plugin.geometry import Detector
+from tb_plugin.geometry import Detector, artifact_applies
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(len(SPECIAL_TOKENS))
@@ -49,6 +51,7 @@ class ModuleTokenizer:
         self.module_to_token = np.full(len(detector), UNK, dtype=np.int64)  # [M]
         self.module_to_token[self.token_to_module] = N_SPECIAL + np.arange(len(self.token_to_module))
         self.geometry_hash = detector.geometry_hash()
+        self.ids_hash = detector.ids_hash()
         self.n_unknown = 0  # hits mapped to [UNK] so far: counted, reported, never dropped silently
 
     @property
@@ -82,6 +85,7 @@ class ModuleTokenizer:
         record = {
             "format": VOCAB_FORMAT,
             "geometry_hash": self.geometry_hash,
+            "ids_hash": self.ids_hash,
             "volumes": list(self.volumes) if self.volumes else None,
             "special_tokens": list(SPECIAL_TOKENS),
             "n_modules": len(self.token_to_module),
@@ -92,7 +96,7 @@ class ModuleTokenizer:
 
     @classmethod
     def load(cls, path: str | Path, detector: Detector) -> ModuleTokenizer:
-        """Rebuild a saved vocabulary on `detector`, refusing it when the geometry differs."""
+        """Rebuild a saved vocabulary on `detector`, refusing it when the module ids differ."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: vocabulary file not found")
@@ -107,7 +111,7 @@ class ModuleTokenizer:
                 f"{path}: not a tb-plugin vocabulary file (expected format '{VOCAB_FORMAT}'); "
                 f"delete it and run 'tb train' again"
             )
-        check_geometry(record["geometry_hash"], detector.geometry_hash(), str(path))
+        check_geometry(record["geometry_hash"], record.get("ids_hash"), detector, str(path))
         return cls(detector, record.get("volumes"))
 
     def __repr__(self) -> str:
@@ -115,10 +119,12 @@ class ModuleTokenizer:
         return f"ModuleTokenizer(vocab_size={self.vocab_size}, volumes={volumes}, geometry={self.geometry_hash[:12]})"
 
 
-def check_geometry(saved_hash: str, data_hash: str, source: str) -> None:
-    if saved_hash != data_hash:
+def check_geometry(saved_hash: str, saved_ids_hash: str | None, detector: Detector, source: str) -> None:
+    """Refuse a vocabulary whose module ids differ from the data detector's (see artifact_applies)."""
+    if not artifact_applies(source, saved_hash, saved_ids_hash, detector):
+        ids = "other module ids" if saved_ids_hash else "no module-ids hash recorded (an older vocabulary)"
         raise GeometryMismatchError(
-            f"{source} was built on detector geometry {saved_hash[:12]}…, but the data uses geometry "
-            f"{data_hash[:12]}…: its token ids would point at other modules. Retrain on this detector, "
-            f"or point the config's 'detector' at the detectors.csv the checkpoint was trained with."
+            f"{source} was built on detector geometry {saved_hash[:12]}… ({ids}), but the data uses geometry "
+            f"{detector.geometry_hash()[:12]}…: its token ids would point at other modules. Retrain on this "
+            f"detector, or point the config's 'detector' at the detectors.csv the checkpoint was trained with."
         )

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from stages.graph_construction.module_map import PAIR_SHIFT, PairPriorConfig, doublet_values
-from tb_plugin.geometry import Detector, detector_for
+from tb_plugin.geometry import Detector, artifact_applies, detector_for
 from tb_plugin.injection import MODULE_TABLE_FILE, load_module_table
 
 __all__ = [
@@ -242,13 +242,14 @@ def _layer_modules(shapes: ModuleShapes, key: int, scope: np.ndarray) -> np.ndar
 
 def load_prior_table(path: Path, detector: Detector, folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(table float32 [M, D], in_vocab bool [M]) from a module table, checked against the detector of
-    `folder` (the map's input_dir); errors are one line naming the file."""
+    `folder` (the map's input_dir): rows are dense module indices, so the table applies to a detector with
+    the same module ids (artifact_applies); errors are one line naming the file."""
     table = load_module_table(path)
-    expected = detector.geometry_hash()
-    if table.geometry_hash != expected:
+    if not artifact_applies(str(path), table.geometry_hash, table.ids_hash, detector):
+        ids = "other module ids" if table.ids_hash else "no module-ids hash recorded"
         raise ValueError(
-            f"{path}: module table built for geometry {table.geometry_hash[:12]}, but {folder} holds geometry "
-            f"{expected[:12]}; use the table of a tracking_bert stage trained on this detector"
+            f"{path}: module table built for geometry {table.geometry_hash[:12]} ({ids}), but {folder} holds "
+            f"geometry {detector.geometry_hash()[:12]}; use the table of a tracking_bert stage trained on this detector"
         )
     if table.table.shape[0] != len(detector):
         raise ValueError(

@@ -298,7 +298,7 @@ class TrackingBERTStage(Stage):
 
     def write_module_table(self) -> Path:
         """stage_dir/module_table.npz: the table exactly as `event_processor` injects it (after normalize
-        and dim), rows by dense module index, with the vocabulary flags and the geometry hash. Written on
+        and dim), rows by dense module index, with the vocabulary flags and the geometry and ids hashes. Written on
         every infer (it is small), so it always matches this config."""
         if self.injection is None or self.injection_vocab is None:
             self.event_processor()
@@ -307,7 +307,7 @@ class TrackingBERTStage(Stage):
             self.stage_dir / MODULE_TABLE_FILE,
             self.injection.table,
             tokenizer.module_to_token != UNK,
-            tokenizer.geometry_hash,
+            tokenizer.detector,
         )
 
     # ------------------------------------------------------------------ export

@@ -277,6 +277,8 @@ def test_builtin_csv_round_trip_and_hash(builtin, tmp_path):
     table.to_csv(moved, index=False)
     perturbed = Detector.from_csv(moved)
     assert perturbed != builtin and perturbed.geometry_hash() != builtin.geometry_hash()
+    assert perturbed.ids_hash() == builtin.ids_hash()  # ids alone: what token ids and module indices depend on
+    assert builtin.subset(slice(1, None)).ids_hash() != builtin.ids_hash()
     table.loc[100, "cx"] -= 0.01
     table.loc[100, "cx"] += 1e-7  # printing noise far below the hash's 1e-4 mm rounding
     table.to_csv(moved, index=False)
@@ -335,6 +337,7 @@ def test_builtin_ids_match_the_real_detector(builtin, real):
     """Every real module outside the strip endcaps has a built-in namesake at the same place, so data and
     artifacts keyed on ids carry over between the two geometries."""
     volumes = [v for v in sorted(set(real.volume_id.tolist())) if v not in STRIP_ENDCAPS]
+    assert real.ids_hash() == builtin.ids_hash() and real.geometry_hash() != builtin.geometry_hash()
     rows, twins = real_ids_in_builtin(builtin, real, volumes)
     assert len(rows) == len(real) - int(real.volume_mask(list(STRIP_ENDCAPS)).sum())
     offset = np.abs(builtin.center[twins] - real.center[rows])  # [N, 3] mm
@@ -344,8 +347,12 @@ def test_builtin_ids_match_the_real_detector(builtin, real):
 
 @pytest.mark.xfail(strict=True, reason="strip endcap module_id order of the real file not reproduced (geometry.py)")
 def test_builtin_strip_endcap_ids_match_the_real_detector(builtin, real):
+    """Fails (strict xfail) until the real strip endcap numbering is reproduced; run with --runxfail to see
+    the share of real modules whose built-in namesake is at the same place, per volume."""
     rows, twins = real_ids_in_builtin(builtin, real, list(STRIP_ENDCAPS))
-    assert (np.abs(builtin.center[twins] - real.center[rows]) <= print_tolerance(real.center[rows])).all()
+    same = (np.abs(builtin.center[twins] - real.center[rows]) <= print_tolerance(real.center[rows])).all(axis=1)
+    shares = {v: round(float(same[real.volume_id[rows] == v].mean()), 3) for v in STRIP_ENDCAPS}
+    assert same.all(), f"share of strip endcap ids naming the same module, per volume: {shares}"
 
 
 def test_builtin_matches_the_real_detector(builtin, real):

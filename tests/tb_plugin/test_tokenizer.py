@@ -1,4 +1,6 @@
 import dataclasses
+import json
+import logging
 
 import numpy as np
 import pytest
@@ -44,16 +46,33 @@ def test_volume_restriction_and_unknown_modules_are_counted(detector):
         ModuleTokenizer(detector, volumes=[8, 99])
 
 
-def test_save_load_round_trip_and_geometry_refusal(detector, tmp_path):
+def test_save_load_round_trip_and_geometry_refusal(detector, tmp_path, caplog):
     tok = ModuleTokenizer(detector, volumes=PIXEL)
     path = tmp_path / "vocab.json"
     tok.save(path)
     again = ModuleTokenizer.load(path, detector)
     assert again.volumes == PIXEL and np.array_equal(again.token_to_module, tok.token_to_module)
+    assert json.loads(path.read_text())["ids_hash"] == detector.ids_hash()
+    # same ids on a moved module: the vocabulary applies (its tokens name the same ids), with a warning
     moved = detector.center.copy()
     moved[0, 2] += 1.0
     other = dataclasses.replace(detector, center=moved)  # __post_init__ rebuilds the derived fields
-    with pytest.raises(
-        GeometryMismatchError, match=r"vocab\.json was built on detector geometry .* but the data uses geometry"
-    ):
+    assert other.ids_hash() == detector.ids_hash() and other.geometry_hash() != detector.geometry_hash()
+    with caplog.at_level(logging.WARNING, logger="tb_plugin.geometry"):
+        moved_tok = ModuleTokenizer.load(path, other)
+    assert np.array_equal(moved_tok.token_to_module, tok.token_to_module)
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert (
+        "vocab.json" in warning and detector.geometry_hash()[:12] in warning and other.geometry_hash()[:12] in warning
+    )
+    assert "same module ids" in warning
+    # other ids: refused
+    with pytest.raises(GeometryMismatchError, match=r"vocab\.json was built on detector geometry .*other module ids"):
+        ModuleTokenizer.load(path, detector.subset(slice(1, None)))
+    # a vocabulary saved before ids hashes were recorded keeps the exact geometry check
+    record = json.loads(path.read_text())
+    del record["ids_hash"]
+    path.write_text(json.dumps(record))
+    assert ModuleTokenizer.load(path, detector).volumes == PIXEL
+    with pytest.raises(GeometryMismatchError, match=r"no module-ids hash recorded .* but the data uses geometry"):
         ModuleTokenizer.load(path, other)

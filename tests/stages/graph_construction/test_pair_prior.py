@@ -1,6 +1,8 @@
 """ModuleMap pair prior: candidates on a hand-made detector, propose / prune on small hand-made events."""
 
+import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -8,7 +10,13 @@ import torch
 from torch_geometric.data import Data
 
 from stages.graph_construction.module_map import ModuleMap, ModuleMapConfig, ModuleMapTable
-from stages.graph_construction.pair_prior import PairPriorConfig, candidate_pairs, module_shapes, pair_geometry
+from stages.graph_construction.pair_prior import (
+    PairPriorConfig,
+    candidate_pairs,
+    load_prior_table,
+    module_shapes,
+    pair_geometry,
+)
 from tb_plugin.config import ConfigError, build
 from tb_plugin.event_store import save_event
 from tb_plugin.geometry import Detector
@@ -125,7 +133,7 @@ def store(tmp_path):
         folder / "module_table.npz",
         torch.from_numpy(table_vectors(detector)),
         np.ones(len(detector), dtype=bool),
-        detector.geometry_hash(),
+        detector,
     )
     return tmp_path
 
@@ -343,10 +351,7 @@ def test_tb_scorer_leaves_modules_outside_the_vocabulary_alone(store):
     outside = [module(4, 1, 5), module(2, 0, 0)]  # a hole's module, and the stray pair's inner module
     in_vocab[outside] = False
     save_module_table(
-        store / "store" / "module_table.npz",
-        torch.from_numpy(table_vectors(detector)),
-        in_vocab,
-        detector.geometry_hash(),
+        store / "store" / "module_table.npz", torch.from_numpy(table_vectors(detector)), in_vocab, detector
     )
     plain = stage(store, "plain")
     plain.train()
@@ -367,12 +372,31 @@ def test_missing_table_and_geometry_mismatch_are_one_line_errors_naming_the_file
         stage(store, prior={"scorer": "tb"}).train()
     assert "\n" not in str(err.value)
     other = store / "other_table.npz"
-    save_module_table(other, torch.zeros(48, 4), np.ones(48, dtype=bool), "0" * 64)
-    with pytest.raises(ValueError, match="other_table.npz.*geometry 000000000000") as err:
+    fewer = tiny_detector().subset(slice(0, 40))  # other module ids
+    save_module_table(other, torch.zeros(40, 4), np.ones(40, dtype=bool), fewer)
+    with pytest.raises(
+        ValueError, match=f"other_table.npz.*geometry {fewer.geometry_hash()[:12]} .other module ids"
+    ) as err:
         stage(store, prior={"scorer": "tb", "table": str(other)}).train()
     assert "\n" not in str(err.value)
     # the geometry scorer needs no table
     stage(store, prior={"scorer": "geometry"}).train()
+
+
+def test_table_of_a_detector_with_the_same_ids_applies_with_a_warning(store, caplog):
+    """A table keyed on the same module ids applies to a moved detector (the built-in vs the real file);
+    the warning names the table and both geometries."""
+    detector = Detector.from_csv(store / "store" / "detectors.csv")
+    moved = detector.center.copy()
+    moved[:, 2] += 0.01
+    other = dataclasses.replace(detector, center=moved)
+    path = store / "store" / "module_table.npz"
+    with caplog.at_level(logging.WARNING, logger="tb_plugin.geometry"):
+        table, in_vocab = load_prior_table(path, other, store / "store")
+    assert table.shape[0] == len(detector) and in_vocab.all()
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert "module_table.npz" in warning and detector.geometry_hash()[:12] in warning
+    assert other.geometry_hash()[:12] in warning
 
 
 def test_prior_config_errors_name_the_key_and_list_choices(tmp_path):

@@ -87,7 +87,7 @@ def test_infer_adds_the_module_embedding_and_keeps_every_field(trained, simulate
     assert np.array_equal(saved.table, table[torch.from_numpy(tokenizer.module_to_token)].numpy())
     assert np.array_equal(saved.table[after.hit_module_index.numpy()], after.hit_tb_emb.numpy())
     assert np.array_equal(saved.in_vocab, tokenizer.module_to_token != UNK)
-    assert saved.geometry_hash == tokenizer.geometry_hash
+    assert saved.geometry_hash == tokenizer.geometry_hash and saved.ids_hash == tokenizer.ids_hash
 
 
 def test_infer_normalises_and_reduces_the_table_once(trained, simulated_store, tmp_path):
@@ -139,11 +139,12 @@ def test_training_resumes_from_the_last_checkpoint(simulated_store, tmp_path):
     assert second["global_step"] == 2 * first["global_step"]
 
 
-def test_refuses_a_vocabulary_of_another_geometry(trained, tmp_path):
+def test_refuses_a_vocabulary_of_other_module_ids(trained, tmp_path):
+    """Other ids are refused (a moved module with the same ids is accepted with a warning: test_tokenizer)."""
     other = tmp_path / "detectors.csv"
     lines = (trained.config.input_dir / "detectors.csv").read_text().splitlines()
     fields = lines[1].split(",")
-    fields[3] = str(float(fields[3]) + 5.0)  # move one module by 5 mm
+    fields[2] = "999999"  # renumber one module
     other.write_text("\n".join([lines[0], ",".join(fields), *lines[2:]]) + "\n")
     stage = tb_stage(trained.config.input_dir, trained.stage_dir, detector=str(other))
     with pytest.raises(GeometryMismatchError, match="was built on detector geometry"):
