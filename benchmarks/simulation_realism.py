@@ -62,6 +62,56 @@ def hit_summary(hits: pd.DataFrame, n_signal: int, n_particles: int) -> dict[str
     }
 
 
+def layer_table(replayed: dict[str, pd.DataFrame], real_hits: pd.DataFrame, detector: Detector) -> pd.DataFrame:
+    """Hits per (volume, layer): the real event against the replay of its particles.
+
+    Both sides count every hit, noise included, so they compare like with like: the real files have
+    no truth, so their noise cannot be removed. The replay's own split into signal (hits of listed
+    particles) and noise is shown beside, with the modules per layer that the noise is spread over.
+    """
+    key = ["volume_id", "layer_id"]
+    is_signal = replayed["truth"]["particle_id"].to_numpy() != 0
+    sim = replayed["hits"]
+    modules = pd.DataFrame({"volume_id": detector.volume_id, "layer_id": detector.layer_id}).groupby(key).size()
+    table = pd.DataFrame(
+        {
+            "modules": modules,
+            "real": real_hits.groupby(key).size(),
+            "replayed": sim.groupby(key).size(),
+            "replayed_signal": sim[is_signal].groupby(key).size(),
+        }
+    ).fillna(0)
+    table = table.astype(np.int64)
+    table["replayed_noise"] = table["replayed"] - table["replayed_signal"]
+    table["ratio"] = (table["replayed"] / table["real"].clip(lower=1)).round(3)
+    return table
+
+
+def plot_layers(out: Path, table: pd.DataFrame) -> Path:
+    """Hits per (volume, layer), real against replayed, and their ratio underneath."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6), sharex=True, height_ratios=(2, 1))
+    x = np.arange(len(table))
+    top.bar(x - 0.2, table["real"], 0.4, label="real event")
+    top.bar(x + 0.2, table["replayed"], 0.4, label="replay of its particles (with noise)")
+    top.bar(x + 0.2, table["replayed_noise"], 0.4, label="of which noise", color="grey")
+    top.set(ylabel="hits", title="hits per (volume, layer)")
+    top.legend()
+    bottom.axhline(1.0, color="black", lw=0.8)
+    bottom.plot(x, table["ratio"], "o")
+    bottom.set(ylabel="replayed / real", ylim=(0.8, 1.2))
+    bottom.set_xticks(x, [f"{v}:{layer}" for v, layer in table.index], rotation=90, fontsize=7)
+    bottom.set_xlabel("volume_id:layer_id")
+    path = out / "simulation_hits_per_layer.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def replay_comparison(simulated: pd.Series, real: pd.Series) -> dict[str, float]:
     diff = simulated.to_numpy() - real.to_numpy()
     return {
@@ -176,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     replay_hits = hit_summary(replayed["hits"], int((replayed["truth"]["particle_id"] != 0).sum()), len(replay_source))
     replay_table = pd.DataFrame({"simulated": replayed["particles"]["nhits"], "real": replay_source["nhits"]})
     replay = replay_comparison(replay_table["simulated"], replay_table["real"])
+    layers = layer_table(replayed, real_hits_frame, detector)
 
     result = {
         "machine": "see benchmarks/README.md",
@@ -188,9 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             **{f"event{args.replay_event}_{k}": v for k, v in real_hits.items()},
         },
         "replay": {**replay, **{f"replayed_{k}": v for k, v in replay_hits.items()}},
+        "replay_per_layer": json.loads(layers.reset_index().to_json(orient="records")),
     }
     (args.out / "simulation_realism.json").write_text(json.dumps(result, indent=2))
     plots = plot(args.out, sim_particles, real_particles, replay_hits, real_hits, replay_table)
+    plots.append(plot_layers(args.out, layers))
 
     sim_p, real_p = particle_summary(sim_particles), particle_summary(real_particles)
     rows = [
@@ -235,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<{width}}{str(sim_value):<44}{real_value}")
     print(f"\nreplay of event {args.replay_event}, particle by particle (simulated nhits - file nhits):")
     print("  " + ", ".join(f"{k} {v}" for k, v in replay.items()))
+    print(f"\nhits per (volume, layer), event {args.replay_event} against the replay of its particles:")
+    print(layers.to_string())
     print("\n" + json.dumps(result))
     print("plots: " + ", ".join(str(p) for p in plots))
     return 0
