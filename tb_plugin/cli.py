@@ -76,6 +76,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         options["hit_inefficiency"] = args.inefficiency
     if args.noise_fraction is not None:
         options["noise_fraction"] = args.noise_fraction
+    if args.vertex_sigma_z is not None:
+        options["vertex_sigma_z_mm"] = args.vertex_sigma_z
     try:
         config = SimulationConfig(**options)
     except ValueError as err:
@@ -160,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--cells", action="store_true", help="also write cells files")
     sim.add_argument("--inefficiency", type=float, help="probability that a crossing leaves no hit")
     sim.add_argument("--noise-fraction", type=float, help="fraction of all hits that are noise")
+    sim.add_argument(
+        "--vertex-sigma-z",
+        type=float,
+        help="longitudinal vertex spread in mm (default 5.5 as in the TrackML files; 50 for the LHC luminous region)",
+    )
     sim.set_defaults(func=cmd_simulate)
 
     train = sub.add_parser("train", help="train a stage from its YAML config")

@@ -189,6 +189,11 @@ def replay_of_a_missing_file(tmp, folder):
     return ["simulate", "--particles", str(tmp / "absent.csv"), "--out", str(tmp / "sim")], [str(tmp / "absent.csv")]
 
 
+def negative_vertex_spread(tmp, folder):
+    command = ["simulate", "--events", "1", "--vertex-sigma-z", "-1", "--out", str(tmp / "sim")]
+    return command, ["vertex_sigma_z_mm = -1.0"]
+
+
 CASES: list[Case] = [
     repeated_yaml_key,
     data_split_larger_than_the_folder,
@@ -204,6 +209,7 @@ CASES: list[Case] = [
     foreign_objects_in_best_ckpt,
     simulate_without_events,
     replay_of_a_missing_file,
+    negative_vertex_spread,
 ]
 
 

@@ -146,6 +146,22 @@ def test_cells_follow_the_hits_and_the_incidence_angle(event, detector):
     assert forward > central  # inclined tracks cross more pixels along v
 
 
+def test_cell_values_are_path_lengths_in_mm(event, detector):
+    """As in TrackML (ACTS writes each cell's step length), a cluster's values sum to the track's path
+    through the sensor: thickness / cos(incidence)."""
+    hits = signal_hits(event)
+    module = detector.index(hits["volume_id"], hits["layer_id"], hits["module_id"])
+    momentum = hits[["tpx", "tpy", "tpz"]].to_numpy(np.float64)
+    cos_incidence = np.abs(np.einsum("hi,hi->h", detector.rotation[module, :, 2], momentum))
+    cos_incidence /= np.linalg.norm(momentum, axis=1)
+    expected = detector.thickness[module] / cos_incidence
+    total = event["cells"].groupby("hit_id")["value"].sum().reindex(hits["hit_id"]).to_numpy()
+    steep = cos_incidence > 0.3  # short segments, not cut at the cluster-length cap
+    np.testing.assert_allclose(total[steep], expected[steep], rtol=1e-3)
+    normal = steep & (cos_incidence > 0.99) & (detector.thickness[module] == 0.15)
+    assert normal.sum() > 0 and np.allclose(total[normal], 0.15, rtol=0.02)
+
+
 def test_uniform_points_stay_on_trapezoids(detector):
     rng = np.random.default_rng(0)
     endcap = np.flatnonzero(detector.min_hu != detector.max_hu)
