@@ -73,7 +73,11 @@ def simulate_event(
     else:
         first = kinematics.particles_from_frame(replay)
     particles, true_hits = trace_generations(config, detector, first, replay is not None, rng)
-    true_hits = true_hits.subset(rng.random(len(true_hits.particle)) >= config.hit_inefficiency)
+    recorded = rng.random(len(true_hits.particle)) >= config.hit_inefficiency
+    recorded &= digitization.at_readable_incidence(
+        detector, true_hits.module, true_hits.momentum, config.min_cos_incidence
+    )
+    true_hits = true_hits.subset(recorded)
     return digitise(config, detector, particles, true_hits, rng)
 
 

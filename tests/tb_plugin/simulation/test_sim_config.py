@@ -31,6 +31,8 @@ def test_numpy_numbers_are_accepted():
         ("seed", -3),
         ("first_event", 1_000_000_000),
         ("hit_inefficiency", 1.0),
+        ("min_cos_incidence", 1.0),
+        ("vertex_sigma_z_mm", -5.5),
         ("noise_fraction", 0.99),
         ("noise_fraction", "0.1"),
         ("b_field_tesla", 0.0),

@@ -133,6 +133,24 @@ def test_loopers_come_back_only_when_followed_past_half_a_turn(detector):
     assert (looping < 40).sum() >= 2
 
 
+def test_grazing_crossings_leave_no_hit(detector):
+    """At eta 3.3 a prompt track meets the innermost pixel layer (r = 32 mm, at z = 433 mm) at
+    cos(incidence) = 1 / cosh(3.3) = 0.07: below TrackML's 0.1 it leaves no hit there, as in the real
+    event 1001; with the cut off it does. Its later, steeper endcap crossings are kept either way."""
+    pt, eta = 2.0, 3.3
+    replay = pd.DataFrame(
+        {"particle_id": [1 << 52], "vx": [0.0], "vy": [0.0], "vz": [0.0], "px": [pt], "py": [0.0]}
+        | {"pz": [pt * np.sinh(eta)], "q": [1], "nhits": [0]}
+    )
+    quiet = dict(pileup=0.0, noise_fraction=0.0, hit_inefficiency=0.0, multiple_scattering=False, secondaries=False)
+    layers = {}
+    for cut in (0.1, 0.0):
+        hits = simulate_event(SimulationConfig(min_cos_incidence=cut, **quiet), detector, 1, replay=replay)["hits"]
+        layers[cut] = set(zip(hits["volume_id"], hits["layer_id"]))
+    assert (8, 2) in layers[0.0] and (8, 2) not in layers[0.1]
+    assert layers[0.0] - {(8, 2)} == layers[0.1] and len(layers[0.1]) >= 3
+
+
 def test_cells_follow_the_hits_and_the_incidence_angle(event, detector):
     cells, hits = event["cells"], event["hits"]
     assert set(cells["hit_id"]) == set(hits["hit_id"])
