@@ -19,12 +19,14 @@ from tb_plugin.simulation import kinematics
 from tb_plugin.simulation.kinematics import Particles
 from tb_plugin.simulation.propagation import MaterialPoints
 
-INTERACTIONS_PER_X0 = 3.6
-"""Interactions with listed products per radiation length of silicon crossed in a module, tuned so
-that, as in the TrackML files, about 27 % of the listed particles are secondaries."""
+INTERACTIONS_PER_X0 = 0.9
+"""Interactions with listed products per radiation length of layer material crossed at a module
+(``propagation.LAYER_MATERIAL_FACTOR`` times its sensor), tuned so that, as in the TrackML files,
+about 27 % of the listed particles are secondaries (3.6 per radiation length of sensor silicon)."""
 BEAM_PIPE_INTERACTIONS_PER_X0 = 0.8
-"""The same for the beam pipe, whose few interactions (7 % of the TrackML secondaries start near its
-radius, against 24 % at the module rate) show that it carries no services."""
+"""The same for the beam pipe, per radiation length of its own beryllium: tuned on the 7 % of the
+TrackML secondaries that start near its radius. About the layers' rate per radiation length of their
+material: the pipe carries no services, so its material is what it is."""
 UNSEEN_ABSORPTIONS = 0.67
 """Absorptions whose products are all too soft to be listed (slow nucleons, nuclear fragments), per
 interaction with listed products. They end the particle all the same: in the TrackML files a few

@@ -351,9 +351,15 @@ def particles_from_frame(frame: pd.DataFrame) -> Particles:
     missing = [c for c in ("particle_id", "vx", "vy", "vz", "px", "py", "pz", "q") if c not in frame.columns]
     if missing:
         raise ValueError(f"replay particles lack column(s) {', '.join(missing)}")
+    particle_id = frame["particle_id"].to_numpy(dtype=np.int64)
+    charge = frame["q"].to_numpy(dtype=np.int32)
+    # The file names no species: as for generated ones, a positive product of a material interaction
+    # is taken for a proton (slow ones stop within a few layers), every other particle for a pion.
+    secondary = unpack_particle_id(particle_id)["generation"] > 0
     return Particles(
-        particle_id=frame["particle_id"].to_numpy(dtype=np.int64),
+        particle_id=particle_id,
         vertex=frame[["vx", "vy", "vz"]].to_numpy(dtype=np.float64),
         momentum=frame[["px", "py", "pz"]].to_numpy(dtype=np.float64),
-        charge=frame["q"].to_numpy(dtype=np.int32),
+        charge=charge,
+        mass=np.where(secondary & (charge > 0), PROTON_MASS, PION_MASS),
     )
