@@ -9,7 +9,13 @@ import pytest
 from tb_plugin.geometry import Detector
 from tb_plugin.simulation import SimulationConfig, simulate_event
 from tb_plugin.simulation.digitization import uniform_on_module
-from tb_plugin.simulation.kinematics import unpack_particle_id
+from tb_plugin.simulation.kinematics import (
+    PION_MASS,
+    PROTON_MASS,
+    pack_particle_id,
+    particles_from_frame,
+    unpack_particle_id,
+)
 
 B_FIELD = 2.0
 
@@ -202,3 +208,32 @@ def test_overlapping_modules_give_double_hits_in_a_layer(event):
     rows = hits.merge(multiple, on=["particle_id", "volume_id", "layer_id"])
     group = rows.groupby(["particle_id", "volume_id", "layer_id"])["module_id"]
     assert (group.nunique() == group.size()).all()  # never two hits of one particle crossing on one module
+
+
+def test_a_particle_made_in_a_sensor_has_no_hit_there(detector):
+    """A replayed secondary starting on a pixel module's mid-plane, flying out through the barrel: its
+    later layers are hit, its own module is not (as in TrackML, whose secondaries get no hit there)."""
+    layer = np.flatnonzero((detector.volume_id == 8) & (detector.layer_id == 4))
+    module = int(layer[np.argmin(np.hypot(*detector.center[layer, :2].T))])  # inside the layer's mean radius
+    centre = detector.center[module]
+    direction = np.r_[centre[:2] / np.hypot(*centre[:2]), 0.0]  # radially outwards
+    secondary = pack_particle_id(1, 1, 1, 1, 1)
+    replay = pd.DataFrame(
+        {"particle_id": [int(secondary)], "vx": [centre[0]], "vy": [centre[1]], "vz": [centre[2]]}
+        | {"px": [2.0 * direction[0]], "py": [2.0 * direction[1]], "pz": [0.0], "q": [-1], "nhits": [0]}
+    )
+    quiet = dict(pileup=0.0, noise_fraction=0.0, hit_inefficiency=0.0, multiple_scattering=False)
+    hits = simulate_event(SimulationConfig(**quiet), detector, 1, replay=replay)["hits"]
+    layers = set(zip(hits["volume_id"], hits["layer_id"]))
+    assert {(8, 6), (8, 8)} <= layers
+    assert not (
+        (hits["volume_id"] == 8) & (hits["layer_id"] == 4) & (hits["module_id"] == detector.module_id[module])
+    ).any()
+
+
+def test_replayed_positive_secondaries_are_protons():
+    ids = pack_particle_id([1, 1, 1], [1, 1, 1], [0, 1, 1], [0, 1, 2], [0, 1, 1])
+    frame = pd.DataFrame({"particle_id": ids, "vx": 0.0, "vy": 0.0, "vz": 0.0, "px": 1.0, "py": 0.0, "pz": 0.0})
+    frame["q"] = [1, 1, -1]
+    mass = particles_from_frame(frame).mass
+    assert mass.tolist() == [PION_MASS, PROTON_MASS, PION_MASS]
