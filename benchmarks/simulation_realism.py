@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 from tb_plugin import trackml  # noqa: E402
 from tb_plugin.geometry import Detector  # noqa: E402
 from tb_plugin.simulation import SimulationConfig, simulate_event  # noqa: E402
+from tb_plugin.simulation.kinematics import unpack_particle_id  # noqa: E402
 
 VOLUMES = (7, 8, 9, 12, 13, 14, 16, 17, 18)
 PT_QUANTILES = (0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.99)
@@ -48,7 +49,21 @@ def particle_summary(particles: list[pd.DataFrame]) -> dict[str, object]:
         "vertex_beyond_10mm_fraction": round(float((radius > 10).mean()), 3),
         "nhits_quantiles": [float(v) for v in np.quantile(frame["nhits"], NHITS_QUANTILES)],
         "no_hit_fraction": round(float((frame["nhits"] == 0).mean()), 3),
+        "secondary_no_hit_fraction": secondary_no_hit_fraction(frame),
+        "particle_hits_per_event": float(np.mean([p["nhits"].sum() for p in particles])),
+        "particle_hits_per_event_range": [
+            int(min(p["nhits"].sum() for p in particles)),
+            int(max(p["nhits"].sum() for p in particles)),
+        ],
+        "particles_per_event_range": [int(min(len(p) for p in particles)), int(max(len(p) for p in particles))],
     }
+
+
+def secondary_no_hit_fraction(frame: pd.DataFrame) -> float:
+    """Share of the secondaries (generation > 0) above 0.15 GeV with no hit: the traced ones."""
+    generation = unpack_particle_id(frame["particle_id"].to_numpy())["generation"]
+    traced = (generation > 0) & (np.hypot(frame["px"], frame["py"]).to_numpy() > 0.15)
+    return round(float((frame["nhits"].to_numpy()[traced] == 0).mean()), 3)
 
 
 def hit_summary(hits: pd.DataFrame, n_signal: int, n_particles: int) -> dict[str, object]:
@@ -219,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "hits_per_1000_particles": float(np.mean([h["hits_per_1000_particles"] for h in sim_hit_rows])),
         "distinct_modules": float(np.mean([h["distinct_modules"] for h in sim_hit_rows])),
         "noise_fraction": float(np.mean([h["noise_fraction"] for h in sim_hit_rows])),
+        "hits_range": [min(h["hits"] for h in sim_hit_rows), max(h["hits"] for h in sim_hit_rows)],
     }
     real_hits = hit_summary(real_hits_frame, int(replay_source["nhits"].sum()), len(replay_source))
 
@@ -226,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     replay_hits = hit_summary(replayed["hits"], int((replayed["truth"]["particle_id"] != 0).sum()), len(replay_source))
     replay_table = pd.DataFrame({"simulated": replayed["particles"]["nhits"], "real": replay_source["nhits"]})
     replay = replay_comparison(replay_table["simulated"], replay_table["real"])
+    replay["secondary_no_hit_fraction"] = secondary_no_hit_fraction(replayed["particles"])
+    replay["file_secondary_no_hit_fraction"] = secondary_no_hit_fraction(replay_source)
     layers = layer_table(replayed, real_hits_frame, detector)
 
     result = {
@@ -258,7 +276,22 @@ def main(argv: list[str] | None = None) -> int:
         ("vertex > 10 mm from beam", sim_p["vertex_beyond_10mm_fraction"], real_p["vertex_beyond_10mm_fraction"]),
         ("nhits quantiles 10/25/50/75/90/99 %", sim_p["nhits_quantiles"], real_p["nhits_quantiles"]),
         ("particles without hits", sim_p["no_hit_fraction"], real_p["no_hit_fraction"]),
-        ("hits per event", f"{sim_hits['hits']:.0f}", f"{real_hits['hits']} (event {args.replay_event})"),
+        (
+            "secondaries > 0.15 GeV without hits",
+            sim_p["secondary_no_hit_fraction"],
+            real_p["secondary_no_hit_fraction"],
+        ),
+        ("particles per event, min-max", sim_p["particles_per_event_range"], real_p["particles_per_event_range"]),
+        (
+            "particle hits (sum of nhits) per event, mean [min, max]",
+            f"{sim_p['particle_hits_per_event']:.0f} {sim_p['particle_hits_per_event_range']}",
+            f"{real_p['particle_hits_per_event']:.0f} {real_p['particle_hits_per_event_range']}",
+        ),
+        (
+            "hits per event, mean [min, max]",
+            f"{sim_hits['hits']:.0f} {sim_hits['hits_range']}",
+            f"{real_hits['hits']} (event {args.replay_event})",
+        ),
         (
             "hits per 1000 particles",
             f"{sim_hits['hits_per_1000_particles']:.0f}",

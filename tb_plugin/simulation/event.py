@@ -126,7 +126,8 @@ def trace_generations(
         current, origin = kinematics.material_interactions(
             rng, current.particle_id[traced][material.particle[chosen]], material.position[chosen]
         )
-        made_here = interactions.production_module_hits(rng, material.module[chosen], origin)  # [S']
+        followed = current.pt >= config.min_pt_traced  # [S] traced in the next pass
+        made_here = interactions.production_module_hits(rng, material.module[chosen], origin, followed)  # [S']
         hits.append(
             TrueHits(
                 offset + made_here,

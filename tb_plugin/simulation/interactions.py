@@ -63,14 +63,19 @@ def replay_end_steps(rng: np.random.Generator, particles: Particles, material: M
     return np.minimum(replayed_interactions(particles, material), unseen_end)
 
 
-def production_module_hits(rng: np.random.Generator, module: np.ndarray, origin: np.ndarray) -> np.ndarray:
+def production_module_hits(
+    rng: np.random.Generator, module: np.ndarray, origin: np.ndarray, followed: np.ndarray
+) -> np.ndarray:
     """Products [S] (by index) that leave a hit in their production module.
 
     ``module`` [I] is the module of each interaction (-1 for the beam pipe), ``origin`` [S] the
     interaction of each product; all products of an interaction in the silicon share its fate.
+    Only products too soft to be ``followed`` [S] get this hit: that is the one hit TrackML gives 30 %
+    of them. Followed ones get none in the sensor they start in, as in the TrackML files (see
+    ``propagation._beyond_production_module``).
     """
     in_sensor = (module >= 0) & (rng.random(len(module)) < SENSOR_MATERIAL_SHARE)  # [I]
-    return np.flatnonzero(in_sensor[origin])
+    return np.flatnonzero(in_sensor[origin] & ~followed)
 
 
 def first_interactions(
