@@ -38,7 +38,7 @@ def at_readable_incidence(
     particles above 0.5 GeV have a real hit within 1 mm where the track spans up to 25 pixels along
     v, 50 % at 26 pixels, 0-7 % beyond; 26 pixels of 0.0566 mm across 0.15 mm of silicon is
     cos(incidence) = 0.10. Without this the replay gave that layer 12 % more hits than the real event,
-    all of them in its four outer rings of modules (|z| >= 315 mm).
+    at its ends: 703 particle hits against 140 real hits in its four outer rings (|z| >= 385 mm).
     """
     normal = detector.rotation[module, :, 2]  # [H, 3] module w axis
     norm = np.maximum(np.linalg.norm(momentum, axis=1), 1e-12)

@@ -2,12 +2,13 @@
 
 Every material crossing (a module, the beam pipe) may hold a nuclear interaction. The particle is
 absorbed there (inelastic), so it leaves no later hits; the interaction makes listed secondaries
-(``kinematics.material_interactions``) or only products too soft to be listed. Products made inside a
-sensor deposit charge in it: one hit in their production module.
+(``kinematics.material_interactions``) or only products too soft to be listed. Such soft products
+made inside a sensor deposit charge in it: one hit in their production module.
 
-The rates are effective ones: real layers hold several times the material of their sensors
-(supports, cooling, cables), which detectors.csv leaves out. They are tuned on the TrackML particles
-files (secondary fraction, where secondaries start, how many hits they have), not on one event.
+The rates are per radiation length of a layer's material, which is ``LAYER_MATERIAL_FACTOR`` times
+its sensor's (supports, cooling, cables: detectors.csv leaves them out), and are effective ones, tuned
+on the TrackML particles files (secondary fraction, where secondaries start, how many hits they
+have), not on one event.
 """
 
 from __future__ import annotations

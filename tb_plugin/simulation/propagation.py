@@ -7,7 +7,9 @@ is found in closed form; there the few modules that can be hit are looked up in 
 the layer, and the exact crossing of the helix with each module plane is found by Newton's method on
 the signed distance to the plane as a function of path length. A crossing inside the module bounds is
 a hit (overlapping modules give two hits in one layer). Multiple scattering (Highland) and the mean
-ionisation loss are applied at each crossed surface, then the helix is restarted from there.
+ionisation loss, for the layer's whole material (``LAYER_MATERIAL_FACTOR``), are applied at each
+crossed surface, then the helix is restarted from there. A particle gets no hit in the sensor it
+starts in.
 
 A particle stops when no surface is ahead of it (it left the detector), after ``max_turns`` turns of its
 helix or after ``max_crossings`` surfaces. Loops run over these steps, never over particles or hits.
