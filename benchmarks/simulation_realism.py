@@ -118,7 +118,8 @@ def plot_layers(out: Path, table: pd.DataFrame) -> Path:
     top.legend()
     bottom.axhline(1.0, color="black", lw=0.8)
     bottom.plot(x, table["ratio"], "o")
-    bottom.set(ylabel="replayed / real", ylim=(0.8, 1.2))
+    low, high = min(0.8, table["ratio"].min() - 0.05), max(1.2, table["ratio"].max() + 0.05)
+    bottom.set(ylabel="replayed / real", ylim=(low, high))
     bottom.set_xticks(x, [f"{v}:{layer}" for v, layer in table.index], rotation=90, fontsize=7)
     bottom.set_xlabel("volume_id:layer_id")
     path = out / "simulation_hits_per_layer.png"
