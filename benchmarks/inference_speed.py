@@ -324,9 +324,8 @@ def map_compatibility(sim: Detector, real: Detector) -> tuple[bool, str]:
     if sim.ids_hash() == real.ids_hash():
         return True, (
             "the simulation used the built-in detector, which has the real file's (volume, layer, module) ids, "
-            "so the module index agrees; barrel and pixel endcap ids name the same modules, strip endcap ids "
-            "(volumes 12, 14, 16, 18) partly name other modules (tb_plugin/geometry.py), and module positions "
-            "differ slightly, so the doublet windows are approximate"
+            "so the module index agrees and every id names the same module, but module positions differ "
+            "slightly, so the doublet windows are approximate"
         )
     return (
         False,

@@ -297,8 +297,8 @@ class Detector:
         ids), so an artifact keyed on them (a vocabulary, a module table) applies to any detector with
         the same ids, while two geometries that differ by printing noise, like the real file and the
         built-in detector, never share a geometry_hash. Equal ids do not prove that the ids name the
-        same places (the built-in strip endcaps are numbered otherwise than the real ones), hence
-        ``artifact_applies`` warns whenever the geometry differs.
+        same places (they do for the real file and the built-in detector, not for any two detectors),
+        hence ``artifact_applies`` warns whenever the geometry differs.
         """
         digest = hashlib.sha256(b"tb_plugin.Detector.ids/v1")
         digest.update(np.ascontiguousarray(self._keys, dtype="<i8").tobytes())
@@ -494,16 +494,11 @@ def _check_sizes(floats: dict[str, np.ndarray], path: Path) -> None:
 # the real ones. Every ring of modules starts at phi = -pi + half a step and runs anticlockwise.
 # Faithful to the real file, the two pixel endcap rings leave a 2 mm radial gap (r = 102..104 mm) between them.
 #
-# Identifiers: barrel module_ids equal the real file's (1 + iz * n_phi + iphi, z-rings from -z). The
-# pixel endcap module_ids (volumes 7, 9) equal the real file's too: ``_binned_disk_order`` rebuilds
-# the order in which ACTS met the modules in its surface grid. The strip endcaps (12, 14, 16, 18) are
-# NOT reproduced: neither that rule (bins = densest ring, all modules or twice the densest ring; any
-# grid turn) nor a sort key (centre phi, phi of an edge or corner) gives the real order there, so they
-# keep increasing centre phi, which names the real module for 83.5 % (12, 14) and 87.8 % (16, 18) of
-# them, against 40 % and 59 % under the pixel rule (binned_ids=True there). Measured against the real
-# detectors.csv on the 2-core dev box with
-# `pytest --runxfail tests/tb_plugin/test_geometry.py::test_builtin_strip_endcap_ids_match_the_real_detector`.
-# So a strip endcap (volume, layer, module_id) can name a different module than in the real file.
+# Identifiers: every module_id equals the real file's. Barrel: 1 + iz * n_phi + iphi, z-rings from -z.
+# Endcaps: ``_binned_disk_order`` rebuilds the order in which ACTS met a disk's modules in its surface
+# grid (its LayerCreator and SurfaceArrayCreator as of v0.05, 2017, before the grid's rewrite at the
+# end of 2017), with the grid's phi bin count from ``_acts_phi_bins``. Checked module by module against the real detectors.csv by
+# `pytest tests/tb_plugin/test_geometry.py -k real_detector`.
 #
 # Barrel layer: modules on a cylinder of radius r, n_phi x n_z of them. z-rings are evenly spaced
 # (step z_step, a little less than the module length 2 hv, so neighbours overlap in z) and alternate
@@ -586,7 +581,9 @@ class _EndcapSet:
     hv: float
     rings: tuple[_Ring, ...]
     sensor: _Sensor
-    binned_ids: bool  # module_ids by ``_binned_disk_order`` (real ids) or by centre phi (see above)
+    # ACTS's posnegLayerBinMultipliers phi factor in the TrackML configuration (GenericDetector of
+    # acts-framework, 2017): 1 for the pixel, 2 for both strip subdetectors; see ``_acts_phi_bins``
+    phi_bin_multiplier: int
 
 
 _STRIP_DISKS = (1220.0, 1500.0, 1800.0, 2150.0, 2550.0, 2950.0)
@@ -598,7 +595,7 @@ _ENDCAP_SETS = (
         36.0,
         (_Ring(66.0, 40, 8.4, 8.4, (2.5, -2.0, 2.0, -2.5)), _Ring(140.0, 68, 8.4, 8.4, (2.0, -2.0))),
         _PIXEL,
-        binned_ids=True,
+        phi_bin_multiplier=1,
     ),
     _EndcapSet(
         12,
@@ -611,7 +608,7 @@ _ENDCAP_SETS = (
             _Ring(622.0, 60, 32.2, 40.0, (-1.5, -4.5)),
         ),
         _SHORT_STRIP,
-        binned_ids=False,
+        phi_bin_multiplier=2,
     ),
     _EndcapSet(
         16,
@@ -620,7 +617,7 @@ _ENDCAP_SETS = (
         78.0,
         (_Ring(828.0, 48, 54.0, 64.2, (-2.5, -5.5)), _Ring(942.0, 50, 66.0, 72.0, (5.5, 2.5))),
         _LONG_STRIP_ENDCAP,
-        binned_ids=False,
+        phi_bin_multiplier=2,
     ),
 )
 
@@ -665,7 +662,7 @@ def _endcap_disk_arrays(endcaps: _EndcapSet, volume_id: int, layer_id: int, disk
     """Modules of one disk at signed z, numbered 1..K as the comment above the module tables says."""
     side = np.sign(disk_z)
     parts = []
-    for ring_number, ring in enumerate(endcaps.rings):
+    for ring in endcaps.rings:
         offsets = np.resize(np.asarray(ring.z_offsets), ring.n_phi)  # [n] cycled along phi
         parts.append(
             (
@@ -674,17 +671,13 @@ def _endcap_disk_arrays(endcaps: _EndcapSet, volume_id: int, layer_id: int, disk
                 disk_z + side * offsets,
                 np.full(ring.n_phi, ring.min_hu),
                 np.full(ring.n_phi, ring.max_hu),
-                np.full(ring.n_phi, ring_number),
             )
         )
-    phi, radius, z, min_hu, max_hu, ring_index = (np.concatenate(p) for p in zip(*parts))  # [K] each, ring-major
+    phi, radius, z, min_hu, max_hu = (np.concatenate(p) for p in zip(*parts))  # [K] each, ring-major
     center = np.stack([radius * np.cos(phi), radius * np.sin(phi), z], axis=1)  # [K, 3]
-    if endcaps.binned_ids:
-        rings = np.array([ring.radius for ring in endcaps.rings])
-        n_bins = max(ring.n_phi for ring in endcaps.rings)
-        order = _binned_disk_order(center, ring_index, rings, n_bins)  # module_id - 1 -> row
-    else:
-        order = np.lexsort((ring_index, phi))  # increasing centre phi, inner ring first on a tie
+    rings = np.array([ring.radius for ring in endcaps.rings])
+    n_bins = _acts_phi_bins([ring.n_phi for ring in endcaps.rings], endcaps.phi_bin_multiplier)
+    order = _binned_disk_order(center, rings, n_bins)  # module_id - 1 -> row
     phi, center, min_hu, max_hu = phi[order], center[order], min_hu[order], max_hu[order]
     zeros = np.zeros_like(phi)
     v = np.stack([np.cos(phi), np.sin(phi), zeros], axis=1)  # [K, 3] radially outwards
@@ -704,25 +697,39 @@ def _endcap_disk_arrays(endcaps: _EndcapSet, volume_id: int, layer_id: int, disk
     }
 
 
-def _binned_disk_order(center: np.ndarray, ring_index: np.ndarray, rings: np.ndarray, n_bins: int) -> np.ndarray:
+def _acts_phi_bins(ring_counts: list[int], multiplier: int) -> int:
+    """Phi bins of a disk's surface grid, counted as ACTS's GenericLayerBuilder counted them.
+
+    It meant "the densest ring's module count times the multiplier" but multiplies inside its loop
+    over the rings, so with multiplier 2 the count doubles once per ring: rings of 54, 56, 60 modules
+    give 432 bins (not 120), rings of 48, 50 give 192. With multiplier 1 it is the densest ring's count.
+    The real strip endcap ids need these quirky counts; twice the densest ring's count does not give them.
+    """
+    bins = 0
+    for count in ring_counts:
+        bins = max(count, bins) * multiplier
+    return bins
+
+
+def _binned_disk_order(center: np.ndarray, rings: np.ndarray, n_bins: int) -> np.ndarray:
     """Rows of one disk in module_id order, numbered the way the TrackML geometry (ACTS) numbered them.
 
     ACTS gives a layer's sensitive surfaces their ids in the order they first appear in the layer's
-    surface grid, read phi bin by phi bin (from -pi) and, within a phi bin, ring by ring outwards. The
-    grid has ``n_bins`` equal phi bins (the module count of the densest ring, so each bin holds at most
-    one module per ring) and one radial bin per ring. A module fills the bin its centre falls in; a bin
-    left empty takes the module whose centre is nearest in 3D to the bin's point (the ring radius at the
-    bin's central phi, at the disk's mean z), so a module of a sparser ring can appear one phi bin early.
-    ACTS turns the grid so that the highest-phi module sits half a bin below +pi; for rings whose first
-    module sits half a step after -pi (``_ring_phi``) that turn is zero, so the bins start at -pi.
-    ``center`` [K, 3] and ``ring_index`` [K] are in ring-major input order, as ACTS received them.
+    surface grid, read phi bin by phi bin and, within a phi bin, ring by ring outwards. The grid has
+    ``n_bins`` phi bins and one radial bin per ring. Its phi range is that of the module centres
+    widened by half a bin on each side, with the bin width (max - min) / (n_bins - 1): the bin centres
+    run in equal steps from the lowest to the highest module centre phi, both included (a full turn
+    spread over n_bins - 1 steps, not n_bins). Every bin then takes the module whose centre is nearest
+    in 3D to the bin's point (the ring radius at the bin's central phi, at the disk's mean z), even a
+    bin that holds a module's centre (ACTS skipped that only for grids with exactly one bin per module,
+    which no TrackML disk has); a module nearest to no bin would get no id. ACTS's radial bins split
+    the disk's radial extent evenly, so their centres sit up to 13 mm off the ring radii used here;
+    both give the real ids (ACTS's bins: measured once on the real file; the ring radii: the tests).
+    ``center`` [K, 3] is in ring-major input order, as ACTS received the modules: a tie goes to the
+    first module.
     """
     phi = np.arctan2(center[:, 1], center[:, 0])  # [K]
-    step = 2.0 * np.pi / n_bins
-    phi_bin = np.minimum(((phi + np.pi) // step).astype(np.int64), n_bins - 1)  # [K]
-    grid = np.full((n_bins, len(rings)), -1, dtype=np.int64)  # [n_bins, R] module row per bin
-    grid[phi_bin, ring_index] = np.arange(len(phi))
-    bin_phi = -np.pi + (np.arange(n_bins) + 0.5) * step  # [n_bins]
+    bin_phi = np.linspace(phi.min(), phi.max(), n_bins)  # [n_bins]
     points = np.stack(
         np.broadcast_arrays(
             rings[None, :] * np.cos(bin_phi)[:, None], rings[None, :] * np.sin(bin_phi)[:, None], center[:, 2].mean()
@@ -730,9 +737,11 @@ def _binned_disk_order(center: np.ndarray, ring_index: np.ndarray, rings: np.nda
         axis=-1,
     )  # [n_bins, R, 3]
     distance = np.linalg.norm(points[:, :, None, :] - center[None, None, :, :], axis=-1)  # [n_bins, R, K]
-    grid = np.where(grid < 0, distance.argmin(axis=-1), grid)  # argmin keeps the first of equals, as ACTS
-    first_seen = np.unique(grid.ravel(), return_index=True)[1]  # [K] position of each row's first bin
-    return np.argsort(first_seen, kind="stable")
+    grid = distance.argmin(axis=-1)  # [n_bins, R]; argmin keeps the first of equals, as ACTS
+    rows, first_seen = np.unique(grid.ravel(), return_index=True)  # each row's first bin
+    if len(rows) < len(phi):
+        raise ValueError(f"{len(phi) - len(rows)} endcap module(s) nearest to no bin of a {n_bins}-bin grid")
+    return rows[np.argsort(first_seen, kind="stable")]
 
 
 def _sensor_arrays(sensor: _Sensor, k: int) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tb_plugin.geometry import Detector, DetectorFormatError, UnknownModuleError, _binned_disk_order
+from tb_plugin.geometry import Detector, DetectorFormatError, UnknownModuleError, _acts_phi_bins, _binned_disk_order
 
 # REFERENCE section 2, hard-coded so the built-in tests need no shared files.
 MODULES_PER_VOLUME = {7: 756, 8: 2492, 9: 756, 12: 1020, 13: 5796, 14: 1020, 16: 588, 17: 5712, 18: 588}
@@ -38,17 +38,21 @@ ENDCAPS = {  # (volume, side): (disk |z| ordered by layer id, modules per disk)
 }
 
 
-# Real file facts (the lead's reading of detectors.csv): the first six modules of every pixel disk,
-# as (ring radius, centre phi). The rings interleave neither by centre phi nor ring by ring.
-PIXEL_DISK_FIRST_SIX = (
-    (66.0, -3.063),
-    (140.0, -3.095),
-    (140.0, -3.003),
-    (66.0, -2.906),
-    (140.0, -2.911),
-    (66.0, -2.749),
-)
-STRIP_ENDCAPS = (12, 14, 16, 18)  # endcaps whose real module_id order the built-in does not reproduce
+# Real file facts, read from detectors.csv: the ring (0 = innermost) of modules 1, 2, ..., K of an
+# endcap disk, the same on every disk of both volumes of a pair. Within a ring the ids increase with
+# centre phi (from -pi), so this sequence fixes every endcap id; the rings interleave neither by
+# centre phi nor ring by ring.
+REAL_DISK_RINGS = {
+    (7, 9): (
+        "011010110110101101101101011011010110110110101101101011011010110110101101101101011011010110110110101101101011"
+    ),
+    (12, 14): (
+        "012201201210210210210210210210212012012012012012021021021021"
+        "201201201201201201201201201220120121021021021021021021021201"
+        "20120120120120210210210212012012012012012012012012"
+    ),
+    (16, 18): ("01101010101010101010101010101010101010101010101010101010101101010101010101010101010101010101010101"),
+}
 
 
 def expected_layer_counts() -> dict[tuple[int, int], int]:
@@ -286,26 +290,51 @@ def test_builtin_csv_round_trip_and_hash(builtin, tmp_path):
 
 
 def test_binned_disk_order_follows_the_grid_not_the_centre_phi():
-    """A hand-worked disk: 2 inner modules, 4 outer, 4 phi bins. The inner module just after -pi/2 is
-    the nearest one to the empty inner bin before it, so it comes before the outer module that has the
+    """A hand-worked disk: 2 inner modules, 4 outer, 4 phi bins, whose centres run from the lowest to
+    the highest module phi (-3pi/4 .. 3pi/4, steps of pi/2). The inner module just after -pi/2 is the
+    nearest one to the inner point of the first bin, so it comes before the outer module that has the
     lower centre phi; pushed 9 mm out of the disk plane it is no longer nearest (3D distance, as ACTS)."""
     inner = np.array([-np.pi / 2 + 0.1, np.pi / 2 + 0.1])
     outer = -np.pi + (np.arange(4) + 0.5) * np.pi / 2  # at the centres of the 4 bins
     phi = np.concatenate([inner, outer])
     radius = np.array([10.0, 10.0, 20.0, 20.0, 20.0, 20.0])
     center = np.stack([radius * np.cos(phi), radius * np.sin(phi), np.zeros(6)], axis=1)
-    ring = np.array([0, 0, 1, 1, 1, 1])
     rings = np.array([10.0, 20.0])
-    assert _binned_disk_order(center, ring, rings, 4).tolist() == [0, 2, 3, 1, 4, 5]
+    assert _binned_disk_order(center, rings, 4).tolist() == [0, 2, 3, 1, 4, 5]
     assert np.argsort(phi).tolist() == [2, 0, 3, 4, 1, 5]  # what ordering by centre phi would give
     center[0, 2] = 9.0
-    assert _binned_disk_order(center, ring, rings, 4).tolist() == [2, 0, 3, 1, 4, 5]
+    assert _binned_disk_order(center, rings, 4).tolist() == [2, 0, 3, 1, 4, 5]
+
+
+def test_binned_disk_order_spreads_the_bins_between_the_extreme_centres():
+    """Inner modules A, B at -pi/2, pi/2 (r 10), outer C, D, E at -2pi/3, 0, 2pi/3 (r 20), 4 bins. Their
+    centres are -2pi/3, -2pi/9, 2pi/9, 2pi/3 (3 steps between C and E, as ACTS): D, 2pi/9 from the
+    second bin's outer point (13.7 mm), is nearer than A (15.6 mm) and is met there. Bins of 2pi/4 from
+    -pi would put that point at -pi/4, where A (14.7 mm) beats D (15.3 mm) and D would be met nowhere.
+    With 2 bins (at C and E) D is nearest to no bin: an error, not a module without an id."""
+    phi = np.array([-np.pi / 2, np.pi / 2, -2 * np.pi / 3, 0.0, 2 * np.pi / 3])
+    radius = np.array([10.0, 10.0, 20.0, 20.0, 20.0])
+    center = np.stack([radius * np.cos(phi), radius * np.sin(phi), np.zeros(5)], axis=1)
+    rings = np.array([10.0, 20.0])
+    assert _binned_disk_order(center, rings, 4).tolist() == [0, 2, 3, 1, 4]  # A C D B E; by phi: C A D B E
+    with pytest.raises(ValueError, match="1 endcap module"):
+        _binned_disk_order(center, rings, 2)
+
+
+def test_acts_phi_bins_double_once_per_ring():
+    """ACTS's GenericLayerBuilder multiplied inside its loop over the rings: the strip disks' grids
+    have 432 and 192 phi bins, not twice the densest ring (120, 100); the pixel's (factor 1) has 68."""
+    assert _acts_phi_bins([54, 56, 60], 2) == 432
+    assert _acts_phi_bins([48, 50], 2) == 192
+    assert _acts_phi_bins([40, 68], 1) == 68
+    assert _acts_phi_bins([60, 56, 54], 2) == 480  # the ring order matters: 120, 240, 480
 
 
 def test_builtin_endcap_ids_are_dense_and_follow_the_rings(builtin):
-    """Every endcap layer numbers its modules 1..K; each ring is numbered in increasing phi; each pixel
-    disk starts with the six modules the real file starts with (real ids, not centre-phi order)."""
+    """Every endcap layer numbers its modules 1..K; each ring is numbered in increasing phi; the rings
+    of modules 1..K follow the real file's sequence, so every endcap id is the real one."""
     for volume in ENDCAPS:
+        sequence = next(rings for pair, rings in REAL_DISK_RINGS.items() if volume in pair)
         for layer in np.unique(builtin.layer_id[builtin.volume_id == volume]):
             idx = np.flatnonzero((builtin.volume_id == volume) & (builtin.layer_id == layer))
             assert builtin.module_id[idx].tolist() == list(range(1, len(idx) + 1)), (volume, layer)
@@ -313,9 +342,8 @@ def test_builtin_endcap_ids_are_dense_and_follow_the_rings(builtin):
             phi = np.arctan2(builtin.center[idx, 1], builtin.center[idx, 0])
             for ring_radius in np.unique(radius):
                 assert (np.diff(phi[radius == ring_radius]) > 0).all(), (volume, layer, ring_radius)
-            if volume in (7, 9):
-                first = [(radius[k], round(float(phi[k]), 3)) for k in range(6)]
-                assert first == list(PIXEL_DISK_FIRST_SIX), (volume, layer)
+            ring = np.searchsorted(np.unique(radius), radius)  # 0 = innermost
+            assert "".join(map(str, ring.tolist())) == sequence, (volume, layer)
 
 
 # ---------------------------------------------------------------------- builtin vs real
@@ -327,36 +355,18 @@ def print_tolerance(values: np.ndarray) -> np.ndarray:
     return 1e-3 + 0.5 * 10.0 ** (magnitude - 5)
 
 
-def real_ids_in_builtin(builtin: Detector, real: Detector, volumes) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the real modules of ``volumes`` and of their namesakes (same ids) in the built-in detector."""
-    rows = np.flatnonzero(real.volume_mask(volumes))
-    return rows, builtin.index_strict(real.volume_id[rows], real.layer_id[rows], real.module_id[rows])
-
-
 def test_builtin_ids_match_the_real_detector(builtin, real):
-    """Every real module outside the strip endcaps has a built-in namesake at the same place, so data and
-    artifacts keyed on ids carry over between the two geometries."""
-    volumes = [v for v in sorted(set(real.volume_id.tolist())) if v not in STRIP_ENDCAPS]
+    """Every real module has a built-in namesake (same ids) at the same place, endcaps included, so data
+    and artifacts keyed on ids carry over between the two geometries."""
     assert real.ids_hash() == builtin.ids_hash() and real.geometry_hash() != builtin.geometry_hash()
-    rows, twins = real_ids_in_builtin(builtin, real, volumes)
-    assert len(rows) == len(real) - int(real.volume_mask(list(STRIP_ENDCAPS)).sum())
-    offset = np.abs(builtin.center[twins] - real.center[rows])  # [N, 3] mm
-    assert (offset <= print_tolerance(real.center[rows])).all()
-    assert np.abs(builtin.rotation[twins] - real.rotation[rows]).max() < 1e-5
-
-
-@pytest.mark.xfail(strict=True, reason="strip endcap module_id order of the real file not reproduced (geometry.py)")
-def test_builtin_strip_endcap_ids_match_the_real_detector(builtin, real):
-    """Fails (strict xfail) until the real strip endcap numbering is reproduced; run with --runxfail to see
-    the share of real modules whose built-in namesake is at the same place, per volume."""
-    rows, twins = real_ids_in_builtin(builtin, real, list(STRIP_ENDCAPS))
-    same = (np.abs(builtin.center[twins] - real.center[rows]) <= print_tolerance(real.center[rows])).all(axis=1)
-    shares = {v: round(float(same[real.volume_id[rows] == v].mean()), 3) for v in STRIP_ENDCAPS}
-    assert same.all(), f"share of strip endcap ids naming the same module, per volume: {shares}"
+    twins = builtin.index_strict(real.volume_id, real.layer_id, real.module_id)
+    offset = np.abs(builtin.center[twins] - real.center)  # [M, 3] mm
+    assert (offset <= print_tolerance(real.center)).all()
+    assert np.abs(builtin.rotation[twins] - real.rotation).max() < 1e-5
 
 
 def test_builtin_matches_the_real_detector(builtin, real):
-    """Same layers, positions, orientations and sizes as the real file (ids: the two tests above)."""
+    """Same layers, positions, orientations and sizes as the real file (ids: the test above)."""
     assert (builtin.volume_id == real.volume_id).all() and (builtin.layer_id == real.layer_id).all()
     mine, theirs = builtin.layers(), real.layers()
     assert (mine.n_modules.to_numpy() == theirs.n_modules.to_numpy()).all()
