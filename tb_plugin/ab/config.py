@@ -18,6 +18,7 @@ arm adds, and what it adds downstream. Validated once here; the runner only sees
     low_label: {n_labelled: [1, 2, 4, 8], seeds: [0], run: false}   # `tb ab --low-label` runs it
     bootstrap: {samples: 2000, confidence: 0.95, seed: 0}
     timing_events: 5                          # test events whose in-memory inference is timed
+    jobs: 1                                   # worker processes for the stage runs (2 on a 2-core machine)
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ class ABConfig:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     timing_events: int = 5
     timing_repeats: int = 3
+    # Worker processes for the stage runs (pretraining, both arms, every seed); 1 runs them one after the
+    # other in this process. Timing and evaluation always run here, alone. See tb_plugin/ab/parallel.py.
+    jobs: int = 1
 
     def __post_init__(self) -> None:
         if self.trackingbert_features is None and not self.trackingbert_keys:
@@ -114,6 +118,8 @@ class ABConfig:
             raise ValueError("key 'seeds' must list at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"key 'seeds' repeats a seed: {self.seeds}")
+        if self.jobs < 1:
+            raise ValueError(f"key 'jobs' must be at least 1 (worker processes), got {self.jobs}")
         if self.timing_events < 1 or self.timing_repeats < 1:
             raise ValueError(
                 f"keys 'timing_events' and 'timing_repeats' must be at least 1, got "

@@ -116,13 +116,15 @@ class ABRunner:
     def reading_stage(self) -> Stage:
         return stage_from_mapping(self.reading_values, str(self.config.pipeline))
 
-    def pretraining_stage(self) -> Stage:
-        values = {
+    def pretraining_values(self) -> dict[str, Any]:
+        return {
             **self.tb_values,
             "input_dir": self.reading_stage().stage_dir,
             "stage_dir": self.config.tracking_bert_dir or self.ab_dir / "tracking_bert",
         }
-        return stage_from_mapping(values, str(self.config.tracking_bert))
+
+    def pretraining_stage(self) -> Stage:
+        return stage_from_mapping(self.pretraining_values(), str(self.config.tracking_bert))
 
     def arm_values(self, arm: str, seed: int, n_labelled: int | None = None) -> list[dict[str, Any]]:
         """The downstream stage configs of one arm and seed (and labelled-event count), wired in order.
@@ -261,6 +263,8 @@ class ABRunner:
 
         self.ab_dir.mkdir(parents=True, exist_ok=True)
         run_once(self.reading_stage())
+        if self.config.jobs > 1:
+            self.run_in_parallel()
         pretraining = self.pretraining_stage()
         pretrain_record = run_once(pretraining)
         pretrain_record["trainable_parameters"] = trainable_parameters(pretraining)
@@ -285,6 +289,17 @@ class ABRunner:
         print(summary_table(results, differences))
         print(f"  -> {self.ab_dir / 'REPORT.md'}, {self.ab_dir / 'results.json'}")
         return results
+
+    def run_in_parallel(self) -> None:
+        """The pretraining and every arm and seed's stages in `jobs` worker processes (tb_plugin.ab.parallel);
+        the walk over the arms that follows finds them finished."""
+        from tb_plugin.ab.parallel import ordered_tasks, run_tasks
+
+        pretraining = self.pretraining_values()
+        arms = [self.arm_values(arm, seed) for seed in self.config.seeds for arm in ARMS]
+        tasks = ordered_tasks([[pretraining]], str(self.config.tracking_bert))
+        tasks.update(ordered_tasks(arms, f"{self.config.pipeline} (an A/B arm)"))
+        run_tasks(tasks, self.config.jobs, self.ab_dir / "logs", lambda path: (path / STAGE_RECORD).exists())
 
     def config_record(self) -> dict[str, Any]:
         """The A/B config as recorded in results.json, its file paths relative to the working folder."""

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from stages.edge_classifier.gnn_model import EdgeClassifierModule, GNNConfig, InteractionNetwork, weighted_bce
+from stages.edge_classifier.gnn_model import (
+    EdgeClassifierModule,
+    GNNConfig,
+    InteractionNetwork,
+    connected_hits,
+    weighted_bce,
+)
 
 
 def small_config(**overrides) -> GNNConfig:
@@ -59,6 +65,30 @@ def test_message_passing_uses_the_neighbourhood():
     grown = torch.cat([edge_index, torch.tensor([[9], [7]])], dim=1)
     grown_out = model(x, grown, torch.cat([edge_attr, torch.randn(1, 2)]))
     assert not torch.allclose(before[6], grown_out[6])
+
+
+def test_hits_without_edges_change_no_score():
+    """connected_hits drops hits without edges before the node MLPs: inserting such hits (noise) anywhere
+    in the hit list, with any features, leaves every edge score as it was."""
+    torch.manual_seed(0)
+    x, edge_index, edge_attr = chain_graph()
+    for overrides in ({}, {"aggregation": "mean"}, {"recurrent": True}):
+        model = InteractionNetwork(small_config(**overrides)).eval()
+        before = model(x, edge_index, edge_attr)
+        position = torch.tensor([0, 1, 2, 5, 6, 7, 8, 11, 12, 13])  # where the 10 hits go among 14
+        padded = torch.randn(14, 3) * 100.0  # 4 isolated hits at 3, 4, 9, 10
+        padded[position] = x
+        after = model(padded, position[edge_index], edge_attr)
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+
+
+def test_connected_hits_keeps_the_hits_with_edges_in_order():
+    x = torch.arange(6.0)[:, None]  # [6, 1]
+    kept, edges = connected_hits(x, torch.tensor([[4, 1], [1, 5]]))
+    assert kept.flatten().tolist() == [1.0, 4.0, 5.0]
+    assert edges.tolist() == [[1, 0], [0, 2]]
+    whole, whole_edges = connected_hits(x[:2], torch.tensor([[0], [1]]))  # every hit has an edge
+    assert torch.equal(whole, x[:2]) and whole_edges.tolist() == [[0], [1]]
 
 
 def test_weighted_bce_follows_acorn_weights():

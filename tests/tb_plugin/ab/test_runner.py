@@ -292,9 +292,10 @@ def without_timings(value):
     return value
 
 
-def test_a_killed_ab_resumes_to_the_same_results(ab_setup, tmp_path, run_tb):
+def test_a_killed_ab_resumes_and_a_parallel_ab_runs_to_the_same_results(ab_setup, tmp_path, run_tb):
     """kill -9 inside the baseline GNN's second epoch, rerun `tb ab`: results.json equals an
-    uninterrupted A/B's, timings aside (the killed stage resumes exactly from its last.ckpt)."""
+    uninterrupted A/B's, timings aside (the killed stage resumes exactly from its last.ckpt). So does
+    an A/B whose stages run in 2 worker processes (`jobs: 2`), each stage's output in its log."""
     values = yaml.safe_load(ab_setup.read_text())
     values.update(
         pipeline=str(ab_setup.parent / "pipeline.yaml"),
@@ -315,6 +316,14 @@ def test_a_killed_ab_resumes_to_the_same_results(ab_setup, tmp_path, run_tb):
     a = json.loads((tmp_path / "whole" / "results.json").read_text())
     b = json.loads((tmp_path / "killed" / "results.json").read_text())
     assert without_timings(a) == without_timings(b)
+    parallel = write_yaml(tmp_path / "parallel.yaml", {**values, "ab_dir": str(tmp_path / "parallel"), "jobs": 2})
+    done = run_tb(["ab", str(parallel)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stage runs in 2 processes" in done.stdout and "finished" in done.stdout
+    c = json.loads((tmp_path / "parallel" / "results.json").read_text())
+    assert (a["config"].pop("jobs"), c["config"].pop("jobs")) == (1, 2)
+    assert without_timings(c) == without_timings(a)
+    assert (tmp_path / "parallel" / "logs" / "baseline_seed0_edge_classifier_interactiongnn.log").read_text()
 
 
 def test_a_key_added_later_at_its_default_does_not_invalidate_a_finished_stage(tmp_path):
