@@ -245,10 +245,17 @@ def _resources_section(results: Mapping[str, Any]) -> list[str]:
             rows.append("| " + " | ".join(cells) + " |")
     if not rows:
         return []
+    jobs = int((results.get("config") or {}).get("jobs") or 1)
+    shared = (
+        f" The stages ran in {jobs} worker processes (key `jobs`): a training time includes waiting for the CPU "
+        "while other stages ran, so it does not compare arms; inference was timed alone."
+        if jobs > 1
+        else ""
+    )
     return [
         "## Cost",
         "",
-        "Mean ± std over seeds (no ± when every seed gave the same value).",
+        f"Mean ± std over seeds (no ± when every seed gave the same value).{shared}",
         "",
         f"| quantity | {ARMS[0]} | {ARMS[1]} |",
         "| --- | ---: | ---: |",

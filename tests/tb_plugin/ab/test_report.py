@@ -165,6 +165,9 @@ def test_report_content(results, differences):
     )
     assert "| fake rate (two_way) | 1 |" not in text  # a metric without values gets no low-label rows
     assert "- [roc.png](plots/roc.png)" in text
+    assert "worker processes" not in text
+    parallel = render_report({**results, "config": {**results["config"], "jobs": 2}}, differences)
+    assert "The stages ran in 2 worker processes (key `jobs`)" in parallel
 
 
 def test_report_never_claims_a_gain_inside_the_interval(results):
