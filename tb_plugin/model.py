@@ -303,18 +303,21 @@ class TrackingBERTModule(lightning.LightningModule):
     """Losses, metrics and the optimiser around TrackingBERT. The hyperparameters are plain dicts so that
     a checkpoint loads without this file's dataclasses being importable under the same names."""
 
-    def __init__(self, model: dict, optim: dict) -> None:
+    def __init__(self, model: dict, optim: dict, compile: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = TrackingBERT(TrackingBERTConfig(**model))
         self.optim = OptimConfig(**optim)
+        # torch.compile of the whole loss (encoder, heads, losses): on a GPU a model this small is bound by
+        # kernel launches, which fusing removes. Shapes vary with the batch's longest pair: dynamic.
+        self.losses = torch.compile(pretraining_losses, dynamic=True) if compile else pretraining_losses
 
     def forward(self, input_ids: Tensor, segment_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         return self.model(input_ids, segment_ids, attention_mask)
 
     def step(self, batch: dict, split: str) -> Tensor:
         """The one step of training, validation and test: losses, then logging."""
-        out = pretraining_losses(self.model, batch, self.optim.ntp_weight)
+        out = self.losses(self.model, batch, self.optim.ntp_weight)
         B = batch["input_ids"].shape[0]
         sync = split != "train"  # epoch-level val/test figures must be averaged over DDP ranks
         self.log(f"{split}/loss", out["loss"], prog_bar=True, batch_size=B, sync_dist=sync)

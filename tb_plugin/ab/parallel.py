@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 DEPENDENCY_KEYS = ("input_dir", "tracking_bert_dir")
 
@@ -79,9 +81,30 @@ def _run_task(values: dict[str, Any], source: str, log_path: str) -> float:
 
     start = time.perf_counter()
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with open(log_path, "a") as log, _output_to(log):
         run_once(stage_from_mapping(values, source))
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _output_to(log: IO[str]) -> Iterator[None]:
+    """Send everything the process writes to `log`: Python's sys.stdout / sys.stderr, and file
+    descriptors 1 and 2 beneath them, which logging handlers made at import time (Lightning's) and C
+    code write to."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        for fd in (1, 2):
+            os.dup2(log.fileno(), fd)
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def run_tasks(

@@ -89,8 +89,27 @@ class PairDataset(Dataset):
         return {k: v[i] for k, v in self.rows.items()}
 
 
+def trim_to_longest(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without the columns after its longest pair. Pairs are packed left and padding is only a
+    key mask, so the trailing all-[PAD] columns change no output; they only cost compute in every layer
+    (a batch of short tracks, e.g. split chunks, pays for the longest possible pair otherwise)."""
+    mask = batch["attention_mask"]  # [B, L]
+    full = mask.shape[1]
+    used = mask.any(dim=0).nonzero()  # [n, 1] columns with a real token
+    length = int(used.max()) + 1 if len(used) else full
+    if length == full:
+        return batch
+    return {k: v[:, :length] if v.dim() == 2 and v.shape[1] == full else v for k, v in batch.items()}  # [B, l]
+
+
+def collate_pairs(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack the rows of a batch and trim it to its longest pair (evaluation batches)."""
+    return trim_to_longest({k: torch.stack([r[k] for r in rows]) for k in rows[0]})
+
+
 class TrainingMasker:
-    """Collate function that masks each training batch afresh (picklable for worker processes)."""
+    """Collate function that masks each training batch afresh and trims it to its longest pair
+    (picklable for worker processes)."""
 
     def __init__(self, rate: float, vocab_size: int) -> None:
         self.rate, self.vocab_size = rate, vocab_size
@@ -100,7 +119,7 @@ class TrainingMasker:
         batch["input_ids"], batch["mdm_labels"] = mask_for_training(
             batch["input_ids"], batch["hit_position"], self.rate, self.vocab_size
         )
-        return batch
+        return trim_to_longest(batch)
 
 
 class TrackingBERTDataModule(L.LightningDataModule):
@@ -166,7 +185,7 @@ class TrackingBERTDataModule(L.LightningDataModule):
                 f"{self.input_dir}/{split}: no tracks with {self.settings.min_hits}..{self.settings.max_hits} hits; "
                 f"check the feature store has truth (track_edges) and events in this split"
             )
-        collate = TrainingMasker(self.settings.mask_rate, self.tokenizer.vocab_size) if shuffle else None
+        collate = TrainingMasker(self.settings.mask_rate, self.tokenizer.vocab_size) if shuffle else collate_pairs
         return (TrainingLoader if shuffle else DataLoader)(
             self.datasets[split],
             batch_size=self.settings.batch_size,

@@ -32,6 +32,7 @@ from tb_plugin.tokenizer import UNK, ModuleTokenizer
 from tb_plugin.training import (
     CheckpointError,
     TrainerConfig,
+    inference_device,
     last_checkpoint,
     load_module,
     make_trainer,
@@ -66,6 +67,9 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
     batch_size: int = 512
     max_epochs: int = 10
     gradient_clip_val: float = 1.0
+    # torch.compile the training step's model and losses; null: on when training runs on a CUDA GPU, where
+    # the launch-bound small model gains from it, off on the CPU, where it measured slower (benchmarks/README.md)
+    compile_training: bool | None = None
     # trainer keys (accelerator, devices, strategy, precision, ...): TrainerConfig
     # inference
     flat_columns: bool = False  # also write hit_tb_emb_0 .. hit_tb_emb_{D-1}, for hosts that stack 1-D features
@@ -96,6 +100,12 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
             d_ff=self.d_ff,
             dropout=self.dropout,
         )
+
+    def compiles(self) -> bool:
+        """Whether training runs compiled: `compile_training`, or by default on a CUDA GPU only."""
+        if self.compile_training is not None:
+            return self.compile_training
+        return inference_device(self.accelerator).type == "cuda"
 
     def optim_config(self) -> OptimConfig:
         return OptimConfig(
@@ -172,7 +182,9 @@ class TrackingBERTStage(Stage):
         if not self.vocab_file.exists():
             tokenizer.save(self.vocab_file)
         module = TrackingBERTModule(
-            model=asdict(self.config.model_config(tokenizer.vocab_size)), optim=asdict(self.config.optim_config())
+            model=asdict(self.config.model_config(tokenizer.vocab_size)),
+            optim=asdict(self.config.optim_config()),
+            compile=self.config.compiles(),
         )
         print(
             f"TrackingBERT: {module.model.num_params():,} parameters "

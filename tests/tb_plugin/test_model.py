@@ -172,6 +172,22 @@ def test_module_step_lowers_the_loss():
     assert sum(losses[-5:]) < sum(losses[:5])
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_a_compiled_module_step_gives_the_eager_loss_and_gradients():
+    """compile=True (the default on CUDA, `compile_training`) runs the same losses through torch.compile."""
+    b = pair_batch()
+    grads = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        module = TrackingBERTModule(model=TINY, optim=asdict(OptimConfig()), compile=compiled).train()
+        loss = module.step(b, "train")
+        loss.backward()
+        grads.append((loss.detach(), module.model.embeddings.tok.weight.grad.clone()))
+    assert module.losses is not pretraining_losses and module.hparams["compile"] is True
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-6)
+
+
 def test_param_groups_decay_only_non_embedding_matrices():
     m = tiny_model()
     decay, no_decay = param_groups(m, 0.01)

@@ -148,3 +148,17 @@ def test_a_store_without_detectors_csv_falls_back_loudly(store, tmp_path, caplog
         f"{store} has no detectors.csv and the config names no 'detector': FALLING BACK "
         f"to the built-in TrackML-like detector"
     )
+
+
+def test_training_compiles_on_a_cuda_gpu_unless_the_config_says(tmp_path, monkeypatch):
+    from tb_plugin.pretraining import stage as stage_module
+
+    def config(**keys):
+        values = {"stage": "tracking_bert", "model": "TrackingBERT", "input_dir": str(tmp_path), **keys}
+        return stage_from_mapping({**values, "stage_dir": str(tmp_path / "tb")}, "t.yaml").config
+
+    assert not config(accelerator="cpu").compiles()
+    assert config(accelerator="cpu", compile_training=True).compiles()
+    monkeypatch.setattr(stage_module, "inference_device", lambda accelerator: torch.device("cuda"))
+    assert config(accelerator="gpu").compiles()
+    assert not config(accelerator="gpu", compile_training=False).compiles()

@@ -153,3 +153,29 @@ def test_eval_mask_hides_one_module_per_track_behind_mask():
     assert np.array_equal(chosen, eval_mask_positions(seq["segment_ids"], seq["hit_position"], seed=3))
     positions = seq["hit_position"][chosen]
     assert set(np.unique(positions)) == set(range(8))
+
+
+def test_batches_are_trimmed_to_their_longest_pair_without_changing_the_loss():
+    from tb_plugin.model import TrackingBERT, TrackingBERTConfig, pretraining_losses
+    from tb_plugin.pretraining.datamodule import PairDataset, TrainingMasker, collate_pairs
+
+    tracks = random_trackset(4, 40)
+    tracks.length[:] = np.minimum(tracks.length, 5)  # every track 4-5 hits: pairs of at most 13 tokens
+    tracks.tokens[:, 5:] = PAD
+    data = PairDataset(tracks, make_pairs(tracks, seed=0), fixed_mask_seed=3)
+    rows = [data[i] for i in range(32)]
+    trimmed = collate_pairs(rows)
+    longest = int(max(r["attention_mask"].sum() for r in rows))
+    assert trimmed["input_ids"].shape == (32, longest) and longest <= 13
+    assert trimmed["ntp_labels"].shape == (32,)
+    full = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}  # [32, 19]: what the batch was before
+    torch.manual_seed(0)
+    model = TrackingBERT(TrackingBERTConfig(vocab_size=500, max_len=19, n_embd=16, n_head=2, n_layer=2, d_ff=32)).eval()
+    with torch.no_grad():
+        a, b = pretraining_losses(model, full)["loss"], pretraining_losses(model, trimmed)["loss"]
+    torch.testing.assert_close(a, b)
+    training = TrainingMasker(0.5, 500)(rows)
+    assert training["input_ids"].shape[1] == longest and training["mdm_labels"].shape[1] == longest
+    long_tracks = random_trackset(2, 40, seed=1)  # 4-8 hits: some pairs are 8 + 8 (19 tokens)
+    long_data = PairDataset(long_tracks, make_pairs(long_tracks, seed=0), fixed_mask_seed=3)
+    assert collate_pairs([long_data[i] for i in range(len(long_data))])["input_ids"].shape[1] == 19
