@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/inference_speed.py [--events 3] [--map-events 30] [--threads 2]
                                                    [--filter-events 6] [--filter-epochs 20]
                                                    [--filter-sector 200000] [--hidden H] [--iters K]
-                                                   [--accelerator cpu|gpu] [--compile] [--out runs/bench/inference_speed.json]
+                                                   [--accelerator cpu|gpu] [--compile] [--precision bf16-mixed] [--out runs/bench/inference_speed.json]
 
 Two chains are timed on the same events, run in memory by stages.inference_chain.InferenceChain, one
 event at a time, with the keys of the shipped configs (configs/graph_construction/module_map.yaml,
@@ -147,6 +147,7 @@ def stage_values(name: str, work: Path, args: argparse.Namespace) -> dict[str, A
             logger="csv",
         )
         values["compile_inference"] = args.compile
+        values["precision"] = args.precision
         if args.hidden is not None:
             values["hidden"] = args.hidden
         if args.iters is not None:
@@ -165,6 +166,7 @@ def stage_values(name: str, work: Path, args: argparse.Namespace) -> dict[str, A
             num_workers=0,
             logger="csv",
             compile_inference=args.compile,
+            precision=args.precision,
         )
     else:
         values.update(input_dir=str(work / "gnn"), stage_dir=str(work / "track_building"))
@@ -416,6 +418,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "gnn_iters": iters,
             "accelerator": args.accelerator,
             "compile_inference": args.compile,
+            "precision": args.precision,
             "seed": args.seed,
             "configs": {name: str(path.relative_to(REPO)) for name, path in CONFIGS.items()},
         },
@@ -457,6 +460,12 @@ def main(argv: list[str] | None = None) -> int:
         "--compile",
         action="store_true",
         help="torch.compile the filter and the GNN (compile_inference; the warm-up event pays it)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["32-true", "bf16-mixed"],
+        default="32-true",
+        help="precision of the filter and the GNN, in training and inference (bf16-mixed: bfloat16 autocast)",
     )
     parser.add_argument("--hidden", type=int, default=None, help="GNN hidden size (default: the config's)")
     parser.add_argument(

@@ -74,6 +74,7 @@ from tb_plugin.training import (
     CheckpointError,
     RestoresRandomState,
     TrainerConfig,
+    inference_autocast,
     inference_device,
     last_checkpoint,
     load_module,
@@ -545,7 +546,9 @@ class EdgeClassifierStage(Stage):
         for start in range(0, E, step):
             chunk = edge_index[:, start : start + step]  # [2, E']
             edge_attr = edge_inputs(data, chunk, self.config, source).to(module.device)  # [E', F_e]
-            scores.append(torch.sigmoid(module(x, chunk.to(module.device), edge_attr).float()).cpu())  # [E']
+            with inference_autocast(self.config.precision, module.device):
+                logits = module(x, chunk.to(module.device), edge_attr)  # [E']
+            scores.append(torch.sigmoid(logits.float()).cpu())  # [E']
         return torch.cat(scores) if scores else torch.zeros(0)  # [E]
 
     def event_processor(self) -> EventProcessor:

@@ -7,6 +7,7 @@ import torch
 from torch_geometric.data import Data
 
 from stages.edge_classifier import InteractionGNN, InteractionGNNConfig
+from stages.edge_classifier.gnn_model import EdgeClassifierModule
 from stages.edge_classifier.interaction_gnn import edge_weights, sector_edges, training_graph
 from tb_plugin.config import ConfigError, build
 from tb_plugin.event_store import MissingFieldError, list_event_files, load_event, save_event
@@ -271,3 +272,25 @@ def test_compiled_inference_gives_the_eager_scores(graph_folder, tmp_path):
     eager, fast = stage.event_processor(), compiled.event_processor()
     for path in list_event_files(graph_folder, "testset") + list_event_files(graph_folder, "trainset"):  # 2 sizes
         torch.testing.assert_close(fast(load_event(path), path).edge_scores, eager(load_event(path), path).edge_scores)
+
+
+def test_bf16_precision_scores_under_bfloat16_autocast(graph_folder, tmp_path, monkeypatch):
+    """precision: bf16-mixed holds at inference too: the forward runs under bfloat16 autocast (its
+    scores are close to float32's, not equal), and 32-true runs without it."""
+    stage = InteractionGNN(config(graph_folder, tmp_path / "gnn", max_epochs=1))
+    stage.train()
+    bf16 = InteractionGNN(config(graph_folder, tmp_path / "gnn", max_epochs=1, precision="bf16-mixed"))
+    path = list_event_files(graph_folder, "testset")[0]
+    autocast = []
+    forward = EdgeClassifierModule.forward
+
+    def recording(self, *args):
+        autocast.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return forward(self, *args)
+
+    monkeypatch.setattr(EdgeClassifierModule, "forward", recording)
+    full = stage.event_processor()(load_event(path), path).edge_scores
+    half = bf16.event_processor()(load_event(path), path).edge_scores
+    assert autocast == [False, True]
+    assert half.dtype == torch.float32 and not torch.equal(half, full)
+    torch.testing.assert_close(half, full, atol=0.03, rtol=0)
