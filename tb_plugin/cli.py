@@ -22,17 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tb_plugin.config import ConfigError
-from tb_plugin.event_store import EventFileError, MissingFieldError
 from tb_plugin.geometry import Detector, DetectorFormatError, UnknownModuleError
 from tb_plugin.trackml import SubmissionError, TrackMLFormatError
 
-# Problems with the user's files or configs: reported as a message, not a traceback.
+# Problems with the user's files or configs: reported as a message, not a traceback. Modules that
+# import torch (event_store and the stages) are left to `_user_errors`: importing torch and
+# torch_geometric takes about 5 s, which `tb simulate` never needs.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     DetectorFormatError,
-    EventFileError,
     FileNotFoundError,
-    MissingFieldError,
     SubmissionError,
     TrackMLFormatError,
     UnknownModuleError,
@@ -42,11 +41,21 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 def _user_errors() -> tuple[type[BaseException], ...]:
     """USER_ERRORS plus those of modules that are imported only when a command needs them."""
     from stages.data_reading.event_features import EventContentError
+    from tb_plugin.event_store import EventFileError, MissingFieldError
     from tb_plugin.pretraining.datamodule import NoTracksError
     from tb_plugin.tokenizer import GeometryMismatchError, VocabularyFileError
     from tb_plugin.training import CheckpointError
 
-    return (*USER_ERRORS, EventContentError, CheckpointError, GeometryMismatchError, NoTracksError, VocabularyFileError)
+    return (
+        *USER_ERRORS,
+        EventContentError,
+        EventFileError,
+        MissingFieldError,
+        CheckpointError,
+        GeometryMismatchError,
+        NoTracksError,
+        VocabularyFileError,
+    )
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:

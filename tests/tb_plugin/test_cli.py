@@ -1,5 +1,9 @@
 """`tb` commands from the command line (in-process): arguments that depend on each other."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 from tb_plugin.cli import main
 from tb_plugin.trackml import event_prefix, list_events, write_event
 
@@ -32,3 +36,15 @@ def test_events_is_still_required_without_a_replay(tmp_path, capsys):
         "only a replay (--particles FILE) defaults to one event\n"
     )
     assert not (tmp_path / "sim").exists()
+
+
+def test_simulate_does_not_import_torch():
+    """`tb simulate` needs numpy and pandas only; importing torch and torch_geometric would add
+    about 5 s to every run (measured on the 2-core dev machine), more than simulating a few events."""
+    code = (
+        "import sys; from tb_plugin.cli import build_parser; import tb_plugin.simulation; "
+        "print(sorted(m for m in ('torch', 'torch_geometric') if m in sys.modules))"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
+    assert out.stdout.strip() == "[]"
