@@ -224,8 +224,9 @@ def simulate_dataset(
             prefixes.append(_simulate_and_write(config, detector, event_id, replay, out_dir))
             bar.update()
     else:
-        # Forked workers need no import guard in the caller's script (spawned ones would). Each gets
-        # the detector once, so its lookup tables are built once per worker, not once per event.
+        # Forked workers need no import guard in the caller's script (spawned ones would), and they
+        # inherit the detector and its lookup tables, built here once rather than once per worker.
+        layer_map(detector)
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(
             max_workers=workers,

@@ -281,19 +281,31 @@ def cylinder_crossings(helix: Helix, radius: np.ndarray, z_lo: np.ndarray, z_hi:
     return best / helix.sin_theta[:, None]
 
 
-def disk_crossings(helix: Helix, z: np.ndarray, r_lo: np.ndarray, r_hi: np.ndarray) -> np.ndarray:
-    """Path length (3D, mm) to the crossing of each plane z = const [N, D] within r_lo..r_hi, else inf."""
+def disk_crossings(
+    helix: Helix, z: np.ndarray, r_lo: np.ndarray, r_hi: np.ndarray, before: np.ndarray | None = None
+) -> np.ndarray:
+    """Path length (3D, mm) to the crossing of each plane z = const [N, D] within r_lo..r_hi, else inf.
+
+    ``before`` [N]: a path length already reached on another surface; planes at or beyond it are
+    reported as inf without computing their radius (the sine below is most of the cost), which
+    cannot change the nearest surface.
+    """
     dz = helix.direction[:, 2:3]  # [N, 1]
     with np.errstate(divide="ignore", invalid="ignore"):
         s = (z[None, :] - helix.position[:, 2:3]) / dz  # [N, D]
     ahead = np.isfinite(s) & (s > 1e-6)
+    if before is not None:
+        ahead &= s < before[:, None]
     # Radius on the circle: r^2 = d^2 + 1/omega^2 + 2 (d / omega) sin(psi - alpha).
-    d, alpha, _ = (a[:, None] for a in helix.circle())
-    omega = helix.omega[:, None]
-    psi = helix.phi0[:, None] + omega * np.where(ahead, s, 0.0) * helix.sin_theta[:, None]  # [N, D]
+    row, disk = np.nonzero(ahead)
+    d, alpha, _ = (a[row] for a in helix.circle())
+    omega = helix.omega[row]
+    psi = helix.phi0[row] + omega * s[row, disk] * helix.sin_theta[row]
     r2 = d * d + 1.0 / (omega * omega) + 2.0 * d / omega * np.sin(psi - alpha)
-    ok = ahead & (r2 >= (r_lo**2)[None, :]) & (r2 <= (r_hi**2)[None, :])
-    return np.where(ok, s, np.inf)
+    ok = (r2 >= r_lo[disk] ** 2) & (r2 <= r_hi[disk] ** 2)
+    out = np.full(s.shape, np.inf)
+    out[row[ok], disk[ok]] = s[row[ok], disk[ok]]
+    return out
 
 
 # ---------------------------------------------------------------------------- propagation
@@ -394,13 +406,9 @@ def propagate(
             break
         pt = p_abs * np.hypot(direction[:, 0], direction[:, 1])
         helix = Helix(position, direction, curvature(q, pt, options.b_field))
-        s_all = np.concatenate(
-            [
-                cylinder_crossings(helix, surfaces.cyl_radius, surfaces.cyl_z_lo, surfaces.cyl_z_hi),
-                disk_crossings(helix, surfaces.disk_z, surfaces.disk_r_lo, surfaces.disk_r_hi),
-            ],
-            axis=1,
-        )  # [A, C + D]
+        s_cyl = cylinder_crossings(helix, surfaces.cyl_radius, surfaces.cyl_z_lo, surfaces.cyl_z_hi)
+        s_disk = disk_crossings(helix, surfaces.disk_z, surfaces.disk_r_lo, surfaces.disk_r_hi, s_cyl.min(axis=1))
+        s_all = np.concatenate([s_cyl, s_disk], axis=1)  # [A, C + D]
         nearest = np.argmin(s_all, axis=1)  # [A]
         s_next = s_all[np.arange(len(index)), nearest]
         angle = turned + np.abs(helix.omega) * s_next * helix.sin_theta
