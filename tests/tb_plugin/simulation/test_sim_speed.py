@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tb_plugin.geometry import Detector
+from tb_plugin.simulation.event import module_order
 from tb_plugin.simulation.propagation import (
     Helix,
     _SearchSurfaces,
@@ -69,3 +70,17 @@ def test_a_bound_from_the_cylinders_keeps_the_nearest_surface(helices_and_surfac
     full, bounded = np.concatenate([s_cyl, expected], axis=1), np.concatenate([s_cyl, got], axis=1)
     np.testing.assert_array_equal(np.argmin(bounded, axis=1), np.argmin(full, axis=1))
     assert (np.argmin(full, axis=1) >= s_cyl.shape[1]).mean() > 0.05  # some particles go to a disk next
+
+
+@pytest.mark.parametrize(
+    ("n_modules", "repeated"), [(1, False), (3, False), (18_728, False), (18_728, True), (10**15, False)]
+)
+def test_module_order_is_lexsort(n_modules, repeated):
+    """Distinct keys take the fast path; a repeated (module, tiebreak) pair, or modules so large that
+    module + tiebreak rounds keys together, take lexsort's."""
+    rng = np.random.default_rng(n_modules % 1000)
+    module = rng.integers(0, n_modules, 50_000)
+    tiebreak = rng.random(50_000)
+    if repeated:  # equal pairs: lexsort orders them by position
+        tiebreak[:10], module[:10] = tiebreak[10:20], module[10:20]
+    np.testing.assert_array_equal(module_order(module, tiebreak), np.lexsort((tiebreak, module)))
