@@ -423,8 +423,8 @@ def write_event(prefix: str | os.PathLike, *, compress: bool = False, **frames: 
     All frames are checked before the first file is written, so a bad frame leaves the folder
     untouched. Each file is written atomically. A part written with the other compression is removed
     afterwards, so the event never holds two versions of one part. Floats are written with the
-    shortest text that reads back to the identical float32 value; the text is the one
-    ``DataFrame.to_csv`` writes, made about four times faster by `tb_plugin.csv_text`.
+    shortest text that reads back to the identical float32 value: the bytes ``DataFrame.to_csv``
+    writes, built by `tb_plugin.csv_text` in about a third of its time (benchmarks/README.md).
     """
     suffix = ".csv.gz" if compress else ".csv"
     targets = {part: Path(f"{os.fspath(prefix)}-{part}{suffix}") for part in frames}
