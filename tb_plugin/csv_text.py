@@ -1,10 +1,10 @@
 """CSV text of numeric columns, built with numpy instead of one Python string per value.
 
-Why: ``DataFrame.to_csv`` formats each float32 with numpy's Dragon4 (about 0.5 us a value) and then
-joins the fields row by row in Python; a pile-up-200 event has about 1.7 million floats, so writing
-it took longer than simulating it. Here every field is laid out as bytes in a fixed-width matrix
-(unused cells hold the byte 0), the fields and separators of a row are placed side by side, and the
-0 bytes are dropped in one pass, which leaves the CSV text.
+Why: ``DataFrame.to_csv`` formats each float32 with numpy's Dragon4, one value at a time, and then
+joins the fields row by row in Python; a pile-up-200 event has about 1.4 million floats, and writing
+it took twice as long as simulating it (benchmarks/README.md). Here every field is laid out as bytes
+in a fixed-width matrix (unused cells hold the byte 0), the fields and separators of a row are
+placed side by side, and the 0 bytes are dropped in one pass, which leaves the CSV text.
 
 The text is the same as pandas writes for the same typed columns: integers in decimal, and each
 float32 as numpy's ``astype(str)`` writes it, the shortest decimal that reads back as the same
