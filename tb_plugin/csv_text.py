@@ -80,8 +80,9 @@ def _shortest_digits(values: np.ndarray, magnitude: np.ndarray) -> tuple[np.ndar
 
     Reading back as v means lying closer to v than half the gap to its float32 neighbours (a
     decimal exactly half-way is left to numpy). Once a digit count reads back, every larger one
-    does, so the counts are tried downwards from 8 (most simulated values need 7 or 8), each on the
-    values that still read back, and a value that needs more than 8 takes 9.
+    does, so 7 digits are tried first (most simulated values need 7 or 8), then more digits for the
+    values they do not fit and fewer for those they do, each count on the values still unsettled.
+    The answer is certain when both its count and the count next to it were decided beyond doubt.
     """
     bits = values.view(np.uint32)
     sure = np.isfinite(magnitude) & (magnitude >= 10.0**_EXP_MIN) & (magnitude < 10.0**_EXP_MAX)
@@ -92,17 +93,21 @@ def _shortest_digits(values: np.ndarray, magnitude: np.ndarray) -> tuple[np.ndar
     lead = np.floor(np.log10(safe)).astype(np.int64)  # power of ten of the first digit
     lead += (safe >= _pow10(lead + 1)).astype(np.int64) - (safe < _pow10(lead)).astype(np.int64)
 
-    digits, reads_back, certain = _nearest_decimal(safe, lead, 8, half_gap)
-    n_digits = np.full(len(safe), 8)
-    doubt = ~certain  # the last answer that placed the value may be wrong
-    longer = np.flatnonzero(~reads_back)
-    nine, reads_back_nine, certain = _nearest_decimal(safe[longer], lead[longer], 9, half_gap[longer])
-    digits[longer], n_digits[longer] = nine, 9
-    sure[longer] &= ~doubt[longer] & certain & reads_back_nine
-    shorter = np.flatnonzero(reads_back)
-    for count in range(7, 0, -1):  # a count that surely reads back clears the doubt about larger ones
+    digits, reads_back, certain = _nearest_decimal(safe, lead, 7, half_gap)
+    n_digits = np.full(len(safe), 7)
+    doubt = ~certain  # the answer at the count tried last for each value may be wrong
+    shorter, longer = np.flatnonzero(reads_back), np.flatnonzero(~reads_back)
+    for count in (8, 9):  # upwards: the first count that reads back is the answer
+        more, reads_back, certain = _nearest_decimal(safe[longer], lead[longer], count, half_gap[longer])
+        done = longer[reads_back]
+        digits[done], n_digits[done] = more[reads_back], count
+        sure[done] &= ~doubt[done] & certain[reads_back]
+        longer = longer[~reads_back]
+        doubt[longer] = ~certain[~reads_back]
+    sure[longer] = False  # nine digits always read back; if arithmetic says otherwise, numpy decides
+    for count in range(6, 0, -1):  # downwards: the last count that reads back is the answer
         fewer, reads_back, certain = _nearest_decimal(safe[shorter], lead[shorter], count, half_gap[shorter])
-        done = shorter[~reads_back]  # count + 1 digits is the answer
+        done = shorter[~reads_back]
         sure[done] &= ~doubt[done] & certain[~reads_back]
         shorter = shorter[reads_back]
         doubt[shorter] = ~certain[reads_back]
