@@ -43,6 +43,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from stages.data_reading.event_features import EventContentError
     from tb_plugin.event_store import EventFileError, MissingFieldError
     from tb_plugin.pretraining.datamodule import NoTracksError
+    from tb_plugin.stage import NoTruthError
     from tb_plugin.tokenizer import GeometryMismatchError, VocabularyFileError
     from tb_plugin.training import CheckpointError
 
@@ -51,6 +52,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         EventContentError,
         EventFileError,
         MissingFieldError,
+        NoTruthError,
         CheckpointError,
         GeometryMismatchError,
         NoTracksError,
@@ -104,6 +106,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not stage.trainable:
         raise ConfigError(
             f"{args.config}: stage '{stage.config.stage}' model '{stage.config.model}' has nothing to train; use 'tb infer'"
+        )
+    if stage.trained_elsewhere:
+        raise ConfigError(
+            f"{args.config}: key 'trained_stage_dir' makes this stage infer with the artifacts of "
+            f"{stage.trained_dir}; remove it to train into {stage.stage_dir}, or use 'tb infer'"
         )
     stage.train(checkpoint=Path(args.checkpoint) if args.checkpoint else None)
 

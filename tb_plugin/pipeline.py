@@ -23,7 +23,7 @@ from typing import Any
 
 from tb_plugin.config import ConfigError, build, load_yaml, unknown_key_message
 from tb_plugin.registry import resolve
-from tb_plugin.stage import Stage
+from tb_plugin.stage import NoTruthError, Stage
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,13 @@ def load_pipeline(path: str | Path) -> list[PipelineEntry]:
 
 
 def run_stage(stage: Stage, overwrite: bool = False) -> dict[str, Any]:
-    """Train (where the stage trains), infer, then evaluate one stage; returns its metrics."""
+    """Train (where the stage trains, unless it uses another run's artifacts: trained_stage_dir), infer,
+    then evaluate one stage; returns its metrics, {} for events without truth (real data), whose
+    evaluation is skipped with one line so that the next stage still runs."""
     name = f"{stage.config.stage}/{stage.config.model}"
-    if stage.trainable:
+    if stage.trained_elsewhere:
+        log.info("[%s] not trained here: inference uses the artifacts of %s", name, stage.trained_dir)
+    elif stage.trainable:
         log.info("[%s] train", name)
         stage.train()
     log.info("[%s] infer -> %s", name, stage.stage_dir)
@@ -93,7 +97,11 @@ def run_stage(stage: Stage, overwrite: bool = False) -> dict[str, Any]:
     stage.infer(overwrite=overwrite)
     log.info("[%s] infer took %.1f s", name, time.perf_counter() - start)
     log.info("[%s] eval", name)
-    return stage.evaluate()
+    try:
+        return stage.evaluate()
+    except NoTruthError as err:
+        log.warning("[%s] eval skipped: %s", name, err)
+        return {}
 
 
 def run_pipeline(path: str | Path, overwrite: bool = False) -> list[dict[str, Any]]:

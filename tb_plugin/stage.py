@@ -54,6 +54,25 @@ class StageConfig:
                 )
 
 
+@dataclass(kw_only=True)
+class TrainedArtifactsConfig:
+    """The key of the stages that can infer with artifacts trained in another run (mixed into their
+    config dataclass). A trained pipeline applied to new events (real TrackML files after `make demo`)
+    must read the training run's checkpoints and cuts but write its events elsewhere: in the training
+    stage_dir they would mix with the training run's own splits, and its stale-split checks would
+    refuse them."""
+
+    # The stage_dir of a finished training run of this stage (e.g. runs/demo/filter): infer and eval
+    # read its artifacts/ and write to stage_dir; `tb train` is refused and `tb run` does not train.
+    # null = stage_dir's own artifacts/ (train writes them there).
+    trained_stage_dir: Path | None = None
+
+
+class NoTruthError(ValueError):
+    """Evaluation of events without truth (real data): nothing to compare with. `tb eval` prints it in
+    one line; `tb run` logs it and goes on with the next stage, whose inference needs no truth."""
+
+
 EventProcessor = Callable[[Data, Path], Data]
 """Adds one stage's fields to one in-memory event; the Path names the event's source, for messages."""
 
@@ -72,6 +91,20 @@ class Stage:
     @property
     def stage_dir(self) -> Path:
         return Path(self.config.stage_dir)
+
+    @property
+    def trained_elsewhere(self) -> bool:
+        """The config names another run's trained artifacts (TrainedArtifactsConfig): infer only."""
+        config = self.config
+        return isinstance(config, TrainedArtifactsConfig) and config.trained_stage_dir is not None
+
+    @property
+    def trained_dir(self) -> Path:
+        """The stage_dir whose artifacts/ inference reads: trained_stage_dir when set, else stage_dir."""
+        config = self.config
+        if isinstance(config, TrainedArtifactsConfig) and config.trained_stage_dir is not None:
+            return Path(config.trained_stage_dir)
+        return self.stage_dir
 
     def train(self, checkpoint: Path | None = None) -> None:
         raise NotImplementedError(f"stage '{self.config.stage}' model '{self.config.model}' does not train")

@@ -114,3 +114,18 @@ def test_a_gpu_stage_gets_an_optimizer_its_trainer_can_clip(stage, tmp_path, mon
         optimizer, gradient_clip_val=trainer.gradient_clip_val, gradient_clip_algorithm=trainer.gradient_clip_algorithm
     )
     assert optimizer.defaults["fused"] is not bool(config.gradient_clip_val)  # fused (faster) where nothing clips
+
+
+def test_demo_on_real_infers_with_every_trained_stage_of_the_demo():
+    """configs/pipelines/demo_on_real.yaml: each stage that learns reads the artifacts of the same
+    model in the demo (demo_baseline.yaml's stage_dir), so nothing is trained on the real events, and
+    every output goes outside the demo's folders, which stay as `make demo` left them."""
+    demo = [stage_from_mapping(e.values, e.source) for e in load_pipeline(CONFIGS / "pipelines" / "demo_baseline.yaml")]
+    real = [stage_from_mapping(e.values, e.source) for e in load_pipeline(CONFIGS / "pipelines" / "demo_on_real.yaml")]
+    assert [s.config.model for s in real] == [s.config.model for s in demo]
+    demo_dirs = {s.stage_dir for s in demo}
+    for trained, applied in zip(demo, real):
+        assert applied.stage_dir not in demo_dirs, applied.config.model
+        if trained.trainable:
+            assert applied.trained_elsewhere and applied.trained_dir == trained.stage_dir, applied.config.model
+    assert real[0].config.input_dir == load_stage(CONFIGS / "data_reading" / "trackml_real.yaml").config.input_dir

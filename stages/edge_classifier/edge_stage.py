@@ -69,7 +69,7 @@ from tb_plugin.conditions import Condition, parse_conditions
 from tb_plugin.config import ConfigError
 from tb_plugin.event_store import list_event_files, load_event, require_field
 from tb_plugin.pretraining.metrics import roc_auc, roc_curve
-from tb_plugin.stage import EventProcessor, Stage, StageConfig
+from tb_plugin.stage import EventProcessor, NoTruthError, Stage, StageConfig, TrainedArtifactsConfig
 from tb_plugin.training import (
     CheckpointError,
     RestoresRandomState,
@@ -126,7 +126,7 @@ class TargetEfficiency:
 
 
 @dataclass(kw_only=True)
-class EdgeClassifierConfig(StageConfig, TrainerConfig):
+class EdgeClassifierConfig(StageConfig, TrainerConfig, TrainedArtifactsConfig):
     """The keys both edge classifiers understand (ACORN names); subclasses add their model's keys."""
 
     input_dir: Path = field()  # graphs with edge_index, edge_y, track_to_edge_map (graph construction's stage_dir)
@@ -437,7 +437,7 @@ class EdgeClassifierStage(Stage):
 
     @property
     def artifacts(self) -> Path:
-        return self.stage_dir / "artifacts"
+        return self.trained_dir / "artifacts"
 
     def feature_dims(self, files: list[Path]) -> tuple[int, int]:
         """(node_dim, edge_dim) read off the first event, so [N, D] features size the model themselves."""
@@ -500,7 +500,7 @@ class EdgeClassifierStage(Stage):
 
     def trained(self) -> EdgeClassifierModule:
         """The best checkpoint (else the last), in eval mode; refuses a checkpoint of the other network."""
-        path = trained_checkpoint(self.stage_dir, self.config.model)
+        path = trained_checkpoint(self.trained_dir, self.config.model)
         module = load_module(EdgeClassifierModule, path)
         found = module.hparams.get("architecture", "InteractionNetwork")
         if found != self.architecture:
@@ -576,8 +576,20 @@ class EdgeClassifierStage(Stage):
         if not isinstance(self.config.edge_cut, TargetEfficiency):
             return float(self.config.edge_cut)
         if self._cut_record is None:
-            self._cut_record = self.saved_cut() or self.choose_cut(module)
+            self._cut_record = self.saved_cut() or self.cut_chosen_here(module)
         return float(self._cut_record["edge_cut"])
+
+    def cut_chosen_here(self, module: EdgeClassifierModule | None = None) -> dict[str, Any]:
+        """choose_cut, unless the stage infers with another run's artifacts (trained_stage_dir): that
+        run's cut is the one its checkpoint was tuned with, the new input may have no truth to choose
+        one on, and the training run's folder is not written to."""
+        if self.trained_elsewhere:
+            raise FileNotFoundError(
+                f"key 'trained_stage_dir': {self.edge_cut_path} is missing or stale (another target_efficiency "
+                f"or a newer checkpoint); run 'tb infer' on the training run's config to choose the cut there, "
+                f"or give edge_cut as a number"
+            )
+        return self.choose_cut(module)
 
     def saved_cut(self) -> dict[str, Any] | None:
         """edge_cut.json if it belongs to this target and to the checkpoint inference loads, else None."""
@@ -589,7 +601,7 @@ class EdgeClassifierStage(Stage):
         except (OSError, ValueError) as err:
             log.warning("%s unreadable (%s): the cut is chosen again", path, err)
             return None
-        checkpoint = trained_checkpoint(self.stage_dir, self.config.model)
+        checkpoint = trained_checkpoint(self.trained_dir, self.config.model)
         stale = (
             not isinstance(record, dict)
             or record.get("checkpoint") != checkpoint.name
@@ -631,7 +643,7 @@ class EdgeClassifierStage(Stage):
             "target_efficiency": efficiency,
             "valset_events": len(files),
             "n_target_edges": int(len(target_scores)),
-            "checkpoint": trained_checkpoint(self.stage_dir, self.config.model).name,
+            "checkpoint": trained_checkpoint(self.trained_dir, self.config.model).name,
         }
         write_text(self.edge_cut_path, json.dumps(record, indent=2) + "\n")
         print(
@@ -682,6 +694,10 @@ class EdgeClassifierStage(Stage):
         scores, edge_y, edge_target, kept [E]; truth_in_graph, truth_kept, truth_pt_gev, truth_eta per
         target truth edge; counts: GraphCounts of all, target, and target truth edges in the graph.
         """
+        if "track_to_edge_map" not in data:  # graph construction sets it only where the event has truth
+            raise NoTruthError(
+                f"{source}: no truth (track_to_edge_map; the events were read without truth): nothing to evaluate"
+            )
         if scores is None:
             scores = require_field(data, SCORES_FIELD, source).float().numpy()  # [E]
         edge_y = require_field(data, "edge_y", source).bool().numpy()  # [E]

@@ -56,7 +56,7 @@ from stages.graph_metrics import target_conditions, target_truth_mask
 from tb_plugin.atomic import atomic_path
 from tb_plugin.config import build
 from tb_plugin.event_store import list_event_files, load_event, require_field
-from tb_plugin.stage import StageConfig
+from tb_plugin.stage import StageConfig, TrainedArtifactsConfig
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class PairPriorConfig:
 
 
 @dataclass(kw_only=True)
-class ModuleMapConfig(StageConfig):
+class ModuleMapConfig(StageConfig, TrainedArtifactsConfig):
     # The feature store (data reading or tracking_bert output) with hit_module_index and track_edges.
     input_dir: Path = field()
     # ACORN conditions on the truth edges that teach the map (pT in MeV); {} = all truth edges.
@@ -604,7 +604,7 @@ class ModuleMap(GraphBuilderStage):
 
     @property
     def map_file(self) -> Path:
-        return self.stage_dir / "artifacts" / MAP_FILE
+        return self.trained_dir / "artifacts" / MAP_FILE
 
     def train(self, checkpoint: Path | None = None) -> None:
         """Learn the map from the trainset truth; a rerun rebuilds it (it is deterministic and fast)."""

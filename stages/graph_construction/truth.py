@@ -31,7 +31,7 @@ from tqdm import tqdm
 from stages.graph_metrics import GraphEvaluation
 from tb_plugin.atomic import atomic_path
 from tb_plugin.event_store import list_event_files, load_event
-from tb_plugin.stage import EventProcessor, Stage
+from tb_plugin.stage import EventProcessor, NoTruthError, Stage
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class GraphBuilderStage(Stage):
                 continue
             evaluation.add(data, str(path))
         if skipped == len(files):
-            raise ValueError(
+            raise NoTruthError(
                 f"none of the {len(files)} events in {self.stage_dir / split} has truth (track_edges): nothing to evaluate"
             )
         metrics = {"dataset": split, "events_without_truth": skipped, **evaluation.metrics()}

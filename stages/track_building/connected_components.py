@@ -99,7 +99,7 @@ from tb_plugin.event_store import (
     require_field,
     save_event,
 )
-from tb_plugin.stage import EventProcessor, Stage, StageConfig
+from tb_plugin.stage import EventProcessor, NoTruthError, Stage, StageConfig
 from tb_plugin.trackml import score_event
 
 log = logging.getLogger(__name__)
@@ -628,7 +628,7 @@ class TrackBuilder(Stage):
             if matches.trackml_score is not None:
                 scores.append(matches.trackml_score)
         if without_truth == len(files):
-            raise ValueError(
+            raise NoTruthError(
                 f"none of the {len(files)} events in {self.stage_dir / split} has truth "
                 "(hit_particle_id, or track_edges with track_particle_id): nothing to evaluate"
             )
