@@ -3,7 +3,9 @@ configs/pipelines/demo_on_real.yaml does with the demo's artifacts and real Trac
 simulated events: the stages infer with the training run's artifacts, write only into their own
 stage_dir, train nothing, and their evaluations say "no truth" instead of stopping the pipeline."""
 
+import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from tb_plugin.pipeline import load_stage, run_pipeline
 from tests.conftest import simulated_feature_store
 
 SPLIT = [3, 1, 1]
-TRAINED = ("module_map", "filter", "gnn")  # the stages that learn, in order
+TRAINED = ("module_map", "filter", "edge_classifier")  # the stages that learn (the demo's folder names)
 
 
 def stage_configs(store: Path) -> dict[str, dict]:
@@ -30,8 +32,14 @@ def stage_configs(store: Path) -> dict[str, dict]:
             "window_tracks": {},
         },
         "filter": {"stage": "edge_classifier", "model": "Filter", "hidden": 8, "nb_layer": 2, **edge},
-        "gnn": {"stage": "edge_classifier", "model": "InteractionGNN", "hidden": 8, "n_graph_iters": 1, **edge},
-        "cc": {"stage": "track_building", "model": "ConnectedComponents", "score_cut": 0.0},
+        "edge_classifier": {
+            "stage": "edge_classifier",
+            "model": "InteractionGNN",
+            "hidden": 8,
+            "n_graph_iters": 1,
+            **edge,
+        },
+        "track_building": {"stage": "track_building", "model": "ConnectedComponents", "score_cut": 0.0},
     }
 
 
@@ -85,25 +93,37 @@ def trained_event(root: Path, stage: str, name: str):
     return next(load_event(p) for s in SPLITS for p in list_event_files(root / "trained" / stage, s) if p.name == name)
 
 
-def test_a_trained_pipeline_runs_on_events_without_truth(runs):
+@pytest.fixture(scope="module")
+def applied(runs) -> tuple[list[dict], dict[str, int], dict[str, int]]:
+    """The trained pipeline run on the truthless store into root/new: (its metrics, the training run's
+    files before, and after)."""
     before = tree(runs / "trained")
     new = runs / "new"
-    pipeline = write_pipeline(runs / "apply.yaml", chain(new, new / "store", trained=runs / "trained"))
-    metrics = run_pipeline(pipeline)
+    metrics = run_pipeline(write_pipeline(runs / "apply.yaml", chain(new, new / "store", trained=runs / "trained")))
+    return metrics, before, tree(runs / "trained")
+
+
+def test_a_trained_pipeline_runs_on_events_without_truth(runs, applied):
+    metrics, before, after = applied
+    new = runs / "new"
     assert metrics == [{}, {}, {}, {}]  # every evaluation skipped: no truth
-    assert tree(runs / "trained") == before  # nothing trained, chosen or written there
-    for name in (*TRAINED, "cc"):
+    assert after == before  # nothing trained, chosen or written in the training run
+    for name in (*TRAINED, "track_building"):
         assert not (new / name / "artifacts").exists(), name
     # the same hits through the same artifacts: the training run's graphs, scores and tracks exactly
-    for path in list_event_files(new / "cc", "testset"):
+    for path in list_event_files(new / "track_building", "testset"):
         ours = load_event(path)
         assert "track_edges" not in ours
-        for stage, field in (("filter", "edge_scores"), ("gnn", "edge_scores"), ("cc", "hit_track_labels")):
+        for stage, field in (
+            ("filter", "edge_scores"),
+            ("edge_classifier", "edge_scores"),
+            ("track_building", "hit_track_labels"),
+        ):
             theirs = trained_event(runs, stage, path.name)
             mine = load_event(new / stage / "testset" / path.name)
             assert torch.equal(mine.edge_index, theirs.edge_index), (stage, path.name)
             assert torch.equal(mine[field], theirs[field]), (stage, path.name)
-    assert len(list_event_files(new / "cc", "testset")) == sum(SPLIT)
+    assert len(list_event_files(new / "track_building", "testset")) == sum(SPLIT)
 
 
 def test_train_is_refused_and_eval_says_no_truth(runs, run_tb):
@@ -147,3 +167,24 @@ def test_only_stages_with_artifacts_take_the_key(tmp_path):
     assert not load_stage_values(tmp_path / "gnn.yaml", gnn).trained_elsewhere
     stage = load_stage_values(tmp_path / "gnn.yaml", {**gnn, "trained_stage_dir": str(tmp_path / "t")})
     assert stage.trained_elsewhere and stage.trained_dir == tmp_path / "t"
+
+
+def test_the_summary_counts_what_the_run_wrote(runs, applied, capsys):
+    """benchmarks/demo_on_real.py on the run above: its counts are the files' own."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import demo_on_real
+
+    assert demo_on_real.main(["--real", str(runs / "new"), "--demo", str(runs / "trained")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert len(summary["events"]) == sum(SPLIT)
+    lengths = []
+    for event in summary["events"]:
+        path = runs / "new" / "track_building" / "testset" / event["event"]
+        labels = load_event(path).hit_track_labels
+        scored = load_event(runs / "new" / "edge_classifier" / "testset" / event["event"])
+        assert event["module_map_edges"] == load_event(runs / "new" / "module_map" / "testset" / path.name).num_edges
+        assert event["gnn_edges_above_cut"] == int((scored.edge_scores > 0.5).sum())
+        assert event["track_candidates"] == len(labels[labels >= 0].unique())
+        lengths += labels[labels >= 0].unique(return_counts=True)[1].tolist()
+    assert sum(summary["track_length_counts"].values()) == len(lengths) > 0
+    assert 0.0 < summary["hit_coverage"] <= 1.0
