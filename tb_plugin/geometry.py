@@ -439,6 +439,11 @@ def artifact_applies(source: str, geometry_hash: str, ids_hash: str | None, dete
     return True
 
 
+def refusal_reason(ids_hash: str | None) -> str:
+    """Why ``artifact_applies`` refused an artifact saved with this ids hash, for its error message."""
+    return "other module ids" if ids_hash else "no module-ids hash recorded (saved before they were)"
+
+
 # ---------------------------------------------------------------------- csv checks
 
 

@@ -101,10 +101,7 @@ class Stage:
     @property
     def trained_dir(self) -> Path:
         """The stage_dir whose artifacts/ inference reads: trained_stage_dir when set, else stage_dir."""
-        config = self.config
-        if isinstance(config, TrainedArtifactsConfig) and config.trained_stage_dir is not None:
-            return Path(config.trained_stage_dir)
-        return self.stage_dir
+        return Path(self.config.trained_stage_dir) if self.trained_elsewhere else self.stage_dir
 
     def train(self, checkpoint: Path | None = None) -> None:
         raise NotImplementedError(f"stage '{self.config.stage}' model '{self.config.model}' does not train")

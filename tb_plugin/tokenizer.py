@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tb_plugin.atomic import write_text
-from tb_plugin.geometry import Detector, artifact_applies
+from tb_plugin.geometry import Detector, artifact_applies, refusal_reason
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(len(SPECIAL_TOKENS))
@@ -122,7 +122,7 @@ class ModuleTokenizer:
 def check_geometry(saved_hash: str, saved_ids_hash: str | None, detector: Detector, source: str) -> None:
     """Refuse a vocabulary whose module ids differ from the data detector's (see artifact_applies)."""
     if not artifact_applies(source, saved_hash, saved_ids_hash, detector):
-        ids = "other module ids" if saved_ids_hash else "no module-ids hash recorded (an older vocabulary)"
+        ids = refusal_reason(saved_ids_hash)
         raise GeometryMismatchError(
             f"{source} was built on detector geometry {saved_hash[:12]}… ({ids}), but the data uses geometry "
             f"{detector.geometry_hash()[:12]}…: its token ids would point at other modules. Retrain on this "

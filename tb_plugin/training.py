@@ -73,8 +73,9 @@ def inference_device(accelerator: str) -> torch.device:
 def inference_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The autocast that inference runs under for a stage trained with `precision`: bfloat16 for the bf16
     precisions (Lightning's bf16-mixed autocasts the same way in training), float16 for 16-mixed on a
-    GPU, else none. Why at inference too: a CPU with native bf16 (AVX512-BF16, AMX) runs the pile-up-200
-    GNN forward 2.7x faster in it (benchmarks/README.md), with the scores of the model as trained."""
+    GPU, else none. Why at inference too: a CPU with native bf16 (AVX512-BF16, AMX) runs the GNN forward
+    of a pile-up-200-sized graph 2.6-2.8x faster in it (benchmarks/README.md); the scores are close to
+    float32's, not equal, and the cut chosen on the valset is chosen under the same autocast."""
     if precision.startswith("bf16"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if precision == "16-mixed" and device.type == "cuda":

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from stages.graph_construction.module_map import PAIR_SHIFT, PairPriorConfig, doublet_values
-from tb_plugin.geometry import Detector, artifact_applies, detector_for
+from tb_plugin.geometry import Detector, artifact_applies, detector_for, refusal_reason
 from tb_plugin.injection import MODULE_TABLE_FILE, load_module_table
 
 __all__ = [
@@ -246,7 +246,7 @@ def load_prior_table(path: Path, detector: Detector, folder: str | Path) -> tupl
     the same module ids (artifact_applies); errors are one line naming the file."""
     table = load_module_table(path)
     if not artifact_applies(str(path), table.geometry_hash, table.ids_hash, detector):
-        ids = "other module ids" if table.ids_hash else "no module-ids hash recorded"
+        ids = refusal_reason(table.ids_hash)
         raise ValueError(
             f"{path}: module table built for geometry {table.geometry_hash[:12]} ({ids}), but {folder} holds "
             f"geometry {detector.geometry_hash()[:12]}; use the table of a tracking_bert stage trained on this detector"

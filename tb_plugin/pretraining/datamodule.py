@@ -102,9 +102,14 @@ def trim_to_longest(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:, :length] if v.dim() == 2 and v.shape[1] == full else v for k, v in batch.items()}  # [B, l]
 
 
+def stack_rows(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The dataset rows of one batch, stacked field by field: [B, ...]."""
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 def collate_pairs(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack the rows of a batch and trim it to its longest pair (evaluation batches)."""
-    return trim_to_longest({k: torch.stack([r[k] for r in rows]) for k in rows[0]})
+    return trim_to_longest(stack_rows(rows))
 
 
 class TrainingMasker:
@@ -115,7 +120,7 @@ class TrainingMasker:
         self.rate, self.vocab_size = rate, vocab_size
 
     def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+        batch = stack_rows(rows)
         batch["input_ids"], batch["mdm_labels"] = mask_for_training(
             batch["input_ids"], batch["hit_position"], self.rate, self.vocab_size
         )

@@ -68,7 +68,8 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
     max_epochs: int = 10
     gradient_clip_val: float = 1.0
     # torch.compile the training step's model and losses; null: on when training runs on a CUDA GPU, where
-    # the launch-bound small model gains from it, off on the CPU, where it measured slower (benchmarks/README.md)
+    # the launch-bound small model should gain from it (unmeasured), off on the CPU, where it measured no
+    # faster (benchmarks/README.md)
     compile_training: bool | None = None
     # trainer keys (accelerator, devices, strategy, precision, ...): TrainerConfig
     # inference

@@ -13,10 +13,10 @@ def fake_stage(values: dict, source: str, log_path: str) -> float:
     if folder.name == "broken":
         raise ValueError(f"{source}: broken stage")
     start = time.time()
-    time.sleep(0.3)
+    time.sleep(1.0)  # long beside worker start-up, so the overlap test below cannot race it
     folder.mkdir(parents=True)
     (folder / "span.json").write_text(json.dumps([start, time.time()]))
-    return 0.3
+    return 1.0
 
 
 def span(folder: Path) -> list[float]:
