@@ -89,6 +89,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         options["noise_fraction"] = args.noise_fraction
     if args.vertex_sigma_z is not None:
         options["vertex_sigma_z_mm"] = args.vertex_sigma_z
+    if args.uniform_field:
+        options["b_field_half_z_mm"] = 0.0
     try:
         config = SimulationConfig(**options)
     except ValueError as err:
@@ -182,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--vertex-sigma-z",
         type=float,
         help="longitudinal vertex spread in mm (default 5.5 as in the TrackML files; 50 for the LHC luminous region)",
+    )
+    sim.add_argument(
+        "--uniform-field",
+        action="store_true",
+        help="a uniform 2 T field (default: the TrackML field, falling off towards the solenoid ends)",
     )
     sim.set_defaults(func=cmd_simulate)
 

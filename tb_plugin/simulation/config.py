@@ -10,6 +10,8 @@ import math
 import numbers
 from dataclasses import dataclass, fields
 
+from tb_plugin.simulation.field import TRACKML_FALLOFF_POWER, TRACKML_HALF_FIELD_Z_MM
+
 LHC_VERTEX_SIGMA_Z_MM = 50.0
 """Longitudinal spread (mm) of the LHC luminous region, the LHC-like alternative to TrackML's 5.5."""
 
@@ -39,7 +41,12 @@ class SimulationConfig:
     with_cells: bool = False
     """Also produce the cells part (pixel/strip channels of each hit)."""
     b_field_tesla: float = 2.0
-    """Solenoid field along +z, in tesla."""
+    """Solenoid field along +z at the centre of the detector, in tesla."""
+    b_field_half_z_mm: float = TRACKML_HALF_FIELD_Z_MM
+    """|z| (mm) where the field has fallen to half its central value, as fitted to the TrackML hits
+    (``field.SolenoidField``); 0 keeps it uniform everywhere (``tb simulate --uniform-field``)."""
+    b_field_falloff_power: float = TRACKML_FALLOFF_POWER
+    """How sharply the field falls off around ``b_field_half_z_mm``: Bz = B0 / (1 + (|z| / z_half)^n)."""
     hard_scatter: bool = True
     """Add one hard interaction (vertex_id 1, a harder and busier spectrum, like the tt-bar of TrackML)."""
     vertex_sigma_z_mm: float = 5.5
@@ -82,6 +89,8 @@ class SimulationConfig:
         _check_float("min_cos_incidence", self.min_cos_incidence, 0.0, 0.9)
         _check_float("noise_fraction", self.noise_fraction, 0.0, 0.95)
         _check_float("b_field_tesla", self.b_field_tesla, 0.01, 10.0)
+        _check_float("b_field_half_z_mm", self.b_field_half_z_mm, 0.0, 100_000.0)
+        _check_float("b_field_falloff_power", self.b_field_falloff_power, 1.0, 50.0)
         _check_float("vertex_sigma_z_mm", self.vertex_sigma_z_mm, 0.0, 500.0)
         _check_float("vertex_sigma_xy_mm", self.vertex_sigma_xy_mm, 0.0, 5.0)
         _check_float("min_pt_traced", self.min_pt_traced, 0.0, 100.0)

@@ -9,6 +9,7 @@ order as in the real files, so that hit_id order says nothing about the order al
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -20,9 +21,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from tb_plugin import trackml
+from tb_plugin.atomic import write_text
 from tb_plugin.geometry import Detector
 from tb_plugin.simulation import digitization, interactions, kinematics
 from tb_plugin.simulation.config import SimulationConfig
+from tb_plugin.simulation.field import SolenoidField
 from tb_plugin.simulation.kinematics import Particles
 from tb_plugin.simulation.propagation import PropagationOptions, layer_map, propagate
 
@@ -87,7 +90,7 @@ def trace_generations(
     """Trace generation 0, then the secondaries its interactions make, and so on until none is left."""
     layers = layer_map(detector)
     options = PropagationOptions(
-        b_field=config.b_field_tesla,
+        field=SolenoidField(config.b_field_tesla, config.b_field_half_z_mm, config.b_field_falloff_power),
         max_turns=config.max_turns,
         max_crossings=config.max_crossings,
         multiple_scattering=config.multiple_scattering,
@@ -251,7 +254,26 @@ def simulate_dataset(
                 bar.update()
             prefixes = [future.result() for future in futures]
     bar.close()
+    write_provenance(config, detector, out_dir, replay_particles)
     return prefixes
+
+
+def write_provenance(
+    config: SimulationConfig, detector: Detector, out_dir: Path, replay_particles: str | os.PathLike | None
+) -> Path:
+    """``out_dir/simulation.json``: the config, geometry and replayed file the events were made with.
+
+    Written after the events, so a folder with this file holds every event it describes.
+    """
+    record = {
+        "simulation": config.record(),
+        "geometry_hash": detector.geometry_hash(),
+        "ids_hash": detector.ids_hash(),
+        "replay_particles": None if replay_particles is None else str(replay_particles),
+    }
+    path = out_dir / "simulation.json"
+    write_text(path, json.dumps(record, indent=2) + "\n")
+    return path
 
 
 _WORKER_STATE: tuple = ()

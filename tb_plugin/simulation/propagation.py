@@ -1,8 +1,9 @@
 """Charged particles through the solenoid field and the module planes of the detector.
 
-A particle moves on a helix along the field (+z). The propagation goes from surface to surface: each
-layer is represented by one surface (a cylinder at the mean radius of a barrel layer, a plane at the
-mean z of an endcap disk) plus the beam pipe. For every live particle the next surface along the helix
+A particle moves on a helix along the field (+z), whose strength is taken at the middle of each step
+(``field.SolenoidField``: it falls off towards the ends of the solenoid). The propagation goes from
+surface to surface: each layer is represented by one surface (a cylinder at the mean radius of a
+barrel layer, a plane at the mean z of an endcap disk) plus the beam pipe. For every live particle the next surface along the helix
 is found in closed form; there the few modules that can be hit are looked up in a precomputed grid of
 the layer, and the exact crossing of the helix with each module plane is found by Newton's method on
 the signed distance to the plane as a function of path length. A crossing inside the module bounds is
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tb_plugin.geometry import Detector
+from tb_plugin.simulation.field import SolenoidField
 
 SILICON_X0_MM = 93.7
 LAYER_MATERIAL_FACTOR = 4.0
@@ -45,6 +47,7 @@ BEAM_PIPE_X0_FRACTION = 0.0023  # 0.8 mm of beryllium
 GRID_MARGIN_MM = 2.0  # modules are listed in grid cells within this distance of their outline
 NEWTON_WINDOW_MM = 150.0  # a module crossing further than this from the layer surface is not trusted
 SURFACE_MARGIN_MM = 10.0  # surfaces extend this far beyond the modules they stand for
+STEP_TOLERANCE_MM = 0.01  # a step is searched again in the field at its middle if that moves its end further
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,7 @@ class Helix:
         return position, direction
 
 
-def curvature(charge: np.ndarray, pt: np.ndarray, b_field: float) -> np.ndarray:
+def curvature(charge: np.ndarray, pt: np.ndarray, b_field: float | np.ndarray) -> np.ndarray:
     """Signed omega = d(phi)/d(s_T) in 1/mm: negative (clockwise) for positive charges in +z field."""
     return -charge * GEV_PER_TESLA_METRE * b_field * 1e-3 / np.maximum(pt, 1e-9)
 
@@ -337,7 +340,7 @@ class MaterialPoints:
 
 @dataclass(frozen=True)
 class PropagationOptions:
-    b_field: float
+    field: SolenoidField
     max_turns: float
     max_crossings: int
     multiple_scattering: bool
@@ -405,12 +408,7 @@ def propagate(
         if len(index) == 0:
             break
         pt = p_abs * np.hypot(direction[:, 0], direction[:, 1])
-        helix = Helix(position, direction, curvature(q, pt, options.b_field))
-        s_cyl = cylinder_crossings(helix, surfaces.cyl_radius, surfaces.cyl_z_lo, surfaces.cyl_z_hi)
-        s_disk = disk_crossings(helix, surfaces.disk_z, surfaces.disk_r_lo, surfaces.disk_r_hi, s_cyl.min(axis=1))
-        s_all = np.concatenate([s_cyl, s_disk], axis=1)  # [A, C + D]
-        nearest = np.argmin(s_all, axis=1)  # [A]
-        s_next = s_all[np.arange(len(index)), nearest]
+        helix, nearest, s_next = _step_helix(position, direction, q, pt, options.field, surfaces)
         angle = turned + np.abs(helix.omega) * s_next * helix.sin_theta
         go = np.isfinite(s_next) & (angle <= max_angle) & (surfaces.surface_id[nearest] != surfaces.boundary)
         index, helix_rows, s_next = index[go], np.flatnonzero(go), s_next[go]
@@ -462,6 +460,48 @@ def propagate(
         )
 
     return _stack_crossings(hits), _stack_material(material)
+
+
+def _next_surface(helix: Helix, surfaces: _SearchSurfaces) -> tuple[np.ndarray, np.ndarray]:
+    """Index [A] of the nearest surface ahead of each helix and the path length to it [A] (inf: none)."""
+    s_cyl = cylinder_crossings(helix, surfaces.cyl_radius, surfaces.cyl_z_lo, surfaces.cyl_z_hi)
+    s_disk = disk_crossings(helix, surfaces.disk_z, surfaces.disk_r_lo, surfaces.disk_r_hi, s_cyl.min(axis=1))
+    s_all = np.concatenate([s_cyl, s_disk], axis=1)  # [A, C + D]
+    nearest = np.argmin(s_all, axis=1)
+    return nearest, s_all[np.arange(len(nearest)), nearest]
+
+
+def _step_helix(
+    position: np.ndarray,
+    direction: np.ndarray,
+    charge: np.ndarray,
+    pt: np.ndarray,
+    field: SolenoidField,
+    surfaces: _SearchSurfaces,
+) -> tuple[Helix, np.ndarray, np.ndarray]:
+    """The helix [A] of each state up to its next surface, the surface and the path length to it.
+
+    The field is held constant over a step, so a step is a helix. Where it is not uniform, the step
+    is searched twice: first in the field where the particle is, then in the field halfway along that
+    first step (z grows linearly with path length, whatever the curvature), which is the step taken.
+    Taking the field at the start only would bend particles too much wherever it falls off, since a
+    step between two endcap disks can be 400 mm long. The second search is skipped where the two
+    curvatures would end the step less than ``STEP_TOLERANCE_MM`` apart (most central particles).
+    """
+    helix = Helix(position, direction, curvature(charge, pt, field.bz(position[:, 2])))
+    nearest, s_next = _next_surface(helix, surfaces)
+    if field.uniform:
+        return helix, nearest, s_next
+    s_done = np.where(np.isfinite(s_next), s_next, 0.0)
+    omega_mid = curvature(charge, pt, field.bz(position[:, 2] + direction[:, 2] * s_done / 2.0))
+    s_t = s_done * helix.sin_theta
+    redo = np.flatnonzero(np.abs(omega_mid - helix.omega) * s_t * s_t / 2.0 > STEP_TOLERANCE_MM)
+    if len(redo) == 0:
+        return helix, nearest, s_next
+    nearest[redo], s_next[redo] = _next_surface(Helix(position[redo], direction[redo], omega_mid[redo]), surfaces)
+    omega = helix.omega.copy()
+    omega[redo] = omega_mid[redo]
+    return Helix(position, direction, omega), nearest, s_next
 
 
 def _module_crossings(

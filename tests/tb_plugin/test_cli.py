@@ -48,3 +48,25 @@ def test_simulate_does_not_import_torch():
     repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert out.stdout.strip() == "[]"
+
+
+def test_simulate_records_its_config_and_can_keep_the_field_uniform(tmp_path):
+    """simulation.json says how the events were made; --uniform-field moves the forward hits."""
+    import json
+
+    import pandas as pd
+
+    folders = {}
+    for name, extra in (("falling", []), ("uniform", ["--uniform-field"])):
+        out = tmp_path / name
+        command = ["-q", "simulate", "--events", "1", "--pileup", "2", "--seed", "3", "--out", str(out)]
+        assert main(command + extra) == 0
+        folders[name] = out
+        record = json.loads((out / "simulation.json").read_text())
+        assert record["simulation"]["b_field_half_z_mm"] == (0.0 if extra else 2000.0)
+        assert record["simulation"]["pileup"] == 2.0 and record["simulation"]["seed"] == 3
+        assert record["geometry_hash"] and record["ids_hash"] and record["replay_particles"] is None
+    truth = {name: pd.read_csv(out / "event000001000-truth.csv") for name, out in folders.items()}
+    forward = {name: t[t["tz"].abs() > 2000] for name, t in truth.items()}
+    assert len(forward["uniform"]) > 0
+    assert not forward["falling"][["tx", "ty"]].equals(forward["uniform"][["tx", "ty"]])
