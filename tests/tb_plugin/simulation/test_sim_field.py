@@ -11,15 +11,6 @@ from tb_plugin.simulation import SimulationConfig, simulate_event
 from tb_plugin.simulation.field import SolenoidField
 from tb_plugin.simulation.propagation import GEV_PER_TESLA_METRE
 
-CLEAN = dict(
-    pileup=0.0,
-    noise_fraction=0.0,
-    hit_inefficiency=0.0,
-    multiple_scattering=False,
-    energy_loss=False,
-    secondaries=False,
-)
-
 
 @pytest.fixture(scope="module")
 def detector() -> Detector:
@@ -42,24 +33,8 @@ def test_zero_half_length_means_uniform():
     np.testing.assert_array_equal(field.bz(np.array([0.0, 1500.0, -3000.0])), [2.0, 2.0, 2.0])
 
 
-def one_particle(pt: float, eta: float, charge: int) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "particle_id": [1 << 52],
-            "vx": [0.0],
-            "vy": [0.0],
-            "vz": [0.0],
-            "px": [pt],
-            "py": [0.0],
-            "pz": [pt * np.sinh(eta)],
-            "q": [charge],
-            "nhits": [0],
-        }
-    )
-
-
-def truth_points(detector: Detector, particle: pd.DataFrame, **config) -> np.ndarray:
-    event = simulate_event(SimulationConfig(**CLEAN, **config), detector, 1, replay=particle)
+def truth_points(detector: Detector, particle: pd.DataFrame, clean: dict, **config) -> np.ndarray:
+    event = simulate_event(SimulationConfig(**clean, **config), detector, 1, replay=particle)
     truth = event["truth"].sort_values("tz", key=np.abs)
     return truth[["tx", "ty", "tz"]].to_numpy(np.float64)
 
@@ -95,24 +70,23 @@ def integrate_to(field: SolenoidField, momentum: np.ndarray, charge: int, z_targ
 
 
 @pytest.mark.parametrize("pt, eta", [(1.0, 2.0), (0.5, 2.6)])
-def test_forward_hits_follow_a_fine_integration_of_the_falling_field(detector, pt, eta):
-    particle = one_particle(pt, eta, charge=1)
-    points = truth_points(detector, particle)
+def test_forward_hits_follow_a_fine_integration_of_the_falling_field(detector, one_particle, clean, pt, eta):
+    particle = one_particle(px=pt, pz=pt * np.sinh(eta))
+    points = truth_points(detector, particle, clean)
     assert len(points) >= 6 and np.abs(points[:, 2]).max() > 2000.0
     field = SolenoidField(2.0)
     expected = integrate_to(field, particle[["px", "py", "pz"]].to_numpy(np.float64)[0], 1, points[:, 2])
     gap = np.hypot(*(points[:, :2] - expected[:, :2]).T)
     assert gap.max() < 0.3, gap  # mm, up to |z| = 3 m (0.13 mm measured; 5-6 mm with the field at step starts)
 
-    uniform = truth_points(detector, particle, b_field_half_z_mm=0.0)
+    uniform = truth_points(detector, particle, clean, b_field_half_z_mm=0.0)
     far = np.argmax(np.abs(points[:, 2]))
     # In the uniform field the same track bends more: a positive particle turns clockwise, to lower phi.
     phi_gap = np.arctan2(points[far, 1], points[far, 0]) - np.arctan2(uniform[-1, 1], uniform[-1, 0])
     assert np.hypot(*points[far, :2]) * phi_gap > 5.0  # mm
 
 
-def test_central_tracks_do_not_see_the_falloff(detector):
-    particle = one_particle(1.0, 0.0, charge=-1)
-    np.testing.assert_allclose(
-        truth_points(detector, particle), truth_points(detector, particle, b_field_half_z_mm=0.0), atol=0.01
-    )
+def test_central_tracks_do_not_see_the_falloff(detector, one_particle, clean):
+    particle = one_particle(px=1.0, pz=0.0, q=-1)
+    falling = truth_points(detector, particle, clean)
+    np.testing.assert_allclose(falling, truth_points(detector, particle, clean, b_field_half_z_mm=0.0), atol=0.01)

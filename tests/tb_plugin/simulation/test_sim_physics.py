@@ -104,32 +104,12 @@ def test_pt_is_recovered_from_the_curvature_of_the_hits(event):
     assert np.median(np.abs(np.array(ratios) - 1.0)) < 0.03
 
 
-def test_loopers_come_back_only_when_followed_past_half_a_turn(detector):
+def test_loopers_come_back_only_when_followed_past_half_a_turn(detector, one_particle, clean):
     # A low-pT particle from the beam, central: R = 0.18 / 0.6 m = 300 mm, so it turns back at r = 600 mm.
-    replay = pd.DataFrame(
-        {
-            "particle_id": [1 << 52],
-            "vx": [0.0],
-            "vy": [0.0],
-            "vz": [0.0],
-            "px": [0.18],
-            "py": [0.0],
-            "pz": [0.02],
-            "q": [1],
-            "nhits": [0],
-        }
-    )
-    config = dict(
-        pileup=0.0,
-        noise_fraction=0.0,
-        hit_inefficiency=0.0,
-        multiple_scattering=False,
-        energy_loss=False,
-        secondaries=False,
-    )
+    replay = one_particle(px=0.18, pz=0.02)
     counts = {}
     for turns in (0.5, 1.0):
-        event = simulate_event(SimulationConfig(max_turns=turns, **config), detector, 1, replay=replay)
+        event = simulate_event(SimulationConfig(max_turns=turns, **clean), detector, 1, replay=replay)
         truth = event["truth"]
         counts[turns] = np.hypot(truth["tx"], truth["ty"]).to_numpy()
     outgoing, looping = counts[0.5], counts[1.0]
@@ -139,19 +119,15 @@ def test_loopers_come_back_only_when_followed_past_half_a_turn(detector):
     assert (looping < 40).sum() >= 2
 
 
-def test_grazing_crossings_leave_no_hit(detector):
+def test_grazing_crossings_leave_no_hit(detector, one_particle, clean):
     """At eta 3.3 a prompt track meets the innermost pixel layer (r = 32 mm, at z = 433 mm) at
     cos(incidence) = 1 / cosh(3.3) = 0.07: below TrackML's 0.1 it leaves no hit there, as in the real
     event 1001; with the cut off it does. Its later, steeper endcap crossings are kept either way."""
     pt, eta = 2.0, 3.3
-    replay = pd.DataFrame(
-        {"particle_id": [1 << 52], "vx": [0.0], "vy": [0.0], "vz": [0.0], "px": [pt], "py": [0.0]}
-        | {"pz": [pt * np.sinh(eta)], "q": [1], "nhits": [0]}
-    )
-    quiet = dict(pileup=0.0, noise_fraction=0.0, hit_inefficiency=0.0, multiple_scattering=False, secondaries=False)
+    replay = one_particle(px=pt, pz=pt * np.sinh(eta))
     layers = {}
     for cut in (0.1, 0.0):
-        hits = simulate_event(SimulationConfig(min_cos_incidence=cut, **quiet), detector, 1, replay=replay)["hits"]
+        hits = simulate_event(SimulationConfig(min_cos_incidence=cut, **clean), detector, 1, replay=replay)["hits"]
         layers[cut] = set(zip(hits["volume_id"], hits["layer_id"]))
     assert (8, 2) in layers[0.0] and (8, 2) not in layers[0.1]
     assert layers[0.0] - {(8, 2)} == layers[0.1] and len(layers[0.1]) >= 3
@@ -210,7 +186,7 @@ def test_overlapping_modules_give_double_hits_in_a_layer(event):
     assert (group.nunique() == group.size()).all()  # never two hits of one particle crossing on one module
 
 
-def test_a_particle_made_in_a_sensor_has_no_hit_there(detector):
+def test_a_particle_made_in_a_sensor_has_no_hit_there(detector, one_particle, clean):
     """A replayed secondary starting on a pixel module's mid-plane, flying out through the barrel: its
     later layers are hit, its own module is not (as in TrackML, whose secondaries get no hit there)."""
     layer = np.flatnonzero((detector.volume_id == 8) & (detector.layer_id == 4))
@@ -218,12 +194,10 @@ def test_a_particle_made_in_a_sensor_has_no_hit_there(detector):
     centre = detector.center[module]
     direction = np.r_[centre[:2] / np.hypot(*centre[:2]), 0.0]  # radially outwards
     secondary = pack_particle_id(1, 1, 1, 1, 1)
-    replay = pd.DataFrame(
-        {"particle_id": [int(secondary)], "vx": [centre[0]], "vy": [centre[1]], "vz": [centre[2]]}
-        | {"px": [2.0 * direction[0]], "py": [2.0 * direction[1]], "pz": [0.0], "q": [-1], "nhits": [0]}
+    replay = one_particle(
+        px=2.0 * direction[0], py=2.0 * direction[1], pz=0.0, q=-1, vertex=centre, particle_id=secondary
     )
-    quiet = dict(pileup=0.0, noise_fraction=0.0, hit_inefficiency=0.0, multiple_scattering=False)
-    hits = simulate_event(SimulationConfig(**quiet), detector, 1, replay=replay)["hits"]
+    hits = simulate_event(SimulationConfig(**clean), detector, 1, replay=replay)["hits"]
     layers = set(zip(hits["volume_id"], hits["layer_id"]))
     assert {(8, 6), (8, 8)} <= layers
     assert not (
