@@ -416,6 +416,29 @@ def summary_rows(
     return rows
 
 
+def print_report(
+    rows: list[tuple[str, object, object]],
+    replay: dict,
+    over_seeds: dict,
+    layers: pd.DataFrame,
+    field: pd.DataFrame,
+    args: argparse.Namespace,
+) -> None:
+    """The tables on stdout: summary rows, the replay's figures, per layer, the field displacements."""
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"{'quantity':<{width}}{'simulated':<44}real")
+    for name, sim_value, real_value in rows:
+        print(f"{name:<{width}}{str(sim_value):<44}{real_value}")
+    print(f"\nreplay of event {args.replay_event}, particle by particle (simulated nhits - file nhits):")
+    print("  " + ", ".join(f"{k} {v}" for k, v in replay.items()))
+    print(f"\nreplayed / real hits per volume over {args.replay_seeds} seeds from {args.seed}, mean [min, max]:")
+    print("  " + "; ".join(f"{v}: {r['mean']} [{r['min']}, {r['max']}]" for v, r in over_seeds.items()))
+    print(f"\nhits per (volume, layer), event {args.replay_event} against the replay of its particles:")
+    print(layers.to_string())
+    print("\nreal - replayed hits of prompt particles above 1 GeV, charge-signed r * dphi (mm), medians:")
+    print(field["median"].unstack("r_mm").round(2).to_string())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -478,18 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summary_rows(
         sim_p, real_p, sim_hits, real_hits, estimate, len(real_particles), args.replay_event, replay_hits
     )
-    width = max(len(r[0]) for r in rows) + 2
-    print(f"{'quantity':<{width}}{'simulated':<44}real")
-    for name, sim_value, real_value in rows:
-        print(f"{name:<{width}}{str(sim_value):<44}{real_value}")
-    print(f"\nreplay of event {args.replay_event}, particle by particle (simulated nhits - file nhits):")
-    print("  " + ", ".join(f"{k} {v}" for k, v in replay.items()))
-    print(f"\nreplayed / real hits per volume over {args.replay_seeds} seeds from {args.seed}, mean [min, max]:")
-    print("  " + "; ".join(f"{v}: {r['mean']} [{r['min']}, {r['max']}]" for v, r in over_seeds.items()))
-    print(f"\nhits per (volume, layer), event {args.replay_event} against the replay of its particles:")
-    print(layers.to_string())
-    print("\nreal - replayed hits of prompt particles above 1 GeV, charge-signed r * dphi (mm), medians:")
-    print(field["median"].unstack("r_mm").round(2).to_string())
+    print_report(rows, replay, over_seeds, layers, field, args)
     print("\n" + json.dumps(result))
     print("plots: " + ", ".join(str(p) for p in plots))
     return 0
