@@ -301,12 +301,25 @@ def simulated_summary(config: SimulationConfig, detector: Detector, n_events: in
     return [e["particles"] for e in events], hits, seconds
 
 
+def replays_over_seeds(
+    config: SimulationConfig, detector: Detector, event_id: int, source: pd.DataFrame, n: int
+) -> list[dict[str, pd.DataFrame]]:
+    """The replay of a real particles file with seeds config.seed, config.seed + 1, ... (at least two)."""
+    seeds = range(config.seed, config.seed + max(n, 2))
+    return [
+        simulate_event(replace(config, seed=seed), detector, event_id, replay=source)
+        for seed in tqdm(seeds, desc="replay seeds", unit="replay")
+    ]
+
+
 def replay_summary(
-    config: SimulationConfig, detector: Detector, event_id: int, source: pd.DataFrame, real_hits: pd.DataFrame
+    replayed: dict[str, pd.DataFrame],
+    again: dict[str, pd.DataFrame],
+    detector: Detector,
+    source: pd.DataFrame,
+    real_hits: pd.DataFrame,
 ) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Replay a real particles file twice (two seeds): per-particle figures, hits, layers, field table."""
-    replayed = simulate_event(config, detector, event_id, replay=source)
-    again = simulate_event(replace(config, seed=config.seed + 1), detector, event_id, replay=source)
+    """Two replays (two seeds) against the file: per-particle figures, hits, layers, field table."""
     table = pd.DataFrame({"simulated": replayed["particles"]["nhits"], "real": source["nhits"]})
     replay = replay_comparison(table["simulated"], table["real"])
     ceiling = replay_comparison(table["simulated"], again["particles"]["nhits"])
@@ -322,15 +335,13 @@ def replay_summary(
 
 
 def volume_ratios_over_seeds(
-    config: SimulationConfig, detector: Detector, event_id: int, source: pd.DataFrame, real_hits: pd.DataFrame, n: int
+    replays: list[dict[str, pd.DataFrame]], real_hits: pd.DataFrame
 ) -> dict[int, dict[str, float]]:
-    """Replayed / real hits per volume for seeds config.seed .. config.seed + n - 1: mean, min, max."""
+    """Replayed / real hits per volume over replays with different seeds: mean, min, max."""
     real = real_hits.groupby("volume_id").size().reindex(VOLUMES, fill_value=0).clip(lower=1).to_numpy()
-    ratios = []
-    for seed in tqdm(range(config.seed, config.seed + n), desc="replay seeds", unit="replay"):
-        hits = simulate_event(replace(config, seed=seed), detector, event_id, replay=source)["hits"]
-        ratios.append(hits.groupby("volume_id").size().reindex(VOLUMES, fill_value=0).to_numpy() / real)
-    ratios = np.array(ratios)  # [n, V]
+    ratios = np.array(
+        [r["hits"].groupby("volume_id").size().reindex(VOLUMES, fill_value=0).to_numpy() / real for r in replays]
+    )  # [n, V]
     return {
         v: {
             "mean": round(float(ratios[:, i].mean()), 3),
@@ -451,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay-event", type=int, default=1001, help="real event whose particles are replayed")
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--uniform-field", action="store_true", help="simulate in a uniform 2 T field")
-    parser.add_argument("--replay-seeds", type=int, default=5, help="replays for the per-volume spread over seeds")
+    parser.add_argument(
+        "--replay-seeds", type=int, default=5, help="replays for the per-volume spread over seeds (at least 2 are made)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "benchmarks")
     args = parser.parse_args(argv)
 
@@ -472,12 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     sim_particles, sim_hits, seconds = simulated_summary(config, detector, args.events)
     real_hits = hit_summary(real_hits_frame, int(replay_source["nhits"].sum()), len(replay_source))
     estimate = hits_per_event_estimate(real_particles, real_hits["hits"] - int(replay_source["nhits"].sum()))
+    replays = replays_over_seeds(config, detector, args.replay_event, replay_source, args.replay_seeds)
     replay, replay_hits, replay_table, layers, field = replay_summary(
-        config, detector, args.replay_event, replay_source, real_hits_frame
+        replays[0], replays[1], detector, replay_source, real_hits_frame
     )
-    over_seeds = volume_ratios_over_seeds(
-        config, detector, args.replay_event, replay_source, real_hits_frame, args.replay_seeds
-    )
+    over_seeds = volume_ratios_over_seeds(replays[: max(args.replay_seeds, 1)], real_hits_frame)
     sim_p, real_p = particle_summary(sim_particles), particle_summary(real_particles)
     result = {
         "machine": "see benchmarks/README.md",

@@ -1,8 +1,11 @@
 """`tb` commands from the command line (in-process): arguments that depend on each other."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 from tb_plugin.cli import main
 from tb_plugin.trackml import event_prefix, list_events, write_event
@@ -52,10 +55,6 @@ def test_simulate_does_not_import_torch():
 
 def test_simulate_records_its_config_and_can_keep_the_field_uniform(tmp_path):
     """simulation.json says how the events were made; --uniform-field moves the forward hits."""
-    import json
-
-    import pandas as pd
-
     folders = {}
     for name, extra in (("falling", []), ("uniform", ["--uniform-field"])):
         out = tmp_path / name
