@@ -172,7 +172,8 @@ def mdm_rows(metrics: dict[str, Any]) -> dict[str, Any]:
 def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     """Data reading and pretraining as the A/B runs them (its ab_stage.json records make `ab` reuse
     them), with their wall seconds; then the evaluation's MDM rows."""
-    from tb_plugin.ab.runner import load_runner, run_once
+    from tb_plugin.ab.runner import load_runner
+    from tb_plugin.ab.stage_runs import run_once
 
     runner = load_runner(run_configs(args)["ab"])
     start = time.perf_counter()
@@ -229,7 +230,7 @@ def ab(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "part": "ab",
         "seconds": round(time.perf_counter() - start, 1),
-        "arms": {arm: arm_rows(results, arm) for arm in ("baseline", "trackingbert")},
+        "arms": {arm: arm_rows(results, arm) for arm in results["arms"]},
         "differences": results["differences"],
         "timed_events": results["config"]["timing_events"],
         "results_json": str(Path(results["config"]["ab_dir"]) / "results.json"),

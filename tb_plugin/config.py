@@ -153,8 +153,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             try:
                 return coerce(value, option, where)
             except ConfigError as err:
-                # a mapping meant for a dataclass option: its own error names the inner key and choices
-                if isinstance(value, Mapping) and dataclasses.is_dataclass(option):
+                # a mapping meant for a dataclass or mapping option: its own error names the inner key and choices
+                if isinstance(value, Mapping) and (
+                    dataclasses.is_dataclass(option) or typing.get_origin(option) is dict
+                ):
                     raise
                 errors.append(err)
         raise ConfigError(f"{where} must be {describe(tp)}, got {value!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 from torch_geometric.data import Data
 from tqdm import tqdm
 
-from tb_plugin.atomic import write_text
+from tb_plugin.atomic import atomic_path, write_text
 from tb_plugin.config import ConfigError, to_record
 from tb_plugin.event_store import (
     SPLITS,
@@ -144,11 +145,13 @@ class Stage:
     def rewrite_events(self, add_fields: EventProcessor, overwrite: bool) -> None:
         """The inference loop of a stage that adds fields to events: every input event is read, given
         its new fields, stamped with this stage's config and written atomically to stage_dir; events
-        already written are skipped (resume) unless `overwrite`."""
+        already written are skipped (resume) unless `overwrite`. The input's detectors.csv is kept
+        beside the output (copy_detector)."""
         record = self.config_record()
         total = 0
         name = self.config.stage
         self.prepare_outputs(overwrite)
+        self.copy_detector()
         for split in SPLITS:
             files = self.input_files(split)
             total += len(files)
@@ -168,6 +171,18 @@ class Stage:
             raise FileNotFoundError(
                 f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing for {name} to do"
             )
+
+    def copy_detector(self) -> None:
+        """input_dir/detectors.csv copied (atomically) to stage_dir when the input has one and the output
+        does not, so the next stage finds the geometry where it reads (a GNN after a filter sizes its
+        module embedding with it). An output's own detectors.csv (tracking_bert writes the one it
+        tokenised with) is left as it is."""
+        if self.config.input_dir is None:
+            return
+        source, target = Path(self.config.input_dir) / "detectors.csv", self.stage_dir / "detectors.csv"
+        if source.is_file() and not target.exists():
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
 
     def prepare_outputs(self, overwrite: bool) -> None:
         """Before a run writes events: delete the temporaries a killed run left, and make stage_dir's

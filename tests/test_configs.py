@@ -39,11 +39,25 @@ def test_pipeline_loads(path):
 
 
 @pytest.mark.parametrize("path", AB_CONFIGS, ids=lambda p: p.name)
-def test_ab_config_builds_both_arms(path):
+def test_ab_config_builds_every_arm(path):
     runner = load_runner(path)
-    for arm in ("baseline", "trackingbert"):
+    for arm in runner.names:
         for seed in runner.config.seeds:
             assert [s.config.stage for s in runner.plan(arm, seed).stages][-1] == "track_building"
+
+
+def test_every_ab_of_the_pretrained_model_has_a_random_control():
+    """A gain of the pretrained arm means nothing until the same arm with the untrained model is beside
+    it: a random code per module gives the filter and the GNN the identity of each module too."""
+    checked = 0
+    for path in AB_CONFIGS:
+        specs = load_runner(path).config.arm_specs()
+        for name, spec in specs.items():
+            if spec.source == "pretrained":
+                checked += 1
+                controls = [s for s in specs.values() if s.source == "random" and s.keys == spec.keys]
+                assert controls, f"{path.name}: arm {name} has no random arm with its keys"
+    assert checked >= 10  # every shipped A/B but the epoch check (demo_epochs.yaml) has a pretrained arm
 
 
 def stages_of(path: Path) -> list[Stage]:
@@ -53,8 +67,8 @@ def stages_of(path: Path) -> list[Stage]:
         return [stage_from_mapping(e.values, e.source) for e in load_pipeline(path)]
     if path.parent.name == "ab":
         runner = load_runner(path)
-        arms = [runner.plan(arm, runner.config.seeds[0]).stages for arm in ("baseline", "trackingbert")]
-        return [runner.pretraining_stage(), *arms[0], *arms[1]]
+        arms = [runner.plan(arm, runner.config.seeds[0]).stages for arm in runner.names]
+        return [runner.pretraining_stage(), *(stage for stages in arms for stage in stages)]
     return [load_stage(path)]
 
 

@@ -40,6 +40,12 @@ wrapping around; the events need `hit_phi`), with all nodes kept. A sector rathe
 sample of edges because it keeps each hit's neighbourhood whole except at the sector's two borders:
 thinning the edges uniformly would change every hit's degree, and with it what the summed messages
 look like, between training and inference. Validation and inference always see whole events.
+
+`module_embedding` (null by default): a trainable vector per detector module inside the model, looked
+up by the events' `hit_module_index` (module_embedding.py: the `learned` and `finetune` controls of the
+frozen TrackingBERT feature `hit_tb_emb`). Its rows number the modules of input_dir's detector
+(input_dir/detectors.csv, which every stage that rewrites events keeps beside its output); they are
+set when training starts and saved in the checkpoint, so inference reads neither table nor detector.
 """
 
 from __future__ import annotations
@@ -60,6 +66,13 @@ from torch_geometric.loader import DataLoader
 from tqdm import tqdm
 
 from stages.edge_classifier.gnn_model import ACTIVATIONS, EdgeClassifierModule, OptimConfig
+from stages.edge_classifier.module_embedding import (
+    GRAPH_FIELD,
+    MODULE_FIELD,
+    ModuleEmbeddingConfig,
+    ModuleVectorsConfig,
+    initial_rows,
+)
 from stages.edge_classifier.operating_point import KEEP_ALL, cut_for_efficiency, rates
 from stages.features import check_feature_config, edge_feature_matrix, node_feature_matrix
 from stages.graph_metrics import ETA_BINS, PT_BINS_GEV, graph_counts, target_truth_mask, track_field, truth_edge_found
@@ -68,6 +81,7 @@ from tb_plugin.atomic import write_text
 from tb_plugin.conditions import Condition, parse_conditions
 from tb_plugin.config import ConfigError
 from tb_plugin.event_store import list_event_files, load_event, require_field
+from tb_plugin.geometry import detector_for
 from tb_plugin.pretraining.metrics import roc_auc, roc_curve
 from tb_plugin.stage import EventProcessor, NoTruthError, Stage, StageConfig, TrainedArtifactsConfig
 from tb_plugin.training import (
@@ -135,6 +149,8 @@ class EdgeClassifierConfig(StageConfig, TrainerConfig, TrainedArtifactsConfig):
     node_scales: list[float] | None = field(default_factory=lambda: [1000.0, 3.14159, 1000.0])
     edge_features: list[str] = field(default_factory=list)  # stages.features.EDGE_FEATURES, e.g. [dr, dphi, dz, tb_sim]
     edge_scales: list[float] | None = None  # each edge feature is divided by its scale (dr, dz in mm want ~100)
+    # a trainable per-module vector appended to the node features (module_embedding.py); null: none
+    module_embedding: ModuleEmbeddingConfig | None = None
     # the MLPs of either model (ACORN names)
     layernorm: bool = True
     hidden_activation: str = "SiLU"
@@ -374,7 +390,15 @@ def model_inputs(
         edge_index = edge_index[:, edges]
     x = node_feature_matrix(data, config.node_features, config.node_scales, source)  # [N, F]
     edge_attr = edge_inputs(data, edge_index, config, source)  # [E', F_e]
-    return Data(x=x, edge_index=edge_index, edge_attr=edge_attr, num_nodes=x.shape[0])
+    graph = Data(x=x, edge_index=edge_index, edge_attr=edge_attr, num_nodes=x.shape[0])
+    if config.module_embedding is not None:
+        graph[GRAPH_FIELD] = hit_modules(data, source)  # [N]
+    return graph
+
+
+def hit_modules(data: Data, source: str | Path) -> torch.Tensor:
+    """int64 [N]: each hit's dense module index, the row of the module embedding it reads."""
+    return require_field(data, MODULE_FIELD, source).long()
 
 
 def training_graph(data: Data, config: EdgeClassifierConfig, source: str | Path, cap_edges: bool) -> Data:
@@ -440,9 +464,44 @@ class EdgeClassifierStage(Stage):
         return self.trained_dir / "artifacts"
 
     def feature_dims(self, files: list[Path]) -> tuple[int, int]:
-        """(node_dim, edge_dim) read off the first event, so [N, D] features size the model themselves."""
+        """(node_dim, edge_dim) of the network: the feature columns of the first event, so [N, D] features
+        size the model themselves, plus the columns the module embedding adds (its D, and 1 for its cosine)."""
         graph = model_inputs(load_event(files[0]), self.config, files[0], torch.arange(0))
-        return graph.x.shape[1], graph.edge_attr.shape[1]
+        embedding = self.config.module_embedding
+        extra_node, extra_edge = (0, 0) if embedding is None else embedding.widths()
+        return graph.x.shape[1] + extra_node, graph.edge_attr.shape[1] + extra_edge
+
+    def build_module(self, train_files: list[Path]) -> EdgeClassifierModule:
+        """The untrained module, sized by the first training event; with `module_embedding`, one row per
+        module of input_dir's detector, set from the seed or the table (module_embedding.initial_rows)."""
+        c = self.config
+        node_dim, edge_dim = self.feature_dims(train_files)
+        embedding, vectors, detector = c.module_embedding, None, None
+        if embedding is not None:
+            detector = detector_for(c.input_dir)
+            vectors = {"modules": len(detector), "dim": embedding.dim, "similarity": embedding.similarity}
+        module = EdgeClassifierModule(
+            model=asdict(c.model_config(node_dim, edge_dim)),
+            optim=asdict(c.optim_config()),
+            edge_cut=0.5 if isinstance(c.edge_cut, TargetEfficiency) else float(c.edge_cut),
+            architecture=self.architecture,
+            module_embedding=vectors,
+        )
+        if embedding is not None:
+            module.model.set_rows(initial_rows(embedding, detector, c.input_dir, c.seed))
+        return module
+
+    def describe(self, module: EdgeClassifierModule, n_train: int, n_val: int) -> str:
+        """The printed line before training: parameters and input widths (the module embedding's apart)."""
+        n_node, n_edge = module.data_widths()
+        text = (
+            f"{self.config.model}: {module.model.num_params():,} parameters, {n_node} node and {n_edge} edge features"
+        )
+        if module.vectors is not None:
+            v = module.vectors
+            cosine = " and their cosine as an edge feature" if v.similarity else ""
+            text += f" + a trained {v.dim}-wide vector for each of {v.modules:,} modules ({v.modules * v.dim:,} parameters){cosine}"
+        return f"{text}, {n_train} training and {n_val} validation events"
 
     # --------------------------------------------------------------------------------- train
 
@@ -459,19 +518,9 @@ class EdgeClassifierStage(Stage):
         train_files, val_files = self.input_files("trainset"), self.input_files("valset")
         if not train_files:
             raise FileNotFoundError(f"no event files in {self.config.input_dir / 'trainset'}: nothing to train on")
-        node_dim, edge_dim = self.feature_dims(train_files)
         c = self.config
-        logged_cut = 0.5 if isinstance(c.edge_cut, TargetEfficiency) else float(c.edge_cut)
-        module = EdgeClassifierModule(
-            model=asdict(c.model_config(node_dim, edge_dim)),
-            optim=asdict(c.optim_config()),
-            edge_cut=logged_cut,
-            architecture=self.architecture,
-        )
-        print(
-            f"{c.model}: {module.model.num_params():,} parameters, {node_dim} node and {edge_dim} edge features, "
-            f"{len(train_files)} training and {len(val_files)} validation events"
-        )
+        module = self.build_module(train_files)
+        print(self.describe(module, len(train_files), len(val_files)))
         train_loader = GraphTrainingLoader(
             EventGraphs(train_files, c, cap_edges=True),
             batch_size=c.batch_size,
@@ -508,6 +557,12 @@ class EdgeClassifierStage(Stage):
                 f"{path} holds a {found} network, but model '{self.config.model}' needs a {self.architecture}: "
                 f"give this stage its own stage_dir"
             )
+        trained, configured = embedding_shape(module.vectors), embedding_shape(self.config.module_embedding)
+        if trained != configured:
+            raise CheckpointError(
+                f"{path} was trained with module_embedding {trained}, but key 'module_embedding' gives "
+                f"{configured}: use the training config's module_embedding (dim and similarity)"
+            )
         module.eval()
         return module
 
@@ -534,12 +589,13 @@ class EdgeClassifierStage(Stage):
         x = node_feature_matrix(data, self.config.node_features, self.config.node_scales, source).to(
             module.device
         )  # [N, F]
-        expected = (module.model.config.node_dim, module.model.config.edge_dim)
+        expected = module.data_widths()  # the network's widths less the module embedding's columns
         if (x.shape[1], len(self.config.edge_features)) != expected:
             raise ValueError(
                 f"{source}: the features give {x.shape[1]} node and {len(self.config.edge_features)} edge columns, "
                 f"but the checkpoint was trained with {expected[0]} and {expected[1]}"
             )
+        hit_module = None if module.vectors is None else hit_modules(data, source).to(module.device)  # [N]
         E = edge_index.shape[1]
         step = max(self.score_chunk(E), 1)
         scores = []
@@ -547,7 +603,7 @@ class EdgeClassifierStage(Stage):
             chunk = edge_index[:, start : start + step]  # [2, E']
             edge_attr = edge_inputs(data, chunk, self.config, source).to(module.device)  # [E', F_e]
             with inference_autocast(self.config.precision, module.device):
-                logits = module(x, chunk.to(module.device), edge_attr)  # [E']
+                logits = module(x, chunk.to(module.device), edge_attr, hit_module)  # [E']
             scores.append(torch.sigmoid(logits.float()).cpu())  # [E']
         return torch.cat(scores) if scores else torch.zeros(0)  # [E]
 
@@ -799,6 +855,13 @@ class EdgeClassifierStage(Stage):
                     )
                 )
         return written
+
+
+def embedding_shape(embedding: ModuleEmbeddingConfig | ModuleVectorsConfig | None) -> str:
+    """What must agree between a config's module_embedding and a checkpoint's, for messages and checks."""
+    if embedding is None:
+        return "null"
+    return f"{{dim: {embedding.dim}, similarity: {str(embedding.similarity).lower()}}}"
 
 
 def auc_or_none(scores: np.ndarray, labels: np.ndarray) -> float | None:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torch_geometric.utils import scatter
 
+from stages.edge_classifier.module_embedding import ModuleVectors, ModuleVectorsConfig
 from tb_plugin.model import warmup_linear_decay
 from tb_plugin.training import adamw
 
@@ -240,27 +241,56 @@ class EdgeClassifierModule(lightning.LightningModule):
     """Loss, metrics and optimiser around an edge network: the InteractionNetwork or the Filter MLP
     (`architecture`). Hyperparameters are plain dicts, so a checkpoint loads without this file's
     dataclasses being importable under the same names; `architecture` defaults to the GNN, so
-    checkpoints written before the filter existed still load.
+    checkpoints written before the filter existed still load, and `module_embedding` defaults to None,
+    so checkpoints written before it existed do too.
 
-    A batch is a PyG Data (or Batch) with x, edge_index, edge_attr, edge_y (bool) and edge_weights.
+    `module_embedding`: None, or {modules: M, dim: D, similarity: bool}: the network is then wrapped in
+    module_embedding.ModuleVectors (a trainable per-module vector looked up by each hit's module index),
+    and `model` is the network's config with node_dim and edge_dim already counting its columns.
+
+    A batch is a PyG Data (or Batch) with x, edge_index, edge_attr, edge_y (bool) and edge_weights, and
+    hit_module [N] (dense module index) when the module has the embedding.
     `edge_cut` only sets the cut of the logged eff / pur figures.
     """
 
     def __init__(
-        self, model: dict, optim: dict, edge_cut: float = 0.5, architecture: str = "InteractionNetwork"
+        self,
+        model: dict,
+        optim: dict,
+        edge_cut: float = 0.5,
+        architecture: str = "InteractionNetwork",
+        module_embedding: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_network(architecture, model)
+        network = build_network(architecture, model)
+        self.vectors = None if module_embedding is None else ModuleVectorsConfig(**module_embedding)
+        self.model = network if self.vectors is None else ModuleVectors(network, self.vectors)
         self.optim = OptimConfig(**optim)
         self.edge_cut = edge_cut
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
-        return self.model(x, edge_index, edge_attr)
+    def data_widths(self) -> tuple[int, int]:
+        """(node, edge) feature columns the events must give: the network's input widths less the
+        columns the module embedding adds. Read from the hyperparameters, so it also holds when
+        `model` has been compiled."""
+        model = self.hparams["model"]
+        extra_node, extra_edge = (0, 0) if self.vectors is None else self.vectors.widths()
+        return model["node_dim"] - extra_node, model.get("edge_dim", 0) - extra_edge
+
+    def forward(
+        self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None, hit_module: Tensor | None = None
+    ) -> Tensor:
+        """Edge logits [E]; hit_module [N] is needed (and only read) when the module has the embedding."""
+        if self.vectors is None:
+            return self.model(x, edge_index, edge_attr)
+        if hit_module is None:
+            raise ValueError("this edge classifier has a module embedding: pass hit_module [N] (hit_module_index)")
+        return self.model(x, edge_index, edge_attr, hit_module)
 
     def step(self, batch, split: str) -> Tensor:
         """The one step of training, validation and test: loss, then logging."""
-        logits = self.model(batch.x, batch.edge_index, batch.edge_attr)  # [E]
+        hit_module = None if self.vectors is None else batch.hit_module
+        logits = self(batch.x, batch.edge_index, batch.edge_attr, hit_module)  # [E]
         edge_y = batch.edge_y.bool()
         loss = weighted_bce(logits, edge_y, batch.edge_weights)
         sync = split != "train"  # epoch-level val/test figures must be averaged over DDP ranks
@@ -282,6 +312,10 @@ class EdgeClassifierModule(lightning.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
+        # The module embedding (when there is one) is decayed like every other parameter: weight_decay
+        # (default 0) is one key for the whole network. With weight_decay > 0, AdamW's decoupled decay
+        # shrinks every row each step, also the rows of modules no training event hits (their gradient
+        # is 0), and pulls the finetune arm's rows away from the pretrained table.
         optimizer = adamw(self, self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         total = self.trainer.estimated_stepping_batches
         warmup = int(min(o.warmup_steps, total)) if math.isfinite(total) else o.warmup_steps

@@ -19,7 +19,6 @@ files in this contract, and their evaluation.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ from torch_geometric.data import Data
 from tqdm import tqdm
 
 from stages.graph_metrics import GraphEvaluation
-from tb_plugin.atomic import atomic_path
 from tb_plugin.event_store import list_event_files, load_event
 from tb_plugin.stage import EventProcessor, NoTruthError, Stage
 
@@ -133,9 +131,9 @@ class GraphBuilderStage(Stage):
         return add_edges
 
     def infer(self, overwrite: bool = False) -> None:
-        process = self.event_processor()
-        self.copy_detector()
-        self.rewrite_events(process, overwrite)
+        """The graphs of every event; rewrite_events keeps the input's detectors.csv beside them
+        (Stage.copy_detector)."""
+        self.rewrite_events(self.event_processor(), overwrite)
 
     @staticmethod
     def add_graph(data: Data, edges: np.ndarray, source: Path) -> Data:
@@ -147,13 +145,6 @@ class GraphBuilderStage(Stage):
         if "track_edges" in data:
             data.track_to_edge_map = track_to_edge_map
         return data
-
-    def copy_detector(self) -> None:
-        """Keep the geometry beside the output, so later stages find it where they read."""
-        source, target = Path(self.config.input_dir) / "detectors.csv", self.stage_dir / "detectors.csv"
-        if source.is_file() and not target.exists():
-            with atomic_path(target) as tmp:
-                shutil.copyfile(source, tmp)
 
     def evaluate(self) -> dict[str, Any]:
         split = self.config.dataset

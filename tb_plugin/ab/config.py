@@ -19,13 +19,29 @@ arm adds, and what it adds downstream. Validated once here; the runner only sees
     bootstrap: {samples: 2000, confidence: 0.95, seed: 0}
     timing_events: 5                          # test events whose in-memory inference is timed
     jobs: 1                                   # worker processes for the stage runs (2 on a 2-core machine)
+
+Any number of arms besides the baseline (`arms:`, replacing trackingbert_keys; without it the one arm
+is `trackingbert`, source pretrained, with the keys above, today's two-arm A/B):
+
+    arms:
+      pretrained: {source: pretrained}        # TrackingBERT's table, as pretrained
+      random: {source: random}                # the same model untrained: a code per module, no content
+      shuffled: {source: shuffled, compare_to: random}   # rows permuted within each volume
+      geometry: {source: geometry}            # module descriptors from detectors.csv
+      learned: {source: learned}              # a trainable per-module vector inside the filter and GNN
+      finetune: {source: finetune, compare_to: learned}  # the same, starting from the pretrained table
+      stitch_random: {source: random, features: null, keys: {Walkthrough: {stitch: tb}}}
+
+Each arm is compared with the baseline and, when it names one, with its `compare_to` arm.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tb_plugin.config import ConfigError, build, load_yaml
 
@@ -52,6 +68,62 @@ class FeatureAddition:
             )
         if not self.node_features and not self.edge_features:
             raise ValueError("key 'trackingbert_features' adds no feature: the two arms would be identical")
+
+
+# Where an arm's per-module vectors come from (the `source` of an arm):
+#   pretrained  the tracking_bert stage's table, pretrained (today's trackingbert arm)
+#   random      the same model at its untrained initialisation, normalised and reduced the same way
+#   shuffled    the pretrained table with its rows permuted among the modules of each volume
+#   geometry    module descriptors from detectors.csv (centre, normal, pitches, thickness, volume, layer)
+#   learned     a trainable per-module vector of the same width inside each edge classifier, from scratch
+#   finetune    the same, initialised from the pretrained table
+#   none        no vectors: an arm of keys only (e.g. a geometry-only control of a track builder)
+Source = Literal["pretrained", "random", "shuffled", "geometry", "learned", "finetune", "none"]
+SOURCES: tuple[str, ...] = ("pretrained", "random", "shuffled", "geometry", "learned", "finetune", "none")
+TABLE_SOURCES = ("pretrained", "random", "shuffled", "geometry")  # a tracking_bert stage writes hit_tb_emb
+MODEL_SOURCES = ("learned", "finetune")  # the vectors are trained inside the downstream stages
+BASELINE = "baseline"
+
+
+@dataclass(kw_only=True)
+class ArmSpec:
+    """One arm besides the baseline: its embedding source, the features it adds, its keys, its control."""
+
+    source: Source = "pretrained"
+    # appended to each downstream stage that has the key; `default`: the A/B's trackingbert_features;
+    # null: none (an arm whose keys use the model, e.g. stitch: tb, or a `source: none` arm)
+    features: FeatureAddition | Literal["default"] | None = "default"
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> keys set in this arm only
+    compare_to: str | list[str] | None = None  # other arms this one is also compared with (its controls)
+
+    @property
+    def controls(self) -> list[str]:
+        """The arms named by compare_to, as a list."""
+        if self.compare_to is None:
+            return []
+        return [self.compare_to] if isinstance(self.compare_to, str) else list(self.compare_to)
+
+    def resolved(self, default: FeatureAddition | None) -> ArmSpec:
+        """This arm with `features: default` replaced by the A/B's trackingbert_features; a `none` arm
+        has no features whatever the default."""
+        if self.source == "none" and isinstance(self.features, FeatureAddition):
+            raise ValueError(f"source none adds no vectors, so it takes no features (got {self.features})")
+        features = default if self.features == "default" else self.features
+        return dataclasses.replace(self, features=None if self.source == "none" else features)
+
+    def check(self, name: str) -> None:
+        """Once the features are resolved: an arm must differ from the baseline, and its parts must fit."""
+        where = f"key 'arms.{name}'"
+        if self.source in MODEL_SOURCES and self.features is None:
+            raise ValueError(
+                f"{where}: source {self.source} trains vectors in place of the features, so it needs them "
+                "(features, or the A/B's trackingbert_features)"
+            )
+        if self.features is None and not self.keys:
+            raise ValueError(
+                f"{where}: no features and no keys: the arm would be the baseline; add features, or keys that "
+                "use the model (e.g. keys: {Walkthrough: {stitch: tb}})"
+            )
 
 
 @dataclass(kw_only=True)
@@ -100,6 +172,12 @@ class ABConfig:
     trackingbert_features: FeatureAddition | None = field(default_factory=FeatureAddition)
     trackingbert_keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> keys set in that arm only
     baseline_keys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The arms besides the baseline, by name (null: one arm, `trackingbert`, source pretrained, with
+    # trackingbert_keys: the two-arm A/B). Names are folder names under ab_dir.
+    arms: dict[str, ArmSpec] | None = None
+    # One line the report shows under "What was compared": what a reader must know to read the numbers
+    # (e.g. that the demo's models are smaller than its pipeline's, and where the full-size A/B is).
+    note: str | None = None
     low_label: LowLabelConfig | None = None
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     timing_events: int = 5
@@ -109,11 +187,12 @@ class ABConfig:
     jobs: int = 1
 
     def __post_init__(self) -> None:
-        if self.trackingbert_features is None and not self.trackingbert_keys:
+        if self.arms is None and self.trackingbert_features is None and not self.trackingbert_keys:
             raise ValueError(
                 "keys 'trackingbert_features' (null) and 'trackingbert_keys' (empty): the trackingbert arm would "
                 "be the baseline; add features, or keys that use the pretrained model (e.g. Walkthrough: {stitch: tb})"
             )
+        self.check_arms()
         if not self.seeds:
             raise ValueError("key 'seeds' must list at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
@@ -125,6 +204,56 @@ class ABConfig:
                 f"keys 'timing_events' and 'timing_repeats' must be at least 1, got "
                 f"{self.timing_events} and {self.timing_repeats}"
             )
+
+    def check_arms(self) -> None:
+        """Names usable as folders, controls that exist, every arm different from the baseline."""
+        if self.arms is None:
+            return
+        if not self.arms:
+            raise ValueError("key 'arms' names no arm: list at least one besides the baseline, e.g. {pretrained: {}}")
+        if self.trackingbert_keys:
+            raise ValueError(
+                "key 'trackingbert_keys' belongs to the two-arm form; with 'arms', set each arm's keys "
+                "(arms.<name>.keys)"
+            )
+        for name, raw in self.arms.items():
+            try:
+                spec = raw.resolved(self.trackingbert_features)
+            except ValueError as err:
+                raise ValueError(f"key 'arms.{name}': {err}") from None
+            if name == BASELINE or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise ValueError(
+                    f"key 'arms.{name}': an arm's name must be letters, digits, '_', '-' or '.' and not "
+                    f"'{BASELINE}' (the arm every A/B has)"
+                )
+            spec.check(name)
+            for control in spec.controls:
+                if control == name or control not in self.arms:
+                    others = [a for a in self.arms if a != name]
+                    raise ValueError(
+                        f"key 'arms.{name}.compare_to' names '{control}', which is not another arm; "
+                        f"choose among {', '.join(others) or '(no other arm)'} (every arm is compared with "
+                        f"the {BASELINE} anyway)"
+                    )
+
+    def arm_specs(self) -> dict[str, ArmSpec]:
+        """The arms besides the baseline, in config order, their features resolved."""
+        if self.arms is None:
+            legacy = ArmSpec(source="pretrained", features=self.trackingbert_features, keys=self.trackingbert_keys)
+            return {"trackingbert": legacy}
+        return {name: spec.resolved(self.trackingbert_features) for name, spec in self.arms.items()}
+
+    @property
+    def arm_names(self) -> list[str]:
+        """Every arm, the baseline first."""
+        return [BASELINE, *self.arm_specs()]
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """(arm, control) pairs: each arm against the baseline, then each against its compare_to."""
+        specs = self.arm_specs()
+        pairs = [(name, BASELINE) for name in specs]
+        pairs += [(name, control) for name, spec in specs.items() for control in spec.controls]
+        return pairs
 
     @property
     def low_label_seeds(self) -> list[int]:

@@ -21,6 +21,8 @@ from torch_geometric.data import Data
 
 from stages.edge_classifier.operating_point import cut_for_efficiency
 from stages.graph_metrics import graph_counts, target_truth_mask
+from tb_plugin.ab.operating_points import target_count, valset_arrays, valset_cut, valset_efficiency
+from tb_plugin.ab.size_matched import PREFIX, SizeMatchedChain, filter_cells, size_matched_chain, track_matches
 from tb_plugin.event_store import list_event_files, load_event
 from tb_plugin.pretraining.metrics import roc_auc
 from tb_plugin.stage import Stage
@@ -28,7 +30,8 @@ from tb_plugin.stage import Stage
 # (name, label, higher_is_better), in report order. "filter" is an edge_classifier stage before the last one
 # (ACORN's Filter); "at95" / "at99" rows put each arm at the cut that keeps 95 % / 99 % of the target
 # truth edges on its own valset; "matched" track rows build tracks at the GNN cut that gives each arm the
-# baseline's valset target efficiency of the same seed (see collect_arm_events).
+# baseline's valset target efficiency of the same seed; "size_matched" rows first cut each arm's filter to the
+# baseline's valset edges per event (see collect_arm_events).
 METRICS: list[tuple[str, str, bool]] = [
     ("graph_construction.target_efficiency", "graph: efficiency, pT > 1 GeV truth edges", True),
     ("graph_construction.efficiency", "graph: efficiency, all truth edges", True),
@@ -70,6 +73,37 @@ METRICS: list[tuple[str, str, bool]] = [
         False,
     ),
     ("track_building.matched.trackml_score", "tracks at matched GNN efficiency: TrackML score", True),
+    (
+        "edge_filter.size_matched.edges_per_event",
+        "filter cut to the baseline's valset graph size: test edges per event",
+        False,
+    ),
+    (
+        "edge_filter.size_matched.target_efficiency",
+        "filter cut to the baseline's valset graph size: efficiency, pT > 1 GeV",
+        True,
+    ),
+    (
+        "track_building.size_matched.two_way.efficiency",
+        "tracks at the baseline's graph size: efficiency (two_way)",
+        True,
+    ),
+    (
+        "track_building.size_matched.two_way.efficiency_pt1",
+        "tracks at the baseline's graph size: efficiency, pT > 1 GeV",
+        True,
+    ),
+    (
+        "track_building.size_matched.two_way.fake_rate",
+        "tracks at the baseline's graph size: fake rate (two_way)",
+        False,
+    ),
+    (
+        "track_building.size_matched.two_way.duplicate_rate",
+        "tracks at the baseline's graph size: duplicate rate (two_way)",
+        False,
+    ),
+    ("track_building.size_matched.trackml_score", "tracks at the baseline's graph size: TrackML score", True),
 ]
 METRIC_NAMES = frozenset(name for name, _, _ in METRICS)
 OPERATING_POINTS = {"at95": 0.95, "at99": 0.99}  # valset target efficiencies of the matched rows
@@ -125,39 +159,26 @@ def edge_filter_stage(stages: list[Stage]) -> Stage | None:
     return scoring[-2] if len(scoring) > 1 else None
 
 
-# ------------------------------------------------------------------------------------- operating points
-
-
-def _target_count(arrays: dict[str, Any]) -> int:
-    """Target truth edges the stage could keep: those of its input graph (a filter's output has lost some)."""
-    return int(arrays.get("n_input_target", int(np.sum(arrays["edge_target"]))))
-
-
-def valset_arrays(stage: Stage) -> list[dict[str, Any]]:
-    """The stage's per-event arrays over its valset output, read once for all its operating points."""
-    files = list_event_files(stage.stage_dir, "valset")
-    if not files:
-        raise FileNotFoundError(
-            f"no event files in {stage.stage_dir / 'valset'}: the matched operating points need the "
-            "stage's valset output (give data_split a validation event)"
-        )
-    return [stage.event_arrays(path) for path in files]
-
-
-def valset_cut(arrays: list[dict[str, Any]], efficiency: float) -> float:
-    """The score cut that keeps `efficiency` of the target truth edges over the valset arrays."""
-    scores = np.concatenate([a["scores"][a["edge_target"]] for a in arrays])
-    return cut_for_efficiency(scores, efficiency, sum(_target_count(a) for a in arrays))
-
-
-def valset_efficiency(arrays: list[dict[str, Any]]) -> float:
-    """Target truth edges kept at the stage's own cut over the valset arrays (edges, as valset_cut counts)."""
-    kept = sum(int(np.sum(a["kept"] & a["edge_target"])) for a in arrays)
-    total = sum(_target_count(a) for a in arrays)
-    return kept / total if total else float("nan")
-
-
 # ------------------------------------------------------------------------------------- collecting
+
+
+@dataclass
+class ArmStages:
+    """The stages of an arm the metrics read, by role (None where the pipeline has none)."""
+
+    graph: Stage | None
+    edge_filter: Stage | None
+    gnn: Stage | None
+    tracks: Stage | None
+
+    @classmethod
+    def of(cls, stages: list[Stage]) -> ArmStages:
+        return cls(
+            stage_of_kind(stages, "graph_construction"),
+            edge_filter_stage(stages),
+            stage_of_kind(stages, "edge_classifier"),
+            stage_of_kind(stages, "track_building"),
+        )
 
 
 def collect_arm_events(
@@ -168,62 +189,85 @@ def collect_arm_events(
     `reference` is the baseline arm's `operating_points` of the same seed (None for the baseline arm
     itself). The matched track rows rebuild the tracks in memory at the GNN cut that keeps the
     baseline's valset target efficiency on this arm's valset, so the baseline's matched rows repeat its
-    fixed-cut rows and the trackingbert arm is moved to the baseline's operating point. A graph builder
-    with an operating curve (metric learning's radius) is likewise compared at the baseline's valset
-    edges per event, and at 95 % valset efficiency.
+    fixed-cut rows and every other arm is moved to the baseline's operating point. The size-matched rows
+    (size_matched.py) first cut the arm's filter to the baseline's valset edges per event. A graph
+    builder with an operating curve (metric learning's radius) is likewise compared at the baseline's
+    valset edges per event, and at 95 % valset efficiency.
     """
     reference = reference or {}
     out = ArmEvents()
-    graph = stage_of_kind(stages, "graph_construction")
-    edge_filter = edge_filter_stage(stages)
-    gnn = stage_of_kind(stages, "edge_classifier")
-    tracks = stage_of_kind(stages, "track_building")
-    last = tracks or gnn or graph
+    arm = ArmStages.of(stages)
+    last = arm.tracks or arm.gnn or arm.graph
     if last is None:
         raise ValueError("the A/B arm has no graph_construction, edge_classifier or track_building stage to measure")
     files = list_event_files(last.stage_dir, split)
     if not files:
         raise FileNotFoundError(f"no event files in {last.stage_dir / split}: the arm's stages have not run")
-    cuts = {}
     val = {
         prefix: valset_arrays(stage)
-        for prefix, stage in (("edge_filter", edge_filter), ("edge_classifier", gnn))
+        for prefix, stage in (("edge_filter", arm.edge_filter), ("edge_classifier", arm.gnn))
         if stage is not None
     }
+    cuts = {}
     for prefix, arrays in val.items():
         for name, efficiency in OPERATING_POINTS.items():
             cuts[f"{prefix}.{name}"] = out.operating_points[f"{prefix}.{name}.cut"] = valset_cut(arrays, efficiency)
-    build = None
-    curve = GraphCurve(graph, reference, out.operating_points) if hasattr(graph, "scored_graph") else None
-    if tracks is not None and gnn is not None:
-        efficiency = reference.get("matched.reference_efficiency")
-        if efficiency is None:  # the baseline arm: its own operating point
-            efficiency = valset_efficiency(val["edge_classifier"])
-        out.operating_points["matched.reference_efficiency"] = efficiency
-        # a baseline GNN that keeps no valset target edge at its cut (briefly trained, as in
-        # benchmarks/gpu_check.sh) has no operating point to match: the matched rows are left out
-        if efficiency > 0:
-            out.operating_points["matched.cut"] = valset_cut(val["edge_classifier"], efficiency)
-            build = matched_builder(tracks, out.operating_points["matched.cut"])
+    curve = GraphCurve(arm.graph, reference, out.operating_points) if hasattr(arm.graph, "scored_graph") else None
+    build, sized = matched_chains(out, arm, val.get("edge_classifier"), reference)
     rng = np.random.default_rng(0)
     for path in files:
         out.event_ids.append(_event_id(path))
-        if graph is not None:
-            _graph_metrics(out, graph, graph.stage_dir / split / path.name)
+        if arm.graph is not None:
+            _graph_metrics(out, arm.graph, arm.graph.stage_dir / split / path.name)
         if curve is not None:
             curve.add(out, split, path.name)
-        if edge_filter is not None:
-            _filter_metrics(out, edge_filter, edge_filter.stage_dir / split / path.name, cuts)
-        if gnn is not None:
-            _edge_metrics(out, gnn, gnn.stage_dir / split / path.name, rng, cuts)
-        if tracks is not None:
-            _track_metrics(
-                out, "track_building", tracks.event_matches(tracks.stage_dir / split / path.name), plots=True
-            )
+        if arm.edge_filter is not None:
+            _filter_metrics(out, arm.edge_filter, arm.edge_filter.stage_dir / split / path.name, cuts)
+        if arm.gnn is not None:
+            _edge_metrics(out, arm.gnn, arm.gnn.stage_dir / split / path.name, rng, cuts)
+        if arm.tracks is not None:
+            matches = arm.tracks.event_matches(arm.tracks.stage_dir / split / path.name)
+            _track_metrics(out, "track_building", matches, plots=True)
         if build is not None:
-            source = gnn.stage_dir / split / path.name
-            _track_metrics(out, "track_building.matched", tracks.matches(build(load_event(source), source), source))
+            source = arm.gnn.stage_dir / split / path.name
+            _track_metrics(out, "track_building.matched", arm.tracks.matches(build(load_event(source), source), source))
+        if sized is not None:
+            _size_matched_metrics(
+                out, sized, arm.edge_filter, Path(arm.edge_filter.config.input_dir) / split / path.name
+            )
     return out
+
+
+def matched_chains(
+    out: ArmEvents, arm: ArmStages, gnn_val: list[dict[str, Any]] | None, reference: dict[str, float]
+) -> tuple[Callable[[Data, Path], Data] | None, SizeMatchedChain | None]:
+    """The track builder at the matched GNN cut, and the size-matched chain when the arm has a filter;
+    their operating points go into `out`. (None, None) without a GNN and track building, or when the
+    baseline's GNN keeps no valset target edge at its cut (briefly trained, as in
+    benchmarks/gpu_check.sh): there is no operating point to match, so the matched rows are left out."""
+    if arm.tracks is None or arm.gnn is None:
+        return None, None
+    efficiency = reference.get("matched.reference_efficiency")
+    if efficiency is None:  # the baseline arm: its own operating point
+        efficiency = valset_efficiency(gnn_val)
+    out.operating_points["matched.reference_efficiency"] = efficiency
+    if not efficiency > 0:
+        return None, None
+    out.operating_points["matched.cut"] = valset_cut(gnn_val, efficiency)
+    build = matched_builder(arm.tracks, out.operating_points["matched.cut"])
+    sized = None
+    if arm.edge_filter is not None:
+        sized = size_matched_chain(arm.edge_filter, arm.gnn, arm.tracks, reference, efficiency)
+        if sized is not None:
+            out.operating_points.update(sized.points)
+    return build, sized
+
+
+def _size_matched_metrics(out: ArmEvents, chain: SizeMatchedChain, edge_filter: Stage, source: Path) -> None:
+    data = chain.run(source)
+    for metric, (num, den) in filter_cells(data, source, edge_filter).items():
+        out.add(f"edge_filter.{PREFIX}.{metric}", num, den)
+    _track_metrics(out, f"track_building.{PREFIX}", track_matches(chain, data, source))
 
 
 class GraphCurve:
@@ -301,7 +345,7 @@ def _matched_metrics(out: ArmEvents, prefix: str, a: dict[str, Any], cuts: dict[
         tgt, y = a["edge_target"], a["edge_y"]
         cells = {
             "target_purity": ((kept & tgt).sum(), (kept & (tgt | ~y)).sum()),
-            "target_efficiency": ((kept & tgt).sum(), _target_count(a)),
+            "target_efficiency": ((kept & tgt).sum(), target_count(a)),
             "edges_per_event": (kept.sum(), 1),
         }
         for metric, (num, den) in cells.items():
@@ -312,7 +356,7 @@ def _matched_metrics(out: ArmEvents, prefix: str, a: dict[str, Any], cuts: dict[
 def _filter_metrics(out: ArmEvents, stage: Stage, path: Path, cuts: dict[str, float]) -> None:
     a = stage.event_arrays(path)
     kept, y = a["kept"], a["edge_y"]
-    out.add("edge_filter.target_efficiency", (kept & a["edge_target"]).sum(), _target_count(a))
+    out.add("edge_filter.target_efficiency", (kept & a["edge_target"]).sum(), target_count(a))
     out.add("edge_filter.purity", (kept & y).sum(), kept.sum())
     out.add("edge_filter.edges_per_event", kept.sum(), 1)
     _matched_metrics(out, "edge_filter", a, cuts)

@@ -6,9 +6,11 @@ baseline-arm seed, and the pretraining next to them; every trackingbert-arm seed
 is done. Two processes of one thread each finish the same work sooner than one process of two.
 
 Each stage is one task, named by its stage_dir, which dedupes the stages that arms and seeds share.
-A task waits for the tasks whose stage_dir it reads (`input_dir`, `tracking_bert_dir`). A task that
-has already finished (its ab_stage.json exists) is not run again. A worker runs the A/B's own
-`run_once`, with its output going to a log file under ab_dir/logs. The main process then walks the
+A task waits for the tasks whose stage_dir it reads: any path among its values (`input_dir`,
+`tracking_bert_dir`, a shuffled control's `pretrained_dir`, a fine-tuned embedding's
+`module_embedding.table`) that lies in another task's stage_dir. A task that has already finished (its
+ab_stage.json exists) is not run again. A worker runs the A/B's own `run_once` (stage_runs.py), with
+its output going to a log file under ab_dir/logs. The main process then walks the
 arms as before: it finds every stage finished, collects the metrics and times inference, with all
 its threads and nothing else running.
 
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-DEPENDENCY_KEYS = ("input_dir", "tracking_bert_dir")
+from tb_plugin.ab.stage_runs import config_paths, run_once
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,14 @@ class StageTask:
         return Path(self.values["stage_dir"])
 
     def needs(self, tasks: dict[Path, StageTask]) -> set[Path]:
-        """The other tasks whose stage_dir this one reads."""
-        paths = {Path(self.values[k]) for k in DEPENDENCY_KEYS if self.values.get(k) is not None}
-        return {p for p in paths if p in tasks and p != self.stage_dir}
+        """The other tasks whose stage_dir this one reads: every path among its values (nested mappings
+        and lists included) that is another task's stage_dir or lies inside one."""
+        read = set(config_paths({k: v for k, v in self.values.items() if k != "stage_dir"}))
+        return {
+            folder
+            for folder in tasks
+            if folder != self.stage_dir and any(p == folder or p.is_relative_to(folder) for p in read)
+        }
 
 
 def ordered_tasks(values_lists: list[list[dict[str, Any]]], source: str) -> dict[Path, StageTask]:
@@ -76,7 +83,6 @@ def _init_worker(threads: int) -> None:
 
 def _run_task(values: dict[str, Any], source: str, log_path: str) -> float:
     """Worker side: run one stage as the A/B does, its output into log_path; returns seconds."""
-    from tb_plugin.ab.runner import run_once
     from tb_plugin.pipeline import stage_from_mapping
 
     start = time.perf_counter()

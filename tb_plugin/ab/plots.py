@@ -111,8 +111,9 @@ def plot_metric_differences(
     differences: Mapping[str, Difference | Mapping[str, Any]],
     metrics: Sequence[Mapping[str, Any] | str],
     out_path: str | os.PathLike,
+    pair: tuple[str, str] = ARMS,
 ) -> Path:
-    """Forest plot: each metric's difference (trackingbert - baseline) with its interval and a zero line.
+    """Forest plot: each metric's difference (arm - control of `pair`) with its interval and a zero line.
 
     Metrics have unrelated scales (a purity difference of 0.01 beside an edges-per-event difference of
     1000), so each metric gets its own row with its own x axis centred on zero; the colour gives the
@@ -162,11 +163,112 @@ def plot_metric_differences(
             color=colour,
         )
         ax.grid(axis="x", alpha=0.3)
-    axes[-1].set_xlabel(f"{ARMS[1]} − {ARMS[0]} (each row on its own scale)")
+    axes[-1].set_xlabel(f"{pair[1]} − {pair[0]} (each row on its own scale)")
     fig.suptitle(f"Differences with {level:.0%} paired-bootstrap intervals")
     handles = [Line2D([], [], marker="o", color=c, linestyle="", label=w) for w, c in VERDICT_COLOURS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize="x-small", frameon=False)
     fig.tight_layout(rect=(0.0, 0.04, 0.88, 0.97))
+    return save_figure(fig, out_path)
+
+
+def plot_comparisons(
+    comparisons: Sequence[Mapping[str, Any]],
+    metrics: Sequence[Mapping[str, Any] | str],
+    out_path: str | os.PathLike,
+    names: Sequence[str] | None = None,
+) -> Path:
+    """Forest plot of every comparison (arm − control): a row per metric on its own x scale centred on
+    zero, one point with its interval per comparison, filled where the interval excludes zero. Set side
+    by side, an arm against the baseline and the same arm against its control show at once which part of
+    a gain the control shares. `names` picks the metrics (default: every metric some comparison has)."""
+    specs = [s for s in _spec_list(metrics) if any(s["name"] in c["differences"] for c in comparisons)]
+    if names is not None:
+        specs = [s for s in specs if s["name"] in names] or specs
+    if not specs or not comparisons:
+        raise ValueError("no comparison has a difference to plot")
+    fig = Figure(figsize=(9.0, 0.42 * len(specs) * max(1, len(comparisons) / 2) + 1.6))
+    axes = np.atleast_1d(fig.subplots(len(specs), 1, sharex=False))
+    level = 0.95
+    offsets = np.linspace(0.5, -0.5, len(comparisons)) if len(comparisons) > 1 else np.zeros(1)
+    for ax, spec in zip(axes, specs):
+        found = [(i, c, c["differences"].get(spec["name"])) for i, c in enumerate(comparisons)]
+        ds = [(i, c, raw if isinstance(raw, Difference) else Difference.from_dict(raw)) for i, c, raw in found if raw]
+        finite = [abs(v) for _, _, d in ds for v in (d.estimate, d.ci_low, d.ci_high) if math.isfinite(v)]
+        reach = max(finite, default=0.0) * 1.25 or 1.0
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        for i, _, d in ds:
+            level = d.confidence
+            if not math.isfinite(d.estimate):
+                continue
+            low = max(d.estimate - d.ci_low, 0.0) if math.isfinite(d.ci_low) else 0.0
+            high = max(d.ci_high - d.estimate, 0.0) if math.isfinite(d.ci_high) else 0.0
+            colour = COLOURS[i % len(COLOURS)]
+            ax.errorbar(
+                [d.estimate],
+                [offsets[i]],
+                xerr=[[low], [high]],
+                fmt=MARKERS[i % len(MARKERS)],
+                color=colour,
+                markerfacecolor=colour if d.significant else "white",
+                capsize=2,
+                markersize=5,
+            )
+        ax.set_xlim(-reach, reach)
+        ax.set_ylim(-1.0, 1.0)
+        ax.set_yticks([])
+        label = spec.get("label", spec["name"])
+        ax.set_ylabel(label if len(label) < 60 else label[:57] + "…", rotation=0, ha="right", va="center")
+        ax.yaxis.label.set_fontsize("x-small")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, symmetric=True))
+        ax.tick_params(axis="x", labelsize="x-small")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1].set_xlabel("difference (each row on its own scale; filled: the interval excludes zero)")
+    fig.suptitle(f"Every comparison with {level:.0%} paired-bootstrap intervals")
+    handles = [
+        Line2D([], [], marker=MARKERS[i % len(MARKERS)], color=COLOURS[i % len(COLOURS)], linestyle="", label=name)
+        for i, name in enumerate(f"{c['arm']} − {c['control']}" for c in comparisons)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize="x-small", frameon=False)
+    rows = (len(handles) + 2) // 3
+    fig.tight_layout(rect=(0.0, 0.03 * rows + 0.02, 1.0, 0.97))
+    return save_figure(fig, out_path)
+
+
+def plot_validation_curves(results: Mapping[str, Any], out_path: str | os.PathLike) -> Path | None:
+    """Validation loss per epoch of each trained downstream stage (a panel each), every arm in its colour
+    and every seed a line: whether more epochs would still have helped an arm, and how far apart its
+    seeds end. None when no seed recorded a curve."""
+    arms = list(results["arms"])
+    stages = sorted(
+        {name for arm in arms for s in results["arms"][arm]["seeds"] for name in s.get("validation_loss", {})}
+    )
+    if not stages:
+        return None
+    fig = Figure(figsize=(5.0 * len(stages), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(stages)))
+    for ax, stage in zip(axes, stages):
+        for i, arm in enumerate(arms):
+            for k, seed in enumerate(results["arms"][arm]["seeds"]):
+                curve = seed.get("validation_loss", {}).get(stage)
+                if not curve:
+                    continue
+                ax.plot(
+                    curve["epoch"],
+                    curve["loss"],
+                    marker=MARKERS[i % len(MARKERS)],
+                    markersize=3,
+                    color=COLOURS[i % len(COLOURS)],
+                    alpha=0.85,
+                    linewidth=1,
+                    label=arm if k == 0 else None,
+                )
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation loss (weighted BCE)")
+        ax.set_title(stage, fontsize="small")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize="x-small", title="one line per seed", title_fontsize="x-small")
+    fig.tight_layout()
     return save_figure(fig, out_path)
 
 
@@ -231,6 +333,8 @@ __all__: Sequence[str] = [
     "plot_efficiency_vs_pt",
     "plot_roc",
     "plot_metric_differences",
+    "plot_comparisons",
+    "plot_validation_curves",
     "plot_low_label",
     "plot_embedding_pca",
 ]

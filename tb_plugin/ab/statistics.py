@@ -1,10 +1,11 @@
-"""Paired differences between the two A/B arms, with bootstrap confidence intervals.
+"""Paired differences between A/B arms (an arm and its control), with bootstrap confidence intervals.
 
 Every metric is a ratio of sums (ACORN pools counts, not rates), so a difference is always computed on
 pooled values: sum(num) / sum(den) over the (seed, event) cells of each arm. Its uncertainty has two
 sources, the training seed and the choice of test events, and the bootstrap resamples both. The arms
 see the same events, so one event resample is shared by both (the pairing): event-to-event variation
-that moves both arms alike cancels in the difference instead of widening its interval.
+that moves both arms alike cancels in the difference instead of widening its interval. Every
+comparison of an A/B uses the same bootstrap seed, hence the same seed and event draws.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-ARMS = ("baseline", "trackingbert")
+ARMS = ("baseline", "trackingbert")  # the arms of a two-arm A/B: control and arm
 
 
 def _cells(values: Any) -> np.ndarray:
@@ -55,10 +56,10 @@ def _none_if_nan(x: float) -> float | None:
 
 @dataclass(frozen=True)
 class Difference:
-    """trackingbert - baseline of one metric, with its bootstrap percentile interval.
+    """arm - control of one metric, with its bootstrap percentile interval.
 
     `significant` is True only when the whole interval lies on one side of zero; an undefined estimate
-    or interval (NaN) is never significant. `baseline` and `trackingbert` are the pooled values the
+    or interval (NaN) is never significant. `control_value` and `arm_value` are the pooled values the
     estimate is the difference of.
     """
 
@@ -69,8 +70,8 @@ class Difference:
     n_seeds: int
     n_events: int
     significant: bool
-    baseline: float = math.nan
-    trackingbert: float = math.nan
+    control_value: float = math.nan
+    arm_value: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes None."""
@@ -84,6 +85,7 @@ class Difference:
     def from_dict(cls, values: Mapping[str, Any]) -> Difference:
         """Inverse of as_dict (None back to NaN), so a report can be rendered from results.json alone."""
         kwargs: dict[str, Any] = {}
+        values = {LEGACY_NAMES.get(k, k): v for k, v in values.items()}
         for f in fields(cls):
             if f.name not in values:
                 continue
@@ -95,6 +97,9 @@ class Difference:
             else:
                 kwargs[f.name] = _nan_if_none(value)
         return cls(**kwargs)
+
+
+LEGACY_NAMES = {"baseline": "control_value", "trackingbert": "arm_value"}  # a results.json of two-arm days
 
 
 def _resample_counts(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarray:
@@ -173,8 +178,8 @@ def paired_bootstrap(
         n_seeds=int(n_seeds),
         n_events=int(n_events),
         significant=bool(low > 0.0 or high < 0.0),
-        baseline=base,
-        trackingbert=tb,
+        control_value=base,
+        arm_value=tb,
     )
 
 
@@ -192,21 +197,21 @@ def _arm_seeds(results: Mapping[str, Any], arm: str) -> list[Mapping[str, Any]]:
     return sorted(seeds, key=lambda s: s["seed"])
 
 
-def check_pairing(results: Mapping[str, Any]) -> tuple[list[int], list[str]]:
-    """(seeds, event_ids) shared by both arms; ValueError when the arms' seeds or any seed's events differ.
+def check_pairing(results: Mapping[str, Any], arms: Sequence[str] = ARMS) -> tuple[list[int], list[str]]:
+    """(seeds, event_ids) shared by the arms; ValueError when their seeds or any seed's events differ.
 
-    The paired bootstrap is only valid when cell (s, e) means the same seed and event in both arms.
+    The paired bootstrap is only valid when cell (s, e) means the same seed and event in every arm.
     """
-    reference = _arm_seeds(results, ARMS[0])
+    reference = _arm_seeds(results, arms[0])
     event_ids = [str(e) for e in reference[0]["event_ids"]]
     seed_values = [int(s["seed"]) for s in reference]
-    for arm in ARMS:
+    for arm in arms:
         seeds = _arm_seeds(results, arm)
         values = [int(s["seed"]) for s in seeds]
         if values != seed_values:
             raise ValueError(
-                f"arm '{arm}' has seeds {values} but arm '{ARMS[0]}' has {seed_values}; "
-                "the A/B needs the same seeds in both arms"
+                f"arm '{arm}' has seeds {values} but arm '{arms[0]}' has {seed_values}; "
+                "the A/B needs the same seeds in every arm"
             )
         for s in seeds:
             ids = [str(e) for e in s["event_ids"]]
@@ -215,7 +220,7 @@ def check_pairing(results: Mapping[str, Any]) -> tuple[list[int], list[str]]:
                     (i for i, (a, b) in enumerate(zip(ids, event_ids)) if a != b), min(len(ids), len(event_ids))
                 )
                 raise ValueError(
-                    f"arm '{arm}' seed {s['seed']} has {len(ids)} event_ids, {ARMS[0]} seed {seed_values[0]} has "
+                    f"arm '{arm}' seed {s['seed']} has {len(ids)} event_ids, {arms[0]} seed {seed_values[0]} has "
                     f"{len(event_ids)}; they first differ at position {where}: the arms must be scored on the same "
                     "events in the same order"
                 )
@@ -247,11 +252,11 @@ def per_event_matrix(results: Mapping[str, Any], arm: str, metric: str) -> tuple
     return np.stack(rows_num), np.stack(rows_den)
 
 
-def comparable_metrics(results: Mapping[str, Any]) -> list[str]:
-    """Metrics with per-event values in every seed of both arms: those of results['metrics'] in that
+def comparable_metrics(results: Mapping[str, Any], arms: Sequence[str] = ARMS) -> list[str]:
+    """Metrics with per-event values in every seed of the arms: those of results['metrics'] in that
     (report) order, then any others alphabetically."""
     present = None
-    for arm in ARMS:
+    for arm in arms:
         for s in _arm_seeds(results, arm):
             names = set(s.get("per_event", {}))
             present = names if present is None else present & names
@@ -260,23 +265,31 @@ def comparable_metrics(results: Mapping[str, Any]) -> list[str]:
     return ordered + sorted(present - set(ordered))
 
 
-def compare_arms(
-    results: Mapping[str, Any], n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+def compare(
+    results: Mapping[str, Any], arm: str, control: str, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, Difference]:
-    """Paired bootstrap difference (trackingbert - baseline) of every comparable metric, in report order.
+    """Paired bootstrap difference (arm - control) of every metric both have, in report order.
 
     Every metric uses the same bootstrap seed, hence the same seed and event draws: the intervals of
     different metrics then describe the same resampled worlds.
     """
-    check_pairing(results)
+    pair = (control, arm)
+    check_pairing(results, pair)
     out = {}
-    for metric in comparable_metrics(results):
-        base_num, base_den = per_event_matrix(results, ARMS[0], metric)
-        tb_num, tb_den = per_event_matrix(results, ARMS[1], metric)
+    for metric in comparable_metrics(results, pair):
+        base_num, base_den = per_event_matrix(results, control, metric)
+        tb_num, tb_den = per_event_matrix(results, arm, metric)
         out[metric] = paired_bootstrap(
             base_num, base_den, tb_num, tb_den, n_boot=n_boot, confidence=confidence, seed=seed
         )
     return out
+
+
+def compare_arms(
+    results: Mapping[str, Any], n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, Difference]:
+    """The two-arm comparison: trackingbert - baseline (see `compare`)."""
+    return compare(results, ARMS[1], ARMS[0], n_boot=n_boot, confidence=confidence, seed=seed)
 
 
 def seed_summary(results: Mapping[str, Any], arm: str, metric: str) -> tuple[float, float]:
@@ -308,6 +321,7 @@ __all__: Sequence[str] = [
     "check_pairing",
     "per_event_matrix",
     "comparable_metrics",
+    "compare",
     "compare_arms",
     "seed_summary",
 ]

@@ -7,6 +7,17 @@
     tb export  the module embedding table and the vocabulary, for tools without this package
 
 The stage slots between data reading and graph construction: every field passes through unchanged.
+
+Key `source` picks the table injected (tb_plugin/embedding_sources.py), for the A/B's controls:
+    pretrained  the above (default)
+    random      train writes artifacts/best.ckpt: the model pretraining would start from (`seed`),
+                with no optimisation step (about a second)
+    shuffled    train writes artifacts/best.ckpt: the checkpoint of `pretrained_dir` (a pretrained
+                tracking_bert stage_dir) with its token rows permuted within each volume
+    geometry    no model: the table is the detector's module descriptors (GEOMETRY_DESCRIPTORS); train
+                only writes vocab.json, eval the descriptor list, export the descriptor table
+random and shuffled are checkpoints like the pretrained one, so every reader of a tracking_bert stage_dir
+(injection, module_table.npz, the `tb` stitch and reject scorers, export) takes them unchanged.
 """
 
 from __future__ import annotations
@@ -17,9 +28,23 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from tb_plugin.embedding_sources import (
+    GEOMETRY_DESCRIPTORS,
+    SOURCE_RECORD,
+    SOURCES,
+    EmbeddingSource,
+    geometry_descriptors,
+    initial_checkpoint,
+    save_checkpoint,
+    shuffled_checkpoint,
+    stale_reason,
+    token_rows,
+    volume_permutation,
+)
 from tb_plugin.export import ExportFormat, export_embeddings
 from tb_plugin.geometry import Detector, detector_for
 from tb_plugin.injection import MODULE_TABLE_FILE, ModuleEmbedding, Normalize, check_table_options, save_module_table
@@ -76,6 +101,10 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
     flat_columns: bool = False  # also write hit_tb_emb_0 .. hit_tb_emb_{D-1}, for hosts that stack 1-D features
     normalize: Normalize = "none"  # standard: per-dimension mean 0 / std 1 over the modules in the vocabulary
     dim: int | None = None  # keep the first `dim` principal components of the (normalised) table; None = all n_embd
+    # the table injected: pretrained, or an A/B control: random (the untrained initialisation of `seed`),
+    # shuffled (pretrained_dir's table, rows permuted within each volume), geometry (module descriptors)
+    source: EmbeddingSource = "pretrained"
+    pretrained_dir: Path | None = None  # source shuffled only: the stage_dir of a pretrained tracking_bert stage
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,7 +118,32 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
             if getattr(self, key) < 1:
                 raise ValueError(f"key '{key}' must be at least 1, got {getattr(self, key)}")
         self.model_config()  # checks the model keys (n_embd divisible by n_head, ...)
-        check_table_options(self.normalize, self.dim, self.n_embd, "n_embd")  # the table is n_embd wide
+        self.check_source()
+        if self.source == "geometry":
+            check_table_options(self.normalize, self.dim, len(GEOMETRY_DESCRIPTORS), "the geometry descriptor count")
+        else:
+            check_table_options(self.normalize, self.dim, self.n_embd, "n_embd")  # the table is n_embd wide
+
+    def check_source(self) -> None:
+        """`source` and `pretrained_dir`: the folder is read by shuffled alone, and must be another stage's."""
+        if self.source not in SOURCES:
+            raise ValueError(f"key 'source' has value {self.source!r}. Allowed: {', '.join(map(repr, SOURCES))}")
+        if self.source != "shuffled":
+            if self.pretrained_dir is not None:
+                raise ValueError(
+                    f"key 'pretrained_dir' is read with source: shuffled only, but source is {self.source!r}; remove it"
+                )
+            return
+        if self.pretrained_dir is None:
+            raise ValueError(
+                "key 'pretrained_dir' is required with source: shuffled: the stage_dir of a trained "
+                "tracking_bert stage (source: pretrained) whose table is shuffled"
+            )
+        if Path(self.pretrained_dir).resolve() == Path(self.stage_dir).resolve():
+            raise ValueError(
+                f"key 'pretrained_dir' must be another stage_dir than stage_dir ({self.stage_dir}): "
+                f"the shuffled checkpoint would replace the pretrained one"
+            )
 
     def model_config(self, vocab_size: int = 8) -> TrackingBERTConfig:
         return TrackingBERTConfig(
@@ -145,6 +199,10 @@ class TrackingBERTStage(Stage):
     def vocab_file(self) -> Path:
         return self.artifacts / "vocab.json"
 
+    @property
+    def best_file(self) -> Path:
+        return self.artifacts / "best.ckpt"
+
     def detector(self) -> Detector:
         """The data's geometry, read once per stage (so a fallback to the built-in one is announced once)."""
         if self._detector is None:
@@ -170,8 +228,12 @@ class TrackingBERTStage(Stage):
 
     def train(self, checkpoint: Path | None = None) -> None:
         """Pretrain, resuming from `checkpoint` or stage_dir/artifacts/last.ckpt. Input, vocabulary and
-        the checkpoint's model keys are checked before anything is written."""
+        the checkpoint's model keys are checked before anything is written. A control `source` trains
+        nothing: `write_control`."""
         self.require_input()
+        if self.config.source != "pretrained":
+            self.write_control(checkpoint)
+            return
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} not found")
         L.seed_everything(self.config.seed, workers=True, verbose=False)
@@ -182,17 +244,72 @@ class TrackingBERTStage(Stage):
             self.check_checkpoint(Path(resume), read_checkpoint(resume), tokenizer.vocab_size, remedy)
         if not self.vocab_file.exists():
             tokenizer.save(self.vocab_file)
-        module = TrackingBERTModule(
-            model=asdict(self.config.model_config(tokenizer.vocab_size)),
-            optim=asdict(self.config.optim_config()),
-            compile=self.config.compiles(),
-        )
+        module = self.new_module(tokenizer)
         print(
             f"TrackingBERT: {module.model.num_params():,} parameters "
             f"({module.model.num_params(non_embedding=True):,} outside the embeddings), vocabulary {tokenizer.vocab_size:,}"
         )
         trainer = make_trainer(self.config, self.stage_dir)
         trainer.fit(module, datamodule=self.datamodule(tokenizer), ckpt_path=str(resume) if resume else None)
+
+    def new_module(self, tokenizer: ModuleTokenizer) -> TrackingBERTModule:
+        """The model as pretraining builds it; seeded by the caller, it is that seed's initialisation."""
+        return TrackingBERTModule(
+            model=asdict(self.config.model_config(tokenizer.vocab_size)),
+            optim=asdict(self.config.optim_config()),
+            compile=self.config.compiles(),
+        )
+
+    def write_control(self, checkpoint: Path | None) -> None:
+        """`train` of a control source: artifacts/best.ckpt of random or shuffled (no optimisation step,
+        rewritten on every run: it is cheap and deterministic) and vocab.json; geometry only the latter."""
+        source = self.config.source
+        if checkpoint is not None:
+            raise ValueError(f"key 'source': {source} trains nothing, so there is no checkpoint to resume from")
+        if last_checkpoint(self.stage_dir):
+            raise ValueError(
+                f"{self.artifacts} holds a pretraining run (last.ckpt); give source: {source} its own "
+                f"stage_dir, or delete {self.artifacts}"
+            )
+        seed = self.config.seed
+        L.seed_everything(seed, workers=True, verbose=False)
+        tokenizer = self.tokenizer(self.detector())
+        what = f"{len(GEOMETRY_DESCRIPTORS)} geometry descriptors per module, nothing to train"
+        if source == "random":
+            save_checkpoint(initial_checkpoint(self.new_module(tokenizer), seed), self.best_file)
+            what = f"the untrained initialisation of seed {seed} -> {self.best_file}"
+        elif source == "shuffled":
+            save_checkpoint(self.shuffled(tokenizer), self.best_file)
+            what = f"{self.config.pretrained_dir}'s table permuted within each volume (seed {seed}) -> {self.best_file}"
+        if not self.vocab_file.exists():
+            tokenizer.save(self.vocab_file)
+        print(f"TrackingBERT source {source}: {what}")
+
+    def shuffled(self, tokenizer: ModuleTokenizer) -> dict:
+        """The checkpoint of source shuffled: pretrained_dir's trained checkpoint, refused unless it is a
+        pretrained one of this vocabulary and these model keys, with its token rows permuted."""
+        source_dir = Path(self.config.pretrained_dir)
+        try:
+            path = trained_checkpoint(source_dir, "TrackingBERT")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"key 'pretrained_dir': no trained TrackingBERT in {source_dir / 'artifacts'} (expected best.ckpt "
+                f"or last.ckpt); run 'tb train' on the pretrained stage first"
+            ) from None
+        theirs = ModuleTokenizer.load(source_dir / "artifacts" / "vocab.json", tokenizer.detector)
+        if not np.array_equal(theirs.token_to_module, tokenizer.token_to_module):
+            volumes = [list(t.volumes) if t.volumes else "all" for t in (theirs, tokenizer)]
+            raise ValueError(
+                f"key 'pretrained_dir': {source_dir} has the vocabulary of volumes {volumes[0]}, this stage "
+                f"volumes {volumes[1]}; set volumes: {volumes[0]} as the pretrained stage has them"
+            )
+        checkpoint = read_checkpoint(path)
+        made = checkpoint.get(SOURCE_RECORD)
+        if isinstance(made, dict):
+            raise ValueError(f"key 'pretrained_dir': {path} is a {made.get('source')} control, not a pretrained model")
+        self.check_checkpoint(path, checkpoint, tokenizer.vocab_size, "to shuffle this checkpoint")
+        permutation = volume_permutation(tokenizer, self.config.seed)  # [V]
+        return shuffled_checkpoint(checkpoint, path, permutation, self.config.seed, source_dir)
 
     def check_checkpoint(self, path: Path, checkpoint: dict, vocab_size: int, remedy: str) -> None:
         """The config's model keys must be those the checkpoint was trained with: resuming would fail on
@@ -228,7 +345,13 @@ class TrackingBERTStage(Stage):
 
     def trained(self) -> tuple[TrackingBERTModule, ModuleTokenizer, Detector]:
         """The best checkpoint (else the last) with its vocabulary, checked against the data's geometry
-        and against the config's model keys."""
+        and against the config's model keys; a control's checkpoint also against the config's source,
+        seed and pretrained checkpoint, so a stale one is refused rather than used."""
+        if self.config.source == "geometry":
+            raise ValueError(
+                f"{self.stage_dir}: the geometry source has no TrackingBERT model (its table is the detector's "
+                f"module descriptors); the 'tb' scorers need a stage of source pretrained, random or shuffled"
+            )
         path = trained_checkpoint(self.stage_dir, "TrackingBERT")
         if not self.vocab_file.exists():
             raise FileNotFoundError(
@@ -239,13 +362,22 @@ class TrackingBERTStage(Stage):
         checkpoint = read_checkpoint(path)
         remedy = f"to use this checkpoint, or delete {self.artifacts} and run 'tb train' again"
         self.check_checkpoint(path, checkpoint, tokenizer.vocab_size, remedy)
+        config = self.config
+        stale = stale_reason(checkpoint.get(SOURCE_RECORD), config.source, config.seed, config.pretrained_dir)
+        if stale:
+            raise CheckpointError(f"{path}: {stale}; run 'tb train' on this config again")
         module = load_module(TrackingBERTModule, path, checkpoint)
         return module, tokenizer, detector
 
     # ------------------------------------------------------------------ eval
 
     def evaluate(self) -> dict:
+        """The pretraining metrics (MDM, NTP, next to the count baseline); for random and shuffled the
+        same, marked with the source (they show that the control carries no learned content); for
+        geometry the list of descriptors."""
         self.require_input()
+        if self.config.source == "geometry":
+            return self.evaluate_geometry()
         module, tokenizer, detector = self.trained()
         data = self.datamodule(tokenizer)
         data.prepare_data()
@@ -259,8 +391,28 @@ class TrackingBERTStage(Stage):
             self.stage_dir / "eval",
             batch_size=self.config.batch_size,
         )
+        if self.config.source != "pretrained":
+            metrics = {"source": self.config.source, **metrics}
         path = self.write_metrics(metrics)
         print(summary_table(metrics) + f"\n  -> {path}")
+        return metrics
+
+    def evaluate_geometry(self) -> dict:
+        """eval/metrics.json of the geometry source: what its table is made of (nothing was learned)."""
+        detector = self.detector()
+        in_vocab = int((self.tokenizer(detector).module_to_token != UNK).sum())
+        dim = self.config.dim or len(GEOMETRY_DESCRIPTORS)
+        metrics = {
+            "source": "geometry",
+            "descriptors": list(GEOMETRY_DESCRIPTORS),
+            "modules": len(detector),
+            "dim": dim,
+        }
+        path = self.write_metrics(metrics)
+        print(
+            f"geometry source: {len(GEOMETRY_DESCRIPTORS)} descriptors of {len(detector)} modules "
+            f"({in_vocab} in the vocabulary), injected {dim} wide -> {path}"
+        )
         return metrics
 
     # ------------------------------------------------------------------ infer
@@ -270,14 +422,7 @@ class TrackingBERTStage(Stage):
         modules outside the vocabulary are counted in `self.unknown_hits` ("outside" of "hits", since
         this call), so `infer` can warn once for the whole run rather than once per event. The table is
         normalised / reduced (`normalize`, `dim`) here, once, and kept in `self.injection`."""
-        module, tokenizer, detector = self.trained()
-        inject = ModuleEmbedding.from_token_embeddings(
-            module.model.module_embeddings(),
-            tokenizer,
-            normalize=self.config.normalize,
-            dim=self.config.dim,
-            flat_columns=self.config.flat_columns,
-        )
+        inject, tokenizer, detector = self.make_injection()
         self.injection, self.injection_vocab = inject, tokenizer
         counts = self.unknown_hits = {"outside": 0, "hits": 0}
 
@@ -290,6 +435,19 @@ class TrackingBERTStage(Stage):
             return data
 
         return add_embedding
+
+    def make_injection(self) -> tuple[ModuleEmbedding, ModuleTokenizer, Detector]:
+        """The transform of this config's source: the trained model's token table (pretrained, random,
+        shuffled), or the detector's descriptors (geometry), fitted on the vocabulary's modules alike."""
+        options = {"normalize": self.config.normalize, "dim": self.config.dim, "flat_columns": self.config.flat_columns}
+        if self.config.source == "geometry":
+            detector = self.detector()
+            tokenizer = self.tokenizer(detector)
+            table = torch.from_numpy(geometry_descriptors(detector))  # [M, 17]
+            return ModuleEmbedding.from_table(table, tokenizer.module_to_token != UNK, **options), tokenizer, detector
+        module, tokenizer, detector = self.trained()
+        inject = ModuleEmbedding.from_token_embeddings(module.model.module_embeddings(), tokenizer, **options)
+        return inject, tokenizer, detector
 
     def infer(self, overwrite: bool = False) -> None:
         """hit_tb_emb on every event; input, checkpoint and the splits of earlier outputs are checked
@@ -326,10 +484,16 @@ class TrackingBERTStage(Stage):
     # ------------------------------------------------------------------ export
 
     def export(self, fmt: ExportFormat, out_dir: Path | None = None) -> list[Path]:
-        module, tokenizer, _ = self.trained()
-        paths = export_embeddings(
-            module.model.module_embeddings(), tokenizer, out_dir or self.stage_dir / "export", fmt
-        )
+        """The raw token table (before normalize / dim); of the geometry source, its descriptor table."""
+        out_dir = out_dir or self.stage_dir / "export"
+        if self.config.source == "geometry":
+            detector = self.detector()
+            tokenizer = self.tokenizer(detector)
+            table = torch.from_numpy(token_rows(geometry_descriptors(detector), tokenizer))  # [V, 17]
+            paths = export_embeddings(table, tokenizer, out_dir, fmt, columns=GEOMETRY_DESCRIPTORS)
+        else:
+            module, tokenizer, _ = self.trained()
+            paths = export_embeddings(module.model.module_embeddings(), tokenizer, out_dir, fmt)
         for p in paths:
             print(f"wrote {p}")
         return paths

@@ -1,7 +1,10 @@
+import json
 import math
+from pathlib import Path
 
 import pytest
 
+from tb_plugin.ab.arms_report import render_ab_report
 from tb_plugin.ab.report import (
     format_seconds,
     format_signed,
@@ -205,7 +208,7 @@ def test_write_report_is_atomic(results, differences, tmp_path):
 
 
 def test_a_spread_at_rounding_level_is_no_spread():
-    from tb_plugin.ab.report import _mean_std
+    from tb_plugin.ab.report import mean_std_cell as _mean_std
 
     assert _mean_std(0.9787, 1.4e-16) == _mean_std(0.9787, 0.0) == "0.9787"
     assert "±" in _mean_std(0.9787, 1e-6)
@@ -230,3 +233,103 @@ def test_metrics_identical_in_both_arms_leave_the_table(results, differences):
     # one differing cell in one seed: back in the table
     results["arms"]["trackingbert"]["seeds"][1]["per_event"][METRICS[2]["name"]]["num"][0] = 12001.0
     assert "graph edges per event" in summary_table(results, differences)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_two_arm_results_json_gives_todays_report():
+    """results.json of a two-arm A/B (written before arms existed) renders to the report of that day,
+    byte for byte: the arms report leaves the two-arm form alone."""
+    results = json.loads((DATA / "two_arm_results.json").read_text())
+    expected = (DATA / "two_arm_REPORT.md").read_text()
+    assert render_ab_report(results) == expected
+    assert render_report(results, results["differences"]) == expected
+    # and so does the same results.json as the runner now writes it: with its one comparison listed
+    results["comparisons"] = [{"arm": "trackingbert", "control": "baseline", "differences": results["differences"]}]
+    assert render_ab_report(results) == expected
+
+
+def multi_arm(results: dict, differences: dict) -> dict:
+    """The two-arm fixture with a third arm, `random`, a copy of trackingbert that is a bit worse, and the
+    comparison trackingbert − random besides the two against the baseline."""
+    out = json.loads(json.dumps({**results, "differences": {k: _dict(v) for k, v in differences.items()}}))
+    out["arms"] = {
+        "baseline": {"source": "none", "seeds": out["arms"]["baseline"]["seeds"]},
+        "trackingbert": {
+            "source": "pretrained",
+            "compare_to": ["random"],
+            "seeds": out["arms"]["trackingbert"]["seeds"],
+        },
+        "random": {
+            "source": "random",
+            "compare_to": [],
+            "seeds": json.loads(json.dumps(out["arms"]["trackingbert"]["seeds"])),
+        },
+    }
+    for seed in out["arms"]["random"]["seeds"]:
+        seed["metrics"][METRICS[0]["name"]] -= 0.01
+    control = {
+        METRICS[0]["name"]: _d(0.01, 0.004, 0.016, True).as_dict(),
+        METRICS[1]["name"]: _d(0.0, -0.01, 0.01, False).as_dict(),
+    }
+    out["comparisons"] = [
+        {"arm": "trackingbert", "control": "baseline", "differences": out["differences"]},
+        {"arm": "random", "control": "baseline", "differences": out["differences"]},
+        {"arm": "trackingbert", "control": "random", "differences": control},
+    ]
+    out["config"]["arms"] = {"trackingbert": {"source": "pretrained"}, "random": {"source": "random"}}
+    out["config"]["note"] = "the GNN is smaller than the demo pipeline's"
+    out["config"]["trackingbert_features"] = {"node_features": ["hit_tb_emb"], "edge_features": ["tb_sim"]}
+    out["overhead"]["arms"] = {
+        "trackingbert": {"s_per_event": 0.54, "ratio": 1.08},
+        "random": {"s_per_event": 0.55, "ratio": 1.1},
+    }
+    out["low_label"]["arms"]["random"] = out["low_label"]["arms"]["trackingbert"]
+    out["low_label"]["comparisons"] = [
+        {
+            "arm": "trackingbert",
+            "control": "random",
+            "differences": {"1": {METRICS[0]["name"]: _d(0.02, 0.01, 0.03, True).as_dict()}},
+        }
+    ]
+    return out
+
+
+def _dict(value):
+    return value.as_dict() if isinstance(value, Difference) else value
+
+
+def test_the_arms_report_opens_with_what_the_controls_show(results, differences):
+    text = render_ab_report(multi_arm(results, differences))
+    assert text.startswith("# A/B benchmark: trackingbert, random vs baseline\n")
+    sections = [line for line in text.splitlines() if line.startswith("## ")]
+    assert sections[:6] == [
+        "## What was compared",
+        "## What the controls show",
+        "## Every arm (mean ± std over 2 seeds)",
+        "## trackingbert − baseline",
+        "## random − baseline",
+        "## trackingbert − random",
+    ]
+    assert "- `random`: the same pipeline with the module-embedding features of the untrained TrackingBERT" in text
+    assert "- **note**: the GNN is smaller than the demo pipeline's" in text
+    # the controls table: a column per comparison, cells with interval and verdict
+    header = "| metric | trackingbert − baseline | random − baseline | trackingbert − random |"
+    assert header in text
+    row = next(line for line in text.splitlines() if line.startswith("| track efficiency (two_way) | -0.035"))
+    assert row.endswith("| +0.01 [+0.004, +0.016] better |")
+    assert "- trackingbert − random: better on 1, worse on 0, no significant difference on 1 of 2 metrics" in text
+    # every arm side by side, and each arm's cost and overhead
+    assert "| metric | baseline | trackingbert | random |" in text
+    assert "| quantity | baseline | trackingbert | random |" in text
+    assert "- `random`: 0.550 s per event, ratio 1.100 (+10.0%)" in text
+    assert "### trackingbert − random, by labelled events" in text
+
+
+def test_the_forest_plot_shows_every_comparison(results, differences, tmp_path):
+    from tb_plugin.ab.plots import plot_comparisons
+
+    arms = multi_arm(results, differences)
+    path = plot_comparisons(arms["comparisons"], METRICS, tmp_path / "comparisons.png")
+    assert path.stat().st_size > 10_000

@@ -10,99 +10,8 @@ from tb_plugin.ab.config import load_ab_config
 from tb_plugin.ab.runner import ARMS, STAGE_RECORD, ABRunner, load_runner
 from tb_plugin.cli import main
 from tb_plugin.config import ConfigError, to_record
-from tb_plugin.geometry import Detector
 from tb_plugin.pipeline import stage_from_mapping
-from tb_plugin.simulation import SimulationConfig, simulate_dataset
-
-TB_TINY = {
-    "stage": "tracking_bert",
-    "model": "TrackingBERT",
-    "input_dir": "unused",
-    "stage_dir": "unused",
-    "volumes": [7, 8, 9],
-    "n_layer": 1,
-    "n_embd": 8,
-    "n_head": 2,
-    "d_ff": 16,
-    "lr": 3e-3,
-    "warmup_steps": 2,
-    "batch_size": 256,
-    "max_epochs": 1,
-    "accelerator": "cpu",
-    "flat_columns": False,
-}
-
-
-def write_yaml(path: Path, values: dict) -> Path:
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def ab_setup(tmp_path_factory) -> Path:
-    """Simulated events, a four-stage pipeline, a TrackingBERT config and an A/B config, all tiny."""
-    root = tmp_path_factory.mktemp("ab")
-    detector = Detector.builtin()
-    simulate_dataset(SimulationConfig(n_events=7, pileup=3, seed=5), detector, root / "events", progress=False)
-    detector.to_csv(root / "events" / "detectors.csv")
-    configs = root / "configs"
-    configs.mkdir()
-    stages = [
-        {
-            "stage": "data_reading",
-            "model": "TrackMLReader",
-            "input_dir": str(root / "events"),
-            "stage_dir": str(root / "feature_store"),
-            "data_split": [4, 1, 2],
-        },
-        {"stage": "graph_construction", "model": "ModuleMap", "input_dir": "x", "stage_dir": "x"},
-        {
-            "stage": "edge_classifier",
-            "model": "Filter",
-            "input_dir": "x",
-            "stage_dir": "x",
-            "node_features": ["hit_r", "hit_phi", "hit_z"],
-            "node_scales": [1000, 3.14159, 1000],
-            "edge_features": ["dr", "dz"],
-            "edge_scales": [100, 100],
-            "hidden": 8,
-            "nb_layer": 2,
-            "max_epochs": 1,
-            "edge_cut": {"target_efficiency": 0.99},
-        },
-        {
-            "stage": "edge_classifier",
-            "model": "InteractionGNN",
-            "input_dir": "x",
-            "stage_dir": "x",
-            "node_features": ["hit_r", "hit_phi", "hit_z"],
-            "node_scales": [1000, 3.14159, 1000],
-            "edge_features": ["dr", "dphi"],
-            "edge_scales": [100, 0.1],
-            "hidden": 8,
-            "n_graph_iters": 1,
-            "max_epochs": 2,
-            "lr": 3e-3,
-        },
-        {"stage": "track_building", "model": "ConnectedComponents", "input_dir": "x", "stage_dir": "x"},
-    ]
-    write_yaml(configs / "pipeline.yaml", {"stages": stages})
-    write_yaml(configs / "tb.yaml", TB_TINY)
-    write_yaml(
-        configs / "ab.yaml",
-        {
-            "ab_dir": str(root / "ab"),
-            "pipeline": "pipeline.yaml",
-            "tracking_bert": "tb.yaml",
-            "seeds": [0, 1],
-            "bootstrap": {"samples": 200},
-            "timing_events": 1,
-            "timing_repeats": 1,
-            "low_label": {"n_labelled": [1, 2], "seeds": [0]},
-            "trackingbert_keys": {"ConnectedComponents": {"min_track_length": 4}},
-        },
-    )
-    return configs / "ab.yaml"
+from tests.tb_plugin.ab.conftest import write_yaml
 
 
 def test_the_arms_differ_only_in_the_features(ab_setup):
@@ -169,7 +78,7 @@ def test_low_label_keeps_the_steps_and_the_module_map(ab_setup):
         assert low[i]["max_epochs"] == full[i]["max_epochs"] * 4  # 4 training events -> 4x the epochs of 1 event
     assert "low_label" in str(low[1]["stage_dir"]) and "low_label" in str(low[3]["stage_dir"])
     # the GNN reads only what the module map wrote: an upstream data_split bounds the full count
-    runner.downstream[0]["data_split"] = [2, 1, 2]
+    runner.arms.downstream[0]["data_split"] = [2, 1, 2]
     assert runner.arm_values("baseline", 0, n_labelled=1)[2]["max_epochs"] == full[2]["max_epochs"] * 2
 
 
@@ -327,7 +236,7 @@ def test_a_killed_ab_resumes_and_a_parallel_ab_runs_to_the_same_results(ab_setup
 
 
 def test_a_key_added_later_at_its_default_does_not_invalidate_a_finished_stage(tmp_path):
-    from tb_plugin.ab.runner import check_same_config
+    from tb_plugin.ab.stage_runs import check_same_config
     from tb_plugin.config import to_record
     from tb_plugin.pipeline import stage_from_mapping
 

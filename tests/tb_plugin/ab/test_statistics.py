@@ -47,7 +47,7 @@ def test_constant_shift_gives_an_exact_degenerate_interval():
     assert d.ci_low == pytest.approx(0.1, abs=1e-12) and d.ci_high == pytest.approx(0.1, abs=1e-12)
     assert d.significant
     assert (d.n_seeds, d.n_events, d.confidence) == (5, 50, 0.95)
-    assert d.trackingbert - d.baseline == pytest.approx(0.1, abs=1e-12)
+    assert d.arm_value - d.control_value == pytest.approx(0.1, abs=1e-12)
 
 
 def test_same_distribution_interval_covers_zero():
@@ -93,7 +93,7 @@ def test_bootstrap_uses_pooled_values_not_mean_of_ratios():
     tb_num, tb_den = np.array([[90.0, 10.0]]), np.array([[100.0, 10.0]])
     d = paired_bootstrap(base_num, base_den, tb_num, tb_den, n_boot=200)
     assert d.estimate == pytest.approx(100.0 / 110.0 - 90.0 / 110.0)  # 0.0909, not the 0.5 of per-event means
-    assert d.baseline == pytest.approx(90.0 / 110.0)
+    assert d.control_value == pytest.approx(90.0 / 110.0)
 
 
 def test_single_seed_resamples_events_only():
@@ -157,10 +157,13 @@ def test_difference_round_trips_through_a_dict():
         n_seeds=3,
         n_events=7,
         significant=True,
-        baseline=0.5,
-        trackingbert=0.6,
+        control_value=0.5,
+        arm_value=0.6,
     )
     assert Difference.from_dict(d.as_dict()) == d
+    # a results.json of two-arm days named the pooled values after the arms
+    legacy = {k: v for k, v in d.as_dict().items() if k not in ("control_value", "arm_value")}
+    assert Difference.from_dict({**legacy, "baseline": 0.5, "trackingbert": 0.6}) == d
     assert d.as_dict()["n_seeds"] == 3 and d.as_dict()["significant"] is True
 
 
