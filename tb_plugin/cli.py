@@ -213,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="rewrite events already written")
     run.set_defaults(func=cmd_run)
 
-    ab = sub.add_parser("ab", help="A/B: the baseline pipeline against the same pipeline with TrackingBERT features")
+    ab = sub.add_parser(
+        "ab",
+        help="A/B: the baseline pipeline against the same pipeline with module vectors (pretrained TrackingBERT "
+        "and its controls: random, shuffled, geometry, learned, finetune), paired over seeds and events",
+    )
     ab.add_argument("config", help="the A/B config (configs/ab/demo.yaml)")
     ab.add_argument(
         "--low-label", action="store_true", help="also run the low-label sweep of the config's low_label section"

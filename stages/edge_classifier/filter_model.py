@@ -8,8 +8,8 @@ chunks of any size (a 2 M-edge pile-up-200 graph is scored a million edges at a 
     edge_index  [2, E]        src -> dst (inner to outer hit)
     edge_attr   [E, F_edge]   per-edge features (F_edge may be 0)
 
-and the output is one logit per edge, [E]. The MLP pieces and the loss are gnn_model's (make_mlp,
-weighted_bce), so the two edge classifiers train the same way.
+and the output is one logit per edge, [E]. The MLP builder is mlp.py's and the loss gnn_model's (weighted_bce), so
+the two edge classifiers are built and trained the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from stages.edge_classifier.gnn_model import ACTIVATIONS, make_mlp
+from stages.edge_classifier.mlp import ACTIVATIONS, make_mlp
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The Interaction Network edge classifier (ACORN's InteractionGNN), nanoGPT style.
 
-Built up from the smallest piece: the config, an MLP builder, one message-passing round, the full
+Built up from the smallest piece: the config, one message-passing round (its MLPs from mlp.py), the full
 model, the weighted loss, and at the end a thin LightningModule that owns the optimiser. Inputs are
 one graph (or a PyG batch of graphs, which is one graph with offset indices):
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
 
 import lightning
 import torch
@@ -27,11 +26,12 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torch_geometric.utils import scatter
 
+from stages.edge_classifier.filter_model import FilterNetwork, FilterNetworkConfig
+from stages.edge_classifier.mlp import ACTIVATIONS, make_mlp
 from stages.edge_classifier.module_embedding import ModuleVectors, ModuleVectorsConfig
 from tb_plugin.model import warmup_linear_decay
 from tb_plugin.training import adamw
 
-ACTIVATIONS = {"SiLU": nn.SiLU, "ReLU": nn.ReLU, "GELU": nn.GELU, "Tanh": nn.Tanh, "LeakyReLU": nn.LeakyReLU}
 AGGREGATIONS = ("sum", "mean", "max")
 
 
@@ -90,33 +90,6 @@ class OptimConfig:
 
 # ----------------------------------------------------------------------------------------------------
 # Pieces
-
-
-class MLPStyle(Protocol):
-    """What make_mlp reads from a model config (GNNConfig, filter_model.FilterNetworkConfig)."""
-
-    layernorm: bool
-    hidden_activation: str
-    dropout: float
-
-
-def make_mlp(
-    d_in: int, d_hidden: int, d_out: int, n_layers: int, config: MLPStyle, output_activation: bool = True
-) -> nn.Sequential:
-    """Linear [-> LayerNorm] -> activation [-> dropout], n_layers times; the last layer bare when
-    output_activation is False (the classifier head, whose output is a logit)."""
-    layers: list[nn.Module] = []
-    sizes = [d_in] + [d_hidden] * (n_layers - 1) + [d_out]
-    for i in range(n_layers):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i == n_layers - 1 and not output_activation:
-            break
-        if config.layernorm:
-            layers.append(nn.LayerNorm(sizes[i + 1]))
-        layers.append(ACTIVATIONS[config.hidden_activation]())
-        if config.dropout > 0:
-            layers.append(nn.Dropout(config.dropout))
-    return nn.Sequential(*layers)
 
 
 class InteractionLayer(nn.Module):
@@ -224,13 +197,10 @@ ARCHITECTURES = ("InteractionNetwork", "Filter")
 
 
 def build_network(architecture: str, model: dict) -> nn.Module:
-    """The edge network named by `architecture`, from its config dict. The filter is imported here, not
-    at the top, because filter_model builds on this file's make_mlp."""
+    """The edge network named by `architecture`, from its config dict."""
     if architecture == "InteractionNetwork":
         return InteractionNetwork(GNNConfig(**model))
     if architecture == "Filter":
-        from stages.edge_classifier.filter_model import FilterNetwork, FilterNetworkConfig
-
         return FilterNetwork(FilterNetworkConfig(**model))
     raise ValueError(
         f"EdgeClassifierModule.architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"

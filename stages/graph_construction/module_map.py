@@ -51,6 +51,8 @@ import torch
 from torch_geometric.data import Data
 from tqdm import tqdm
 
+from stages.graph_construction.doublets import PAIR_SHIFT, doublet_features, doublet_values, layer_key
+from stages.graph_construction.pair_prior import PairPriorConfig, apply_pair_prior
 from stages.graph_construction.truth import GraphBuilderStage
 from stages.graph_metrics import target_conditions, target_truth_mask
 from tb_plugin.atomic import atomic_path
@@ -60,7 +62,6 @@ from tb_plugin.stage import StageConfig, TrainedArtifactsConfig
 
 log = logging.getLogger(__name__)
 
-PAIR_SHIFT = np.int64(1 << 32)  # key of a pair of ids: src * 2^32 + dst
 MAP_FILE = "module_map.npz"
 WINDOW_NAMES = ("dphi", "z0")
 
@@ -73,70 +74,7 @@ def _default_window_tracks() -> dict[str, Any]:
     return {"track_particle_pt": [500.0, math.inf]}
 
 
-PRIOR_SCORERS = ("tb", "geometry")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
-PRIOR_HEADS = ("none", "bilinear", "mlp")
-
-
-@dataclass(kw_only=True)
-class PairPriorConfig:
-    """ModuleMap key `prior:`: score module pairs to fill the map's coverage holes and prune rare pairs
-    (stages/graph_construction/pair_prior.py does the work)."""
-
-    # tb: TrackingBERT's per-module vectors (the module table); geometry: the control without them.
-    scorer: Literal["tb", "geometry"] = "tb"
-    # none: cosine of the two vectors (tb) or how central the centres' dphi / z0 sit in the layer pair's
-    # window (geometry); bilinear / mlp: a small head on the frozen per-module vectors, trained with the
-    # pairs the map saw as positives and the candidate pairs it did not see as negatives.
-    head: Literal["none", "bilinear", "mlp"] = "none"
-    # Add unseen candidate pairs whose score is at least the propose_quantile of the seen pairs' scores.
-    propose: bool = True
-    propose_quantile: float = 0.5
-    # Remove pairs seen at most prune_max_count times whose score is below the prune_quantile of the seen pairs'.
-    prune: bool = False
-    prune_max_count: int = 1
-    prune_quantile: float = 0.1
-    # The module table (tb_plugin.injection.save_module_table); null = input_dir/module_table.npz.
-    table: Path | None = None
-    # Only pairs with both modules in these volumes are proposed or pruned; null = every volume (the tb
-    # scorer also leaves modules outside TrackingBERT's vocabulary alone).
-    volumes: list[int] | None = None
-    # Learned heads: optimiser steps, learning rate, pairs per step (half positive, half negative), MLP width.
-    head_steps: int = 300
-    head_lr: float = 0.01
-    head_batch: int = 2048
-    head_hidden: int = 64
-    # Quantiles of the seen pairs' scores taken per layer pair (scores of different layer pairs need not
-    # compare: barrel and endcap vectors, window widths) or over all seen pairs at once.
-    threshold: Literal["layer_pair", "global"] = "layer_pair"
-    # Learned heads are cross-fitted: pairs split by inner module into head_folds folds, each scored by
-    # the head trained on the other folds (1 = one head trained on, and scoring, every pair).
-    head_folds: int = 3
-    # Module pairs checked at a time while looking for candidates (bounds the temporaries).
-    chunk_pairs: int = 2_000_000
-
-    def __post_init__(self) -> None:
-        if not (self.propose or self.prune):
-            raise ValueError(
-                "key 'prior': set 'propose' or 'prune' (or both) to true, or 'prior: null' to turn the prior off"
-            )
-        for key in ("propose_quantile", "prune_quantile"):
-            value = getattr(self, key)
-            if not (0.0 <= value <= 1.0):
-                raise ValueError(f"key 'prior.{key}' must be in [0, 1], got {value}")
-        if self.prune_max_count < 1:
-            raise ValueError(f"key 'prior.prune_max_count' must be at least 1, got {self.prune_max_count}")
-        for key in ("head_steps", "head_batch", "head_hidden", "head_folds", "chunk_pairs"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"key 'prior.{key}' must be at least 1, got {getattr(self, key)}")
-        if not (self.head_lr > 0 and math.isfinite(self.head_lr)):
-            raise ValueError(f"key 'prior.head_lr' must be a finite number > 0, got {self.head_lr}")
-        if self.scorer not in PRIOR_SCORERS:  # typed configs are checked by build(); this guards direct construction
-            raise ValueError(f"key 'prior.scorer' has value {self.scorer!r}; choices: {', '.join(PRIOR_SCORERS)}")
-        if self.head not in PRIOR_HEADS:
-            raise ValueError(f"key 'prior.head' has value {self.head!r}; choices: {', '.join(PRIOR_HEADS)}")
-        if self.volumes is not None and not self.volumes:
-            raise ValueError("key 'prior.volumes' must list at least one volume id, or be null (every volume)")
 
 
 @dataclass(kw_only=True)
@@ -198,45 +136,6 @@ class ModuleMapConfig(StageConfig, TrainedArtifactsConfig):
 
 
 # ------------------------------------------------------------------------------------- the map
-
-
-def doublet_features(data: Data, edges: np.ndarray, source: str | Path) -> np.ndarray:
-    """float64 [E, 2] per edge (inner hit -> outer hit): dphi, wrapped to [-pi, pi), and z0, the z
-    where the straight line through the two hits in (r, z) meets the beam line (mm).
-
-    z0 rather than deta: eta is measured from the origin, and a vertex 50 mm along the beam line
-    changes the deta of a stiff track between the first pixel layers by a whole unit, while its z0
-    stays near the vertex. Hits at one radius (an endcap disk's overlaps) give z0 = +-inf, which the
-    histograms clip into their edge bins.
-    """
-    phi, r, z = (require_field(data, k, source).double() for k in ("hit_phi", "hit_r", "hit_z"))  # [N] each
-    src, dst = torch.from_numpy(np.asarray(edges, dtype=np.int64))
-    return doublet_values(phi[src], r[src], z[src], phi[dst], r[dst], z[dst]).T.numpy()
-
-
-def doublet_values(
-    phi_in: torch.Tensor,
-    r_in: torch.Tensor,
-    z_in: torch.Tensor,
-    phi_out: torch.Tensor,
-    r_out: torch.Tensor,
-    z_out: torch.Tensor,
-) -> torch.Tensor:
-    """float64 [2, E] dphi, z0 (see doublet_features) of points given as tensors [E] each (inner, outer),
-    on their device. The one formula the map learns its windows with and builds its graphs with: the
-    cut at inference must see the very numbers the windows were set from."""
-    dphi = torch.remainder(phi_out - phi_in + math.pi, 2 * math.pi) - math.pi
-    dr, dz = r_out - r_in, z_out - z_in
-    z0 = z_in - r_in * dz / dr
-    z0 = torch.where(torch.isnan(z0), math.inf, z0)  # same position twice: no line, no cut
-    return torch.stack([dphi, z0])
-
-
-def layer_key(data: Data, source: str | Path) -> np.ndarray:
-    """int64 [N]: volume_id * 1000 + layer_id of each hit."""
-    volume = require_field(data, "hit_volume_id", source).numpy().astype(np.int64)
-    layer = require_field(data, "hit_layer_id", source).numpy().astype(np.int64)
-    return volume * 1000 + layer
 
 
 # Histogram binning of the doublet features, for the per-layer-pair quantile windows.
@@ -636,8 +535,6 @@ class ModuleMap(GraphBuilderStage):
         """The learned map's arrays after the pair prior (unchanged when `prior` is null)."""
         if self.config.prior is None:
             return arrays
-        from stages.graph_construction.pair_prior import apply_pair_prior
-
         return apply_pair_prior(
             arrays, self.config.prior, self.config.input_dir, self.config.window_margin, self.config.seed
         )

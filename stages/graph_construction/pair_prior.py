@@ -47,12 +47,13 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from stages.graph_construction.module_map import PAIR_SHIFT, PairPriorConfig, doublet_values
+from stages.graph_construction.doublets import PAIR_SHIFT, doublet_values
 from tb_plugin.geometry import Detector, artifact_applies, detector_for, refusal_reason
 from tb_plugin.injection import MODULE_TABLE_FILE, load_module_table
 
@@ -65,6 +66,72 @@ __all__ = [
     "apply_pair_prior",
     "load_prior_table",
 ]
+
+
+PRIOR_SCORERS = ("tb", "geometry")
+PRIOR_HEADS = ("none", "bilinear", "mlp")
+
+
+@dataclass(kw_only=True)
+class PairPriorConfig:
+    """ModuleMap key `prior:`: score module pairs to fill the map's coverage holes and prune rare pairs
+    (stages/graph_construction/pair_prior.py does the work)."""
+
+    # tb: TrackingBERT's per-module vectors (the module table); geometry: the control without them.
+    scorer: Literal["tb", "geometry"] = "tb"
+    # none: cosine of the two vectors (tb) or how central the centres' dphi / z0 sit in the layer pair's
+    # window (geometry); bilinear / mlp: a small head on the frozen per-module vectors, trained with the
+    # pairs the map saw as positives and the candidate pairs it did not see as negatives.
+    head: Literal["none", "bilinear", "mlp"] = "none"
+    # Add unseen candidate pairs whose score is at least the propose_quantile of the seen pairs' scores.
+    propose: bool = True
+    propose_quantile: float = 0.5
+    # Remove pairs seen at most prune_max_count times whose score is below the prune_quantile of the seen pairs'.
+    prune: bool = False
+    prune_max_count: int = 1
+    prune_quantile: float = 0.1
+    # The module table (tb_plugin.injection.save_module_table); null = input_dir/module_table.npz.
+    table: Path | None = None
+    # Only pairs with both modules in these volumes are proposed or pruned; null = every volume (the tb
+    # scorer also leaves modules outside TrackingBERT's vocabulary alone).
+    volumes: list[int] | None = None
+    # Learned heads: optimiser steps, learning rate, pairs per step (half positive, half negative), MLP width.
+    head_steps: int = 300
+    head_lr: float = 0.01
+    head_batch: int = 2048
+    head_hidden: int = 64
+    # Quantiles of the seen pairs' scores taken per layer pair (scores of different layer pairs need not
+    # compare: barrel and endcap vectors, window widths) or over all seen pairs at once.
+    threshold: Literal["layer_pair", "global"] = "layer_pair"
+    # Learned heads are cross-fitted: pairs split by inner module into head_folds folds, each scored by
+    # the head trained on the other folds (1 = one head trained on, and scoring, every pair).
+    head_folds: int = 3
+    # Module pairs checked at a time while looking for candidates (bounds the temporaries).
+    chunk_pairs: int = 2_000_000
+
+    def __post_init__(self) -> None:
+        if not (self.propose or self.prune):
+            raise ValueError(
+                "key 'prior': set 'propose' or 'prune' (or both) to true, or 'prior: null' to turn the prior off"
+            )
+        for key in ("propose_quantile", "prune_quantile"):
+            value = getattr(self, key)
+            if not (0.0 <= value <= 1.0):
+                raise ValueError(f"key 'prior.{key}' must be in [0, 1], got {value}")
+        if self.prune_max_count < 1:
+            raise ValueError(f"key 'prior.prune_max_count' must be at least 1, got {self.prune_max_count}")
+        for key in ("head_steps", "head_batch", "head_hidden", "head_folds", "chunk_pairs"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"key 'prior.{key}' must be at least 1, got {getattr(self, key)}")
+        if not (self.head_lr > 0 and math.isfinite(self.head_lr)):
+            raise ValueError(f"key 'prior.head_lr' must be a finite number > 0, got {self.head_lr}")
+        if self.scorer not in PRIOR_SCORERS:  # typed configs are checked by build(); this guards direct construction
+            raise ValueError(f"key 'prior.scorer' has value {self.scorer!r}; choices: {', '.join(PRIOR_SCORERS)}")
+        if self.head not in PRIOR_HEADS:
+            raise ValueError(f"key 'prior.head' has value {self.head!r}; choices: {', '.join(PRIOR_HEADS)}")
+        if self.volumes is not None and not self.volumes:
+            raise ValueError("key 'prior.volumes' must list at least one volume id, or be null (every volume)")
+
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from tb_plugin.ab.report import (
     confidence_level,
     format_seconds,
     format_signed,
+    identical_metrics,
     low_label_section,
     mean_std_cell,
     metric_specs_of,
@@ -131,7 +132,12 @@ def controls_section(results: Mapping[str, Any], comparisons: Sequence[Mapping[s
     """The headline metrics, one column per comparison: which gain comes from a code per module (an arm
     without content against the baseline) and which from the content (an arm against its control)."""
     specs = {m["name"]: m for m in metric_specs_of(results, comparisons[0]["differences"])}
-    rows = [name for name in HEADLINE if name in specs and any(name in c["differences"] for c in comparisons)]
+    shared = [identical_metrics(results, (c["control"], c["arm"])) for c in comparisons]
+    rows = [
+        name
+        for name in HEADLINE
+        if name in specs and any(name in c["differences"] and name not in same for c, same in zip(comparisons, shared))
+    ]
     if not rows:
         return []
     lines = [
@@ -147,28 +153,36 @@ def controls_section(results: Mapping[str, Any], comparisons: Sequence[Mapping[s
     for name in rows:
         spec = specs[name]
         cells = [spec.get("label", name)]
-        for comparison in comparisons:
+        for comparison, same in zip(comparisons, shared):
             raw = comparison["differences"].get(name)
-            if raw is None:
-                cells.append("n/a")
+            if raw is None or name in same:
+                cells.append("n/a" if raw is None else "identical (shared stages)")
                 continue
             d = as_difference(raw)
             word = verdict(d, bool(spec.get("higher_is_better", True)))
             cells.append(f"{format_signed(d.estimate)} [{format_signed(d.ci_low)}, {format_signed(d.ci_high)}] {word}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *control_sentences(results, comparisons), ""]
+    lines += [
+        "",
+        "Rows whose cells are identical in an arm and its control, event by event, come from stages the two share.",
+        "",
+        *control_sentences(results, comparisons),
+        "",
+    ]
     return lines
 
 
 def control_sentences(results: Mapping[str, Any], comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One line per comparison: how many metrics are better, worse, not different."""
+    """One line per comparison: how many metrics are better, worse, not different (those identical by
+    construction, made by stages the two arms share, left out)."""
     out = []
     for comparison in comparisons:
         specs = metric_specs_of(results, comparison["differences"])
+        same = identical_metrics(results, (comparison["control"], comparison["arm"]))
         counts = {BETTER: 0, WORSE: 0, NO_DIFFERENCE: 0}
         for spec in specs:
             raw = comparison["differences"].get(spec["name"])
-            if raw is not None and as_difference(raw).n_events:
+            if raw is not None and spec["name"] not in same:
                 counts[verdict(raw, bool(spec.get("higher_is_better", True)))] += 1
         out.append(
             f"- {comparison_name(comparison)}: better on {counts[BETTER]}, worse on {counts[WORSE]}, "

@@ -191,37 +191,7 @@ def plot_comparisons(
     level = 0.95
     offsets = np.linspace(0.5, -0.5, len(comparisons)) if len(comparisons) > 1 else np.zeros(1)
     for ax, spec in zip(axes, specs):
-        found = [(i, c, c["differences"].get(spec["name"])) for i, c in enumerate(comparisons)]
-        ds = [(i, c, raw if isinstance(raw, Difference) else Difference.from_dict(raw)) for i, c, raw in found if raw]
-        finite = [abs(v) for _, _, d in ds for v in (d.estimate, d.ci_low, d.ci_high) if math.isfinite(v)]
-        reach = max(finite, default=0.0) * 1.25 or 1.0
-        ax.axvline(0.0, color="black", linewidth=0.8)
-        for i, _, d in ds:
-            level = d.confidence
-            if not math.isfinite(d.estimate):
-                continue
-            low = max(d.estimate - d.ci_low, 0.0) if math.isfinite(d.ci_low) else 0.0
-            high = max(d.ci_high - d.estimate, 0.0) if math.isfinite(d.ci_high) else 0.0
-            colour = COLOURS[i % len(COLOURS)]
-            ax.errorbar(
-                [d.estimate],
-                [offsets[i]],
-                xerr=[[low], [high]],
-                fmt=MARKERS[i % len(MARKERS)],
-                color=colour,
-                markerfacecolor=colour if d.significant else "white",
-                capsize=2,
-                markersize=5,
-            )
-        ax.set_xlim(-reach, reach)
-        ax.set_ylim(-1.0, 1.0)
-        ax.set_yticks([])
-        label = spec.get("label", spec["name"])
-        ax.set_ylabel(label if len(label) < 60 else label[:57] + "…", rotation=0, ha="right", va="center")
-        ax.yaxis.label.set_fontsize("x-small")
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, symmetric=True))
-        ax.tick_params(axis="x", labelsize="x-small")
-        ax.grid(axis="x", alpha=0.3)
+        level = _comparison_row(ax, spec, comparisons, offsets) or level
     axes[-1].set_xlabel("difference (each row on its own scale; filled: the interval excludes zero)")
     fig.suptitle(f"Every comparison with {level:.0%} paired-bootstrap intervals")
     handles = [
@@ -232,6 +202,44 @@ def plot_comparisons(
     rows = (len(handles) + 2) // 3
     fig.tight_layout(rect=(0.0, 0.03 * rows + 0.02, 1.0, 0.97))
     return save_figure(fig, out_path)
+
+
+def _comparison_row(
+    ax: Any, spec: Mapping[str, Any], comparisons: Sequence[Mapping[str, Any]], offsets: np.ndarray
+) -> float | None:
+    """One metric's row of the forest plot: a point with its interval per comparison, on an x axis of
+    its own centred on zero. Returns the intervals' confidence level (None when no comparison has it)."""
+    found = [(i, c["differences"].get(spec["name"])) for i, c in enumerate(comparisons)]
+    ds = [(i, raw if isinstance(raw, Difference) else Difference.from_dict(raw)) for i, raw in found if raw]
+    finite = [abs(v) for _, d in ds for v in (d.estimate, d.ci_low, d.ci_high) if math.isfinite(v)]
+    reach = max(finite, default=0.0) * 1.25 or 1.0
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    for i, d in ds:
+        if not math.isfinite(d.estimate):
+            continue
+        low = max(d.estimate - d.ci_low, 0.0) if math.isfinite(d.ci_low) else 0.0
+        high = max(d.ci_high - d.estimate, 0.0) if math.isfinite(d.ci_high) else 0.0
+        colour = COLOURS[i % len(COLOURS)]
+        ax.errorbar(
+            [d.estimate],
+            [offsets[i]],
+            xerr=[[low], [high]],
+            fmt=MARKERS[i % len(MARKERS)],
+            color=colour,
+            markerfacecolor=colour if d.significant else "white",
+            capsize=2,
+            markersize=5,
+        )
+    ax.set_xlim(-reach, reach)
+    ax.set_ylim(-1.0, 1.0)
+    ax.set_yticks([])
+    label = spec.get("label", spec["name"])
+    ax.set_ylabel(label if len(label) < 60 else label[:57] + "…", rotation=0, ha="right", va="center")
+    ax.yaxis.label.set_fontsize("x-small")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, symmetric=True))
+    ax.tick_params(axis="x", labelsize="x-small")
+    ax.grid(axis="x", alpha=0.3)
+    return ds[0][1].confidence if ds else None
 
 
 def plot_validation_curves(results: Mapping[str, Any], out_path: str | os.PathLike) -> Path | None:
