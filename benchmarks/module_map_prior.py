@@ -306,7 +306,7 @@ def load_map(stage: ModuleMap, arrays: dict[str, np.ndarray]) -> None:
         stage.prepare_inference()
     finally:
         stage.map_file.unlink()
-        for folder in (stage.map_file.parent, stage.map_file.parent.parent):
+        for folder in stage.map_file.parents[:3]:  # artifacts/, the run's stage_dir, maps/ (when empty)
             with contextlib.suppress(OSError):
                 folder.rmdir()
 
@@ -757,8 +757,6 @@ def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     extra = parse_tables(args.tables)
-    if "tb_all" in extra and args.tb_all_config is not None:
-        raise SystemExit("--tables: tb_all is --tb-all-config's scorer")
     arms = {arm: parse_arm(arm, (*SCORERS, *extra)) for arm in args.arms}
     pairs = parse_compare(args.compare, list(arms))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -131,15 +131,20 @@ def test_a_gpu_stage_gets_an_optimizer_its_trainer_can_clip(stage, tmp_path, mon
 
 
 def test_demo_on_real_infers_with_every_trained_stage_of_the_demo():
-    """configs/pipelines/demo_on_real.yaml: each stage that learns reads the artifacts of the same
-    model in the demo (demo_baseline.yaml's stage_dir), so nothing is trained on the real events, and
-    every output goes outside the demo's folders, which stay as `make demo` left them."""
-    demo = [stage_from_mapping(e.values, e.source) for e in load_pipeline(CONFIGS / "pipelines" / "demo_baseline.yaml")]
+    """configs/pipelines/demo_on_real.yaml: each stage that learns reads the artifacts of the same model
+    in the demo (the demo A/B's baseline arm, seed 0: what `make demo` trains), with the same keys, so
+    nothing is trained on the real events and the config says what the checkpoint is; every output goes
+    outside the demo's folders, which stay as `make demo` left them."""
+    runner = load_runner(CONFIGS / "ab" / "demo.yaml")
+    demo = [stage_from_mapping(v, "demo") for v in runner.arm_values("baseline", runner.config.seeds[0])]
     real = [stage_from_mapping(e.values, e.source) for e in load_pipeline(CONFIGS / "pipelines" / "demo_on_real.yaml")]
-    assert [s.config.model for s in real] == [s.config.model for s in demo]
+    assert [s.config.model for s in real[1:]] == [s.config.model for s in demo]
     demo_dirs = {s.stage_dir for s in demo}
-    for trained, applied in zip(demo, real):
+    where = ("stage_dir", "input_dir", "trained_stage_dir", "data_split", "seed")
+    for trained, applied in zip(demo, real[1:]):
         assert applied.stage_dir not in demo_dirs, applied.config.model
         if trained.trainable:
             assert applied.trained_elsewhere and applied.trained_dir == trained.stage_dir, applied.config.model
+        keys = {k: v for k, v in dataclasses.asdict(trained.config).items() if k not in where}
+        assert keys == {k: v for k, v in dataclasses.asdict(applied.config).items() if k not in where}
     assert real[0].config.input_dir == load_stage(CONFIGS / "data_reading" / "trackml_real.yaml").config.input_dir
