@@ -96,17 +96,24 @@ class ArmBuilder:
         return stage_from_mapping(self.reading_values, str(self.config.pipeline))
 
     def embedding_dir(self, source: str) -> Path:
-        """The stage_dir of the tracking_bert stage of a table source."""
+        """The stage_dir of the tracking_bert stage of a table source: the pretrained one where
+        tracking_bert_dir puts it; a control's in ab_dir, or its twin in reuse_ab_dir when that finished
+        with the same config (then the arms reading it can be reused from there too)."""
         if source == "pretrained":
             return Path(self.config.tracking_bert_dir or self.ab_dir / "tracking_bert")
-        return self.ab_dir / f"tracking_bert_{source}"
+        own = self.ab_dir / f"tracking_bert_{source}"
+        if self.config.reuse_ab_dir is None:
+            return own
+        twin = Path(self.config.reuse_ab_dir) / own.name
+        values = self.embedding_values(source, twin)
+        return twin if finished_with(stage_from_mapping(values, str(self.config.tracking_bert))) else own
 
-    def embedding_values(self, source: str) -> dict[str, Any]:
+    def embedding_values(self, source: str, stage_dir: Path | None = None) -> dict[str, Any]:
         """The tracking_bert stage of one table source: the A/B's config with its `source` set."""
         values = {
             **self.tb_values,
             "input_dir": self.reading_stage().stage_dir,
-            "stage_dir": self.embedding_dir(source),
+            "stage_dir": stage_dir or self.embedding_dir(source),
             "source": source,
         }
         if source == "pretrained" and "source" not in self.tb_values:

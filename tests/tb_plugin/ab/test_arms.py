@@ -9,9 +9,9 @@ import yaml
 
 from tb_plugin.ab.config import load_ab_config
 from tb_plugin.ab.parallel import ordered_tasks
-from tb_plugin.ab.runner import load_runner
+from tb_plugin.ab.runner import STAGE_RECORD, load_runner
 from tb_plugin.cli import main
-from tb_plugin.config import ConfigError
+from tb_plugin.config import ConfigError, to_record
 from tests.tb_plugin.ab.conftest import write_yaml
 
 EVERY_SOURCE = {
@@ -158,3 +158,33 @@ def test_three_arms_with_a_control_run_and_report(ab_setup, tmp_path):
     # the embedding stages ran once each, and the random one trained nothing
     assert (ab / "tracking_bert_random" / "artifacts" / "best.ckpt").is_file()
     assert not (ab / "tracking_bert_random" / "artifacts" / "last.ckpt").exists()
+
+
+def test_a_control_table_finished_in_another_ab_is_read_from_there(ab_setup, tmp_path):
+    """reuse_ab_dir: a random (or shuffled, geometry) tracking_bert stage that finished there with the
+    same config is this A/B's too, and so are the random arm's stages made from it."""
+    first = load_runner(arms_ab(ab_setup, tmp_path, {"random": {"source": "random"}}))
+    stage = first.arms.embedding_stage("random")
+    stage.stage_dir.mkdir(parents=True)
+    (stage.stage_dir / STAGE_RECORD).write_text(json.dumps({"config": to_record(stage.config)}, default=str))
+    second = arms_ab(
+        ab_setup,
+        tmp_path,
+        {"random": {"source": "random"}},
+        ab_dir=str(tmp_path / "second"),
+        reuse_ab_dir=str(tmp_path / "ab"),
+    )
+    runner = load_runner(second)
+    assert runner.arms.embedding_dir("random") == tmp_path / "ab" / "tracking_bert_random"
+    assert Path(runner.arm_values("random", 0)[0]["input_dir"]) == tmp_path / "ab" / "tracking_bert_random"
+    # another seed of the random model is another table: made here
+    other = yaml.safe_load((ab_setup.parent / "tb.yaml").read_text()) | {"seed": 7}
+    changed = arms_ab(
+        ab_setup,
+        tmp_path,
+        {"random": {"source": "random"}},
+        ab_dir=str(tmp_path / "third"),
+        reuse_ab_dir=str(tmp_path / "ab"),
+        tracking_bert=str(write_yaml(tmp_path / "tb7.yaml", other)),
+    )
+    assert load_runner(changed).arms.embedding_dir("random") == tmp_path / "third" / "tracking_bert_random"
