@@ -1,7 +1,7 @@
 """What the demo's trained pipeline made of real TrackML events (configs/pipelines/demo_on_real.yaml).
 
     tb run configs/pipelines/demo_on_real.yaml        # after `make demo`; writes runs/real
-    .venv/bin/python benchmarks/demo_on_real.py [--real runs/real] [--demo runs/demo] [--out FILE]
+    .venv/bin/python benchmarks/demo_on_real.py [--real runs/real] [--map-dir DIR] [--out FILE]
 
 Real files carry no truth, so no efficiency can be measured: this reports what can be, per event and
 summed over the events of every split. Graph sizes: the module map's edges, the edges the filter
@@ -81,10 +81,15 @@ def summarise(events: list[dict[str, Any]], modules: np.ndarray) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real", type=Path, default=Path("runs/real"), help="the run's output (default runs/real)")
-    parser.add_argument("--demo", type=Path, default=Path("runs/demo"), help="the trained demo (default runs/demo)")
+    parser.add_argument(
+        "--map-dir",
+        type=Path,
+        default=Path("runs/demo/ab/baseline/graph_construction"),
+        help="the trained module map's stage_dir (default: the demo A/B's baseline map, the one demo_on_real.yaml reads)",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    modules = mapped_modules(args.demo / "module_map" / "artifacts" / MAP_FILE)
+    modules = mapped_modules(args.map_dir / "artifacts" / MAP_FILE)
     done = [(split, path.name) for split in SPLITS for path in list_event_files(args.real / "track_building", split)]
     if not done:
         print(f"no events in {args.real / 'track_building'}: run the pipeline first", file=sys.stderr)

@@ -79,7 +79,7 @@ def test_smoke_shrinks_every_part_onto_the_cpu():
 
 
 @pytest.mark.parametrize("flags", [(), ("--smoke",)], ids=["full", "smoke"])
-def test_written_configs_build_both_arms_in_the_output_folder(tmp_path, flags):
+def test_written_configs_build_every_arm_in_the_output_folder(tmp_path, flags):
     table = sizes(*flags)
     hidden, iters, epochs, seconds = table["GNN"].split(",")
     gpu_check.main(
@@ -96,13 +96,15 @@ def test_written_configs_build_both_arms_in_the_output_folder(tmp_path, flags):
     assert pretraining.stage_dir == tmp_path / "tracking_bert" and pretraining.input_dir == tmp_path / "feature_store"
     assert pretraining.n_layer == int(table["TB_SIZE"].split(",")[0])
     assert pretraining.max_time_s == float(table["TB_SECONDS"])
-    for arm in ("baseline", "trackingbert"):
+    assert runner.names == ["baseline", "pretrained", "random"]  # the pretrained arm and its control
+    assert runner.arms.embedding_dir("random") == tmp_path / "ab" / "tracking_bert_random"
+    for arm in runner.names:
         stages = runner.plan(arm, 0).stages
         assert [s.config.stage for s in stages][-1] == "track_building"
         assert all(tmp_path in s.stage_dir.parents for s in stages)
         gnn = next(s.config for s in stages if s.config.model == "InteractionGNN")
         assert gnn.accelerator == table["ACCELERATOR"] and gnn.hidden == int(hidden)
-        assert ("hit_tb_emb" in gnn.node_features) == (arm == "trackingbert")
+        assert ("hit_tb_emb" in gnn.node_features) == (arm != "baseline")
 
 
 def test_max_time_s_bounds_the_trainer(tmp_path):

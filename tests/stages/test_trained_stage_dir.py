@@ -174,7 +174,7 @@ def test_the_summary_counts_what_the_run_wrote(runs, applied, capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import demo_on_real
 
-    assert demo_on_real.main(["--real", str(runs / "new"), "--demo", str(runs / "trained")]) == 0
+    assert demo_on_real.main(["--real", str(runs / "new"), "--map-dir", str(runs / "trained" / "module_map")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert len(summary["events"]) == sum(SPLIT)
     lengths = []
