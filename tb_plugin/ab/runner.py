@@ -104,8 +104,9 @@ class ABRunner:
 
         self.ab_dir.mkdir(parents=True, exist_ok=True)
         run_once(self.reading_stage())
+        sweep = low_label or (self.config.low_label is not None and self.config.low_label.run)
         if self.config.jobs > 1:
-            self.run_in_parallel()
+            self.run_in_parallel(sweep)
         embeddings = self.run_embeddings()
         results: dict[str, Any] = {"config": self.config_record(), "arms": self.arm_records()}
         collected: dict[str, list[ArmEvents]] = {arm: [] for arm in self.names}
@@ -119,7 +120,7 @@ class ABRunner:
         comparisons = self.compare(results)
         results["comparisons"] = [{**c, "differences": as_dicts(c["differences"])} for c in comparisons]
         results["differences"] = results["comparisons"][0]["differences"]  # the first arm against the baseline
-        if low_label or (self.config.low_label is not None and self.config.low_label.run):
+        if sweep:
             results["low_label"] = self.run_low_label(results, embeddings)
         results["plots"] = self.plot(results, collected)
         write_text(self.ab_dir / "results.json", json.dumps(results, indent=2, default=json_default) + "\n")
@@ -147,13 +148,21 @@ class ABRunner:
             records[source]["trainable_parameters"] = trainable_parameters(stage) if source == "pretrained" else 0
         return records
 
-    def run_in_parallel(self) -> None:
-        """The tracking_bert stages and every arm and seed's stages in `jobs` worker processes
-        (tb_plugin.ab.parallel); the walk over the arms that follows finds them finished."""
+    def run_in_parallel(self, low_label: bool = False) -> None:
+        """The tracking_bert stages and every arm and seed's stages (with `low_label`, the sweep's too) in
+        `jobs` worker processes (tb_plugin.ab.parallel); the walk over the arms that follows finds them
+        finished."""
         from tb_plugin.ab.parallel import ordered_tasks, run_tasks
 
         embeddings = [[self.arms.embedding_values(source)] for source in self.arms.embedding_sources()]
         arms = [self.arm_values(arm, seed) for seed in self.config.seeds for arm in self.names]
+        if low_label:
+            arms += [
+                self.arm_values(arm, seed, n)
+                for n in self.low_label_counts()
+                for seed in self.config.low_label_seeds or self.config.seeds
+                for arm in self.names
+            ]
         tasks = ordered_tasks(embeddings, str(self.config.tracking_bert))
         tasks.update(ordered_tasks(arms, f"{self.config.pipeline} (an A/B arm)"))
         run_tasks(tasks, self.config.jobs, self.ab_dir / "logs", lambda path: (path / STAGE_RECORD).exists())
@@ -270,11 +279,9 @@ class ABRunner:
         resampled, as in the main comparison); the full count reuses the main runs."""
         from tb_plugin.ab.statistics import compare
 
-        spec = self.config.low_label
-        counts = sorted(set(spec.n_labelled if spec else [1, 2, 4, 8]))
         seeds = self.config.low_label_seeds or self.config.seeds
         full = self.full_labelled_events()
-        counts = [n for n in counts if n < full]
+        counts = self.low_label_counts()
         sweep: dict[str, Any] = {"n_labelled": counts + [full], "seeds": seeds, "arms": {}, "comparisons": []}
         names = [m["name"] for m in results["metrics"]]
         main = {arm: {r["seed"]: r for r in results["arms"][arm]["seeds"]} for arm in self.names}
@@ -312,6 +319,12 @@ class ABRunner:
         ]
         sweep["differences"] = differences[0]  # the first arm against the baseline (the two-arm form)
         return sweep
+
+    def low_label_counts(self) -> list[int]:
+        """The sweep's labelled-event counts below the full run's (which the main runs give)."""
+        spec = self.config.low_label
+        full = self.full_labelled_events()
+        return [n for n in sorted(set(spec.n_labelled if spec else [1, 2, 4, 8])) if n < full]
 
     def full_labelled_events(self) -> int:
         plan = self.plan(BASELINE, self.config.seeds[0])

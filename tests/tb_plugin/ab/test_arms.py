@@ -188,3 +188,22 @@ def test_a_control_table_finished_in_another_ab_is_read_from_there(ab_setup, tmp
         tracking_bert=str(write_yaml(tmp_path / "tb7.yaml", other)),
     )
     assert load_runner(changed).arms.embedding_dir("random") == tmp_path / "third" / "tracking_bert_random"
+
+
+def test_the_low_label_sweep_runs_in_the_worker_processes_too(ab_setup, tmp_path, monkeypatch):
+    """With `jobs` > 1 and the sweep asked for, its stage runs are worker tasks beside the main ones
+    (each after what it reads), not a sequential walk afterwards."""
+    arms = {"pretrained": {"source": "pretrained"}, "learned": {"source": "learned"}}
+    config = arms_ab(ab_setup, tmp_path, arms, jobs=2, low_label={"n_labelled": [1, 2], "seeds": [0]})
+    runner = load_runner(config)
+    seen = {}
+    monkeypatch.setattr("tb_plugin.ab.parallel.run_tasks", lambda tasks, *args, **kwargs: seen.update(tasks))
+    runner.run_in_parallel(low_label=True)
+    sweep = [p for p in seen if "low_label" in p.parts]
+    assert {p.parts[p.parts.index("low_label") + 1] for p in sweep} == {"n1", "n2"}
+    assert {p.parts[p.parts.index("low_label") + 2] for p in sweep} == {"baseline", "pretrained", "learned"}
+    runner.run_in_parallel(low_label=False)
+    assert len(seen) > len(sweep)  # the main runs are tasks either way
+    seen.clear()
+    runner.run_in_parallel(low_label=False)
+    assert not any("low_label" in p.parts for p in seen)
