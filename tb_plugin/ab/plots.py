@@ -180,8 +180,9 @@ def plot_comparisons(
     """Forest plot of every comparison (arm − control): a row per metric on its own x scale centred on
     zero, one point with its interval per comparison, filled where the interval excludes zero. Set side
     by side, an arm against the baseline and the same arm against its control show at once which part of
-    a gain the control shares. `names` picks the metrics (default: every metric some comparison has)."""
-    specs = [s for s in _spec_list(metrics) if any(s["name"] in c["differences"] for c in comparisons)]
+    a gain the control shares. `names` picks the metrics (default: every metric some comparison has);
+    a metric no comparison measures (shared stages: exactly zero everywhere) gets no row."""
+    specs = [s for s in _spec_list(metrics) if any(_measured(c["differences"].get(s["name"])) for c in comparisons)]
     if names is not None:
         specs = [s for s in specs if s["name"] in names] or specs
     if not specs or not comparisons:
@@ -202,6 +203,15 @@ def plot_comparisons(
     rows = (len(handles) + 2) // 3
     fig.tight_layout(rect=(0.0, 0.03 * rows + 0.02, 1.0, 0.97))
     return save_figure(fig, out_path)
+
+
+def _measured(raw: Difference | Mapping[str, Any] | None) -> bool:
+    """Whether a difference says anything: not missing, and not exactly zero with a zero-width interval
+    (a metric of stages the two arms share, the same event by event)."""
+    if raw is None:
+        return False
+    d = raw if isinstance(raw, Difference) else Difference.from_dict(raw)
+    return not (d.estimate == 0 and d.ci_low == 0 and d.ci_high == 0)
 
 
 def _comparison_row(
