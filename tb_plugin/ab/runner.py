@@ -32,7 +32,7 @@ import torch
 
 from stages.inference_chain import InferenceChain
 from tb_plugin.ab.arms import ArmBuilder
-from tb_plugin.ab.arms_report import HEADLINE, render_ab_report
+from tb_plugin.ab.arms_report import HEADLINE, controls_section, render_ab_report
 from tb_plugin.ab.config import BASELINE, ABConfig
 from tb_plugin.ab.metrics import ArmEvents, collect_arm_events, metric_specs
 from tb_plugin.ab.stage_runs import STAGE_RECORD, gradient_trained, json_default, run_once, trainable_parameters
@@ -125,7 +125,10 @@ class ABRunner:
         results["plots"] = self.plot(results, collected)
         write_text(self.ab_dir / "results.json", json.dumps(results, indent=2, default=json_default) + "\n")
         write_report(self.ab_dir / "REPORT.md", render_ab_report(results))
-        print(summary_table(results, results["differences"], arm=self.names[1]))
+        if len(comparisons) > 1:  # what the controls show: the headline metrics, a column per comparison
+            print("\n".join(controls_section(results, results["comparisons"])))
+        else:
+            print(summary_table(results, results["differences"], arm=self.names[1]))
         print(f"  -> {self.ab_dir / 'REPORT.md'}, {self.ab_dir / 'results.json'}")
         return results
 

@@ -112,7 +112,7 @@ def test_keys_of_an_arm_for_a_model_the_pipeline_lacks_are_refused(ab_setup, tmp
         load_runner(config)
 
 
-def test_three_arms_with_a_control_run_and_report(ab_setup, tmp_path):
+def test_three_arms_with_a_control_run_and_report(ab_setup, tmp_path, capsys):
     arms = {
         "pretrained": {"source": "pretrained", "compare_to": "random"},
         "random": {"source": "random"},
@@ -120,6 +120,8 @@ def test_three_arms_with_a_control_run_and_report(ab_setup, tmp_path):
     }
     config = arms_ab(ab_setup, tmp_path, arms, seeds=[0], bootstrap={"samples": 200})
     assert main(["-q", "ab", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert "## What the controls show" in printed and "| metric | pretrained − baseline |" in printed
     ab = tmp_path / "ab"
     results = json.loads((ab / "results.json").read_text())
     assert list(results["arms"]) == ["baseline", "pretrained", "random", "learned"]
