@@ -1,10 +1,11 @@
 """The `tb` command: simulate data, and train / infer / eval stages from YAML like `acorn`.
 
     tb simulate --events N --pileup MU --seed S --out DIR [--detector PATH] [--particles PATH]  (--events: 1 with --particles)
-    tb train CONFIG.yaml [--checkpoint PATH]
+    tb train CONFIG.yaml [--checkpoint PATH] [--overwrite]
     tb infer CONFIG.yaml [--overwrite]
     tb eval  CONFIG.yaml
     tb run   PIPELINE.yaml [--overwrite]
+    tb status PIPELINE.yaml|CONFIG.yaml
     tb ab    AB.yaml [--low-label]
     tb export CONFIG.yaml [--format csv|npz|pt] [--out DIR]
     tb stages
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tb_plugin.atomic import WRITE_ERRNOS, WriteError, write_error
 from tb_plugin.config import ConfigError
 from tb_plugin.geometry import Detector, DetectorFormatError, UnknownModuleError
 from tb_plugin.trackml import SubmissionError, TrackMLFormatError
@@ -35,12 +37,14 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     SubmissionError,
     TrackMLFormatError,
     UnknownModuleError,
+    WriteError,
 )
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """USER_ERRORS plus those of modules that are imported only when a command needs them."""
     from stages.data_reading.event_features import EventContentError
+    from tb_plugin.ab.parallel import WorkerError
     from tb_plugin.event_store import EventFileError, MissingFieldError
     from tb_plugin.pretraining.datamodule import NoTracksError
     from tb_plugin.stage import NoTruthError
@@ -57,6 +61,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         GeometryMismatchError,
         NoTracksError,
         VocabularyFileError,
+        WorkerError,
     )
 
 
@@ -102,7 +107,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from tb_plugin.pipeline import load_stage
+    from tb_plugin import stage_record
+    from tb_plugin.pipeline import load_stage, run_phase
 
     stage = load_stage(args.config)
     if not stage.trainable:
@@ -114,19 +120,38 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"{args.config}: key 'trained_stage_dir' makes this stage infer with the artifacts of "
             f"{stage.trained_dir}; remove it to train into {stage.stage_dir}, or use 'tb infer'"
         )
-    stage.train(checkpoint=Path(args.checkpoint) if args.checkpoint else None)
+    if args.overwrite:
+        stage_record.clear_outputs(stage.stage_dir)  # retrain from scratch: the old model and events go
+    elif stage_record.phase_done(stage, "train"):
+        print(f"{stage.stage_dir}: trained already, with this config and input; --overwrite retrains from scratch")
+        return
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    run_phase(stage, "train", lambda: stage.train(checkpoint=checkpoint))
 
 
 def cmd_infer(args: argparse.Namespace) -> None:
-    from tb_plugin.pipeline import load_stage
+    from tb_plugin.pipeline import load_stage, run_phase
 
-    load_stage(args.config).infer(overwrite=args.overwrite)
+    stage = load_stage(args.config)
+    run_phase(stage, "infer", lambda: stage.infer(overwrite=args.overwrite), args.overwrite)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from tb_plugin.pipeline import load_stage
+    from tb_plugin.pipeline import load_stage, run_phase
 
-    load_stage(args.config).evaluate()
+    stage = load_stage(args.config)
+    run_phase(stage, "eval", stage.evaluate)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    """Each stage of a pipeline (or one stage config) as up to date, incomplete, stale (why) or missing."""
+    from tb_plugin.config import load_yaml
+    from tb_plugin.pipeline import load_stage, load_stages, pipeline_status
+
+    stages = load_stages(args.config) if "stages" in load_yaml(args.config) else [load_stage(args.config)]
+    for stage, status in zip(stages, pipeline_status(stages)):
+        name = f"{stage.config.stage}/{stage.config.model}"
+        print(f"{name:34s} {str(stage.stage_dir):36s} {status}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -142,9 +167,15 @@ def cmd_ab(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from tb_plugin import stage_record
     from tb_plugin.pipeline import load_stage
 
     stage = load_stage(args.config)
+    status = stage_record.status(stage)
+    if status.state == "stale":
+        raise stage_record.StaleOutputError(
+            f"{stage.stage_dir}: stale ({status.reason}); rerun it with 'tb run ... --overwrite' before exporting"
+        )
     if not hasattr(stage, "export"):
         raise ConfigError(
             f"{args.config}: stage '{stage.config.stage}' has no embeddings to export (use a tracking_bert config)"
@@ -197,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--checkpoint", help="resume from this checkpoint (default: the last one in stage_dir/artifacts)"
     )
+    train.add_argument(
+        "--overwrite", action="store_true", help="train from scratch, removing the stage's earlier model and outputs"
+    )
     train.set_defaults(func=cmd_train)
 
     infer = sub.add_parser("infer", help="run a stage over its input events")
@@ -212,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("pipeline")
     run.add_argument("--overwrite", action="store_true", help="rewrite events already written")
     run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser(
+        "status", help="list each stage of a pipeline as up to date, incomplete, stale (and why) or missing"
+    )
+    status.add_argument("config", help="a pipeline file (or one stage config)")
+    status.set_defaults(func=cmd_status)
 
     ab = sub.add_parser(
         "ab",
@@ -243,7 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        args.func(args)
+        try:
+            args.func(args)
+        except OSError as err:  # a write outside our atomic writer (Lightning's checkpoints): same one line
+            if isinstance(err, WriteError) or err.errno not in WRITE_ERRNOS or isinstance(err, FileNotFoundError):
+                raise
+            raise write_error(err, err.filename or "an output file") from None
     except _user_errors() as err:
         if args.traceback:
             raise

@@ -170,8 +170,10 @@ def hit_count(data: Data) -> int | None:
 
 
 def save_event(data: Data, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(
+            data, f
+        )  # a file object, not the temp name: torch names the archive after it, and the same event then has the same bytes
 
 
 def load_event(path: str | Path) -> Data:

@@ -63,15 +63,15 @@ class OptimConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # YAML gives a list
         if not self.lr > 0:
-            raise ValueError(f"OptimConfig.lr must be > 0, got {self.lr!r}")
+            raise ValueError(f"key 'lr' must be > 0, got {self.lr!r}")
         if self.weight_decay < 0:
-            raise ValueError(f"OptimConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+            raise ValueError(f"key 'weight_decay' must be >= 0, got {self.weight_decay!r}")
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"OptimConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+            raise ValueError(f"key 'warmup_steps' must be an integer >= 0, got {self.warmup_steps!r}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"OptimConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+            raise ValueError(f"key 'betas' must be two numbers in [0, 1), got {self.betas!r}")
         if self.ntp_weight < 0:
-            raise ValueError(f"OptimConfig.ntp_weight must be >= 0, got {self.ntp_weight!r}")
+            raise ValueError(f"key 'ntp_weight' must be >= 0, got {self.ntp_weight!r}")
 
 
 # ----------------------------------------------------------------------------------------------------

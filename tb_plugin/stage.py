@@ -53,6 +53,29 @@ class StageConfig:
                 raise ValueError(
                     f"key 'data_split' must be three non-negative event counts [n_train, n_val, n_test], got {self.data_split}"
                 )
+        for key in ("input_dir", "trained_stage_dir"):
+            refuse_overlap(self.stage_dir, key, getattr(self, key, None))
+
+
+def refuse_overlap(stage_dir: Path, key: str, folder: Path | None) -> None:
+    """A stage writes apart from what it reads: a stage_dir equal to its input_dir would find every
+    output "already written" (the outputs are the inputs) and drop its artifacts into the input, and
+    a folder inside the other would list one's files among the other's."""
+    if folder is None:
+        return
+    out, other = Path(stage_dir).resolve(), Path(folder).resolve()
+    if out == other:
+        where = "is the same folder as"
+    elif out.is_relative_to(other):
+        where = "lies inside"
+    elif other.is_relative_to(out):
+        where = "contains"
+    else:
+        return
+    raise ValueError(
+        f"key 'stage_dir' ({stage_dir}) {where} key '{key}' ({folder}); a stage must write into a folder of "
+        f"its own, apart from the one it reads: set stage_dir to another folder"
+    )
 
 
 @dataclass(kw_only=True)
@@ -141,6 +164,18 @@ class Stage:
         if self.config.data_split is not None:
             files = files[: self.config.data_split[SPLITS.index(split)]]
         return files
+
+    def input_paths(self) -> list[Path]:
+        """The files whose contents decide this stage's outputs (its stage record fingerprints them): the
+        events it reads, the input's geometry, and the artifacts of a trained_stage_dir."""
+        paths = [path for split in SPLITS for path in self.input_files(split)] if self.config.input_dir else []
+        if self.config.input_dir and (Path(self.config.input_dir) / "detectors.csv").is_file():
+            paths.append(Path(self.config.input_dir) / "detectors.csv")
+        if self.trained_elsewhere and (self.trained_dir / "artifacts").is_dir():
+            paths += sorted(
+                p for p in (self.trained_dir / "artifacts").iterdir() if p.is_file() and not p.name.startswith(".")
+            )
+        return paths
 
     def rewrite_events(self, add_fields: EventProcessor, overwrite: bool) -> None:
         """The inference loop of a stage that adds fields to events: every input event is read, given

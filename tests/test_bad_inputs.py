@@ -16,9 +16,10 @@ import pytest
 import torch
 import yaml
 
+from tb_plugin import stage_record
 from tb_plugin.cli import main
 from tb_plugin.model import TrackingBERTModule
-from tb_plugin.pipeline import load_stage
+from tb_plugin.pipeline import load_stage, run_phase
 from tb_plugin.tokenizer import ModuleTokenizer
 
 TINY_TB = {
@@ -58,7 +59,8 @@ def reading_config(tmp: Path, folder: Path, **overrides) -> Path:
 
 
 def feature_store(tmp: Path, folder: Path) -> Path:
-    load_stage(reading_config(tmp, folder)).infer()
+    stage = load_stage(reading_config(tmp, folder))
+    run_phase(stage, "infer", stage.infer)  # as `tb infer` does: with its stage record
     return tmp / "fs"
 
 
@@ -66,8 +68,11 @@ def tb_config(tmp: Path, store: Path, **overrides) -> Path:
     return write_yaml(tmp / "tb.yaml", {**TINY_TB, "input_dir": str(store), "stage_dir": str(tmp / "tb"), **overrides})
 
 
-def hand_trained(tmp: Path, store: Path) -> Path:
-    """A tracking_bert stage as `tb train` leaves it (vocab.json, best and last.ckpt), 16 wide, untrained."""
+def hand_trained(tmp: Path, store: Path, finished: bool = True, **recorded_as) -> Path:
+    """A tracking_bert stage as `tb train` leaves it (vocab.json, best and last.ckpt), 16 wide, untrained.
+    Its stage record says it was trained with `recorded_as`: artifacts that do not match their record
+    (copied in by hand) are what the checkpoint checks catch, behind the record's."""
+    stage_record.begin(load_stage(tb_config(tmp, store, **recorded_as)), "train")
     stage = load_stage(tb_config(tmp, store))
     tokenizer = ModuleTokenizer(stage.detector())
     tokenizer.save(stage.vocab_file)
@@ -78,6 +83,9 @@ def hand_trained(tmp: Path, store: Path) -> Path:
         torch.save(
             {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, stage.artifacts / name
         )
+    if finished:  # else a training that stopped half-way, which `tb train` resumes
+        stage_record.finish(load_stage(tb_config(tmp, store, **recorded_as)), "train", 0.0)
+    tb_config(tmp, store)  # the config file as it was
     return stage.artifacts
 
 
@@ -125,11 +133,12 @@ def store_against_its_split_record(tmp, folder):
 def outputs_of_an_earlier_split(tmp, folder):
     store = feature_store(tmp, folder)
     hand_trained(tmp, store)
-    load_stage(tb_config(tmp, store)).infer()
-    load_stage(reading_config(tmp, folder, seed=1)).infer(overwrite=True)  # the store is split anew
+    stage = load_stage(tb_config(tmp, store))
+    run_phase(stage, "infer", stage.infer)
+    reading = load_stage(reading_config(tmp, folder, seed=1))
+    run_phase(reading, "infer", lambda: reading.infer(overwrite=True), overwrite=True)  # the store is split anew
     return ["infer", str(tb_config(tmp, store))], [
-        f"{tmp / 'tb'}: ",
-        "do not match the splits of the input",
+        f"{tmp / 'tb'}: its model was trained before a change (input {store}/",
         "--overwrite",
     ]
 
@@ -142,12 +151,12 @@ def hits_without_final_newline(tmp, folder):
 
 def vocabulary_of_another_detector(tmp, folder):
     store = feature_store(tmp, folder)
-    artifacts = hand_trained(tmp, store)
     other = tmp / "other_detectors.csv"
     lines = (store / "detectors.csv").read_text().splitlines()
     fields = lines[1].split(",")
     fields[2] = "99999"  # one module renumbered: other ids (a module moved with the same ids only warns)
     other.write_text("\n".join([lines[0], ",".join(fields), *lines[2:]]) + "\n")
+    artifacts = hand_trained(tmp, store, detector=str(other))
     return ["infer", str(tb_config(tmp, store, detector=str(other)))], [
         str(artifacts / "vocab.json"),
         "other module ids",
@@ -156,13 +165,13 @@ def vocabulary_of_another_detector(tmp, folder):
 
 def resume_with_another_width(tmp, folder):
     store = feature_store(tmp, folder)
-    artifacts = hand_trained(tmp, store)
+    artifacts = hand_trained(tmp, store, finished=False, n_embd=32)
     return ["train", str(tb_config(tmp, store, n_embd=32))], [str(artifacts / "last.ckpt"), "n_embd: 16", "n_embd: 32"]
 
 
 def infer_with_another_width(tmp, folder):
     store = feature_store(tmp, folder)
-    artifacts = hand_trained(tmp, store)
+    artifacts = hand_trained(tmp, store, n_embd=32)
     return ["infer", str(tb_config(tmp, store, n_embd=32))], [str(artifacts / "best.ckpt"), "n_embd: 16", "n_embd: 32"]
 
 
@@ -236,7 +245,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tiny_trackml_fold
 def test_values_yaml_spells_differently_are_accepted(tmp_path):
     config = tmp_path / "tb.yaml"
     config.write_text(
-        f"stage: tracking_bert\nmodel: TrackingBERT\ninput_dir: {tmp_path}\nstage_dir: {tmp_path / 'tb'}\n"
+        f"stage: tracking_bert\nmodel: TrackingBERT\ninput_dir: {tmp_path / 'fs'}\nstage_dir: {tmp_path / 'tb'}\n"
         "lr: 3e-3\nprecision: 32\n"
     )
     stage = load_stage(config)

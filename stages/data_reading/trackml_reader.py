@@ -127,6 +127,18 @@ class TrackMLReader(Stage):
         assigned = assign_splits(list(events), self.config.data_split, self.config.seed, source)
         return {split: [(eid, events[eid]) for eid in ids] for split, ids in assigned.items()}
 
+    def input_paths(self) -> list[Path]:
+        """Every file of every event this config assigns (hits, cells, truth, particles) and the
+        geometry: what the stage record fingerprints."""
+        paths = [
+            path
+            for events in self.splits().values()
+            for _, prefix in events
+            for path in sorted(prefix.parent.glob(f"{prefix.name}-*"))
+        ]
+        detector = self.config.detector or Path(self.config.input_dir) / "detectors.csv"
+        return paths + ([Path(detector)] if Path(detector).is_file() else [])
+
     def read_event(self, prefix: str | Path) -> Data:
         """One TrackML event, `prefix` = folder/event{ID:09d}, as the Data that infer writes, in memory:
         where an in-memory inference chain starts. The event id is read off the prefix."""

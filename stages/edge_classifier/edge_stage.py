@@ -193,6 +193,8 @@ class EdgeClassifierConfig(StageConfig, TrainerConfig, TrainedArtifactsConfig):
         for key in self.positive_keys:
             if getattr(self, key) < 1:
                 raise ValueError(f"key '{key}' must be at least 1, got {getattr(self, key)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"key 'lr' must be a finite number > 0, got {self.lr}")
         if self.hidden_activation not in ACTIVATIONS:
             raise ValueError(
                 f"key 'hidden_activation' must be one of {', '.join(ACTIVATIONS)}, got {self.hidden_activation!r}"

@@ -35,13 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from tb_plugin.ab.config import BASELINE, MODEL_SOURCES, TABLE_SOURCES, ABConfig, ArmSpec, FeatureAddition
-from tb_plugin.ab.stage_runs import config_paths, finished_with, gradient_trained
+from tb_plugin.ab.stage_runs import finished_with, gradient_trained
 from tb_plugin.config import ConfigError, load_yaml
 from tb_plugin.event_store import list_event_files
 from tb_plugin.injection import MODULE_TABLE_FILE
 from tb_plugin.pipeline import load_pipeline, stage_from_mapping
 from tb_plugin.registry import resolve
 from tb_plugin.stage import Stage
+from tb_plugin.stage_record import config_paths
 
 
 class ArmBuilder:

@@ -9,7 +9,7 @@ Each stage is one task, named by its stage_dir, which dedupes the stages that ar
 A task waits for the tasks whose stage_dir it reads: any path among its values (`input_dir`,
 `tracking_bert_dir`, a shuffled control's `pretrained_dir`, a fine-tuned embedding's
 `module_embedding.table`) that lies in another task's stage_dir. A task that has already finished (its
-ab_stage.json exists) is not run again. A worker runs the A/B's own `run_once` (stage_runs.py), with
+its stage record says so) is not run again. A worker runs the A/B's own `run_once` (stage_runs.py), with
 its output going to a log file under ab_dir/logs. The main process then walks the
 arms as before: it finds every stage finished, collects the metrics and times inference, with all
 its threads and nothing else running.
@@ -25,13 +25,17 @@ import multiprocessing
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tb_plugin.ab.stage_runs import config_paths, run_once
+from tb_plugin.ab.stage_runs import run_once
+from tb_plugin.atomic import WriteError
+from tb_plugin.stage_record import config_paths
 
 
 @dataclass(frozen=True)
@@ -88,8 +92,39 @@ def _run_task(values: dict[str, Any], source: str, log_path: str) -> float:
     start = time.perf_counter()
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log, _output_to(log):
-        run_once(stage_from_mapping(values, source))
+        try:
+            run_once(stage_from_mapping(values, source))
+        except BaseException:
+            traceback.print_exc(file=log)  # the whole story stays in the stage's log
+            raise
     return time.perf_counter() - start
+
+
+class WorkerError(RuntimeError):
+    """A stage that failed in a worker process with an error that is not the user's (a bug, or a
+    worker killed, e.g. out of memory): one line naming the stage and its log, which holds the
+    traceback."""
+
+
+def task_error(err: BaseException, path: Path, log_path: Path) -> BaseException:
+    """The error a worker raised, as the main process reports it: the same one-line message a sequential
+    run gives, naming the failing stage and its log. Errors of the user's input keep their type (the
+    command line prints them in one line, exit status 2); anything else becomes a WorkerError."""
+    where = f"[A/B stage {path}; its log: {log_path}]"
+    if isinstance(err, BrokenProcessPool):
+        return WorkerError(
+            f"the worker process running A/B stage {path} died (killed, or out of memory?); its log: {log_path}"
+        )
+    ours = isinstance(err, (FileNotFoundError, WriteError)) or (
+        isinstance(err, ValueError) and type(err) is not ValueError
+    )
+    if ours and len(err.args) == 1 and isinstance(err.args[0], str):  # the project's errors subclass ValueError
+        try:
+            return type(err)(f"{err.args[0]} {where}")
+        except TypeError:  # an error class whose constructor takes other arguments
+            pass
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return WorkerError(f"A/B stage {path} failed: {type(err).__name__}: {first} (traceback in {log_path})")
 
 
 @contextlib.contextmanager
@@ -145,7 +180,7 @@ def run_tasks(
                 path = running.pop(future)
                 if future.exception() is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
-                    raise future.exception()
+                    raise task_error(future.exception(), path, log_dir / f"{_label(path)}.log") from None
                 done.add(path)
                 print(
                     f"A/B: [{total - len(pending) - len(running)}/{total}] finished {path} in {future.result():.0f} s"

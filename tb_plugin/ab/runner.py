@@ -11,8 +11,9 @@ Layout under ab_dir (arms.py has the stage folders):
     <arm>/seed<k>/result.json          the seed's metrics: written last, so its presence means done
     results.json, REPORT.md, plots/
 
-Every stage writes `ab_stage.json` (train time, config) when it has trained, inferred and been
-evaluated; a rerun skips such stages and any seed with a result.json, so an interrupted A/B resumes.
+Every stage keeps its stage record (`stage_record.json`: config, input, finished phases, train
+time), as `tb run` does; a rerun skips the stages it records as finished with the same config and
+input and any seed with a result.json, so an interrupted A/B resumes.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from tb_plugin.ab.arms import ArmBuilder
 from tb_plugin.ab.arms_report import HEADLINE, controls_section, render_ab_report
 from tb_plugin.ab.config import BASELINE, ABConfig
 from tb_plugin.ab.metrics import ArmEvents, collect_arm_events, metric_specs
-from tb_plugin.ab.stage_runs import STAGE_RECORD, gradient_trained, json_default, run_once, trainable_parameters
+from tb_plugin.ab.stage_runs import gradient_trained, run_once, trainable_parameters
 from tb_plugin.atomic import atomic_path, write_text
 from tb_plugin.config import ConfigError, to_record
 from tb_plugin.event_store import list_event_files, load_event
 from tb_plugin.pipeline import stage_from_mapping
 from tb_plugin.stage import Stage
+from tb_plugin.stage_record import RECORD as STAGE_RECORD  # noqa: F401  (tests name the record through the runner)
+from tb_plugin.stage_record import finished, json_default
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +171,7 @@ class ABRunner:
             ]
         tasks = ordered_tasks(embeddings, str(self.config.tracking_bert))
         tasks.update(ordered_tasks(arms, f"{self.config.pipeline} (an A/B arm)"))
-        run_tasks(tasks, self.config.jobs, self.ab_dir / "logs", lambda path: (path / STAGE_RECORD).exists())
+        run_tasks(tasks, self.config.jobs, self.ab_dir / "logs", finished)
 
     def config_record(self) -> dict[str, Any]:
         """The A/B config as recorded in results.json, its file paths relative to the working folder (a

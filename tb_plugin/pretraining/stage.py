@@ -118,6 +118,7 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
             if getattr(self, key) < 1:
                 raise ValueError(f"key '{key}' must be at least 1, got {getattr(self, key)}")
         self.model_config()  # checks the model keys (n_embd divisible by n_head, ...)
+        self.optim_config()  # and the optimiser's (lr > 0, ...): at load, not in the first training step
         self.check_source()
         if self.source == "geometry":
             check_table_options(self.normalize, self.dim, len(GEOMETRY_DESCRIPTORS), "the geometry descriptor count")

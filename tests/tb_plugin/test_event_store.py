@@ -75,8 +75,7 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     path = event_file(tmp_path, "trainset", 5)
 
     def broken_save(obj, f, *args, **kwargs):
-        with open(f, "wb") as handle:
-            handle.write(b"partial")
+        f.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)

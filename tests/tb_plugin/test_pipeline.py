@@ -42,8 +42,7 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(tiny_trackml_folder,
     def save_then_die(obj, f, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:  # the third event dies half-way through its write
-            with open(f, "wb") as handle:
-                handle.write(b"half an event")
+            f.write(b"half an event")
             raise KeyboardInterrupt
         return real_save(obj, f, *args, **kwargs)
 
@@ -57,7 +56,8 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(tiny_trackml_folder,
     assert sorted(leftovers) == [
         "detectors.csv",
         "splits.json",
-    ]  # geometry and split record, written whole before any event
+        "stage_record.json",
+    ]  # geometry, split record and the stage record (inference begun, not finished), each written whole
 
     monkeypatch.setattr(event_store.torch, "save", real_save)
     before = {f: f.stat().st_mtime_ns for f in files}

@@ -210,7 +210,7 @@ def test_interaction_gnn_with_a_target_efficiency_cut(graph_folder, tmp_path):
 )
 def test_bad_edge_cut_is_a_one_line_error_naming_the_key(tmp_path, cls, value):
     with pytest.raises(ConfigError, match="edge_cut") as err:
-        stage_config(cls, tmp_path, tmp_path, edge_cut=value)
+        stage_config(cls, tmp_path / "in", tmp_path / "out", edge_cut=value)
     assert "\n" not in str(err.value)
 
 
@@ -221,7 +221,7 @@ def test_filter_is_registered_and_its_keys_are_checked(tmp_path):
     ).edge_cut == TargetEfficiency(target_efficiency=0.99)  # the default: a filter keeps nearly everything
     for key in ("inference_chunk_edges", "nb_layer"):
         with pytest.raises(ConfigError, match=key):
-            stage_config(FilterConfig, tmp_path, tmp_path, **{key: 0})
+            stage_config(FilterConfig, tmp_path / "in", tmp_path / "out", **{key: 0})
     with pytest.raises(ConfigError, match="n_graph_iters"):  # a GNN key is not a filter key
-        stage_config(FilterConfig, tmp_path, tmp_path, n_graph_iters=2)
-    assert math.isfinite(stage_config(FilterConfig, tmp_path, tmp_path, edge_cut=0.2).edge_cut)
+        stage_config(FilterConfig, tmp_path / "in", tmp_path / "out", n_graph_iters=2)
+    assert math.isfinite(stage_config(FilterConfig, tmp_path / "in", tmp_path / "out", edge_cut=0.2).edge_cut)

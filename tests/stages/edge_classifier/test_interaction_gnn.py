@@ -98,8 +98,8 @@ def graph_folder(tmp_path):
 def test_edge_weights_follow_acorn_semantics(tmp_path):
     data = make_event(1)
     c = config(
-        tmp_path,
-        tmp_path,
+        tmp_path / "in",
+        tmp_path / "out",
         weighting=[
             {"weight": 0.5, "conditions": {"edge_y": False}},
             {"weight": 0.0, "conditions": {"y": True}},  # ACORN's old name
@@ -122,13 +122,13 @@ def test_edge_weights_follow_acorn_semantics(tmp_path):
         edge_weights(data, [{"weight": 0.5, "conditions": {"edge_y": False}}]), torch.where(data.edge_y, 1.0, 0.5)
     )
     # the default: every edge 1, true edges of pT > 1 GeV particles 2
-    default = edge_weights(data, config(tmp_path, tmp_path).weight_conditions())
+    default = edge_weights(data, config(tmp_path / "in", tmp_path / "out").weight_conditions())
     assert torch.equal(default, torch.where(pt_of_edge >= 1000, 2.0, 1.0))
 
 
 def test_edge_cap_keeps_a_phi_sector_and_all_nodes(tmp_path):
     data = make_event(1)
-    c = config(tmp_path, tmp_path, max_train_edges=6)
+    c = config(tmp_path / "in", tmp_path / "out", max_train_edges=6)
     graph = training_graph(data, c, "event", cap_edges=True)
     assert graph.edge_index.shape == (2, 6) and graph.num_nodes == data.num_nodes
     assert graph.edge_y.shape == graph.edge_weights.shape == (6,)
@@ -150,7 +150,7 @@ def test_edge_cap_keeps_a_phi_sector_and_all_nodes(tmp_path):
 def test_hard_cuts_keep_edges_between_hits_of_passing_particles(tmp_path):
     data = make_event(1)
     graph = training_graph(
-        data, config(tmp_path, tmp_path, hard_cuts={"pt": [1000, math.inf]}), "event", cap_edges=False
+        data, config(tmp_path / "in", tmp_path / "out", hard_cuts={"pt": [1000, math.inf]}), "event", cap_edges=False
     )
     passing_hits = set(range(10))  # particles 11 and 12 are hits 0..9; 13 (400 MeV) and noise drop out
     assert graph.edge_index.shape[1] > 0
@@ -236,11 +236,11 @@ def test_missing_node_feature_names_feature_and_file(graph_folder, tmp_path):
 )
 def test_config_errors_name_the_key(tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=key):
-        config(tmp_path, tmp_path, **overrides)
+        config(tmp_path / "in", tmp_path / "out", **overrides)
 
 
 def test_infinite_range_in_yaml_style(tmp_path):
-    c = config(tmp_path, tmp_path, target_tracks={"track_particle_pt": [1000, math.inf]})
+    c = config(tmp_path / "in", tmp_path / "out", target_tracks={"track_particle_pt": [1000, math.inf]})
     assert c.target_conditions()[0].value == (1000.0, math.inf)
 
 

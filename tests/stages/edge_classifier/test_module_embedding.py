@@ -173,7 +173,7 @@ def test_events_without_the_module_index_name_the_field(tmp_path):
 )
 def test_config_errors_are_one_line_naming_the_key(tmp_path, value, message):
     with pytest.raises(ConfigError, match=message) as err:
-        stage_config(InteractionGNNConfig, tmp_path, tmp_path, module_embedding=value)
+        stage_config(InteractionGNNConfig, tmp_path / "in", tmp_path / "out", module_embedding=value)
     assert "\n" not in str(err.value)
 
 

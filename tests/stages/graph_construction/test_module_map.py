@@ -237,7 +237,11 @@ def test_accelerator_key_lists_its_choices(tmp_path):
         stage(tmp_path, accelerator="tpu")
     with pytest.raises(ValueError, match="key 'accelerator' has value 'tpu'; choices: cpu, gpu, cuda, auto"):
         ModuleMapConfig(
-            stage="graph_construction", model="ModuleMap", stage_dir=tmp_path, input_dir=tmp_path, accelerator="tpu"
+            stage="graph_construction",
+            model="ModuleMap",
+            stage_dir=tmp_path / "out",
+            input_dir=tmp_path / "in",
+            accelerator="tpu",
         )
     assert stage(tmp_path).config.accelerator == "auto"
 

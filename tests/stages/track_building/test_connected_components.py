@@ -246,7 +246,7 @@ def test_empty_input_is_an_error(tmp_path):
 )
 def test_bad_config_names_the_key(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message):
-        stage(tmp_path, tmp_path / "tb", **{key: value})
+        stage(tmp_path / "in", tmp_path / "tb", **{key: value})
 
 
 def test_repeated_hit_ids_cannot_make_a_submission(tmp_path):

@@ -145,7 +145,12 @@ def test_no_valset_truth_is_a_one_line_error(tmp_path):
     ],
 )
 def test_reject_config_errors_name_the_key(tmp_path, overrides, message):
-    values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path, "input_dir": tmp_path}
+    values = {
+        "stage": "track_building",
+        "model": "Walkthrough",
+        "stage_dir": tmp_path / "out",
+        "input_dir": tmp_path / "in",
+    }
     with pytest.raises(ConfigError, match=message) as err:
         build(WalkthroughConfig, values | overrides, "t.yaml")
     assert "\n" not in str(err.value)

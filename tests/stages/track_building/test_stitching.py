@@ -38,7 +38,12 @@ def geometry_stitch(data, labels, max_chi2=10.0):
 
 
 def test_stitching_keys_only_lower_the_fragment_length(tmp_path):
-    values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path, "input_dir": tmp_path}
+    values = {
+        "stage": "track_building",
+        "model": "Walkthrough",
+        "stage_dir": tmp_path / "out",
+        "input_dir": tmp_path / "in",
+    }
     for stitch, min_track_length, expected in (("none", 6, 6), ("geometry", 6, 4), ("geometry", 3, 3)):
         config = build(WalkthroughConfig, values | {"stitch": stitch, "min_track_length": min_track_length}, "t")
         assert Walkthrough(config).fragment_length == expected
@@ -105,7 +110,12 @@ def test_both_builders_stitch_and_count_the_merges(tmp_path):
         (Walkthrough, WalkthroughConfig, "Walkthrough"),
         (ConnectedComponents, ConnectedComponentsConfig, "ConnectedComponents"),
     ):
-        values = {"stage": "track_building", "model": model, "stage_dir": tmp_path / model, "input_dir": tmp_path}
+        values = {
+            "stage": "track_building",
+            "model": model,
+            "stage_dir": tmp_path / model,
+            "input_dir": tmp_path / "in",
+        }
         plain = cls(build(config_cls, values, "t.yaml")).event_processor()(data.clone(), Path("event000000001.pyg"))
         assert plain[LABELS_FIELD].tolist() == [0] * 5 + [1] * 5 + [2] * 5 and MERGES_FIELD not in plain
         stitched = cls(build(config_cls, values | {"stitch": "geometry"}, "t.yaml")).event_processor()(
@@ -120,7 +130,12 @@ def test_short_fragments_are_kept_for_stitching_and_dropped_when_not_joined(tmp_
     chain = [(0, 1), (1, 2), (2, 3), (3, 4), (5, 6), (6, 7), (8, 9), (9, 10)]
     data.edge_index = torch.tensor(chain, dtype=torch.int64).T
     data.edge_scores = torch.full((len(chain),), 0.9)
-    values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path, "input_dir": tmp_path}
+    values = {
+        "stage": "track_building",
+        "model": "Walkthrough",
+        "stage_dir": tmp_path / "out",
+        "input_dir": tmp_path / "in",
+    }
     values |= {"min_track_length": 6, "stitch_min_fragment_length": 3}
     for stitch, expected in (("none", [-1] * 11), ("geometry", [0] * 8 + [-1] * 3)):
         stage = Walkthrough(build(WalkthroughConfig, values | {"stitch": stitch}, "t.yaml"))
@@ -234,14 +249,24 @@ def test_tb_scorer_loads_from_a_tracking_bert_stage_dir(tiny_tb, tmp_path):
     ],
 )
 def test_stitch_config_errors_name_the_key(tmp_path, overrides, message):
-    values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path, "input_dir": tmp_path}
+    values = {
+        "stage": "track_building",
+        "model": "Walkthrough",
+        "stage_dir": tmp_path / "out",
+        "input_dir": tmp_path / "in",
+    }
     with pytest.raises(ConfigError, match=message) as err:
         build(WalkthroughConfig, values | overrides, "t.yaml")
     assert "\n" not in str(err.value)
 
 
 def test_missing_tracking_bert_stage_is_a_clear_error(tmp_path):
-    values = {"stage": "track_building", "model": "Walkthrough", "stage_dir": tmp_path, "input_dir": tmp_path}
+    values = {
+        "stage": "track_building",
+        "model": "Walkthrough",
+        "stage_dir": tmp_path / "out",
+        "input_dir": tmp_path / "in",
+    }
     config = build(WalkthroughConfig, values | {"stitch": "tb", "tracking_bert_dir": tmp_path / "nope"}, "t")
     with pytest.raises(FileNotFoundError, match="no trained TrackingBERT"):
         make_stitcher(config, tmp_path)

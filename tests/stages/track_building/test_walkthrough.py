@@ -248,4 +248,4 @@ def test_registry_and_shipped_config_resolve_walkthrough(tmp_path):
 )
 def test_bad_config_names_the_key(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message):
-        stage(Walkthrough, WalkthroughConfig, tmp_path, tmp_path / "tb", "Walkthrough", **{key: value})
+        stage(Walkthrough, WalkthroughConfig, tmp_path / "in", tmp_path / "tb", "Walkthrough", **{key: value})

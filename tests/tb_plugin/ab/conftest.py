@@ -12,8 +12,8 @@ from tb_plugin.simulation import SimulationConfig, simulate_dataset
 TB_TINY = {
     "stage": "tracking_bert",
     "model": "TrackingBERT",
-    "input_dir": "unused",
-    "stage_dir": "unused",
+    "input_dir": "unused_input",
+    "stage_dir": "unused_stage",
     "volumes": [7, 8, 9],
     "n_layer": 1,
     "n_embd": 8,
@@ -98,3 +98,17 @@ def ab_setup(tmp_path_factory) -> Path:
         },
     )
     return configs / "ab.yaml"
+
+
+@pytest.fixture
+def finished_by_hand():
+    """Makes a stage folder look finished (its record: every phase done, with its config and input),
+    as an earlier A/B would have left it."""
+    from tb_plugin import stage_record
+
+    def finish(stage) -> None:
+        for phase in stage_record.needed_phases(stage):
+            stage_record.begin(stage, phase)
+            stage_record.finish(stage, phase, 0.0)
+
+    return finish

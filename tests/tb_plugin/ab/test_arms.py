@@ -9,9 +9,9 @@ import yaml
 
 from tb_plugin.ab.config import load_ab_config
 from tb_plugin.ab.parallel import ordered_tasks
-from tb_plugin.ab.runner import STAGE_RECORD, load_runner
+from tb_plugin.ab.runner import load_runner
 from tb_plugin.cli import main
-from tb_plugin.config import ConfigError, to_record
+from tb_plugin.config import ConfigError
 from tests.tb_plugin.ab.conftest import write_yaml
 
 EVERY_SOURCE = {
@@ -162,13 +162,12 @@ def test_three_arms_with_a_control_run_and_report(ab_setup, tmp_path, capsys):
     assert not (ab / "tracking_bert_random" / "artifacts" / "last.ckpt").exists()
 
 
-def test_a_control_table_finished_in_another_ab_is_read_from_there(ab_setup, tmp_path):
+def test_a_control_table_finished_in_another_ab_is_read_from_there(ab_setup, tmp_path, finished_by_hand):
     """reuse_ab_dir: a random (or shuffled, geometry) tracking_bert stage that finished there with the
     same config is this A/B's too, and so are the random arm's stages made from it."""
     first = load_runner(arms_ab(ab_setup, tmp_path, {"random": {"source": "random"}}))
     stage = first.arms.embedding_stage("random")
-    stage.stage_dir.mkdir(parents=True)
-    (stage.stage_dir / STAGE_RECORD).write_text(json.dumps({"config": to_record(stage.config)}, default=str))
+    finished_by_hand(stage)
     second = arms_ab(
         ab_setup,
         tmp_path,

@@ -154,7 +154,7 @@ def test_training_compiles_on_a_cuda_gpu_unless_the_config_says(tmp_path, monkey
     from tb_plugin.pretraining import stage as stage_module
 
     def config(**keys):
-        values = {"stage": "tracking_bert", "model": "TrackingBERT", "input_dir": str(tmp_path), **keys}
+        values = {"stage": "tracking_bert", "model": "TrackingBERT", "input_dir": str(tmp_path / "in"), **keys}
         return stage_from_mapping({**values, "stage_dir": str(tmp_path / "tb")}, "t.yaml").config
 
     assert not config(accelerator="cpu").compiles()
