@@ -94,6 +94,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         options["noise_fraction"] = args.noise_fraction
     if args.vertex_sigma_z is not None:
         options["vertex_sigma_z_mm"] = args.vertex_sigma_z
+    if args.vertex_z_mean is not None:
+        options["vertex_mean_z_mm"] = args.vertex_z_mean
     if args.uniform_field:
         options["b_field_half_z_mm"] = 0.0
     try:
@@ -215,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--vertex-sigma-z",
         type=float,
         help="longitudinal vertex spread in mm (default 5.5 as in the TrackML files; 50 for the LHC luminous region)",
+    )
+    sim.add_argument(
+        "--vertex-z-mean",
+        type=float,
+        help="centre of the luminous region along the beam in mm (default 0: a beam spot moved by this much)",
     )
     sim.add_argument(
         "--uniform-field",

@@ -129,17 +129,17 @@ def pipeline_status(stages: list[Stage]) -> list[stage_record.Status]:
     """Each stage's status, with the chain followed: a stage that reads the folder of an earlier stage
     which a run would rewrite (stale, missing, or stopped before its inference finished) is stale too,
     though its own record cannot know it yet."""
-    rewritten: list[Path] = []
+    rewritten: dict[Path, Path] = {}  # resolved folder -> as its config names it
     statuses = []
     for stage in stages:
         status = stage_record.status(stage)
         reads = {p.resolve() for p in stage_record.config_paths(stage_record.plain_keys(stage.config))}
         reads.discard(stage.stage_dir.resolve())
-        upstream = [folder for folder in rewritten if folder in reads]
+        upstream = [shown for folder, shown in rewritten.items() if folder in reads]
         if upstream and status.state in ("up to date", "incomplete"):
             status = stage_record.Status("stale", f"its upstream stage {upstream[0]} is to be rerun")
         if status.rewrites:
-            rewritten.append(stage.stage_dir.resolve())
+            rewritten[stage.stage_dir.resolve()] = stage.stage_dir
         statuses.append(status)
     return statuses
 

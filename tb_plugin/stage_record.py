@@ -133,12 +133,18 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}  # this process's hashes: `tb run` checks, then runs
+
+
 def file_entry(path: Path, previous: list[Any] | None) -> list[Any]:
     """[size, mtime_ns, hash]; the hash is reused while size and mtime stay, as git's index does."""
     stat = path.stat()
     if previous is not None and previous[:2] == [stat.st_size, stat.st_mtime_ns]:
         return previous
-    return [stat.st_size, stat.st_mtime_ns, file_hash(path)]
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = file_hash(path)
+    return [stat.st_size, stat.st_mtime_ns, _HASHES[key]]
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:

@@ -77,6 +77,7 @@ from stages.edge_classifier.operating_point import KEEP_ALL, cut_for_efficiency,
 from stages.features import check_feature_config, edge_feature_matrix, node_feature_matrix
 from stages.graph_metrics import ETA_BINS, PT_BINS_GEV, graph_counts, target_truth_mask, track_field, truth_edge_found
 from stages.plots import plot_efficiency_curves, plot_histograms, save_figure
+from stages.run_conditions import ConditionsCheck, check_for, save_profile
 from tb_plugin.atomic import write_text
 from tb_plugin.conditions import Condition, parse_conditions
 from tb_plugin.config import ConfigError
@@ -523,6 +524,7 @@ class EdgeClassifierStage(Stage):
         c = self.config
         module = self.build_module(train_files)
         print(self.describe(module, len(train_files), len(val_files)))
+        save_profile(self.artifacts, train_files)  # what inference checks its events against
         train_loader = GraphTrainingLoader(
             EventGraphs(train_files, c, cap_edges=True),
             batch_size=c.batch_size,
@@ -612,15 +614,24 @@ class EdgeClassifierStage(Stage):
     def event_processor(self) -> EventProcessor:
         """Load the trained checkpoint once onto the inference device; the function adds edge_scores."""
         module = self.inference_module()
+        check = self.conditions_check()
 
         def add_scores(data: Data, source: Path) -> Data:
+            check(data, source)
             data[SCORES_FIELD] = self.score(module, data, source)
             return data
 
         return add_scores
 
+    def conditions_check(self) -> ConditionsCheck:
+        """Each event is checked against the run conditions of the training events (run_conditions.py);
+        infer ends with the run's verdict."""
+        self.conditions = check_for(self.config.model, self.artifacts)
+        return self.conditions
+
     def infer(self, overwrite: bool = False) -> None:
         self.rewrite_events(self.event_processor(), overwrite)
+        self.conditions.summary()
 
     # --------------------------------------------------------------------------------- the cut
 

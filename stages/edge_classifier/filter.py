@@ -117,8 +117,10 @@ class Filter(EdgeClassifierStage):
         """Load the checkpoint and fix the cut once; the function scores an event and prunes it."""
         module = self.inference_module()
         cut = self.operating_cut(module)
+        check = self.conditions_check()
 
         def filter_event(data: Data, source: Path) -> Data:
+            check(data, source)
             scores = self.score(module, data, source)  # [E]
             data[SCORES_FIELD] = scores
             return prune_edges(data, scores > cut)

@@ -40,6 +40,7 @@ from stages.features import check_feature_config, node_feature_matrix
 from stages.graph_construction.embedding_model import EmbeddingSettings, MetricLearningModule, edge_lengths, radius_knn
 from stages.graph_construction.truth import GraphBuilderStage, hit_r2z2
 from stages.graph_metrics import target_conditions, target_truth_mask
+from stages.run_conditions import save_profile
 from tb_plugin.event_store import list_event_files, load_event, require_field
 from tb_plugin.stage import StageConfig
 from tb_plugin.training import (
@@ -286,6 +287,7 @@ class MetricLearning(GraphBuilderStage):
         log.info(
             "metric learning: %d training events, %d validation events, %d input columns", len(train), len(val), in_dim
         )
+        save_profile(self.stage_dir / "artifacts", train)  # the run conditions inference checks events against
         make_trainer(self.config, self.stage_dir).fit(
             module, datamodule=MetricLearningData(train, val, self.config), ckpt_path=str(resume) if resume else None
         )

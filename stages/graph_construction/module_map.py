@@ -55,8 +55,9 @@ from stages.graph_construction.doublets import PAIR_SHIFT, doublet_features, dou
 from stages.graph_construction.pair_prior import PairPriorConfig, apply_pair_prior
 from stages.graph_construction.truth import GraphBuilderStage
 from stages.graph_metrics import target_conditions, target_truth_mask
+from stages.run_conditions import PROFILE_FILE, RunConditions, save_profile
 from tb_plugin.atomic import atomic_path
-from tb_plugin.config import build
+from tb_plugin.config import ConfigError, build
 from tb_plugin.event_store import list_event_files, load_event, require_field
 from tb_plugin.stage import StageConfig, TrainedArtifactsConfig
 
@@ -111,9 +112,20 @@ class ModuleMapConfig(StageConfig, TrainedArtifactsConfig):
     # Where graphs are built (the learning stages' key): gpu / cuda = the CUDA device (the CPU, with a
     # warning, when there is none), auto = CUDA when present, else the CPU. The graph is the same on each.
     accelerator: Literal["cpu", "gpu", "cuda", "auto"] = "auto"
+    # [z_min, z_max] (mm) of the luminous region the map will meet, when it reaches past the training
+    # events': every z0 window is widened by how far it does (past the region of run_conditions.json,
+    # saved at training). Inference only: the module pairs stay those the training events crossed, so
+    # a map trained on the target runs' vertex spread does better (README, "Run conditions").
+    beam_spot: list[float] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.beam_spot is not None and not (
+            len(self.beam_spot) == 2
+            and all(math.isfinite(z) for z in self.beam_spot)
+            and self.beam_spot[0] < self.beam_spot[1]
+        ):
+            raise ValueError(f"key 'beam_spot' must be [z_min, z_max] in mm with z_min < z_max, got {self.beam_spot}")
         if self.map_events is not None and self.map_events < 1:
             raise ValueError(
                 f"key 'map_events' must be at least 1 or null (the events data_split selects), got {self.map_events}"
@@ -512,6 +524,7 @@ class ModuleMap(GraphBuilderStage):
         learner, files = self.learn()
         arrays = self.with_prior(learner.arrays(self.config.window_coverage))
         save_map(self.map_file, arrays)
+        save_profile(self.map_file.parent, files)  # the run conditions inference checks events against
         print(
             f"module map: {len(arrays['pairs']):,} module pairs ({len(learner.layer_keys)} layer pairs) from "
             f"{int(learner.pair_counts.sum()):,} truth edges in {len(files)} events -> {self.map_file}"
@@ -569,8 +582,31 @@ class ModuleMap(GraphBuilderStage):
         self.windows = None
         if self.config.doublet_cuts:
             low, high = self.table.windows(self.config.window_margin)  # [P, F] each
+            low, high = self.widened_for_beam_spot(low, high)
             low, high = (torch.from_numpy(w[order].T.copy()).to(self.device) for w in (low, high))  # [F, P] each
             self.windows = (low, high)
+
+    def widened_for_beam_spot(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The z0 windows [P] widened by how far `beam_spot` reaches past the training's luminous region."""
+        if self.config.beam_spot is None:
+            return low, high
+        profile = self.map_file.parent / PROFILE_FILE
+        trained = RunConditions.load(profile)
+        if trained is None:
+            raise FileNotFoundError(
+                f"key 'beam_spot': {profile} is missing (a map trained before profiles existed): retrain the "
+                f"map ('tb train ... --overwrite') to widen its windows"
+            )
+        if trained.z0_core is None:
+            raise ConfigError(
+                f"key 'beam_spot': the map's training events held too few vertex candidates to measure their "
+                f"luminous region ({profile}); train it on more events, or drop beam_spot"
+            )
+        z0 = WINDOW_NAMES.index("z0")
+        low, high = low.copy(), high.copy()
+        low[:, z0] -= max(0.0, trained.z0_core[0] - self.config.beam_spot[0])
+        high[:, z0] += max(0.0, self.config.beam_spot[1] - trained.z0_core[1])
+        return low, high
 
     def build_edges(self, data: Data, source: Path) -> np.ndarray:
         if self.table is None:

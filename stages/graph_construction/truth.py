@@ -28,6 +28,7 @@ from torch_geometric.data import Data
 from tqdm import tqdm
 
 from stages.graph_metrics import GraphEvaluation
+from stages.run_conditions import check_for
 from tb_plugin.event_store import list_event_files, load_event
 from tb_plugin.stage import EventProcessor, NoTruthError, Stage
 
@@ -122,18 +123,22 @@ class GraphBuilderStage(Stage):
         """Load what build_edges needs (a model, a map); called once before the event loop."""
 
     def event_processor(self) -> EventProcessor:
-        """Load the map or model once; the function builds one event's graph in the contract above."""
+        """Load the map or model once; the function builds one event's graph in the contract above,
+        after checking the event against the run conditions of the training events (run_conditions)."""
         self.prepare_inference()
+        self.conditions = check_for(self.config.model, self.trained_dir / "artifacts")
 
         def add_edges(data: Data, source: Path) -> Data:
+            self.conditions(data, source)
             return self.add_graph(data, self.build_edges(data, source), source)
 
         return add_edges
 
     def infer(self, overwrite: bool = False) -> None:
         """The graphs of every event; rewrite_events keeps the input's detectors.csv beside them
-        (Stage.copy_detector)."""
+        (Stage.copy_detector). Ends with the run's verdict on its run conditions."""
         self.rewrite_events(self.event_processor(), overwrite)
+        self.conditions.summary()
 
     @staticmethod
     def add_graph(data: Data, edges: np.ndarray, source: Path) -> Data:

@@ -54,6 +54,9 @@ class SimulationConfig:
     deviation of the primary vertices' z is 5.3 to 6.0 mm in events 1000-1004). The LHC luminous region
     is about ten times longer: ``LHC_VERTEX_SIGMA_Z_MM`` (``tb simulate --vertex-sigma-z 50``) gives
     an LHC-like event, whose vertices are easier to tell apart along z."""
+    vertex_mean_z_mm: float = 0.0
+    """Where the luminous region is centred along the beam (mm): a beam spot moved from the nominal
+    centre, as between fills or experiments (``tb simulate --vertex-z-mean``)."""
     vertex_sigma_xy_mm: float = 0.015
     """Transverse spread of the interaction vertices (mm), as in the TrackML files."""
     secondaries: bool = True
@@ -93,6 +96,7 @@ class SimulationConfig:
         _check_float("b_field_falloff_power", self.b_field_falloff_power, 1.0, 50.0)
         _check_float("vertex_sigma_z_mm", self.vertex_sigma_z_mm, 0.0, 500.0)
         _check_float("vertex_sigma_xy_mm", self.vertex_sigma_xy_mm, 0.0, 5.0)
+        _check_float("vertex_mean_z_mm", self.vertex_mean_z_mm, -500.0, 500.0)
         _check_float("min_pt_traced", self.min_pt_traced, 0.0, 100.0)
         _check_float("max_turns", self.max_turns, 0.05, 100.0)
         _check_int("max_crossings", self.max_crossings, 1, 10_000)

@@ -71,7 +71,12 @@ def simulate_event(
     rng = event_rng(config.seed, event_id)
     if replay is None:
         first = kinematics.generate_primaries(
-            rng, config.pileup, config.hard_scatter, config.vertex_sigma_xy_mm, config.vertex_sigma_z_mm
+            rng,
+            config.pileup,
+            config.hard_scatter,
+            config.vertex_sigma_xy_mm,
+            config.vertex_sigma_z_mm,
+            config.vertex_mean_z_mm,
         )
     else:
         first = kinematics.particles_from_frame(replay)

@@ -200,16 +200,17 @@ def _rank_within(groups: np.ndarray) -> np.ndarray:
 
 
 def generate_primaries(
-    rng: np.random.Generator, pileup: float, hard_scatter: bool, sigma_xy: float, sigma_z: float
+    rng: np.random.Generator, pileup: float, hard_scatter: bool, sigma_xy: float, sigma_z: float, mean_z: float = 0.0
 ) -> Particles:
-    """Generation-0 particles of one bunch crossing: prompt particles and K0s decay products."""
+    """Generation-0 particles of one bunch crossing: prompt particles and K0s decay products; the
+    vertices spread around (0, 0, mean_z)."""
     n_pileup = int(rng.poisson(pileup))
     n_vertices = n_pileup + int(hard_scatter)
     vertex_position = np.stack(
         [
             rng.normal(0.0, sigma_xy, n_vertices),
             rng.normal(0.0, sigma_xy, n_vertices),
-            rng.normal(0.0, sigma_z, n_vertices),
+            rng.normal(mean_z, sigma_z, n_vertices),
         ],
         axis=1,
     )  # [V, 3]

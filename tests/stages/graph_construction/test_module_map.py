@@ -18,6 +18,7 @@ from stages.graph_construction.module_map import (
     ModuleMapTable,
     build_module_map_edges,
 )
+from stages.run_conditions import PROFILE_FILE, RunConditions
 from tb_plugin.config import ConfigError, build
 from tb_plugin.event_store import list_event_files, load_event, save_event
 from tests.conftest import simulated_feature_store
@@ -232,6 +233,26 @@ def test_simulated_event_gets_exactly_the_hit_pairs_inside_the_learned_windows(s
     assert len(expected) > 100 and edges.shape[1] == len(expected) and edge_set(edges) == expected
 
 
+def test_beam_spot_widens_the_z0_windows_by_how_far_it_reaches_past_training(tmp_path):
+    simulated = tmp_path
+    simulated_feature_store(simulated, n_events=7, pileup=5, seed=5, data_split=[6, 0, 1])
+    mm = stage(simulated, doublet_cuts=True, window_tracks={}, accelerator="cpu")
+    mm.train()
+    trained = RunConditions.load(mm.map_file.parent / PROFILE_FILE)
+    assert trained is not None and trained.z0_core is not None  # saved beside the map at training
+    mm.prepare_inference()
+    low, high = (w.cpu().numpy() for w in mm.windows)  # [F, P]
+    wide = stage(simulated, doublet_cuts=True, window_tracks={}, accelerator="cpu", beam_spot=[-150.0, 120.0])
+    wide.prepare_inference()
+    wide_low, wide_high = (w.cpu().numpy() for w in wide.windows)
+    np.testing.assert_allclose(wide_low[1], low[1] - (trained.z0_core[0] + 150.0))
+    np.testing.assert_allclose(wide_high[1], high[1] + (120.0 - trained.z0_core[1]))
+    np.testing.assert_array_equal(wide_low[0], low[0])  # dphi untouched
+    path = list_event_files(simulated / "store", "testset")[0]
+    data = load_event(path)
+    assert edge_set(mm.build_edges(data, path)) <= edge_set(wide.build_edges(data, path))
+
+
 def test_accelerator_key_lists_its_choices(tmp_path):
     with pytest.raises(ConfigError, match="accelerator.*'tpu'"):
         stage(tmp_path, accelerator="tpu")
@@ -265,6 +286,8 @@ def test_config_errors_name_the_key(tmp_path):
         stage(tmp_path, target_tracks={"pt": ["above", 3]})
     with pytest.raises(ConfigError, match="window_coverage"):
         stage(tmp_path, window_coverage=1.5)
+    with pytest.raises(ConfigError, match=r"key 'beam_spot' must be \[z_min, z_max\]"):
+        stage(tmp_path, beam_spot=[50.0, -50.0])
 
 
 def test_map_events_learns_from_more_events_than_it_writes(store):

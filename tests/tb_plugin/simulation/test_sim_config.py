@@ -50,3 +50,17 @@ def test_bad_values_name_the_field(field, value):
 def test_event_ids_must_fit_nine_digits():
     with pytest.raises(ValueError, match="first_event"):
         SimulationConfig(first_event=999_999_999, n_events=2)
+
+
+def test_a_moved_beam_spot_moves_every_vertex_and_nothing_else():
+    import numpy as np
+
+    from tb_plugin.simulation import kinematics
+
+    nominal = kinematics.generate_primaries(np.random.default_rng(4), 10.0, True, 0.015, 5.5)
+    moved = kinematics.generate_primaries(np.random.default_rng(4), 10.0, True, 0.015, 5.5, mean_z=30.0)
+    np.testing.assert_allclose(moved.vertex[:, 2] - nominal.vertex[:, 2], 30.0)
+    np.testing.assert_array_equal(moved.vertex[:, :2], nominal.vertex[:, :2])
+    np.testing.assert_array_equal(moved.momentum, nominal.momentum)
+    with pytest.raises(ValueError, match="vertex_mean_z_mm"):
+        SimulationConfig(vertex_mean_z_mm=900.0)
