@@ -218,7 +218,7 @@ def test_a_rewrite_killed_half_way_leaves_nothing_half_old(events, tmp_path, cap
     argv = [sys.executable, "-c", SLOW_TB, "-q", "infer", str(tmp_path / "reading.yaml"), "--overwrite"]
     process = subprocess.Popen(argv, cwd=Path(__file__).parents[2])
     deadline = time.monotonic() + 120
-    while len(stored(tmp_path)) < 2 or _old_events(tmp_path):
+    while not rewriting(census(tmp_path)):
         assert process.poll() is None and time.monotonic() < deadline, "the rewrite ended before it was killed"
         time.sleep(0.05)
     process.send_signal(sig)
@@ -238,12 +238,21 @@ def stored(root: Path) -> list[Path]:
 
 def _old_events(root: Path) -> list[Path]:
     """Event files written without the new hard cut."""
+    return [path for path in stored(root) if not load_event(path).config[-1].get("hard_cuts")]
+
+
+def rewriting(files: tuple[str, ...]) -> bool:
+    """The first events of the rewrite, and nothing else, are there: the moment to kill it."""
+    return len(files) >= 2 and set(files) == {"new"}
+
+
+def census(root: Path) -> tuple[str, ...]:
+    """'new' or 'old' for each event file listed at one moment, 'gone' for one removed or renamed while
+    it was read: the wait above ends only on a listing of new files alone."""
     out = []
     for path in stored(root):
         try:
-            data = load_event(path)
-        except Exception:  # a file being renamed into place as we list
-            continue
-        if not data.config[-1].get("hard_cuts"):
-            out.append(path)
-    return out
+            out.append("new" if load_event(path).config[-1].get("hard_cuts") else "old")
+        except Exception:
+            out.append("gone")
+    return tuple(out)
