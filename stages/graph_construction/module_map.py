@@ -552,6 +552,15 @@ class ModuleMap(GraphBuilderStage):
             arrays, self.config.prior, self.config.input_dir, self.config.window_margin, self.config.seed
         )
 
+    def input_paths(self) -> list[Path]:
+        """What the stage record fingerprints: the events it writes graphs for and, when map_events
+        reaches past data_split, every event the map learns from."""
+        paths = super().input_paths()
+        if self.config.map_events is None or self.trained_elsewhere:
+            return paths
+        learned = list_event_files(self.config.input_dir, "trainset")[: self.config.map_events]
+        return paths + sorted(set(learned) - set(paths))
+
     def map_training_files(self) -> list[Path]:
         """The first map_events trainset events, else those data_split selects."""
         if self.config.map_events is None:

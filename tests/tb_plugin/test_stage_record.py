@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tb_plugin import stage_record
@@ -256,3 +257,15 @@ def census(root: Path) -> tuple[str, ...]:
         except Exception:
             out.append("gone")
     return tuple(out)
+
+
+def test_the_events_a_map_learns_from_beyond_data_split_are_fingerprinted(events, tmp_path, capsys):
+    pipeline = configs(
+        tmp_path, events, reading={"data_split": [4, 0, 1]}, module_map={"data_split": [1, 0, 1], "map_events": 4}
+    )
+    assert main(["-q", "run", str(pipeline)]) == 0
+    learned_only = list_event_files(tmp_path / "store", "trainset")[3]  # learned from, no graph written
+    data = load_event(learned_only)
+    data.hit_r = data.hit_r + 1.0
+    torch.save(data, learned_only)
+    assert statuses(pipeline, capsys)[1] == f"stale: input {learned_only} was rewritten with other contents"
