@@ -23,7 +23,7 @@ from tqdm import tqdm
 from tb_plugin.event_store import SPLITS, list_event_files, load_event
 from tb_plugin.pretraining.masking import eval_mask_positions, mask_for_eval, mask_for_training
 from tb_plugin.pretraining.pairs import PairSet, layout_pairs, make_pairs
-from tb_plugin.pretraining.tracks import TrackSet, event_tracks
+from tb_plugin.pretraining.tracks import TrackSet, candidate_tracks, event_tracks
 from tb_plugin.tokenizer import ModuleTokenizer
 from tb_plugin.training import TrainingLoader
 
@@ -43,6 +43,9 @@ class SequenceSettings:
     min_hits: int = 4
     max_hits: int = 8
     long_tracks: Literal["truncate", "split"] = "truncate"
+    # truth: each particle's hits; track_building: the candidates a track-building stage reconstructed
+    # (no truth needed), for training and validation; the test split keeps truth tracks where it has them
+    tracks_from: Literal["truth", "track_building"] = "truth"
     mask_rate: float = 0.5
     batch_size: int = 512
     num_workers: int = 0
@@ -55,13 +58,15 @@ def split_files(input_dir: Path, split: str, data_split: list[int] | None) -> li
     return files if data_split is None else files[: data_split[SPLITS.index(split)]]
 
 
-def read_tracks(files: list[Path], split: str, tokenizer: ModuleTokenizer, settings: SequenceSettings) -> TrackSet:
+def read_tracks(
+    files: list[Path], split: str, tokenizer: ModuleTokenizer, settings: SequenceSettings, candidates: bool = False
+) -> TrackSet:
+    """The split's tracks: truth tracks, or with `candidates` the track candidates of the events."""
+    reader = candidate_tracks if candidates else event_tracks
     sets = []
     for path in tqdm(files, desc=f"tracks {split}", unit="event", leave=False):
         sets.append(
-            event_tracks(
-                load_event(path), tokenizer, settings.min_hits, settings.max_hits, settings.long_tracks, str(path)
-            )
+            reader(load_event(path), tokenizer, settings.min_hits, settings.max_hits, settings.long_tracks, str(path))
         )
     if tokenizer.n_unknown:
         log.warning("%s: %d hits of tracks fell outside the vocabulary and became [UNK]", split, tokenizer.n_unknown)
@@ -135,23 +140,35 @@ class TrackingBERTDataModule(L.LightningDataModule):
         tokenizer: ModuleTokenizer,
         settings: SequenceSettings,
         data_split: list[int] | None = None,
+        tracks_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.input_dir, self.cache_dir = Path(input_dir), Path(cache_dir)
         self.data_split = data_split
+        self.tracks_dir = None if tracks_dir is None else Path(tracks_dir)
         self.tokenizer, self.settings = tokenizer, settings
         self.tracks: dict[str, TrackSet] = {}
         self.datasets: dict[str, PairDataset] = {}
+
+    def source(self, split: str) -> tuple[Path, bool]:
+        """(folder, candidates?) the split's tracks come from: truth of the feature store, or with
+        tracks_from: track_building the candidates in tracks_dir, but for a test split with truth,
+        which the MDM evaluation keeps."""
+        if self.settings.tracks_from == "truth" or self.tracks_dir is None:
+            return self.input_dir, False
+        if split == "testset":
+            files = split_files(self.input_dir, split, self.data_split)
+            if files and "track_edges" in load_event(files[0]):
+                return self.input_dir, False
+        return self.tracks_dir, True
 
     def cache_file(self, split: str) -> Path:
         """Cache name keyed by everything that shapes the tracks, so a changed setting never reads stale
         tracks: the settings, the geometry, the input folder and each event file's name, size and
         mtime_ns (a feature store rewritten in place keeps its file names, not their content)."""
         s = self.settings
-        files = [
-            [p.name, p.stat().st_size, p.stat().st_mtime_ns]
-            for p in split_files(self.input_dir, split, self.data_split)
-        ]
+        folder, candidates = self.source(split)
+        files = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in split_files(folder, split, self.data_split)]
         key = json.dumps(
             [
                 self.tokenizer.geometry_hash,
@@ -159,8 +176,9 @@ class TrackingBERTDataModule(L.LightningDataModule):
                 s.min_hits,
                 s.max_hits,
                 s.long_tracks,
-                str(self.input_dir.resolve()),
+                str(folder.resolve()),
                 files,
+                *(["candidates"] if candidates else []),  # the key of truth tracks stays as before
             ]
         )
         return self.cache_dir / f"tracks_{split}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
@@ -169,9 +187,9 @@ class TrackingBERTDataModule(L.LightningDataModule):
         for split in SPLITS:
             path = self.cache_file(split)
             if not path.exists():
-                read_tracks(
-                    split_files(self.input_dir, split, self.data_split), split, self.tokenizer, self.settings
-                ).save(path)
+                folder, candidates = self.source(split)
+                files = split_files(folder, split, self.data_split)
+                read_tracks(files, split, self.tokenizer, self.settings, candidates).save(path)
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
@@ -187,7 +205,7 @@ class TrackingBERTDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if len(self.datasets[split]) == 0:
             raise NoTracksError(
-                f"{self.input_dir}/{split}: no tracks with {self.settings.min_hits}..{self.settings.max_hits} hits; "
+                f"{self.source(split)[0]}/{split}: no tracks with {self.settings.min_hits}..{self.settings.max_hits} hits; "
                 f"check the feature store has truth (track_edges) and events in this split"
             )
         collate = TrainingMasker(self.settings.mask_rate, self.tokenizer.vocab_size) if shuffle else collate_pairs

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from tb_plugin.config import ConfigError
 from tb_plugin.embedding_sources import (
     GEOMETRY_DESCRIPTORS,
     SOURCE_RECORD,
@@ -45,6 +46,7 @@ from tb_plugin.embedding_sources import (
     token_rows,
     volume_permutation,
 )
+from tb_plugin.event_store import SPLITS, list_event_files
 from tb_plugin.export import ExportFormat, export_embeddings
 from tb_plugin.geometry import Detector, detector_for
 from tb_plugin.injection import MODULE_TABLE_FILE, ModuleEmbedding, Normalize, check_table_options, save_module_table
@@ -77,6 +79,11 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
     min_hits: int = 4
     max_hits: int = 8
     long_tracks: Literal["truncate", "split"] = "truncate"
+    # truth (default): the particles' hits; track_building: the track candidates that the track-building
+    # stage in tracks_dir reconstructed (hit_track_labels), so events without truth (real data) can be
+    # pretrained on. The test split keeps truth tracks where it has them, for the MDM evaluation.
+    tracks_from: Literal["truth", "track_building"] = "truth"
+    tracks_dir: Path | None = None
     mask_rate: float = 0.5
     # model (paper defaults)
     n_embd: int = 64
@@ -117,6 +124,12 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
         for key in ("batch_size", "max_epochs", "num_nodes"):
             if getattr(self, key) < 1:
                 raise ValueError(f"key '{key}' must be at least 1, got {getattr(self, key)}")
+        if (self.tracks_from == "track_building") != (self.tracks_dir is not None):
+            raise ValueError(
+                "keys 'tracks_from' and 'tracks_dir' go together: tracks_from: track_building needs tracks_dir "
+                f"(the stage_dir of a track-building stage), tracks_from: truth takes none; got {self.tracks_from!r} "
+                f"and {self.tracks_dir}"
+            )
         self.model_config()  # checks the model keys (n_embd divisible by n_head, ...)
         self.optim_config()  # and the optimiser's (lr > 0, ...): at load, not in the first training step
         self.check_source()
@@ -173,6 +186,7 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
             min_hits=self.min_hits,
             max_hits=self.max_hits,
             long_tracks=self.long_tracks,
+            tracks_from=self.tracks_from,
             mask_rate=self.mask_rate,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
@@ -195,6 +209,27 @@ class TrackingBERTStage(Stage):
     @property
     def artifacts(self) -> Path:
         return self.stage_dir / "artifacts"
+
+    def input_paths(self) -> list[Path]:
+        """The feature store's events and, with tracks_from: track_building, the candidates' events."""
+        paths = super().input_paths()
+        if self.config.tracks_dir is None:
+            return paths
+        data_split = self.config.data_split
+        for i, split in enumerate(SPLITS):
+            files = list_event_files(self.config.tracks_dir, split)
+            paths += files if data_split is None else files[: data_split[i]]
+        return paths
+
+    def require_input(self) -> None:
+        """The feature store, and the track candidates' folder when pretraining reads them."""
+        super().require_input()
+        folder = self.config.tracks_dir
+        if folder is not None and not any(list_event_files(folder, split) for split in SPLITS):
+            raise ConfigError(
+                f"key 'tracks_dir': {folder} holds no event files in {{{','.join(SPLITS)}}}; run the "
+                f"track-building stage that writes them first"
+            )
 
     @property
     def vocab_file(self) -> Path:
@@ -223,6 +258,7 @@ class TrackingBERTStage(Stage):
             tokenizer,
             self.config.sequence_settings(),
             self.config.data_split,
+            self.config.tracks_dir,
         )
 
     # ------------------------------------------------------------------ train

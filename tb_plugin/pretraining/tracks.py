@@ -1,4 +1,5 @@
-"""Truth tracks as sentences of module tokens, read from feature-store events.
+"""Tracks as sentences of module tokens: truth tracks of feature-store events, or the candidates of a
+track-building stage (`candidate_tracks`, for data without truth).
 
 A track is the module tokens of one particle's hits ordered along its trajectory, i.e. by distance
 from its production vertex (the public code kept hit_id order, which is not trajectory order). Only
@@ -21,6 +22,8 @@ from tb_plugin.geometry import Detector
 from tb_plugin.tokenizer import PAD, ModuleTokenizer
 
 LongTracks = Literal["truncate", "split"]
+CANDIDATE_LABELS = "hit_track_labels"  # what a track-building stage writes: the candidate of each hit, -1 for none
+FIELD_TESLA = 2.0  # the solenoid's central field, for a candidate's pT from its radius of curvature
 
 
 @dataclass
@@ -79,6 +82,45 @@ def particle_hits(data: Data, source: str) -> tuple[np.ndarray, np.ndarray, np.n
     return hit, pid[rows], vertex[rows], pt[rows]
 
 
+def circle_pt(x: np.ndarray, y: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """float64 [n] pT (MeV) of each candidate from the circle through its hits in x-y (the algebraic
+    least-squares fit, per candidate): pT = 0.3 B R, with R in mm giving MeV. A candidate with fewer
+    than three hits, or on a straight line, gets +inf (stiffer than any)."""
+    pt = np.full(n, np.inf)
+    for k in range(n):
+        at = owner == k
+        if at.sum() < 3:
+            continue
+        a = np.stack([x[at], y[at], np.ones(int(at.sum()))], axis=1)  # [h, 3]
+        b = x[at] ** 2 + y[at] ** 2  # [h]
+        (c0, c1, c2), _, rank, _ = np.linalg.lstsq(a, b, rcond=None)
+        radius2 = c2 + (c0 / 2) ** 2 + (c1 / 2) ** 2
+        if rank == 3 and np.isfinite(radius2) and radius2 > 0:
+            pt[k] = 0.3 * FIELD_TESLA * float(np.sqrt(radius2))
+    return pt
+
+
+def candidate_tracks(
+    data: Data, tokenizer: ModuleTokenizer, min_hits: int, max_hits: int, long_tracks: LongTracks, source: str
+) -> TrackSet:
+    """The track candidates a track-building stage reconstructed (`hit_track_labels`), as sentences: no
+    truth needed, so pretraining can learn from real data. Hits are ordered by distance from the
+    origin (no vertex is known) and pT comes from a circle fit (circle_pt), for the NTP task. The
+    `particle_id` of a candidate is its label."""
+    labels = require_field(data, CANDIDATE_LABELS, source).numpy()  # [N]
+    hit = np.flatnonzero(labels >= 0)
+    module = hit_module_index(data, tokenizer.detector, source)[hit]
+    if tokenizer.volumes is not None:
+        inside = np.isin(require_field(data, "hit_volume_id", source).numpy()[hit], tokenizer.volumes)
+        hit, module = hit[inside], module[inside]
+    label = labels[hit]
+    x, y, z = (data[f"hit_{c}"].numpy().astype(np.float64)[hit] for c in "xyz")
+    ids, owner = np.unique(label, return_inverse=True)
+    pt = circle_pt(x, y, owner, len(ids))[owner]  # [H]
+    position = np.stack([x, y, z], axis=1)  # [H, 3] from the origin
+    return sentences(label, pt, module, position, tokenizer, min_hits, max_hits, long_tracks, data)
+
+
 def hit_module_index(data: Data, detector: Detector, source: str) -> np.ndarray:
     """[N] dense module index of every hit: `hit_module_index` where the file has it (our reader),
     else from the TrackML ids, which is what ACORN's TrackML reader writes (hit_volume_id, hit_layer_id,
@@ -104,7 +146,23 @@ def event_tracks(
         inside = np.isin(require_field(data, "hit_volume_id", source).numpy()[hit], tokenizer.volumes)
         hit, pid, vertex, pt, module = hit[inside], pid[inside], vertex[inside], pt[inside], module[inside]
     pos = np.stack([data.hit_x.numpy()[hit], data.hit_y.numpy()[hit], data.hit_z.numpy()[hit]], axis=1)  # [H, 3]
-    distance = np.linalg.norm(pos - vertex, axis=1)  # [H]
+    return sentences(pid, pt, module, pos - vertex, tokenizer, min_hits, max_hits, long_tracks, data)
+
+
+def sentences(
+    pid: np.ndarray,
+    pt: np.ndarray,
+    module: np.ndarray,
+    from_vertex: np.ndarray,
+    tokenizer: ModuleTokenizer,
+    min_hits: int,
+    max_hits: int,
+    long_tracks: LongTracks,
+    data: Data,
+) -> TrackSet:
+    """Tracks of one event as padded token rows: hits [H] grouped by pid, ordered by their distance
+    from the vertex (`from_vertex` [H, 3]), cut to max_hits (or split), those under min_hits dropped."""
+    distance = np.linalg.norm(from_vertex, axis=1)  # [H]
     order = np.lexsort((distance, pid))
     pid, pt, tokens = pid[order], pt[order], tokenizer.encode(module[order])
 
