@@ -36,17 +36,17 @@ import numpy as np
 
 from tb_plugin.atomic import atomic_path, write_text
 from tb_plugin.config import ConfigError, to_record
+from tb_plugin.event_store import SPLITS
 
 RECORD = "stage_record.json"
 FORMAT = "tb-plugin stage record v1"
 PHASES = ("train", "infer", "eval")
 NEUTRAL_KEYS = frozenset({"stage_dir"})  # where the outputs go, not what they are
-SPLIT_FOLDERS = ("trainset", "valset", "testset")
 # Everything a stage writes into its stage_dir: what `--overwrite` removes from a stale stage. The
 # record goes first: a clearing cut short leaves outputs without a record, which count as stale.
 OUTPUTS = (
     RECORD,
-    *SPLIT_FOLDERS,
+    *SPLITS,
     "artifacts",
     "eval",
     "export",
@@ -225,7 +225,7 @@ def _short(value: Any) -> str:
 def has_outputs(folder: Path) -> bool:
     """Whether a folder holds what a stage writes (events in a split folder, or artifacts)."""
     folder = Path(folder)
-    return any((folder / name).is_dir() and any((folder / name).iterdir()) for name in (*SPLIT_FOLDERS, "artifacts"))
+    return any((folder / name).is_dir() and any((folder / name).iterdir()) for name in (*SPLITS, "artifacts"))
 
 
 def clear_outputs(folder: Path) -> None:

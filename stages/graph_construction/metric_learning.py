@@ -305,13 +305,7 @@ class MetricLearning(GraphBuilderStage):
             )
 
     def input_paths(self) -> list[Path]:
-        """What the stage record fingerprints: the events it writes graphs for and, when train_events
-        reaches past data_split, every event it trains on."""
-        paths = super().input_paths()
-        if self.config.train_events is None or self.trained_elsewhere:
-            return paths
-        trained = list_event_files(self.config.input_dir, "trainset")[: self.config.train_events]
-        return paths + sorted(set(trained) - set(paths))
+        return self.input_paths_learning_from(self.config.train_events)
 
     def training_files(self) -> list[Path]:
         """The first train_events trainset events, else those data_split selects."""

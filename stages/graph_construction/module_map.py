@@ -553,13 +553,7 @@ class ModuleMap(GraphBuilderStage):
         )
 
     def input_paths(self) -> list[Path]:
-        """What the stage record fingerprints: the events it writes graphs for and, when map_events
-        reaches past data_split, every event the map learns from."""
-        paths = super().input_paths()
-        if self.config.map_events is None or self.trained_elsewhere:
-            return paths
-        learned = list_event_files(self.config.input_dir, "trainset")[: self.config.map_events]
-        return paths + sorted(set(learned) - set(paths))
+        return self.input_paths_learning_from(self.config.map_events)
 
     def map_training_files(self) -> list[Path]:
         """The first map_events trainset events, else those data_split selects."""

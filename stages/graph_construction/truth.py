@@ -119,6 +119,15 @@ class GraphBuilderStage(Stage):
         """[2, E] candidate edges of one event (any orientation; duplicates allowed)."""
         raise NotImplementedError
 
+    def input_paths_learning_from(self, n_train: int | None) -> list[Path]:
+        """What the stage record fingerprints when training reads the first `n_train` trainset events
+        (map_events, train_events), more than data_split writes graphs for: those events too."""
+        paths = super().input_paths()
+        if n_train is None or self.trained_elsewhere:
+            return paths
+        learned = list_event_files(self.config.input_dir, "trainset")[:n_train]
+        return paths + sorted(set(learned) - set(paths))
+
     def prepare_inference(self) -> None:
         """Load what build_edges needs (a model, a map); called once before the event loop."""
 

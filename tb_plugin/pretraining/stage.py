@@ -51,7 +51,7 @@ from tb_plugin.export import ExportFormat, export_embeddings
 from tb_plugin.geometry import Detector, detector_for
 from tb_plugin.injection import MODULE_TABLE_FILE, ModuleEmbedding, Normalize, check_table_options, save_module_table
 from tb_plugin.model import OptimConfig, TrackingBERTConfig, TrackingBERTModule
-from tb_plugin.pretraining.datamodule import SequenceSettings, TrackingBERTDataModule
+from tb_plugin.pretraining.datamodule import SequenceSettings, TrackingBERTDataModule, split_files
 from tb_plugin.pretraining.evaluation import evaluate_pretraining, summary_table
 from tb_plugin.pretraining.tracks import hit_module_index
 from tb_plugin.stage import EventProcessor, Stage, StageConfig
@@ -215,11 +215,9 @@ class TrackingBERTStage(Stage):
         paths = super().input_paths()
         if self.config.tracks_dir is None:
             return paths
-        data_split = self.config.data_split
-        for i, split in enumerate(SPLITS):
-            files = list_event_files(self.config.tracks_dir, split)
-            paths += files if data_split is None else files[: data_split[i]]
-        return paths
+        return paths + [
+            p for split in SPLITS for p in split_files(self.config.tracks_dir, split, self.config.data_split)
+        ]
 
     def require_input(self) -> None:
         """The feature store, and the track candidates' folder when pretraining reads them."""

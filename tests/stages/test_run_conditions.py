@@ -91,3 +91,29 @@ def test_events_without_layer_fields_are_profiled_by_their_hits_alone():
     assert len(vertex_z0(bare)) == 0
     profile = RunConditions.of_events([5], [event_vertices(bare)])
     assert profile.z0_core is None and profile.hits == (5, 5, 5)
+
+
+def test_a_busy_event_is_searched_in_one_phi_sector_and_still_finds_its_vertices():
+    import torch
+    from torch_geometric.data import Data
+
+    from stages.run_conditions import MAX_INNER_HITS
+
+    rng = np.random.default_rng(0)
+    n = 3 * MAX_INNER_HITS  # straight tracks from two vertices, one hit on each of four barrel layers
+    vertex = rng.choice([-20.0, 30.0], n)
+    phi, slope = rng.uniform(-np.pi, np.pi, n), rng.uniform(-1.0, 1.0, n)
+    radii = np.array([32.0, 72.0, 116.0, 172.0])
+    r = np.repeat(radii[None], n, axis=0).ravel()
+    data = Data(
+        hit_volume_id=torch.full((4 * n,), 8),
+        hit_layer_id=torch.from_numpy(np.tile([2, 4, 6, 8], n)),
+        hit_r=torch.from_numpy(r),
+        hit_z=torch.from_numpy((vertex[:, None] + slope[:, None] * radii[None]).ravel()),
+        hit_phi=torch.from_numpy(np.repeat(phi, 4)),
+        num_nodes=4 * n,
+    )
+    z0 = vertex_z0(data)
+    assert MAX_INNER_HITS // 2 < len(z0) < n  # one sector's tracks (and a few random combinations), not all
+    assert np.mean(np.isclose(z0, -20.0, atol=0.1) | np.isclose(z0, 30.0, atol=0.1)) > 0.95
+    assert sorted(np.round(event_vertices(data)).tolist())[:1] == [-20.0] and 30.0 in np.round(event_vertices(data))
