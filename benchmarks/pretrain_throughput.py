@@ -4,11 +4,13 @@ Both models get the same configuration (vocabulary, hidden 64, 12 layers, 8 head
 19 positions, 2 segments, dropout 0.05, exact GELU), the same MLM/MDM + NSP/NTP objective with tied
 decoder heads, the same AdamW, and the very same batches, in one process. HF runs its SDPA attention.
 A third entry runs TrackingBERT through forward() with MDM logits on every position (as HF does) to
-separate the encoder from the scored-positions-only head. A timed step is a full training step: zero_grad, forward, loss, backward, optimizer step. Warm-up
+separate the encoder from the scored-positions-only head; a fourth runs the training step with the
+restricted softmax (`mdm_candidates: layer`: each masked module among its own layer's modules). A timed step is a full training step: zero_grad, forward, loss, backward, optimizer step. Warm-up
 steps are not timed; the models alternate repeat by repeat (short repeats, many of them) so that load
 from other processes hits all of them; the median is the headline, the best repeat is printed too.
 
     .venv/bin/python benchmarks/pretrain_throughput.py --batch-size 256 --steps 4 --repeats 11
+    .venv/bin/python benchmarks/pretrain_throughput.py --vocabulary all      # the whole detector, 18,733 tokens
     python3 benchmarks/pretrain_throughput.py --device cuda --precision bf16-mixed   # on a GPU
 
 `--precision bf16-mixed` runs every model's forward and loss under torch.autocast(bfloat16), as Lightning's
@@ -28,7 +30,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from tb_plugin.model import TrackingBERT, TrackingBERTConfig, param_groups, pretraining_losses
+from tb_plugin.geometry import Detector
+from tb_plugin.model import CandidateSets, TrackingBERT, TrackingBERTConfig, param_groups, pretraining_losses
+from tb_plugin.tokenizer import ModuleTokenizer
 
 PAD, UNK, CLS, SEP, MASK, N_SPECIAL = 0, 1, 2, 3, 4, 5
 MAX_LEN, MIN_HITS, MAX_HITS = 19, 4, 8
@@ -112,6 +116,15 @@ def ours_loss(model, batch: dict) -> torch.Tensor:
     return pretraining_losses(model, batch)["loss"]
 
 
+def layer_loss(candidates: CandidateSets):
+    """The training loss with mdm_candidates: layer (each masked module's softmax over its layer)."""
+
+    def loss(model, batch: dict) -> torch.Tensor:
+        return pretraining_losses(model, batch, candidates=candidates)["loss"]
+
+    return loss
+
+
 def ours_full_logits_loss(model, batch: dict) -> torch.Tensor:
     """The same loss through forward(): MDM logits on all [B, L] positions, as HF computes them. Shows how
     much of the gap is the encoder and how much is the head on scored positions only."""
@@ -149,7 +162,12 @@ def main() -> None:
     ap.add_argument(
         "--precision", default="32-true", choices=["32-true", "bf16-mixed"], help="bf16-mixed: bfloat16 autocast"
     )
-    ap.add_argument("--vocab", type=int, default=4009, help="vocabulary size (4004 pixel modules + 5 specials)")
+    ap.add_argument(
+        "--vocabulary",
+        default="pixel",
+        choices=["pixel", "all"],
+        help="the built-in detector's pixel volumes (4,009 tokens) or every module (18,733)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -158,27 +176,33 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     bf16 = args.precision == "bf16-mixed"
+    tokenizer = ModuleTokenizer(Detector.builtin(), [7, 8, 9] if args.vocabulary == "pixel" else None)
+    args.vocab = tokenizer.vocab_size
+    candidates = CandidateSets(tokenizer.layer_groups()).to(device)
     gen = torch.Generator().manual_seed(args.seed)
     batches = [
         {k: v.to(device) for k, v in make_batch(args.batch_size, args.vocab, gen).items()}
         for _ in range(args.n_batches)
     ]
 
-    torch.manual_seed(args.seed)
-    ours = TrackingBERT(TrackingBERTConfig(vocab_size=args.vocab, max_len=MAX_LEN)).to(device).train()
-    torch.manual_seed(args.seed)
-    ours_full = TrackingBERT(TrackingBERTConfig(vocab_size=args.vocab, max_len=MAX_LEN)).to(device).train()
+    models = {}
+    for name in ("trackingbert", "trackingbert_full_logits", "trackingbert_layer"):
+        torch.manual_seed(args.seed)  # the same initialisation for all three
+        models[name] = TrackingBERT(TrackingBERTConfig(vocab_size=args.vocab, max_len=MAX_LEN)).to(device).train()
+    ours = models["trackingbert"]
     hf = build_hf(args.vocab, device).train()
     fused = device.type == "cuda"
     opt_kw = dict(lr=1e-4, betas=(0.9, 0.999), fused=fused)
     opts = {
         "trackingbert": torch.optim.AdamW(param_groups(ours, 0.01), **opt_kw),
-        "trackingbert_full_logits": torch.optim.AdamW(param_groups(ours_full, 0.01), **opt_kw),
+        "trackingbert_full_logits": torch.optim.AdamW(param_groups(models["trackingbert_full_logits"], 0.01), **opt_kw),
+        "trackingbert_layer": torch.optim.AdamW(param_groups(models["trackingbert_layer"], 0.01), **opt_kw),
         "hf_bert": torch.optim.AdamW(param_groups(hf, 0.01), **opt_kw),
     }
     runs = {
         "trackingbert": (ours, ours_loss),
-        "trackingbert_full_logits": (ours_full, ours_full_logits_loss),
+        "trackingbert_full_logits": (models["trackingbert_full_logits"], ours_full_logits_loss),
+        "trackingbert_layer": (models["trackingbert_layer"], layer_loss(candidates)),
         "hf_bert": (hf, hf_loss),
     }
 
@@ -205,6 +229,7 @@ def main() -> None:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "vocab": args.vocab,
+        "layer_groups": len(candidates),
         "padded_rows": float(sum((~b["attention_mask"]).any(1).float().mean().item() for b in batches) / len(batches)),
         "params": {"trackingbert": ours.num_params(), "hf_bert": sum(p.numel() for p in hf.parameters())},
     }
@@ -218,6 +243,10 @@ def main() -> None:
     result["ratio_ours_over_hf"] = round(result["trackingbert"]["tracks_per_s_median"] / hf_rate, 3)
     result["ratio_best_ours_over_hf"] = round(
         result["trackingbert"]["tracks_per_s_best"] / result["hf_bert"]["tracks_per_s_best"], 3
+    )
+    result["ratio_layer_over_hf"] = round(result["trackingbert_layer"]["tracks_per_s_median"] / hf_rate, 3)
+    result["ratio_layer_over_all"] = round(
+        result["trackingbert_layer"]["tracks_per_s_median"] / result["trackingbert"]["tracks_per_s_median"], 3
     )
     result["ratio_full_logits_over_hf"] = round(result["trackingbert_full_logits"]["tracks_per_s_median"] / hf_rate, 3)
     print(json.dumps(result))

@@ -166,9 +166,15 @@ class MDMHead(nn.Module):
         self.ln = nn.LayerNorm(config.n_embd)
         self.decoder = nn.Linear(config.n_embd, config.vocab_size)  # weight tied to Embeddings.tok
 
+    def transform(self, h: Tensor) -> Tensor:
+        return self.ln(self.act(self.dense(h)))  # [..., C]
+
     def forward(self, h: Tensor) -> Tensor:
-        h = self.ln(self.act(self.dense(h)))  # [..., C]
-        return self.decoder(h)  # [..., V]
+        return self.decoder(self.transform(h))  # [..., V]
+
+    def logits_over(self, z: Tensor, tokens: Tensor) -> Tensor:
+        """Logits of the transformed states z [n, C] over the given tokens [S] only: [n, S]."""
+        return z @ self.decoder.weight[tokens].T + self.decoder.bias[tokens]  # [n, S]
 
 
 class NTPHead(nn.Module):
@@ -181,6 +187,73 @@ class NTPHead(nn.Module):
 
     def forward(self, h_cls: Tensor) -> Tensor:
         return self.out(torch.tanh(self.pool(h_cls))).squeeze(-1)  # [B]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Restricted MDM softmax
+
+MDM_CANDIDATES = ("all", "layer")  # the tracking_bert stage's key mdm_candidates
+
+
+class CandidateSets:
+    """The tokens that may answer a masked position: those of the masked module's own group.
+
+    Why: the tied decoder scores every module, n_embd x V multiply-adds and a softmax over V per masked
+    position; at the whole detector's 18.7 k modules that is several times the cost of a small encoder.
+    The masked hit's (volume, layer) is known wherever the model is used (the hit has a position; only
+    its module is hidden), so a softmax over that layer's modules asks the same question at a fraction
+    of the cost. Groups are given per token (`ModuleTokenizer.layer_groups`); -1 marks tokens that never
+    answer (the special tokens). With a single group of every module token it is the full softmax."""
+
+    def __init__(self, token_group: Tensor | list[int]) -> None:
+        group = torch.as_tensor(token_group, dtype=torch.long)  # [V]
+        answers = torch.nonzero(group >= 0).squeeze(1)  # [T]
+        self.tokens = answers[torch.argsort(group[answers], stable=True)]  # [T] token ids, grouped
+        sizes = torch.bincount(group[answers], minlength=int(group.max()) + 1 if len(answers) else 0)  # [G]
+        self.start = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])  # [G + 1] group g: tokens[start[g]:start[g+1]]
+        self.rank = torch.full_like(group, -1)  # [V] index of each token within its group's candidates
+        self.rank[self.tokens] = torch.arange(len(self.tokens)) - self.start[group[self.tokens]]
+        self.group = group  # [V]
+
+    @classmethod
+    def whole_vocabulary(cls, vocab_size: int, n_special: int) -> CandidateSets:
+        """One group of every module token: the full softmax (special tokens excluded)."""
+        return cls([-1] * n_special + [0] * (vocab_size - n_special))
+
+    def to(self, device: torch.device) -> CandidateSets:
+        if self.group.device != device:
+            for name in ("tokens", "start", "rank", "group"):
+                setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def __len__(self) -> int:
+        return len(self.start) - 1
+
+    def per_group(self, target: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """(positions [n], candidate tokens [S]) of every group among the targets [N]."""
+        group = self.group[target]  # [N]
+        if (group < 0).any():
+            raise ValueError("a masked target is a token with no candidate group (a special token)")
+        start = self.start.tolist()
+        return [
+            (torch.nonzero(group == g).squeeze(1), self.tokens[start[g] : start[g + 1]])
+            for g in torch.unique(group).tolist()
+        ]
+
+
+def restricted_mdm(head: MDMHead, h: Tensor, target: Tensor, candidates: CandidateSets) -> tuple[Tensor, Tensor]:
+    """(summed cross-entropy, number of correct top-1) of the scored states h [N, C] against their
+    targets [N], each softmax over the target's group only. One matmul per group: the layers differ in
+    size, and padding them to the largest would cost more than the loop."""
+    z = head.transform(h)  # [N, C]
+    loss = z.new_zeros((), dtype=torch.float32)
+    correct = z.new_zeros((), dtype=torch.float32)
+    for positions, tokens in candidates.per_group(target):
+        logits = head.logits_over(z[positions], tokens).float()  # [n, S]
+        local = candidates.rank[target[positions]]  # [n] the answer's index among the candidates
+        loss = loss + F.cross_entropy(logits, local, reduction="sum")
+        correct = correct + (logits.detach().argmax(-1) == local).float().sum()
+    return loss, correct
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -262,22 +335,31 @@ def warmup_linear_decay(step: int, warmup: int, total: int | float | None) -> fl
     return (total - step) / (total - warmup)
 
 
-def pretraining_losses(model: TrackingBERT, batch: dict, ntp_weight: float = 1.0) -> dict[str, Tensor]:
+def pretraining_losses(
+    model: TrackingBERT, batch: dict, ntp_weight: float = 1.0, candidates: CandidateSets | None = None
+) -> dict[str, Tensor]:
     """MDM + NTP losses and accuracies of one batch, outside Lightning so a benchmark or a notebook runs
     the very same code as training. The MDM head runs on the scored positions only: the loss equals the
-    one from the full [B, L, V] logits at a fraction of the cost (the vocabulary projection dominates)."""
+    one from the full [B, L, V] logits at a fraction of the cost (the vocabulary projection dominates).
+    With `candidates`, each masked position's softmax runs over its group only (`restricted_mdm`)."""
     h = model.encode(batch["input_ids"], batch["segment_ids"], batch["attention_mask"])  # [B, L, C]
     labels = batch["mdm_labels"]  # [B, L]
     scored = labels != IGNORE_INDEX  # [B, L]
     target = labels[scored]  # [N]
-    mdm_logits = model.mdm_head(h[scored]).float()  # [N, V] loss math in float32 under bf16 autocast
     n_scored = max(target.numel(), 1)  # a batch with nothing masked gives loss 0, not NaN
-    mdm_loss = F.cross_entropy(mdm_logits, target, reduction="sum") / n_scored
+    if candidates is None:
+        mdm_logits = model.mdm_head(h[scored]).float()  # [N, V] loss math in float32 under bf16 autocast
+        mdm_loss = F.cross_entropy(mdm_logits, target, reduction="sum") / n_scored
+        with torch.no_grad():
+            mdm_correct = (mdm_logits.argmax(-1) == target).float().sum()
+    else:
+        loss_sum, mdm_correct = restricted_mdm(model.mdm_head, h[scored], target, candidates.to(h.device))
+        mdm_loss = loss_sum / n_scored
     ntp_logits = model.ntp_head(h[:, 0]).float()  # [B]
     ntp_labels = batch["ntp_labels"].float()  # [B]
     ntp_loss = F.binary_cross_entropy_with_logits(ntp_logits, ntp_labels)
     with torch.no_grad():
-        mdm_acc = (mdm_logits.argmax(-1) == target).float().sum() / n_scored
+        mdm_acc = mdm_correct / n_scored
         ntp_acc = ((ntp_logits > 0) == (ntp_labels > 0.5)).float().mean()
     return {
         "loss": mdm_loss + ntp_weight * ntp_loss,
@@ -303,11 +385,22 @@ class TrackingBERTModule(lightning.LightningModule):
     """Losses, metrics and the optimiser around TrackingBERT. The hyperparameters are plain dicts so that
     a checkpoint loads without this file's dataclasses being importable under the same names."""
 
-    def __init__(self, model: dict, optim: dict, compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        compile: bool = False,
+        mdm_candidates: str = "all",
+        candidates: CandidateSets | None = None,
+    ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["candidates"])  # the groups come from the vocabulary, not the checkpoint
         self.model = TrackingBERT(TrackingBERTConfig(**model))
         self.optim = OptimConfig(**optim)
+        if mdm_candidates not in MDM_CANDIDATES:
+            raise ValueError(f"mdm_candidates must be one of {MDM_CANDIDATES}, got {mdm_candidates!r}")
+        # A checkpoint loaded for inference has no groups (they come from the vocabulary); training needs them.
+        self.candidates = candidates if mdm_candidates == "layer" else None
         # torch.compile of the whole loss (encoder, heads, losses): on a GPU a model this small is bound by
         # kernel launches, which fusing removes. Shapes vary with the batch's longest pair: dynamic.
         self.losses = torch.compile(pretraining_losses, dynamic=True) if compile else pretraining_losses
@@ -317,7 +410,9 @@ class TrackingBERTModule(lightning.LightningModule):
 
     def step(self, batch: dict, split: str) -> Tensor:
         """The one step of training, validation and test: losses, then logging."""
-        out = self.losses(self.model, batch, self.optim.ntp_weight)
+        if self.hparams["mdm_candidates"] == "layer" and self.candidates is None:
+            raise ValueError("mdm_candidates: layer needs the candidate groups (CandidateSets of the vocabulary)")
+        out = self.losses(self.model, batch, self.optim.ntp_weight, self.candidates)
         B = batch["input_ids"].shape[0]
         sync = split != "train"  # epoch-level val/test figures must be averaged over DDP ranks
         self.log(f"{split}/loss", out["loss"], prog_bar=True, batch_size=B, sync_dist=sync)

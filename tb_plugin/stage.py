@@ -165,6 +165,11 @@ class Stage:
             files = files[: self.config.data_split[SPLITS.index(split)]]
         return files
 
+    def unread_keys(self) -> frozenset[str]:
+        """Config keys this stage's outputs do not depend on as configured (none by default): its stage
+        record leaves them out, so changing one does not make finished outputs stale."""
+        return frozenset()
+
     def input_paths(self) -> list[Path]:
         """The files whose contents decide this stage's outputs (its stage record fingerprints them): the
         events it reads, the input's geometry, and the artifacts of a trained_stage_dir."""

@@ -167,7 +167,8 @@ def digest(record: dict[str, Any]) -> str:
 
 def fingerprint(stage: Any, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """The record this stage would write now: its keys, its input files and its upstream records."""
-    keys = {k: v for k, v in plain_keys(stage.config).items() if k not in NEUTRAL_KEYS}
+    unread = NEUTRAL_KEYS | getattr(stage, "unread_keys", frozenset)()
+    keys = {k: v for k, v in plain_keys(stage.config).items() if k not in unread}
     known = (previous or {}).get("inputs") or {}
     files: dict[str, list[Any]] = {}
     for path in stage.input_paths():
@@ -199,7 +200,8 @@ def difference(previous: dict[str, Any], current: dict[str, Any], config_class: 
         if previous.get(key) != current[key]:
             return f"it holds the outputs of {key} {previous.get(key)!r}, the config says {current[key]!r}"
     old, new, defaults = previous.get("keys") or {}, current["keys"], field_defaults(config_class)
-    for key in sorted(set(old) | set(new)):
+    unread = {f.name for f in dataclasses.fields(config_class)} - set(new)  # fields the stage ignores as configured
+    for key in sorted((set(old) | set(new)) - unread):
         if old.get(key) != new.get(key) and not (key not in old and key in defaults and new.get(key) == defaults[key]):
             return f"key '{key}' changed: {_short(old.get(key))} -> {_short(new.get(key))}"
     old_files, new_files = previous.get("inputs") or {}, current["inputs"]

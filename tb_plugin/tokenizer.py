@@ -80,6 +80,15 @@ class ModuleTokenizer:
         d, idx = self.detector, self.token_to_module
         return {"volume_id": d.volume_id[idx], "layer_id": d.layer_id[idx], "module_id": d.module_id[idx]}
 
+    def layer_groups(self) -> np.ndarray:
+        """[V] group of every token: one per (volume_id, layer_id) of the vocabulary, numbered in token
+        order, -1 for the special tokens. The restricted MDM softmax and count baseline choose a masked
+        module among its group: the hit's layer is known from the geometry, only its module is asked."""
+        ids = self.module_ids()
+        layer_key = ids["volume_id"].astype(np.int64) * 100_000 + ids["layer_id"].astype(np.int64)
+        _, group = np.unique(layer_key, return_inverse=True)  # tokens are sorted by volume, layer: groups ascend
+        return np.r_[np.full(N_SPECIAL, -1, np.int64), group.reshape(-1).astype(np.int64)]
+
     def save(self, path: str | Path) -> None:
         ids = self.module_ids()
         record = {

@@ -393,9 +393,13 @@ class TrackingBERTScorer:
     B, or no scorable junction position, gets no score (nan) and is never merged.
     """
 
-    def __init__(self, model, tokenizer, detector, junction_hits: int, batch_size: int) -> None:
+    def __init__(
+        self, model, tokenizer, detector, junction_hits: int, batch_size: int, mdm_candidates: str = "all"
+    ) -> None:
         self.model = model.eval()  # deterministic: no dropout
         self.tokenizer = tokenizer
+        # a model pretrained with the layer softmax is scored as it learned: among the true module's layer
+        self.token_group = torch.from_numpy(tokenizer.layer_groups()) if mdm_candidates == "layer" else None
         self.detector = detector
         self.junction_hits = junction_hits
         self.batch_size = batch_size
@@ -432,7 +436,8 @@ class TrackingBERTScorer:
             **{k: saved[k] for k in ("n_embd", "n_head", "n_layer", "d_ff")},
         )
         module, tokenizer, detector = TrackingBERTStage(config).trained()
-        return cls(module.model, tokenizer, detector, junction_hits, batch_size)
+        candidates = module.hparams.get("mdm_candidates", "all")
+        return cls(module.model, tokenizer, detector, junction_hits, batch_size, candidates)
 
     def scorer(self, min_score: float) -> Scorer:
         def score(data: Data, fragments: Fragments, joined: Joined, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -542,8 +547,11 @@ class TrackingBERTScorer:
                 at = torch.from_numpy(column[sl]).to(device)
                 logits = self.model.mdm_head(h[torch.arange(ids.shape[0], device=device), at]).float()  # [B, V]
                 logits[:, :N_SPECIAL] = -torch.inf
-                logp = torch.log_softmax(logits, dim=-1)  # [B, V]
                 true = torch.from_numpy(target[sl]).to(device)
+                if self.token_group is not None:  # the softmax over the true module's layer only
+                    group = self.token_group.to(device)
+                    logits = logits.masked_fill(group[None, :] != group[true][:, None], -torch.inf)
+                logp = torch.log_softmax(logits, dim=-1)  # [B, V]
                 out.append(logp.gather(1, true[:, None])[:, 0].double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 

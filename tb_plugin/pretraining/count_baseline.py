@@ -102,10 +102,16 @@ class _CountTable:
 class CountBaseline:
     """Predict a masked module from trigram/bigram/unigram counts of training tracks."""
 
-    def __init__(self, scheme: Scheme = "product") -> None:
+    def __init__(self, scheme: Scheme = "product", token_group: np.ndarray | None = None) -> None:
+        """`token_group` [V] (ModuleTokenizer.layer_groups): answer among the masked module's group only,
+        as TrackingBERT does with mdm_candidates: layer; every count is then taken within the group, which
+        is the same as adding the group to every context. None: one group, the classic baseline."""
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
         self.scheme = scheme
+        self.token_group = None if token_group is None else np.asarray(token_group, dtype=np.int64)
+        self._n_groups = 1 if self.token_group is None else int(self.token_group.max()) + 1
+        self._unigram_start = np.zeros(2, np.int64)  # [G + 1] group g's unigram ranking: _unigram_token[start[g]:]
         self._base = 0  # context keys pack (left + 1) * base + (right + 1)
         self._trigram: _CountTable | None = None
         self._left: _CountTable | None = None  # context = left neighbour
@@ -154,17 +160,20 @@ class CountBaseline:
         right[ends[nonempty] - 1] = BOUNDARY
 
         self._base = int(flat.max()) + 3  # values -1..max + 1 (the last for unseen tokens) pack below base
-        if self._base > 2**31:
+        if self._base**2 * self._n_groups > 2**62:
             raise ValueError(f"token ids up to {flat.max()} are too large to pack into context keys")
+        group = self._group_of(flat)  # [N] the middle's group
         boundary = np.full_like(flat, BOUNDARY)
-        self._trigram = _CountTable.build(self._key(left, right), flat)
-        self._left = _CountTable.build(self._key(left, boundary), flat)
-        self._right = _CountTable.build(self._key(boundary, right), flat)
+        self._trigram = _CountTable.build(self._context(left, right, group), flat)
+        self._left = _CountTable.build(self._context(left, boundary, group), flat)
+        self._right = _CountTable.build(self._context(boundary, right, group), flat)
         pair = np.unique(self._key(right, flat), return_counts=True)
         self._pair_key, self._pair_count = pair[0].astype(np.int64), pair[1].astype(np.int64)
         self._unigram_count = np.bincount(flat)
         seen = np.flatnonzero(self._unigram_count)
-        self._unigram_token = seen[np.lexsort((seen, -self._unigram_count[seen]))]
+        seen_group = self._group_of(seen)
+        self._unigram_token = seen[np.lexsort((seen, -self._unigram_count[seen], seen_group))]  # by group, then count
+        self._unigram_start = np.searchsorted(np.sort(seen_group), np.arange(self._n_groups + 1))
         self.n_tracks = int(nonempty.sum())
         self.n_hits = int(len(flat))
         return self
@@ -177,10 +186,26 @@ class CountBaseline:
     def _key(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         return (np.asarray(left, np.int64) + 1) * self._base + (np.asarray(right, np.int64) + 1)
 
+    def _context(self, left: np.ndarray, right: np.ndarray, group: np.ndarray) -> np.ndarray:
+        """Context key of (left, right) within the middle's group (the group is 0 without token_group)."""
+        return self._key(left, right) * self._n_groups + group
+
+    def _group_of(self, token: np.ndarray) -> np.ndarray:
+        """Group of each token; 0 for all without token_group. A token beyond the table is refused."""
+        token = np.asarray(token, dtype=np.int64)
+        if self.token_group is None:
+            return np.zeros(token.shape, np.int64)
+        if len(token) and (token.max() >= len(self.token_group) or (self.token_group[token] < 0).any()):
+            raise ValueError("a track token has no group in token_group (a special token or beyond the vocabulary)")
+        return self.token_group[token]
+
     # ------------------------------------------------------------------ prediction
 
-    def predict_topk(self, left: np.ndarray, right: np.ndarray, k: int = 5) -> np.ndarray:
-        """[Q, k] predicted middle tokens, best first, for neighbour tokens left/right [Q] (BOUNDARY at ends)."""
+    def predict_topk(
+        self, left: np.ndarray, right: np.ndarray, k: int = 5, group: np.ndarray | None = None
+    ) -> np.ndarray:
+        """[Q, k] predicted middle tokens, best first, for neighbour tokens left/right [Q] (BOUNDARY at ends).
+        With token_group, `group` [Q] is each masked hit's group (its layer) and every answer lies in it."""
         if self._trigram is None:
             raise RuntimeError("CountBaseline.predict_topk called before fit")
         left = np.asarray(left, dtype=np.int64)
@@ -189,26 +214,40 @@ class CountBaseline:
             raise ValueError(f"left and right must be 1-D of equal length, got {left.shape} and {right.shape}")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        if (group is None) != (self.token_group is None):
+            raise ValueError("give `group` exactly when the baseline was built with token_group")
+        group = np.zeros(left.shape, np.int64) if group is None else np.asarray(group, dtype=np.int64)
+        if group.shape != left.shape or (len(group) and (group.min() < 0 or group.max() >= self._n_groups)):
+            raise ValueError(f"group must be [Q] = {left.shape} with values in 0..{self._n_groups - 1}")
         left, right = self._clip_unseen(left), self._clip_unseen(right)
         q = len(left)
         boundary = np.full(q, BOUNDARY, dtype=np.int64)
-        tiers = [self._trigram.top(self._key(left, right), k)]
+        tiers = [self._trigram.top(self._context(left, right, group), k)]
         if self.scheme == "product":
-            tiers.append(self._product_top(left, right, k))
-        tiers.append(self._left.top(self._key(left, boundary), k))
-        tiers.append(self._right.top(self._key(boundary, right), k))
+            tiers.append(self._product_top(left, right, group, k))
+        tiers.append(self._left.top(self._context(left, boundary, group), k))
+        tiers.append(self._right.top(self._context(boundary, right, group), k))
         n_before = sum(t.shape[1] for t in tiers)
-        unigram = self._unigram_token[: n_before + k]
-        tiers.append(np.broadcast_to(unigram, (q, len(unigram))))
+        tiers.append(self._unigram_top(group, n_before + k))
         return first_unique(np.concatenate(tiers, axis=1), k)
 
-    def _product_top(self, left: np.ndarray, right: np.ndarray, k: int) -> np.ndarray:
-        """[Q, k] modules seen after `left` and before `right`, by C(left, m) C(m, right) / C(m)."""
-        pair_key, inverse = np.unique(self._key(left, right), return_inverse=True)  # [U]
+    def _unigram_top(self, group: np.ndarray, n: int) -> np.ndarray:
+        """[Q, n] the most frequent training tokens of each query's group, -1 past the group's end."""
+        begin, end = self._unigram_start[group], self._unigram_start[group + 1]  # [Q]
+        index = begin[:, None] + np.arange(n)[None, :]  # [Q, n]
+        valid = index < end[:, None]
+        out = np.full(index.shape, -1, dtype=np.int64)
+        out[valid] = self._unigram_token[index[valid]]
+        return out
+
+    def _product_top(self, left: np.ndarray, right: np.ndarray, group: np.ndarray, k: int) -> np.ndarray:
+        """[Q, k] modules of the group seen after `left` and before `right`, by C(left, m) C(m, right) / C(m)."""
+        pair_key, inverse = np.unique(self._context(left, right, group), return_inverse=True)  # [U]
         inverse = inverse.reshape(-1)
-        u_left, u_right = np.divmod(pair_key, self._base)
+        u_key, u_group = np.divmod(pair_key, self._n_groups)
+        u_left, u_right = np.divmod(u_key, self._base)
         u_left, u_right = u_left - 1, u_right - 1
-        begin, end = self._left.group_bounds(self._key(u_left, np.full_like(u_left, BOUNDARY)))
+        begin, end = self._left.group_bounds(self._context(u_left, np.full_like(u_left, BOUNDARY), u_group))
         size = end - begin  # [U] left-bigram candidates of each distinct context
         owner = np.repeat(np.arange(len(pair_key)), size)  # [C]
         entry = np.repeat(begin, size) + (np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size))

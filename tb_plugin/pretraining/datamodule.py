@@ -141,10 +141,12 @@ class TrackingBERTDataModule(L.LightningDataModule):
         settings: SequenceSettings,
         data_split: list[int] | None = None,
         tracks_dir: Path | None = None,
+        train_events: int | None = None,
     ) -> None:
         super().__init__()
         self.input_dir, self.cache_dir = Path(input_dir), Path(cache_dir)
         self.data_split = data_split
+        self.train_events = train_events  # pretrain on the first n trainset events only; None: all
         self.tracks_dir = None if tracks_dir is None else Path(tracks_dir)
         self.tokenizer, self.settings = tokenizer, settings
         self.tracks: dict[str, TrackSet] = {}
@@ -162,13 +164,18 @@ class TrackingBERTDataModule(L.LightningDataModule):
                 return self.input_dir, False
         return self.tracks_dir, True
 
+    def files(self, folder: Path, split: str) -> list[Path]:
+        """The split's event files that pretraining reads: data_split's, and train_events of the trainset."""
+        files = split_files(folder, split, self.data_split)
+        return files[: self.train_events] if split == "trainset" and self.train_events is not None else files
+
     def cache_file(self, split: str) -> Path:
         """Cache name keyed by everything that shapes the tracks, so a changed setting never reads stale
         tracks: the settings, the geometry, the input folder and each event file's name, size and
         mtime_ns (a feature store rewritten in place keeps its file names, not their content)."""
         s = self.settings
         folder, candidates = self.source(split)
-        files = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in split_files(folder, split, self.data_split)]
+        files = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in self.files(folder, split)]
         key = json.dumps(
             [
                 self.tokenizer.geometry_hash,
@@ -188,7 +195,7 @@ class TrackingBERTDataModule(L.LightningDataModule):
             path = self.cache_file(split)
             if not path.exists():
                 folder, candidates = self.source(split)
-                files = split_files(folder, split, self.data_split)
+                files = self.files(folder, split)
                 read_tracks(files, split, self.tokenizer, self.settings, candidates).save(path)
 
     def setup(self, stage: str | None = None) -> None:

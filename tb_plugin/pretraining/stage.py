@@ -50,7 +50,7 @@ from tb_plugin.event_store import SPLITS, list_event_files
 from tb_plugin.export import ExportFormat, export_embeddings
 from tb_plugin.geometry import Detector, detector_for
 from tb_plugin.injection import MODULE_TABLE_FILE, ModuleEmbedding, Normalize, check_table_options, save_module_table
-from tb_plugin.model import OptimConfig, TrackingBERTConfig, TrackingBERTModule
+from tb_plugin.model import CandidateSets, OptimConfig, TrackingBERTConfig, TrackingBERTModule
 from tb_plugin.pretraining.datamodule import SequenceSettings, TrackingBERTDataModule, split_files
 from tb_plugin.pretraining.evaluation import evaluate_pretraining, summary_table
 from tb_plugin.pretraining.tracks import hit_module_index
@@ -69,6 +69,22 @@ from tb_plugin.training import (
 
 log = logging.getLogger(__name__)
 
+# Keys read by pretraining's optimisation only (not by the model's shape, the vocabulary, the data read
+# or the injection): a control source's outputs do not depend on them.
+PRETRAINING_ONLY_KEYS = frozenset(
+    {
+        "mask_rate",
+        "mdm_candidates",
+        "lr",
+        "weight_decay",
+        "warmup_steps",
+        "ntp_weight",
+        "max_epochs",
+        "gradient_clip_val",
+        "compile_training",
+    }
+)
+
 
 @dataclass(kw_only=True)
 class TrackingBERTStageConfig(StageConfig, TrainerConfig):
@@ -85,6 +101,10 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
     tracks_from: Literal["truth", "track_building"] = "truth"
     tracks_dir: Path | None = None
     mask_rate: float = 0.5
+    train_events: int | None = None  # pretrain on the first n trainset events only (infer still writes all); None: all
+    # the MDM softmax: all (the paper's: every module of the vocabulary) or layer (the modules of the masked
+    # hit's own volume and layer, which the geometry knows; benchmarks/README.md measures both)
+    mdm_candidates: Literal["all", "layer"] = "all"
     # model (paper defaults)
     n_embd: int = 64
     n_head: int = 8
@@ -118,6 +138,10 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
         if not 2 <= self.min_hits <= self.max_hits:
             raise ValueError(
                 f"keys 'min_hits' and 'max_hits' need 2 <= min_hits <= max_hits, got {self.min_hits} and {self.max_hits}"
+            )
+        if self.train_events is not None and (isinstance(self.train_events, bool) or self.train_events < 1):
+            raise ValueError(
+                f"key 'train_events' must be at least 1 or null (every trainset event), got {self.train_events!r}"
             )
         if not 0.0 < self.mask_rate < 1.0:
             raise ValueError(f"key 'mask_rate' must be between 0 and 1, got {self.mask_rate}")
@@ -210,6 +234,11 @@ class TrackingBERTStage(Stage):
     def artifacts(self) -> Path:
         return self.stage_dir / "artifacts"
 
+    def unread_keys(self) -> frozenset[str]:
+        """A control source trains nothing, so the keys of pretraining alone do not change its table: an
+        A/B that varies them (a scaling sweep) reuses one finished random control instead of redoing it."""
+        return frozenset() if self.config.source == "pretrained" else PRETRAINING_ONLY_KEYS
+
     def input_paths(self) -> list[Path]:
         """The feature store's events and, with tracks_from: track_building, the candidates' events."""
         paths = super().input_paths()
@@ -257,6 +286,7 @@ class TrackingBERTStage(Stage):
             self.config.sequence_settings(),
             self.config.data_split,
             self.config.tracks_dir,
+            self.config.train_events,
         )
 
     # ------------------------------------------------------------------ train
@@ -293,6 +323,8 @@ class TrackingBERTStage(Stage):
             model=asdict(self.config.model_config(tokenizer.vocab_size)),
             optim=asdict(self.config.optim_config()),
             compile=self.config.compiles(),
+            mdm_candidates=self.config.mdm_candidates,
+            candidates=CandidateSets(tokenizer.layer_groups()),
         )
 
     def write_control(self, checkpoint: Path | None) -> None:

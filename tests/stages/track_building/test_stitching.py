@@ -192,6 +192,16 @@ def test_tb_scores_are_deterministic_and_the_threshold_decides(tiny_tb):
             assert grouping[0] == grouping[5 * b[best]] and grouping[5 * b[1 - best]] != grouping[0]
 
 
+def test_a_layer_softmax_model_is_scored_within_the_true_modules_layer(tiny_tb):
+    """A model pretrained with mdm_candidates: layer learned log-probabilities among a layer's modules:
+    its junction scores are those, so higher than over the whole vocabulary (fewer rivals)."""
+    module, tokenizer, detector = tiny_tb
+    data, labels = tb_event(tokenizer)
+    whole = tb_scores(TrackingBERTScorer(module.model, tokenizer, detector, 2, 64), data, labels)[2]
+    layer = tb_scores(TrackingBERTScorer(module.model, tokenizer, detector, 2, 64, "layer"), data, labels)[2]
+    assert np.isfinite(layer).all() and (layer <= 0).all() and (layer > whole).all()
+
+
 def test_tb_skips_unknown_modules_and_never_merges_an_unscorable_pair(tiny_tb):
     module, tokenizer, detector = tiny_tb
     scorer = TrackingBERTScorer(module.model, tokenizer, detector, junction_hits=2, batch_size=64)

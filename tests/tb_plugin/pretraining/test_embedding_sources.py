@@ -254,3 +254,23 @@ def test_the_stitching_scorer_loads_random_and_shuffled_stage_dirs(random_stage,
         scorer = TrackingBERTScorer.from_stage_dir(stage.stage_dir, simulated_store, 2, 64)
         assert torch.equal(scorer.model.module_embeddings(), token_table(stage)[0])
         assert scorer.tokenizer.vocab_size == 4009
+
+
+def test_a_control_is_not_stale_when_only_pretraining_keys_change(simulated_store, tmp_path):
+    """random trains nothing, so a sweep over epochs or learning rate reuses one finished control; the
+    pretrained stage is stale after the same change, and a control is stale after a change of shape."""
+    from tb_plugin import stage_record
+    from tb_plugin.pipeline import run_stage
+
+    control = tb_stage(simulated_store, tmp_path / "random", source="random")
+    run_stage(control)
+    assert stage_record.status(control).state == "up to date"
+    for key, value in (("max_epochs", 7), ("lr", 1e-2), ("mdm_candidates", "layer"), ("mask_rate", 0.3)):
+        same = tb_stage(simulated_store, tmp_path / "random", source="random", **{key: value})
+        assert stage_record.status(same).state == "up to date", key
+    wider = tb_stage(simulated_store, tmp_path / "random", source="random", n_embd=32)
+    assert stage_record.status(wider).state == "stale" and "n_embd" in stage_record.status(wider).reason
+    trained = tb_stage(simulated_store, tmp_path / "pretrained")
+    run_stage(trained)
+    longer = tb_stage(simulated_store, tmp_path / "pretrained", max_epochs=2)
+    assert "max_epochs" in stage_record.status(longer).reason

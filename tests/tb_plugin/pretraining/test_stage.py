@@ -166,6 +166,8 @@ def test_missing_checkpoint_is_a_clear_error(simulated_store, tmp_path):
         ({"dim": 0}, r"key 'dim' must be null or an integer from 1 to n_embd = 16, got 0$"),
         ({"dim": 17}, r"key 'dim' must be null or an integer from 1 to n_embd = 16, got 17$"),
         ({"normalize": "zscore"}, r"key 'normalize' has value 'zscore'.* Allowed: 'none', 'standard'$"),
+        ({"mdm_candidates": "sampled"}, r"key 'mdm_candidates' has value 'sampled'.* Allowed: 'all', 'layer'$"),
+        ({"train_events": 0}, r"key 'train_events' must be at least 1 or null"),
     ],
 )
 def test_config_errors(simulated_store, tmp_path, overrides, pattern):
@@ -251,3 +253,32 @@ def test_data_split_limits_the_events_pretraining_reads(simulated_store, tmp_pat
     assert 0 < len(half.tracks["trainset"]) < len(full.tracks["trainset"])
     assert len(half.tracks["valset"]) == len(full.tracks["valset"])
     assert half.cache_file("trainset").name != full.cache_file("trainset").name  # never the other's cache
+
+
+def test_train_events_limits_pretraining_not_inference(simulated_store, tmp_path):
+    """train_events: the first n trainset events feed pretraining (a sweep's "fewer tracks" point); every
+    event is still written with its embedding, so the stages downstream see the same data."""
+    full_stage = tb_stage(simulated_store, tmp_path / "all")
+    some_stage = tb_stage(simulated_store, tmp_path / "some", train_events=2)
+    tokenizer = full_stage.tokenizer(full_stage.detector())
+    full, some = full_stage.datamodule(tokenizer), some_stage.datamodule(tokenizer)
+    for module in (full, some):
+        module.prepare_data()
+        module.setup()
+    assert 0 < len(some.tracks["trainset"]) < len(full.tracks["trainset"])
+    assert len(some.tracks["valset"]) == len(full.tracks["valset"])
+    assert some.cache_file("trainset").name != full.cache_file("trainset").name
+    assert some_stage.input_paths() == full_stage.input_paths()  # inference reads (and writes) every event
+
+
+def test_layer_softmax_trains_and_is_evaluated_both_ways(simulated_store, tmp_path):
+    stage = tb_stage(simulated_store, tmp_path / "layer", mdm_candidates="layer")
+    stage.train()
+    module, _, _ = stage.trained()
+    assert module.hparams["mdm_candidates"] == "layer"
+    metrics = stage.evaluate()
+    for task in ("mdm", "mdm_layer"):  # every model is scored over all modules and within the layer
+        for model in ("trackingbert", "count_baseline"):
+            assert 0.0 <= metrics[task][model]["top1"] <= metrics[task][model]["top5"] <= 1.0
+    # within the layer the count baseline cannot do worse: its candidates are a subset, its ranks the same
+    assert metrics["mdm_layer"]["count_baseline"]["top1"] >= metrics["mdm"]["count_baseline"]["top1"]

@@ -1,0 +1,335 @@
+"""The pretraining scaling sweep: what more pretraining compute buys, in MDM and downstream.
+
+Each point of the sweep is a set of tracking_bert keys (epochs, training events, width, vocabulary,
+softmax) on top of a base TrackingBERT config. For every point the script runs one A/B of the base A/B
+config with four arms: pretrained (compared with random) and finetune (compared with learned), so each
+point gets the downstream differences that separate pretrained content from a code per module, with
+their paired confidence intervals. All points share one baseline and one learned arm, and the random
+control of every point of the same model shape (`reuse_ab_dir` of the first point): only the pretrained
+and finetune arms are run again per point.
+
+Per point it records the pretraining compute (training tokens and FLOPs: 6 x parameters x tokens for
+the encoder, plus attention and the MDM softmax over its candidates), the pretraining time, MDM top-1
+and within 20 mm minus the count baseline (over the whole vocabulary and within the masked hit's layer),
+NTP AUC, and the downstream differences. It writes, under the sweep's out_dir:
+
+    scaling.json   every figure, with the sweep config
+    scaling.md     the table
+    scaling.png    MDM gain and downstream differences (with their intervals) against FLOPs
+
+    .venv/bin/python benchmarks/pretraining_scaling.py configs/scaling/cpu.yaml
+    .venv/bin/python benchmarks/pretraining_scaling.py configs/scaling/cpu.yaml --points demo_layer,epochs8
+
+A point that finished is read again, not rerun (the A/B resumes from its stage records). Bad input
+(a missing file, an unknown key, a point without a name) gets one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from tb_plugin.ab.runner import load_runner
+from tb_plugin.atomic import write_text
+from tb_plugin.config import ConfigError, load_yaml
+from tb_plugin.pipeline import stage_from_mapping
+from tb_plugin.stage_record import json_default, train_seconds
+
+ARMS = {
+    "pretrained": {"source": "pretrained", "compare_to": "random"},
+    "random": {"source": "random"},
+    "learned": {"source": "learned"},
+    "finetune": {"source": "finetune", "compare_to": "learned"},
+}
+COMPARISONS = (("pretrained", "random"), ("finetune", "learned"))
+DOWNSTREAM = {  # results.json metric -> short name in the table
+    "track_building.trackml_score": "TrackML score",
+    "track_building.two_way.efficiency": "efficiency",
+    "track_building.two_way.efficiency_pt1": "efficiency pT > 1 GeV",
+    "track_building.two_way.fake_rate": "fake rate",
+}
+HEADLINE = "track_building.trackml_score"
+
+
+@dataclass(kw_only=True)
+class SweepConfig:
+    """The sweep file: where it writes, the base A/B, and the points (name + tracking_bert keys)."""
+
+    out_dir: Path
+    ab: Path  # the base A/B config (pipeline, seeds, features, bootstrap); its arms are replaced by ARMS
+    points: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "the sweep config"
+
+    @classmethod
+    def load(cls, path: Path) -> SweepConfig:
+        values = load_yaml(path)
+        unknown = sorted(set(values) - {"out_dir", "ab", "points", "note"})
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {unknown}; expected out_dir, ab, points (and note)")
+        for key in ("out_dir", "ab", "points"):
+            if key not in values:
+                raise ConfigError(f"{path}: key '{key}' is missing")
+        points = values["points"]
+        if not isinstance(points, list) or not points:
+            raise ConfigError(f"{path}: key 'points' must be a non-empty list of {{name, keys}}")
+        names = []
+        for i, point in enumerate(points):
+            if not isinstance(point, dict) or not isinstance(point.get("name"), str) or set(point) - {"name", "keys"}:
+                raise ConfigError(f"{path}: points[{i}] must be {{name: <text>, keys: {{tracking_bert keys}}}}")
+            if not isinstance(point.get("keys", {}), dict):
+                raise ConfigError(f"{path}: points[{i}].keys must be a mapping of tracking_bert keys")
+            names.append(point["name"])
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{path}: point names must be unique, got {names}")
+        ab = (path.parent / values["ab"]).resolve()
+        if not ab.is_file():
+            raise ConfigError(f"{path}: key 'ab': {ab} not found")
+        return cls(out_dir=Path(values["out_dir"]), ab=ab, points=points, source=str(path))
+
+
+def point_configs(sweep: SweepConfig, point: dict[str, Any], first: str) -> Path:
+    """Write the point's tracking_bert and A/B configs under out_dir/configs; returns the A/B's path. Every
+    key is checked here, by building the stage, before anything runs."""
+    base = load_yaml(sweep.ab)
+    tb_path = (sweep.ab.parent / base["tracking_bert"]).resolve()
+    tb_values = {**load_yaml(tb_path), **point.get("keys", {})}
+    stage_from_mapping(tb_values, f"{sweep.source}, point {point['name']}")  # one line on a bad key
+    folder = sweep.out_dir.resolve() / "configs"
+    folder.mkdir(parents=True, exist_ok=True)
+    tb_file = folder / f"{point['name']}.tracking_bert.yaml"
+    write_text(tb_file, yaml.safe_dump(tb_values, sort_keys=False))
+    ab_values = {k: v for k, v in base.items() if k not in ("trackingbert_keys", "low_label", "tracking_bert_dir")}
+    ab_values.update(
+        ab_dir=str(sweep.out_dir.resolve() / point["name"]),
+        pipeline=str((sweep.ab.parent / base["pipeline"]).resolve()),
+        tracking_bert=str(tb_file),
+        arms=ARMS,
+        reuse_ab_dir=None if point["name"] == first else str(sweep.out_dir.resolve() / first),
+    )
+    ab_file = folder / f"{point['name']}.ab.yaml"
+    write_text(ab_file, yaml.safe_dump(ab_values, sort_keys=False))
+    return ab_file
+
+
+# ---------------------------------------------------------------------------------------------- compute
+
+
+def pretraining_compute(stage: Any) -> dict[str, float]:
+    """Training tokens and FLOPs of the stage's pretraining. FLOPs: 6 x matmul parameters x tokens for
+    the encoder (forward 2, backward 4), 12 x layers x length x width x tokens for attention, and
+    6 x scored positions x candidates x width for the MDM softmax (the whole vocabulary, or the mean
+    size of the masked modules' layers)."""
+    config = stage.config
+    module, tokenizer, _ = stage.trained()
+    data = stage.datamodule(tokenizer)
+    data.prepare_data()
+    data.setup("fit")
+    rows = data.datasets["trainset"].rows
+    real = rows["attention_mask"].bool()  # [P, L]
+    tokens = int(real.sum()) * config.max_epochs
+    lengths = real.sum(dim=1).float()  # [P]
+    mean_length = float((lengths**2).sum() / lengths.sum())  # attention cost per token grows with its row
+    modules = int((rows["hit_position"] >= 0).sum())
+    scored = modules * config.mask_rate * config.max_epochs
+    C, n_layer = config.n_embd, config.n_layer
+    matmul = n_layer * (4 * C * C + 2 * C * config.d_ff) + 2 * C * C  # blocks, MDM dense, NTP pooler
+    if config.mdm_candidates == "all":
+        candidates = float(tokenizer.vocab_size)
+    else:
+        groups = tokenizer.layer_groups()
+        size = np.bincount(groups[groups >= 0])
+        hit_group = groups[rows["input_ids"][rows["hit_position"] >= 0].numpy()]  # training rows are unmasked
+        candidates = float(size[hit_group[hit_group >= 0]].mean())
+    flops = 6 * matmul * tokens + 12 * n_layer * mean_length * C * tokens + 6 * scored * candidates * C
+    return {
+        "tokens": tokens,
+        "flops": float(flops),
+        "mdm_candidates_mean": candidates,
+        "train_pairs": len(lengths),
+        "parameters": module.model.num_params(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- one point
+
+
+def mdm_gain(metrics: dict[str, Any], task: str) -> dict[str, float]:
+    bert, count = metrics[task]["trackingbert"], metrics[task]["count_baseline"]
+    return {
+        "top1": bert["top1"],
+        "top1_minus_count": bert["top1"] - count["top1"],
+        "within_20mm": bert["within_20mm"],
+        "within_20mm_minus_count": bert["within_20mm"] - count["within_20mm"],
+    }
+
+
+def downstream(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The two control comparisons' differences of the DOWNSTREAM metrics, with intervals."""
+    out: dict[str, dict[str, Any]] = {}
+    for arm, control in COMPARISONS:
+        found = [c for c in results["comparisons"] if c["arm"] == arm and c["control"] == control]
+        if not found:
+            raise ConfigError(f"{results['config']['ab_dir']}/results.json has no comparison {arm} - {control}")
+        diffs = found[0]["differences"]
+        out[f"{arm} - {control}"] = {
+            metric: {k: diffs[metric][k] for k in ("estimate", "ci_low", "ci_high", "significant")}
+            for metric in DOWNSTREAM
+            if metric in diffs
+        }
+    return out
+
+
+def run_point(sweep: SweepConfig, point: dict[str, Any], first: str) -> dict[str, Any]:
+    """Run (or resume) the point's A/B, then read its pretraining metrics, compute and differences."""
+    runner = load_runner(point_configs(sweep, point, first))
+    results = runner.run()
+    stage = runner.pretraining_stage()
+    metrics = json.loads((stage.stage_dir / "eval" / "metrics.json").read_text())
+    config = stage.config
+    return {
+        "name": point["name"],
+        "keys": point.get("keys", {}),
+        "vocabulary": "whole detector" if config.volumes is None else f"volumes {list(config.volumes)}",
+        "mdm_candidates": config.mdm_candidates,
+        "n_embd": config.n_embd,
+        "max_epochs": config.max_epochs,
+        "compute": pretraining_compute(stage),
+        "pretraining_s": train_seconds(stage),
+        "mdm": mdm_gain(metrics, "mdm"),
+        "mdm_layer": mdm_gain(metrics, "mdm_layer"),
+        "ntp_auc": metrics["ntp"]["auc"],
+        "downstream": downstream(results),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def first_significant(points: list[dict[str, Any]], comparison: str = "pretrained - random") -> dict[str, Any] | None:
+    """The point of least FLOPs where the comparison's headline difference is positive and significant."""
+    for point in sorted(points, key=lambda p: p["compute"]["flops"]):
+        d = point["downstream"][comparison].get(HEADLINE)
+        if d and d["significant"] and d["estimate"] > 0:
+            return point
+    return None
+
+
+def _ci(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "n/a"
+    text = f"{d['estimate']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+    return f"**{text}**" if d["significant"] else text
+
+
+def table(points: list[dict[str, Any]]) -> str:
+    """Markdown: one row per point, by FLOPs."""
+    head = (
+        "| point | vocabulary | softmax | width | epochs | tokens | FLOPs | pretraining | MDM top-1 − count "
+        "(all / layer) | within 20 mm − count | NTP AUC | pretrained − random, TrackML | pretrained − random, "
+        "eff. pT > 1 | finetune − learned, TrackML | finetune − learned, eff. pT > 1 |"
+    )
+    lines = [head, "|" + " --- |" * 15]
+    for p in sorted(points, key=lambda q: q["compute"]["flops"]):
+        pr, fl = p["downstream"]["pretrained - random"], p["downstream"]["finetune - learned"]
+        auc = "n/a" if p["ntp_auc"] is None else f"{p['ntp_auc']:.3f}"
+        lines.append(
+            f"| {p['name']} | {p['vocabulary']} | {p['mdm_candidates']} | {p['n_embd']} | {p['max_epochs']} "
+            f"| {p['compute']['tokens']:.3g} | {p['compute']['flops']:.3g} | {p['pretraining_s'] / 60:.1f} min "
+            f"| {p['mdm']['top1_minus_count']:+.3f} / {p['mdm_layer']['top1_minus_count']:+.3f} "
+            f"| {p['mdm']['within_20mm_minus_count']:+.3f} | {auc} "
+            f"| {_ci(pr.get(HEADLINE))} | {_ci(pr.get('track_building.two_way.efficiency_pt1'))} "
+            f"| {_ci(fl.get(HEADLINE))} | {_ci(fl.get('track_building.two_way.efficiency_pt1'))} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(points: list[dict[str, Any]], path: Path) -> Path:
+    """Left: MDM top-1 minus the count baseline and NTP AUC; right: the downstream TrackML-score
+    differences with their intervals; both against pretraining FLOPs (log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted(points, key=lambda q: q["compute"]["flops"])
+    flops = np.array([p["compute"]["flops"] for p in points])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    left.plot(flops, [p["mdm"]["top1_minus_count"] for p in points], "o-", label="MDM top-1 − count, all modules")
+    left.plot(flops, [p["mdm_layer"]["top1_minus_count"] for p in points], "s-", label="MDM top-1 − count, in layer")
+    left.plot(flops, [(p["ntp_auc"] or 0.5) - 0.5 for p in points], "^-", label="NTP AUC − 0.5")
+    for x, p in zip(flops, points):
+        left.annotate(
+            p["name"], (x, p["mdm_layer"]["top1_minus_count"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
+    left.axhline(0, color="grey", lw=0.8)
+    left.set(xscale="log", xlabel="pretraining FLOPs", ylabel="difference", title="pretraining tasks")
+    left.legend(fontsize=8)
+    for shift, (comparison, marker) in zip((0.97, 1.03), (("pretrained - random", "o"), ("finetune - learned", "s"))):
+        d = [p["downstream"][comparison].get(HEADLINE) for p in points]
+        est = np.array([x["estimate"] if x else np.nan for x in d])
+        err = np.array([[x["estimate"] - x["ci_low"], x["ci_high"] - x["estimate"]] if x else [0, 0] for x in d]).T
+        right.errorbar(flops * shift, est, yerr=err, fmt=marker, capsize=3, label=comparison.replace(" - ", " − "))
+    right.axhline(0, color="grey", lw=0.8)
+    right.set(xscale="log", xlabel="pretraining FLOPs", ylabel="TrackML score difference (95 % CI)", title="downstream")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run(sweep: SweepConfig, only: list[str] | None = None) -> dict[str, Any]:
+    """Every point (or the `only` ones; the first point always runs, since the others reuse it), then the
+    summary files over every point that has finished."""
+    names = [p["name"] for p in sweep.points]
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise ConfigError(f"--points: unknown point(s) {unknown}; the sweep has {names}")
+    first = names[0]
+    done = []
+    for i, point in enumerate(sweep.points):
+        if only and point["name"] not in only and point["name"] != first:
+            continue
+        print(f"[{i + 1}/{len(sweep.points)}] point {point['name']}: {point.get('keys', {})}", flush=True)
+        done.append(run_point(sweep, point, first))
+    out = sweep.out_dir
+    best = first_significant(done)
+    summary = {
+        "sweep": {"source": sweep.source, "ab": str(sweep.ab), "points": sweep.points},
+        "points": done,
+        "first_significant_pretrained_over_random": None if best is None else best["name"],
+    }
+    write_text(out / "scaling.json", json.dumps(summary, indent=2, default=json_default) + "\n")
+    write_text(out / "scaling.md", table(done) + "\n")
+    plot(done, out / "scaling.png")
+    print(table(done))
+    verdict = "none of the points" if best is None else f"{best['name']} ({best['compute']['flops']:.3g} FLOPs)"
+    print(f"smallest compute where pretrained beats random on the TrackML score, significantly: {verdict}")
+    print(f"  -> {out / 'scaling.md'}, {out / 'scaling.json'}, {out / 'scaling.png'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config", type=Path, help="the sweep's YAML (configs/scaling/cpu.yaml)")
+    ap.add_argument("--points", default=None, help="comma-separated point names (default: all)")
+    args = ap.parse_args(argv)
+    try:
+        sweep = SweepConfig.load(args.config)
+        run(sweep, args.points.split(",") if args.points else None)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""benchmarks/pretraining_scaling.py at a tiny size: two points of the tiny A/B (one epoch, and two with
+the layer softmax), their compute, pretraining metrics and control differences, the shared arms, the
+summary files, and one-line refusals of a bad sweep file."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.tb_plugin.ab.conftest import write_yaml
+
+
+def load_benchmark() -> types.ModuleType:
+    path = REPO_ROOT / "benchmarks" / "pretraining_scaling.py"
+    spec = importlib.util.spec_from_file_location("pretraining_scaling", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass resolves annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def sweep_file(ab_setup: Path, tmp_path: Path, points: list) -> Path:
+    ab = yaml.safe_load(ab_setup.read_text())
+    ab |= {"pipeline": str(ab_setup.parent / "pipeline.yaml"), "tracking_bert": str(ab_setup.parent / "tb.yaml")}
+    ab |= {"seeds": [0], "jobs": 1, "timing_events": 1}
+    write_yaml(tmp_path / "base_ab.yaml", ab)
+    return write_yaml(
+        tmp_path / "sweep.yaml", {"out_dir": str(tmp_path / "sweep"), "ab": "base_ab.yaml", "points": points}
+    )
+
+
+def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, capsys):
+    bench = load_benchmark()
+    points = [
+        {"name": "one", "keys": {"max_epochs": 1}},
+        {"name": "two", "keys": {"max_epochs": 2, "mdm_candidates": "layer"}},
+    ]
+    assert bench.main([str(sweep_file(ab_setup, tmp_path, points))]) == 0
+    out = tmp_path / "sweep"
+    summary = json.loads((out / "scaling.json").read_text())
+    one, two = summary["points"]
+    assert (one["mdm_candidates"], two["mdm_candidates"]) == ("all", "layer")
+    assert two["compute"]["tokens"] == 2 * one["compute"]["tokens"]  # the same tracks, twice the epochs
+    assert two["compute"]["mdm_candidates_mean"] < one["compute"]["mdm_candidates_mean"]  # a layer, not the vocabulary
+    for point in (one, two):
+        assert -1 <= point["mdm_layer"]["top1_minus_count"] <= 1 and point["pretraining_s"] > 0
+        for comparison in ("pretrained - random", "finetune - learned"):
+            score = point["downstream"][comparison]["track_building.trackml_score"]
+            assert score["ci_low"] <= score["estimate"] <= score["ci_high"]
+    # the second point reran its pretrained and finetune arms only: the random control (whose keys differ
+    # in max_epochs and mdm_candidates alone, which it does not read), the baseline and learned are the first's
+    assert not (out / "two" / "tracking_bert_random").exists()
+    for arm in ("baseline", "random", "learned"):  # result.json summaries only, no stage folder
+        assert not (out / "two" / arm / "seed0" / "edge_classifier_filter").exists(), arm
+    for arm in ("pretrained", "finetune"):
+        assert (out / "two" / arm / "seed0" / "edge_classifier_filter" / "stage_record.json").is_file(), arm
+    assert (out / "scaling.png").stat().st_size > 0
+    table = (out / "scaling.md").read_text()
+    assert table.count("\n") == 4 and "| one |" in table and "| two |" in table
+    assert "smallest compute where pretrained beats random" in capsys.readouterr().out
+    # a rerun reads the finished points instead of training again
+    before = (out / "one" / "tracking_bert" / "artifacts" / "best.ckpt").stat().st_mtime
+    assert bench.main([str(tmp_path / "sweep.yaml"), "--points", "one"]) == 0
+    assert (out / "one" / "tracking_bert" / "artifacts" / "best.ckpt").stat().st_mtime == before
+
+
+@pytest.mark.parametrize(
+    ("points", "message"),
+    [
+        ([{"name": "a", "keys": {"max_epoch": 2}}], "max_epoch"),
+        ([{"name": "a", "keys": {"mdm_candidates": "sampled"}}], "mdm_candidates"),
+        ([{"keys": {}}], "points[0]"),
+        ([{"name": "a"}, {"name": "a"}], "unique"),
+        ([], "non-empty"),
+    ],
+)
+def test_a_bad_sweep_file_gets_one_line_and_exit_2(ab_setup, tmp_path, capsys, points, message):
+    bench = load_benchmark()
+    assert bench.main([str(sweep_file(ab_setup, tmp_path, points))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
