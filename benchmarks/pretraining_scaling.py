@@ -20,7 +20,12 @@ NTP AUC, and the downstream differences. It writes, under the sweep's out_dir:
     .venv/bin/python benchmarks/pretraining_scaling.py configs/scaling/cpu.yaml
     .venv/bin/python benchmarks/pretraining_scaling.py configs/scaling/cpu.yaml --points demo_layer,epochs8
 
-A point that finished is read again, not rerun (the A/B resumes from its stage records). Bad input
+A sweep file with `tracking_bert` and `input_dir` in place of `ab` runs pretraining only (train and
+evaluate each point, no A/B): the GPU run of benchmarks/gpu_scaling.sh, whose minutes do not fit the
+downstream arms. Its rows have MDM, NTP and compute, and no downstream columns.
+
+A point that finished is read again, not rerun (the A/B resumes from its stage records); `--points`
+runs some points, and the summary covers every point that has finished. Bad input
 (a missing file, an unknown key, a point without a name) gets one line and exit 2.
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +45,9 @@ import yaml
 from tb_plugin.ab.runner import load_runner
 from tb_plugin.atomic import write_text
 from tb_plugin.config import ConfigError, load_yaml
-from tb_plugin.pipeline import stage_from_mapping
-from tb_plugin.stage_record import json_default, train_seconds
+from tb_plugin.pipeline import load_stage, run_phase, stage_from_mapping
+from tb_plugin.stage_record import json_default, phase_done, train_seconds
+from tb_plugin.training import read_checkpoint
 
 ARMS = {
     "pretrained": {"source": "pretrained", "compare_to": "random"},
@@ -63,19 +70,28 @@ class SweepConfig:
     """The sweep file: where it writes, the base A/B, and the points (name + tracking_bert keys)."""
 
     out_dir: Path
-    ab: Path  # the base A/B config (pipeline, seeds, features, bootstrap); its arms are replaced by ARMS
+    ab: Path | None = None  # the base A/B config (pipeline, seeds, features, bootstrap); its arms are replaced by ARMS
+    tracking_bert: Path | None = None  # without `ab`: the base tracking_bert config, pretraining only
+    input_dir: Path | None = None  # and the feature store it reads
     points: list[dict[str, Any]] = field(default_factory=list)
     source: str = "the sweep config"
 
     @classmethod
     def load(cls, path: Path) -> SweepConfig:
         values = load_yaml(path)
-        unknown = sorted(set(values) - {"out_dir", "ab", "points", "note"})
+        unknown = sorted(set(values) - {"out_dir", "ab", "tracking_bert", "input_dir", "points", "note"})
         if unknown:
-            raise ConfigError(f"{path}: unknown key(s) {unknown}; expected out_dir, ab, points (and note)")
-        for key in ("out_dir", "ab", "points"):
+            raise ConfigError(
+                f"{path}: unknown key(s) {unknown}; expected out_dir, points, and ab or tracking_bert + input_dir"
+            )
+        for key in ("out_dir", "points"):
             if key not in values:
                 raise ConfigError(f"{path}: key '{key}' is missing")
+        if ("ab" in values) == ("tracking_bert" in values) or ("tracking_bert" in values) != ("input_dir" in values):
+            raise ConfigError(
+                f"{path}: give key 'ab' (a base A/B config: every point gets its A/B) or keys 'tracking_bert' "
+                f"and 'input_dir' (pretraining only), not both"
+            )
         points = values["points"]
         if not isinstance(points, list) or not points:
             raise ConfigError(f"{path}: key 'points' must be a non-empty list of {{name, keys}}")
@@ -88,23 +104,42 @@ class SweepConfig:
             names.append(point["name"])
         if len(set(names)) != len(names):
             raise ConfigError(f"{path}: point names must be unique, got {names}")
-        ab = (path.parent / values["ab"]).resolve()
-        if not ab.is_file():
-            raise ConfigError(f"{path}: key 'ab': {ab} not found")
-        return cls(out_dir=Path(values["out_dir"]), ab=ab, points=points, source=str(path))
+        files = {key: (path.parent / values[key]).resolve() for key in ("ab", "tracking_bert") if key in values}
+        for key, file in files.items():
+            if not file.is_file():
+                raise ConfigError(f"{path}: key '{key}': {file} not found")
+        input_dir = Path(values["input_dir"]) if "input_dir" in values else None
+        if input_dir is not None and not input_dir.is_dir():
+            raise ConfigError(f"{path}: key 'input_dir': {input_dir} is not a folder (a data reading stage_dir)")
+        return cls(
+            out_dir=Path(values["out_dir"]),
+            ab=files.get("ab"),
+            tracking_bert=files.get("tracking_bert"),
+            input_dir=input_dir,
+            points=points,
+            source=str(path),
+        )
 
 
-def point_configs(sweep: SweepConfig, point: dict[str, Any], first: str) -> Path:
-    """Write the point's tracking_bert and A/B configs under out_dir/configs; returns the A/B's path. Every
-    key is checked here, by building the stage, before anything runs."""
-    base = load_yaml(sweep.ab)
-    tb_path = (sweep.ab.parent / base["tracking_bert"]).resolve()
-    tb_values = {**load_yaml(tb_path), **point.get("keys", {})}
+def tracking_bert_file(sweep: SweepConfig, point: dict[str, Any], base: Path) -> Path:
+    """Write the point's tracking_bert config (the base with the point's keys) under out_dir/configs.
+    Every key is checked here, by building the stage, before anything runs."""
+    tb_values = {**load_yaml(base), **point.get("keys", {})}
+    if sweep.ab is None:  # pretraining only: the sweep says where it reads and writes
+        tb_values.update(input_dir=str(sweep.input_dir), stage_dir=str(sweep.out_dir.resolve() / point["name"]))
     stage_from_mapping(tb_values, f"{sweep.source}, point {point['name']}")  # one line on a bad key
     folder = sweep.out_dir.resolve() / "configs"
     folder.mkdir(parents=True, exist_ok=True)
     tb_file = folder / f"{point['name']}.tracking_bert.yaml"
     write_text(tb_file, yaml.safe_dump(tb_values, sort_keys=False))
+    return tb_file
+
+
+def point_configs(sweep: SweepConfig, point: dict[str, Any], first: str) -> Path:
+    """Write the point's tracking_bert and A/B configs under out_dir/configs; returns the A/B's path."""
+    base = load_yaml(sweep.ab)
+    tb_file = tracking_bert_file(sweep, point, (sweep.ab.parent / base["tracking_bert"]).resolve())
+    folder = tb_file.parent
     ab_values = {k: v for k, v in base.items() if k not in ("trackingbert_keys", "low_label", "tracking_bert_dir")}
     ab_values.update(
         ab_dir=str(sweep.out_dir.resolve() / point["name"]),
@@ -133,11 +168,17 @@ def pretraining_compute(stage: Any) -> dict[str, float]:
     data.setup("fit")
     rows = data.datasets["trainset"].rows
     real = rows["attention_mask"].bool()  # [P, L]
-    tokens = int(real.sum()) * config.max_epochs
+    # epochs actually trained: the optimiser steps of the last checkpoint (max_time_s or early stopping
+    # may have ended training before max_epochs), in epochs of this trainset and batch size
+    steps_per_epoch = math.ceil(len(real) / config.batch_size)
+    last = stage.artifacts / "last.ckpt"
+    steps = int(read_checkpoint(last).get("global_step", 0)) if last.is_file() else steps_per_epoch * config.max_epochs
+    epochs = steps / steps_per_epoch
+    tokens = int(int(real.sum()) * epochs)
     lengths = real.sum(dim=1).float()  # [P]
     mean_length = float((lengths**2).sum() / lengths.sum())  # attention cost per token grows with its row
     modules = int((rows["hit_position"] >= 0).sum())
-    scored = modules * config.mask_rate * config.max_epochs
+    scored = modules * config.mask_rate * epochs
     C, n_layer = config.n_embd, config.n_layer
     matmul = n_layer * (4 * C * C + 2 * C * config.d_ff) + 2 * C * C  # blocks, MDM dense, NTP pooler
     if config.mdm_candidates == "all":
@@ -150,6 +191,7 @@ def pretraining_compute(stage: Any) -> dict[str, float]:
     flops = 6 * matmul * tokens + 12 * n_layer * mean_length * C * tokens + 6 * scored * candidates * C
     return {
         "tokens": tokens,
+        "epochs_trained": round(epochs, 3),
         "flops": float(flops),
         "mdm_candidates_mean": candidates,
         "train_pairs": len(lengths),
@@ -187,10 +229,19 @@ def downstream(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def run_point(sweep: SweepConfig, point: dict[str, Any], first: str) -> dict[str, Any]:
-    """Run (or resume) the point's A/B, then read its pretraining metrics, compute and differences."""
-    runner = load_runner(point_configs(sweep, point, first))
-    results = runner.run()
-    stage = runner.pretraining_stage()
+    """Run (or resume) the point's A/B, then read its pretraining metrics, compute and differences; with
+    a sweep of pretraining only, train and evaluate the point's stage (resuming) instead."""
+    if sweep.ab is None:
+        stage = load_stage(tracking_bert_file(sweep, point, sweep.tracking_bert))
+        if not phase_done(stage, "train"):
+            run_phase(stage, "train", stage.train)
+        if not phase_done(stage, "eval"):
+            run_phase(stage, "eval", stage.evaluate)
+        results = None
+    else:
+        runner = load_runner(point_configs(sweep, point, first))
+        results = runner.run()
+        stage = runner.pretraining_stage()
     metrics = json.loads((stage.stage_dir / "eval" / "metrics.json").read_text())
     config = stage.config
     return {
@@ -205,7 +256,7 @@ def run_point(sweep: SweepConfig, point: dict[str, Any], first: str) -> dict[str
         "mdm": mdm_gain(metrics, "mdm"),
         "mdm_layer": mdm_gain(metrics, "mdm_layer"),
         "ntp_auc": metrics["ntp"]["auc"],
-        "downstream": downstream(results),
+        "downstream": downstream(results) if results is not None else {},
     }
 
 
@@ -215,7 +266,7 @@ def run_point(sweep: SweepConfig, point: dict[str, Any], first: str) -> dict[str
 def first_significant(points: list[dict[str, Any]], comparison: str = "pretrained - random") -> dict[str, Any] | None:
     """The point of least FLOPs where the comparison's headline difference is positive and significant."""
     for point in sorted(points, key=lambda p: p["compute"]["flops"]):
-        d = point["downstream"][comparison].get(HEADLINE)
+        d = point["downstream"].get(comparison, {}).get(HEADLINE)
         if d and d["significant"] and d["estimate"] > 0:
             return point
     return None
@@ -237,10 +288,10 @@ def table(points: list[dict[str, Any]]) -> str:
     )
     lines = [head, "|" + " --- |" * 15]
     for p in sorted(points, key=lambda q: q["compute"]["flops"]):
-        pr, fl = p["downstream"]["pretrained - random"], p["downstream"]["finetune - learned"]
+        pr, fl = (p["downstream"].get(c, {}) for c in ("pretrained - random", "finetune - learned"))
         auc = "n/a" if p["ntp_auc"] is None else f"{p['ntp_auc']:.3f}"
         lines.append(
-            f"| {p['name']} | {p['vocabulary']} | {p['mdm_candidates']} | {p['n_embd']} | {p['max_epochs']} "
+            f"| {p['name']} | {p['vocabulary']} | {p['mdm_candidates']} | {p['n_embd']} | {p['compute']['epochs_trained']:.3g} "
             f"| {p['compute']['tokens']:.3g} | {p['compute']['flops']:.3g} | {p['pretraining_s'] / 60:.1f} min "
             f"| {p['mdm']['top1_minus_count']:+.3f} / {p['mdm_layer']['top1_minus_count']:+.3f} "
             f"| {p['mdm']['within_20mm_minus_count']:+.3f} | {auc} "
@@ -272,12 +323,22 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
     left.set(xscale="log", xlabel="pretraining FLOPs", ylabel="difference", title="pretraining tasks")
     left.legend(fontsize=8)
     for shift, (comparison, marker) in zip((0.97, 1.03), (("pretrained - random", "o"), ("finetune - learned", "s"))):
-        d = [p["downstream"][comparison].get(HEADLINE) for p in points]
+        d = [p["downstream"].get(comparison, {}).get(HEADLINE) for p in points]
+        if not any(d):  # a sweep of pretraining only
+            continue
         est = np.array([x["estimate"] if x else np.nan for x in d])
         err = np.array([[x["estimate"] - x["ci_low"], x["ci_high"] - x["estimate"]] if x else [0, 0] for x in d]).T
         right.errorbar(flops * shift, est, yerr=err, fmt=marker, capsize=3, label=comparison.replace(" - ", " − "))
+    if not any(p["downstream"] for p in points):
+        right.text(0.5, 0.5, "pretraining only: no downstream A/B", ha="center", transform=right.transAxes)
     right.axhline(0, color="grey", lw=0.8)
-    right.set(xscale="log", xlabel="pretraining FLOPs", ylabel="TrackML score difference (95 % CI)", title="downstream")
+    right.set(
+        xscale="log",
+        xlim=(flops.min() / 2, flops.max() * 2),
+        xlabel="pretraining FLOPs",
+        ylabel="TrackML score difference (95 % CI)",
+        title="downstream",
+    )
     right.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,30 +348,38 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
 
 
 def run(sweep: SweepConfig, only: list[str] | None = None) -> dict[str, Any]:
-    """Every point (or the `only` ones; the first point always runs, since the others reuse it), then the
-    summary files over every point that has finished."""
+    """Every point (or the `only` ones), each saved as out_dir/<name>/point.json, then the summary files
+    over every point of the sweep that has one (a point run alone joins the others' table)."""
     names = [p["name"] for p in sweep.points]
     unknown = sorted(set(only or []) - set(names))
     if unknown:
         raise ConfigError(f"--points: unknown point(s) {unknown}; the sweep has {names}")
-    first = names[0]
-    done = []
+    first = names[0]  # its baseline, learned and random runs serve the others (when it has finished)
+    out = sweep.out_dir
     for i, point in enumerate(sweep.points):
-        if only and point["name"] not in only and point["name"] != first:
+        if only and point["name"] not in only:
             continue
         print(f"[{i + 1}/{len(sweep.points)}] point {point['name']}: {point.get('keys', {})}", flush=True)
-        done.append(run_point(sweep, point, first))
-    out = sweep.out_dir
-    best = first_significant(done)
+        done = run_point(sweep, point, first)
+        write_text(out / point["name"] / "point.json", json.dumps(done, indent=2, default=json_default) + "\n")
+    files = [out / name / "point.json" for name in names]
+    points = [json.loads(f.read_text()) for f in files if f.is_file()]
+    best = first_significant(points)
     summary = {
-        "sweep": {"source": sweep.source, "ab": str(sweep.ab), "points": sweep.points},
-        "points": done,
+        "sweep": {
+            "source": sweep.source,
+            "ab": None if sweep.ab is None else str(sweep.ab),
+            "tracking_bert": None if sweep.tracking_bert is None else str(sweep.tracking_bert),
+            "input_dir": None if sweep.input_dir is None else str(sweep.input_dir),
+            "points": sweep.points,
+        },
+        "points": points,
         "first_significant_pretrained_over_random": None if best is None else best["name"],
     }
     write_text(out / "scaling.json", json.dumps(summary, indent=2, default=json_default) + "\n")
-    write_text(out / "scaling.md", table(done) + "\n")
-    plot(done, out / "scaling.png")
-    print(table(done))
+    write_text(out / "scaling.md", table(points) + "\n")
+    plot(points, out / "scaling.png")
+    print(table(points))
     verdict = "none of the points" if best is None else f"{best['name']} ({best['compute']['flops']:.3g} FLOPs)"
     print(f"smallest compute where pretrained beats random on the TrackML score, significantly: {verdict}")
     print(f"  -> {out / 'scaling.md'}, {out / 'scaling.json'}, {out / 'scaling.png'}")

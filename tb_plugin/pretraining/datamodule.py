@@ -156,13 +156,13 @@ class TrackingBERTDataModule(L.LightningDataModule):
         """(folder, candidates?) the split's tracks come from: truth of the feature store, or with
         tracks_from: track_building the candidates in tracks_dir, but for a test split with truth,
         which the MDM evaluation keeps."""
-        if self.settings.tracks_from == "truth" or self.tracks_dir is None:
+        if self.tracks_dir is None:
             return self.input_dir, False
         if split == "testset":
             files = split_files(self.input_dir, split, self.data_split)
             if files and "track_edges" in load_event(files[0]):
                 return self.input_dir, False
-        return self.tracks_dir, True
+        return self.tracks_dir, self.settings.tracks_from == "track_building"
 
     def files(self, folder: Path, split: str) -> list[Path]:
         """The split's event files that pretraining reads: data_split's, and train_events of the trainset."""

@@ -97,7 +97,9 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
     long_tracks: Literal["truncate", "split"] = "truncate"
     # truth (default): the particles' hits; track_building: the track candidates that the track-building
     # stage in tracks_dir reconstructed (hit_track_labels), so events without truth (real data) can be
-    # pretrained on. The test split keeps truth tracks where it has them, for the MDM evaluation.
+    # pretrained on. tracks_dir with truth: another feature store's truth tracks (a larger or busier
+    # simulated sample), the embeddings still injected into input_dir's events. The test split keeps
+    # input_dir's truth tracks where it has them, for the MDM evaluation.
     tracks_from: Literal["truth", "track_building"] = "truth"
     tracks_dir: Path | None = None
     mask_rate: float = 0.5
@@ -148,11 +150,10 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
         for key in ("batch_size", "max_epochs", "num_nodes"):
             if getattr(self, key) < 1:
                 raise ValueError(f"key '{key}' must be at least 1, got {getattr(self, key)}")
-        if (self.tracks_from == "track_building") != (self.tracks_dir is not None):
+        if self.tracks_from == "track_building" and self.tracks_dir is None:
             raise ValueError(
-                "keys 'tracks_from' and 'tracks_dir' go together: tracks_from: track_building needs tracks_dir "
-                f"(the stage_dir of a track-building stage), tracks_from: truth takes none; got {self.tracks_from!r} "
-                f"and {self.tracks_dir}"
+                "key 'tracks_from': track_building needs key 'tracks_dir' (the stage_dir of a track-building "
+                "stage, whose candidates are the tracks)"
             )
         self.model_config()  # checks the model keys (n_embd divisible by n_head, ...)
         self.optim_config()  # and the optimiser's (lr > 0, ...): at load, not in the first training step

@@ -65,10 +65,12 @@ def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, c
     table = (out / "scaling.md").read_text()
     assert table.count("\n") == 4 and "| one |" in table and "| two |" in table
     assert "smallest compute where pretrained beats random" in capsys.readouterr().out
-    # a rerun reads the finished points instead of training again
+    # a rerun of one point reads it instead of training again, and the summary keeps both points
     before = (out / "one" / "tracking_bert" / "artifacts" / "best.ckpt").stat().st_mtime
     assert bench.main([str(tmp_path / "sweep.yaml"), "--points", "one"]) == 0
     assert (out / "one" / "tracking_bert" / "artifacts" / "best.ckpt").stat().st_mtime == before
+    assert [p["name"] for p in json.loads((out / "scaling.json").read_text())["points"]] == ["one", "two"]
+    assert bench.main([str(tmp_path / "sweep.yaml"), "--points", "three"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -86,3 +88,28 @@ def test_a_bad_sweep_file_gets_one_line_and_exit_2(ab_setup, tmp_path, capsys, p
     assert bench.main([str(sweep_file(ab_setup, tmp_path, points))]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
+
+
+def test_a_pretraining_only_sweep_trains_and_evaluates_each_point(ab_setup, tmp_path):
+    """The GPU form (benchmarks/gpu_scaling.sh): tracking_bert + input_dir, no A/B; the epochs come from
+    the checkpoint, so a run that max_time_s cut short counts what it trained."""
+    from tb_plugin.ab.runner import load_runner
+    from tb_plugin.ab.stage_runs import run_once
+
+    reading = load_runner(ab_setup).reading_stage()
+    run_once(reading)
+    sweep = {
+        "out_dir": str(tmp_path / "sweep"),
+        "tracking_bert": str(ab_setup.parent / "tb.yaml"),
+        "input_dir": str(reading.stage_dir),
+        "points": [{"name": "all"}, {"name": "layer", "keys": {"mdm_candidates": "layer", "max_epochs": 2}}],
+    }
+    bench = load_benchmark()
+    assert bench.main([str(write_yaml(tmp_path / "sweep.yaml", sweep))]) == 0
+    every, layer = json.loads((tmp_path / "sweep" / "scaling.json").read_text())["points"]
+    assert every["downstream"] == layer["downstream"] == {}
+    assert (every["compute"]["epochs_trained"], layer["compute"]["epochs_trained"]) == (1, 2)
+    assert (tmp_path / "sweep" / "layer" / "eval" / "metrics.json").is_file()
+    assert "n/a" in (tmp_path / "sweep" / "scaling.md").read_text()
+    both = dict(sweep, ab=str(ab_setup))
+    assert bench.main([str(write_yaml(tmp_path / "both.yaml", both))]) == 2
