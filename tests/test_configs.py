@@ -13,6 +13,7 @@ from stages.graph_construction.embedding_model import MetricLearningModule
 from stages.graph_construction.metric_learning import MetricLearningConfig
 from tb_plugin import training
 from tb_plugin.ab.runner import load_runner
+from tb_plugin.config import load_yaml
 from tb_plugin.model import TrackingBERTModule
 from tb_plugin.pipeline import load_pipeline, load_stage, stage_from_mapping
 from tb_plugin.pretraining.stage import TrackingBERTStageConfig
@@ -20,15 +21,35 @@ from tb_plugin.stage import Stage
 from tb_plugin.training import TrainerConfig, make_trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-STAGE_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("pipelines", "ab"))
+STAGE_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("pipelines", "ab", "scaling"))
 PIPELINES = sorted((CONFIGS / "pipelines").glob("*.yaml"))
 AB_CONFIGS = sorted((CONFIGS / "ab").glob("*.yaml"))
+SWEEPS = sorted((CONFIGS / "scaling").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_stage_config_loads(path):
     stage = load_stage(path)
     assert stage.config.stage == path.parent.name
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_scaling_sweep_loads_and_every_point_is_a_valid_stage(path):
+    """benchmarks/pretraining_scaling.py's sweep files: the file, its base A/B, each point's keys."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "pretraining_scaling", CONFIGS.parent / "benchmarks" / "pretraining_scaling.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    sweep = bench.SweepConfig.load(path)
+    base = load_yaml(sweep.ab)
+    tb = load_yaml((sweep.ab.parent / base["tracking_bert"]).resolve())
+    for point in sweep.points:
+        stage_from_mapping({**tb, **point.get("keys", {})}, f"{path}, point {point['name']}")
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
@@ -81,7 +102,7 @@ def meant_for_a_gpu(stage: Stage) -> bool:
 
 GPU_STAGES = [
     pytest.param(stage, id=f"{path.relative_to(CONFIGS)}[{i}]:{stage.config.model}")
-    for path in sorted(CONFIGS.rglob("*.yaml"))
+    for path in sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "scaling")
     for i, stage in enumerate(stages_of(path))
     if meant_for_a_gpu(stage)
 ]
