@@ -55,7 +55,8 @@ ARMS = {
     "learned": {"source": "learned"},
     "finetune": {"source": "finetune", "compare_to": "learned"},
 }
-COMPARISONS = (("pretrained", "random"), ("finetune", "learned"))
+SHUFFLED = {"source": "shuffled", "compare_to": "random"}  # a point's `shuffled: true` adds it
+COMPARISONS = (("pretrained", "random"), ("finetune", "learned"), ("pretrained", "shuffled"), ("shuffled", "random"))
 DOWNSTREAM = {  # results.json metric -> short name in the table
     "track_building.trackml_score": "TrackML score",
     "track_building.two_way.efficiency": "efficiency",
@@ -63,6 +64,7 @@ DOWNSTREAM = {  # results.json metric -> short name in the table
     "track_building.two_way.fake_rate": "fake rate",
 }
 HEADLINE = "track_building.trackml_score"
+POINT_KEYS = {"name", "keys", "shuffled"}
 
 
 @dataclass(kw_only=True)
@@ -97,8 +99,12 @@ class SweepConfig:
             raise ConfigError(f"{path}: key 'points' must be a non-empty list of {{name, keys}}")
         names = []
         for i, point in enumerate(points):
-            if not isinstance(point, dict) or not isinstance(point.get("name"), str) or set(point) - {"name", "keys"}:
-                raise ConfigError(f"{path}: points[{i}] must be {{name: <text>, keys: {{tracking_bert keys}}}}")
+            if not isinstance(point, dict) or not isinstance(point.get("name"), str) or set(point) - POINT_KEYS:
+                raise ConfigError(
+                    f"{path}: points[{i}] must be {{name: <text>, keys: {{tracking_bert keys}}, shuffled: true|false}}"
+                )
+            if not isinstance(point.get("shuffled", False), bool):
+                raise ConfigError(f"{path}: points[{i}].shuffled must be true or false")
             if not isinstance(point.get("keys", {}), dict):
                 raise ConfigError(f"{path}: points[{i}].keys must be a mapping of tracking_bert keys")
             names.append(point["name"])
@@ -135,6 +141,15 @@ def tracking_bert_file(sweep: SweepConfig, point: dict[str, Any], base: Path) ->
     return tb_file
 
 
+def arms(point: dict[str, Any]) -> dict[str, Any]:
+    """The A/B's arms: ARMS, and with `shuffled: true` the pretrained table permuted within each volume
+    (the control of module content against what any table of the same per-volume spread carries)."""
+    if not point.get("shuffled", False):
+        return ARMS
+    pretrained = {**ARMS["pretrained"], "compare_to": ["random", "shuffled"]}
+    return {**ARMS, "pretrained": pretrained, "shuffled": SHUFFLED}
+
+
 def point_configs(sweep: SweepConfig, point: dict[str, Any], first: str) -> Path:
     """Write the point's tracking_bert and A/B configs under out_dir/configs; returns the A/B's path."""
     base = load_yaml(sweep.ab)
@@ -145,7 +160,7 @@ def point_configs(sweep: SweepConfig, point: dict[str, Any], first: str) -> Path
         ab_dir=str(sweep.out_dir.resolve() / point["name"]),
         pipeline=str((sweep.ab.parent / base["pipeline"]).resolve()),
         tracking_bert=str(tb_file),
-        arms=ARMS,
+        arms=arms(point),
         reuse_ab_dir=None if point["name"] == first else str(sweep.out_dir.resolve() / first),
     )
     ab_file = folder / f"{point['name']}.ab.yaml"
@@ -217,8 +232,8 @@ def downstream(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for arm, control in COMPARISONS:
         found = [c for c in results["comparisons"] if c["arm"] == arm and c["control"] == control]
-        if not found:
-            raise ConfigError(f"{results['config']['ab_dir']}/results.json has no comparison {arm} - {control}")
+        if not found:  # the shuffled comparisons exist only where the point asks for the arm
+            continue
         diffs = found[0]["differences"]
         out[f"{arm} - {control}"] = {
             metric: {k: diffs[metric][k] for k in ("estimate", "ci_low", "ci_high", "significant")}
@@ -284,11 +299,14 @@ def table(points: list[dict[str, Any]]) -> str:
     head = (
         "| point | vocabulary | softmax | width | epochs | tokens | FLOPs | pretraining | MDM top-1 − count "
         "(all / layer) | within 20 mm − count | NTP AUC | pretrained − random, TrackML | pretrained − random, "
-        "eff. pT > 1 | finetune − learned, TrackML | finetune − learned, eff. pT > 1 |"
+        "eff. pT > 1 | finetune − learned, TrackML | finetune − learned, eff. pT > 1 | pretrained − shuffled, "
+        "TrackML |"
     )
-    lines = [head, "|" + " --- |" * 15]
+    lines = [head, "|" + " --- |" * 16]
     for p in sorted(points, key=lambda q: q["compute"]["flops"]):
-        pr, fl = (p["downstream"].get(c, {}) for c in ("pretrained - random", "finetune - learned"))
+        pr, fl, ps = (
+            p["downstream"].get(c, {}) for c in ("pretrained - random", "finetune - learned", "pretrained - shuffled")
+        )
         auc = "n/a" if p["ntp_auc"] is None else f"{p['ntp_auc']:.3f}"
         lines.append(
             f"| {p['name']} | {p['vocabulary']} | {p['mdm_candidates']} | {p['n_embd']} | {p['compute']['epochs_trained']:.3g} "
@@ -296,7 +314,8 @@ def table(points: list[dict[str, Any]]) -> str:
             f"| {p['mdm']['top1_minus_count']:+.3f} / {p['mdm_layer']['top1_minus_count']:+.3f} "
             f"| {p['mdm']['within_20mm_minus_count']:+.3f} | {auc} "
             f"| {_ci(pr.get(HEADLINE))} | {_ci(pr.get('track_building.two_way.efficiency_pt1'))} "
-            f"| {_ci(fl.get(HEADLINE))} | {_ci(fl.get('track_building.two_way.efficiency_pt1'))} |"
+            f"| {_ci(fl.get(HEADLINE))} | {_ci(fl.get('track_building.two_way.efficiency_pt1'))} "
+            f"| {_ci(ps.get(HEADLINE))} |"
         )
     return "\n".join(lines)
 
@@ -322,7 +341,8 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
     left.axhline(0, color="grey", lw=0.8)
     left.set(xscale="log", xlabel="pretraining FLOPs", ylabel="difference", title="pretraining tasks")
     left.legend(fontsize=8)
-    for shift, (comparison, marker) in zip((0.97, 1.03), (("pretrained - random", "o"), ("finetune - learned", "s"))):
+    shown = (("pretrained - random", "o"), ("finetune - learned", "s"), ("pretrained - shuffled", "^"))
+    for shift, (comparison, marker) in zip((0.94, 1.0, 1.06), shown):
         d = [p["downstream"].get(comparison, {}).get(HEADLINE) for p in points]
         if not any(d):  # a sweep of pretraining only
             continue

@@ -40,7 +40,7 @@ def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, c
     bench = load_benchmark()
     points = [
         {"name": "one", "keys": {"max_epochs": 1}},
-        {"name": "two", "keys": {"max_epochs": 2, "mdm_candidates": "layer"}},
+        {"name": "two", "keys": {"max_epochs": 2, "mdm_candidates": "layer"}, "shuffled": True},
     ]
     assert bench.main([str(sweep_file(ab_setup, tmp_path, points))]) == 0
     out = tmp_path / "sweep"
@@ -49,6 +49,8 @@ def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, c
     assert (one["mdm_candidates"], two["mdm_candidates"]) == ("all", "layer")
     assert two["compute"]["tokens"] == 2 * one["compute"]["tokens"]  # the same tracks, twice the epochs
     assert two["compute"]["mdm_candidates_mean"] < one["compute"]["mdm_candidates_mean"]  # a layer, not the vocabulary
+    assert "pretrained - shuffled" in two["downstream"] and "shuffled - random" in two["downstream"]
+    assert set(one["downstream"]) == {"pretrained - random", "finetune - learned"}  # no shuffled arm asked
     for point in (one, two):
         assert -1 <= point["mdm_layer"]["top1_minus_count"] <= 1 and point["pretraining_s"] > 0
         for comparison in ("pretrained - random", "finetune - learned"):
@@ -63,7 +65,7 @@ def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, c
         assert (out / "two" / arm / "seed0" / "edge_classifier_filter" / "stage_record.json").is_file(), arm
     assert (out / "scaling.png").stat().st_size > 0
     table = (out / "scaling.md").read_text()
-    assert table.count("\n") == 4 and "| one |" in table and "| two |" in table
+    assert table.count("\n") == 4 and "n/a |\n" in table and "| one |" in table and "| two |" in table
     assert "smallest compute where pretrained beats random" in capsys.readouterr().out
     # a rerun of one point reads it instead of training again, and the summary keeps both points
     before = (out / "one" / "tracking_bert" / "artifacts" / "best.ckpt").stat().st_mtime
@@ -80,6 +82,7 @@ def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, c
         ([{"name": "a", "keys": {"mdm_candidates": "sampled"}}], "mdm_candidates"),
         ([{"keys": {}}], "points[0]"),
         ([{"name": "a"}, {"name": "a"}], "unique"),
+        ([{"name": "a", "shuffled": "yes"}], "shuffled must be true or false"),
         ([], "non-empty"),
     ],
 )
