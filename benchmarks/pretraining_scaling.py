@@ -55,8 +55,13 @@ ARMS = {
     "learned": {"source": "learned"},
     "finetune": {"source": "finetune", "compare_to": "learned"},
 }
-SHUFFLED = {"source": "shuffled", "compare_to": "random"}  # a point's `shuffled: true` adds it
-COMPARISONS = (("pretrained", "random"), ("finetune", "learned"), ("pretrained", "shuffled"), ("shuffled", "random"))
+CONTROLS = ("shuffled", "geometry")  # a point's `controls` adds these arms, each compared with random
+COMPARISONS = (
+    ("pretrained", "random"),
+    ("finetune", "learned"),
+    *(("pretrained", c) for c in CONTROLS),
+    *((c, "random") for c in CONTROLS),
+)
 DOWNSTREAM = {  # results.json metric -> short name in the table
     "track_building.trackml_score": "TrackML score",
     "track_building.two_way.efficiency": "efficiency",
@@ -64,7 +69,7 @@ DOWNSTREAM = {  # results.json metric -> short name in the table
     "track_building.two_way.fake_rate": "fake rate",
 }
 HEADLINE = "track_building.trackml_score"
-POINT_KEYS = {"name", "keys", "shuffled"}
+POINT_KEYS = {"name", "keys", "controls"}
 
 
 @dataclass(kw_only=True)
@@ -101,10 +106,11 @@ class SweepConfig:
         for i, point in enumerate(points):
             if not isinstance(point, dict) or not isinstance(point.get("name"), str) or set(point) - POINT_KEYS:
                 raise ConfigError(
-                    f"{path}: points[{i}] must be {{name: <text>, keys: {{tracking_bert keys}}, shuffled: true|false}}"
+                    f"{path}: points[{i}] must be {{name: <text>, keys: {{tracking_bert keys}}, controls: [...]}}"
                 )
-            if not isinstance(point.get("shuffled", False), bool):
-                raise ConfigError(f"{path}: points[{i}].shuffled must be true or false")
+            controls = point.get("controls", [])
+            if not isinstance(controls, list) or not set(controls) <= set(CONTROLS):
+                raise ConfigError(f"{path}: points[{i}].controls must be a list of {list(CONTROLS)}, got {controls!r}")
             if not isinstance(point.get("keys", {}), dict):
                 raise ConfigError(f"{path}: points[{i}].keys must be a mapping of tracking_bert keys")
             names.append(point["name"])
@@ -142,12 +148,15 @@ def tracking_bert_file(sweep: SweepConfig, point: dict[str, Any], base: Path) ->
 
 
 def arms(point: dict[str, Any]) -> dict[str, Any]:
-    """The A/B's arms: ARMS, and with `shuffled: true` the pretrained table permuted within each volume
-    (the control of module content against what any table of the same per-volume spread carries)."""
-    if not point.get("shuffled", False):
+    """The A/B's arms: ARMS, and the point's `controls`, each compared with random and the pretrained arm
+    compared with each: shuffled (the pretrained table permuted within each volume: module content against
+    the per-volume spread any such table has) and geometry (the module descriptors of detectors.csv:
+    pretraining against a structured table that costs nothing)."""
+    controls = point.get("controls", [])
+    if not controls:
         return ARMS
-    pretrained = {**ARMS["pretrained"], "compare_to": ["random", "shuffled"]}
-    return {**ARMS, "pretrained": pretrained, "shuffled": SHUFFLED}
+    pretrained = {**ARMS["pretrained"], "compare_to": ["random", *controls]}
+    return {**ARMS, "pretrained": pretrained, **{c: {"source": c, "compare_to": "random"} for c in controls}}
 
 
 def point_configs(sweep: SweepConfig, point: dict[str, Any], first: str) -> Path:
@@ -300,12 +309,13 @@ def table(points: list[dict[str, Any]]) -> str:
         "| point | vocabulary | softmax | width | epochs | tokens | FLOPs | pretraining | MDM top-1 − count "
         "(all / layer) | within 20 mm − count | NTP AUC | pretrained − random, TrackML | pretrained − random, "
         "eff. pT > 1 | finetune − learned, TrackML | finetune − learned, eff. pT > 1 | pretrained − shuffled, "
-        "TrackML |"
+        "TrackML | pretrained − geometry, TrackML |"
     )
-    lines = [head, "|" + " --- |" * 16]
+    lines = [head, "|" + " --- |" * 17]
     for p in sorted(points, key=lambda q: q["compute"]["flops"]):
-        pr, fl, ps = (
-            p["downstream"].get(c, {}) for c in ("pretrained - random", "finetune - learned", "pretrained - shuffled")
+        pr, fl, ps, pg = (
+            p["downstream"].get(c, {})
+            for c in ("pretrained - random", "finetune - learned", "pretrained - shuffled", "pretrained - geometry")
         )
         auc = "n/a" if p["ntp_auc"] is None else f"{p['ntp_auc']:.3f}"
         lines.append(
@@ -315,7 +325,7 @@ def table(points: list[dict[str, Any]]) -> str:
             f"| {p['mdm']['within_20mm_minus_count']:+.3f} | {auc} "
             f"| {_ci(pr.get(HEADLINE))} | {_ci(pr.get('track_building.two_way.efficiency_pt1'))} "
             f"| {_ci(fl.get(HEADLINE))} | {_ci(fl.get('track_building.two_way.efficiency_pt1'))} "
-            f"| {_ci(ps.get(HEADLINE))} |"
+            f"| {_ci(ps.get(HEADLINE))} | {_ci(pg.get(HEADLINE))} |"
         )
     return "\n".join(lines)
 
@@ -342,7 +352,8 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
     left.set(xscale="log", xlabel="pretraining FLOPs", ylabel="difference", title="pretraining tasks")
     left.legend(fontsize=8)
     shown = (("pretrained - random", "o"), ("finetune - learned", "s"), ("pretrained - shuffled", "^"))
-    for shift, (comparison, marker) in zip((0.94, 1.0, 1.06), shown):
+    shown += (("pretrained - geometry", "v"),)
+    for shift, (comparison, marker) in zip((0.91, 0.97, 1.03, 1.09), shown):
         d = [p["downstream"].get(comparison, {}).get(HEADLINE) for p in points]
         if not any(d):  # a sweep of pretraining only
             continue

@@ -40,7 +40,7 @@ def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, c
     bench = load_benchmark()
     points = [
         {"name": "one", "keys": {"max_epochs": 1}},
-        {"name": "two", "keys": {"max_epochs": 2, "mdm_candidates": "layer"}, "shuffled": True},
+        {"name": "two", "keys": {"max_epochs": 2, "mdm_candidates": "layer"}, "controls": ["shuffled"]},
     ]
     assert bench.main([str(sweep_file(ab_setup, tmp_path, points))]) == 0
     out = tmp_path / "sweep"
@@ -82,7 +82,7 @@ def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, c
         ([{"name": "a", "keys": {"mdm_candidates": "sampled"}}], "mdm_candidates"),
         ([{"keys": {}}], "points[0]"),
         ([{"name": "a"}, {"name": "a"}], "unique"),
-        ([{"name": "a", "shuffled": "yes"}], "shuffled must be true or false"),
+        ([{"name": "a", "controls": ["learned"]}], "controls must be a list of"),
         ([], "non-empty"),
     ],
 )
