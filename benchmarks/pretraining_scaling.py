@@ -19,6 +19,7 @@ NTP AUC, and the downstream differences. It writes, under the sweep's out_dir:
 
     .venv/bin/python benchmarks/pretraining_scaling.py configs/scaling/cpu.yaml
     .venv/bin/python benchmarks/pretraining_scaling.py configs/scaling/cpu.yaml --points demo_layer,epochs8
+    .venv/bin/python benchmarks/pretraining_scaling.py configs/scaling/cpu.yaml --summary   # table and plot only
 
 A sweep file with `tracking_bert` and `input_dir` in place of `ab` runs pretraining only (train and
 evaluate each point, no A/B): the GPU run of benchmarks/gpu_scaling.sh, whose minutes do not fit the
@@ -307,7 +308,7 @@ def table(points: list[dict[str, Any]]) -> str:
     """Markdown: one row per point, by FLOPs."""
     head = (
         "| point | vocabulary | softmax | width | epochs | tokens | FLOPs | pretraining | MDM top-1 − count "
-        "(all / layer) | within 20 mm − count | NTP AUC | pretrained − random, TrackML | pretrained − random, "
+        "(all / layer) | within 20 mm − count (layer) | NTP AUC | pretrained − random, TrackML | pretrained − random, "
         "eff. pT > 1 | finetune − learned, TrackML | finetune − learned, eff. pT > 1 | pretrained − shuffled, "
         "TrackML | pretrained − geometry, TrackML |"
     )
@@ -322,7 +323,7 @@ def table(points: list[dict[str, Any]]) -> str:
             f"| {p['name']} | {p['vocabulary']} | {p['mdm_candidates']} | {p['n_embd']} | {p['compute']['epochs_trained']:.3g} "
             f"| {p['compute']['tokens']:.3g} | {p['compute']['flops']:.3g} | {p['pretraining_s'] / 60:.1f} min "
             f"| {p['mdm']['top1_minus_count']:+.3f} / {p['mdm_layer']['top1_minus_count']:+.3f} "
-            f"| {p['mdm']['within_20mm_minus_count']:+.3f} | {auc} "
+            f"| {p['mdm_layer']['within_20mm_minus_count']:+.3f} | {auc} "
             f"| {_ci(pr.get(HEADLINE))} | {_ci(pr.get('track_building.two_way.efficiency_pt1'))} "
             f"| {_ci(fl.get(HEADLINE))} | {_ci(fl.get('track_building.two_way.efficiency_pt1'))} "
             f"| {_ci(ps.get(HEADLINE))} | {_ci(pg.get(HEADLINE))} |"
@@ -341,9 +342,9 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
     points = sorted(points, key=lambda q: q["compute"]["flops"])
     flops = np.array([p["compute"]["flops"] for p in points])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    left.plot(flops, [p["mdm"]["top1_minus_count"] for p in points], "o-", label="MDM top-1 − count, all modules")
-    left.plot(flops, [p["mdm_layer"]["top1_minus_count"] for p in points], "s-", label="MDM top-1 − count, in layer")
-    left.plot(flops, [(p["ntp_auc"] or 0.5) - 0.5 for p in points], "^-", label="NTP AUC − 0.5")
+    left.plot(flops, [p["mdm"]["top1_minus_count"] for p in points], "o", label="MDM top-1 − count, all modules")
+    left.plot(flops, [p["mdm_layer"]["top1_minus_count"] for p in points], "s", label="MDM top-1 − count, in layer")
+    left.plot(flops, [(p["ntp_auc"] or 0.5) - 0.5 for p in points], "^", label="NTP AUC − 0.5")
     for x, p in zip(flops, points):
         left.annotate(
             p["name"], (x, p["mdm_layer"]["top1_minus_count"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
@@ -388,7 +389,7 @@ def run(sweep: SweepConfig, only: list[str] | None = None) -> dict[str, Any]:
     first = names[0]  # its baseline, learned and random runs serve the others (when it has finished)
     out = sweep.out_dir
     for i, point in enumerate(sweep.points):
-        if only and point["name"] not in only:
+        if only is not None and point["name"] not in only:
             continue
         print(f"[{i + 1}/{len(sweep.points)}] point {point['name']}: {point.get('keys', {})}", flush=True)
         done = run_point(sweep, point, first)
@@ -421,10 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("config", type=Path, help="the sweep's YAML (configs/scaling/cpu.yaml)")
     ap.add_argument("--points", default=None, help="comma-separated point names (default: all)")
+    ap.add_argument(
+        "--summary", action="store_true", help="run nothing: rebuild the table and plot from point.json files"
+    )
     args = ap.parse_args(argv)
     try:
         sweep = SweepConfig.load(args.config)
-        run(sweep, args.points.split(",") if args.points else None)
+        run(sweep, [] if args.summary else args.points.split(",") if args.points else None)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
