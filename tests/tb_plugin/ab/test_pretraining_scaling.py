@@ -39,7 +39,7 @@ def sweep_file(ab_setup: Path, tmp_path: Path, points: list) -> Path:
 def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, capsys):
     bench = load_benchmark()
     points = [
-        {"name": "one", "keys": {"max_epochs": 1}},
+        {"name": "one", "keys": {"max_epochs": 1, "mdm_candidates": "all"}},
         {"name": "two", "keys": {"max_epochs": 2, "mdm_candidates": "layer"}, "controls": ["shuffled"]},
     ]
     assert bench.main([str(sweep_file(ab_setup, tmp_path, points))]) == 0
@@ -105,7 +105,10 @@ def test_a_pretraining_only_sweep_trains_and_evaluates_each_point(ab_setup, tmp_
         "out_dir": str(tmp_path / "sweep"),
         "tracking_bert": str(ab_setup.parent / "tb.yaml"),
         "input_dir": str(reading.stage_dir),
-        "points": [{"name": "all"}, {"name": "layer", "keys": {"mdm_candidates": "layer", "max_epochs": 2}}],
+        "points": [
+            {"name": "all", "keys": {"mdm_candidates": "all"}},
+            {"name": "layer", "keys": {"mdm_candidates": "layer", "max_epochs": 2}},
+        ],
     }
     bench = load_benchmark()
     assert bench.main([str(write_yaml(tmp_path / "sweep.yaml", sweep))]) == 0
