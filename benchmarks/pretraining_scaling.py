@@ -371,7 +371,8 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
         ylabel="TrackML score difference (95 % CI)",
         title="downstream",
     )
-    right.legend(fontsize=8)
+    if any(p["downstream"] for p in points):
+        right.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
