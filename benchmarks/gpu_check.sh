@@ -110,22 +110,9 @@ if [[ $SIZES_ONLY == 1 ]]; then
 fi
 
 # ---------------------------------------------------------------------------------- environment
-if [[ -n ${PYTHON:-} ]]; then
-    PY=$PYTHON
-elif [[ -x .venv/bin/python ]]; then
-    PY=.venv/bin/python
-else
-    PY=python3
-fi
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-
-OUT_DIR="${OUT:-runs/gpu_check}"
-mkdir -p "$OUT_DIR"
-OUT_DIR="$(cd "$OUT_DIR" && pwd)"
-if [[ -n $(ls -A "$OUT_DIR") ]]; then
-    echo "gpu_check: $OUT_DIR is not empty; give an empty or new folder (OUT=...): a check does not resume" >&2
-    exit 2
-fi
+source benchmarks/common.sh
+pick_python
+fresh_out_dir gpu_check runs/gpu_check
 # the smoke skips the real pile-up-200 hits of ../shared/trackml (--shared: a folder without them)
 [[ $MODE == smoke ]] && CHAIN+=(--shared "$OUT_DIR/chain/no_real_hits")
 LOG="$OUT_DIR/gpu_check.log"

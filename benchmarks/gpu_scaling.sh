@@ -35,22 +35,9 @@ else
     CHECK_ARGS=(--smoke)
 fi
 
-if [[ -n ${PYTHON:-} ]]; then
-    PY=$PYTHON
-elif [[ -x .venv/bin/python ]]; then
-    PY=.venv/bin/python
-else
-    PY=python3
-fi
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-
-OUT_DIR="${OUT:-runs/gpu_scaling}"
-mkdir -p "$OUT_DIR"
-OUT_DIR="$(cd "$OUT_DIR" && pwd)"
-if [[ -n $(ls -A "$OUT_DIR") ]]; then
-    echo "gpu_scaling: $OUT_DIR is not empty; give an empty or new folder (OUT=...): a run does not resume" >&2
-    exit 2
-fi
+source benchmarks/common.sh
+pick_python
+fresh_out_dir gpu_scaling runs/gpu_scaling
 LOG="$OUT_DIR/gpu_scaling.log"
 log() { echo "[gpu_scaling $(date -u +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
 

@@ -60,27 +60,25 @@ def masked_positions(dataset: PairDataset) -> MaskedPositions:
 
 @torch.no_grad()
 def predict(
-    model: TrackingBERT, dataset: PairDataset, batch_size: int, candidates: CandidateSets | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k module tokens at every hidden position [Q, k] (pairs in order) and NTP logits [P]. With
-    `candidates`, each position's answers come from the hidden module's group only ([PAD] fills a group
-    of fewer than k modules)."""
+    model: TrackingBERT, dataset: PairDataset, batch_size: int, candidates: CandidateSets
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k module tokens at every hidden position [Q, k] (pairs in order) over the whole vocabulary,
+    the same among the hidden module's group only ([PAD] fills a group of fewer than k modules), and
+    NTP logits [P]: one encoder pass serves both MDM scorings."""
     model.eval()
-    topk, ntp = [], []
+    topk, layer_topk, ntp = [], [], []
     rows = dataset.rows
     for start in tqdm(range(0, len(dataset), batch_size), desc="evaluate", unit="batch", leave=False):
         sl = slice(start, start + batch_size)
         h = model.encode(rows["input_ids"][sl], rows["segment_ids"][sl], rows["attention_mask"][sl])  # [B, L, C]
         labels = rows["mdm_labels"][sl]  # [B, L]
         hidden = labels != IGNORE  # [B, L]
-        if candidates is None:
-            mdm_logits = model.mdm_head(h[hidden])  # [q, V] only where a module is hidden
-            mdm_logits[:, :N_SPECIAL] = -torch.inf  # a special token is never an answer
-            topk.append(mdm_logits.topk(TOP_K, dim=-1).indices.numpy())  # [q, k]
-        else:
-            topk.append(restricted_topk(model, h[hidden], labels[hidden], candidates))
+        mdm_logits = model.mdm_head(h[hidden])  # [q, V] only where a module is hidden
+        mdm_logits[:, :N_SPECIAL] = -torch.inf  # a special token is never an answer
+        topk.append(mdm_logits.topk(TOP_K, dim=-1).indices.numpy())  # [q, k]
+        layer_topk.append(restricted_topk(model, h[hidden], labels[hidden], candidates))
         ntp.append(model.ntp_head(h[:, 0]).float().numpy())  # [B]
-    return np.concatenate(topk), np.concatenate(ntp)
+    return np.concatenate(topk), np.concatenate(layer_topk), np.concatenate(ntp)
 
 
 def restricted_topk(
@@ -113,8 +111,7 @@ def evaluate_pretraining(
     second; the first is reported for every model, so the two training options compare on both."""
     where = masked_positions(test)
     groups = tokenizer.layer_groups()  # [V]
-    bert_topk, ntp_logits = predict(model, test, batch_size)
-    layer_topk, _ = predict(model, test, batch_size, CandidateSets(groups))
+    bert_topk, layer_topk, ntp_logits = predict(model, test, batch_size, CandidateSets(groups))
     baseline = CountBaseline().fit_padded(train_tracks.tokens, train_tracks.length)
     count_topk = baseline.predict_topk(where.left, where.right, k=TOP_K)
     layer_baseline = CountBaseline(token_group=groups).fit_padded(train_tracks.tokens, train_tracks.length)
