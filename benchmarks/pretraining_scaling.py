@@ -68,7 +68,10 @@ DOWNSTREAM = {  # results.json metric -> short name in the table
     "track_building.two_way.efficiency": "efficiency",
     "track_building.two_way.efficiency_pt1": "efficiency pT > 1 GeV",
     "track_building.two_way.fake_rate": "fake rate",
+    "track_building.matched.trackml_score": "TrackML score at matched efficiency",
+    "track_building.size_matched.trackml_score": "TrackML score at the baseline's graph size",
 }
+SIZE_MATCHED = "track_building.size_matched.trackml_score"  # the cut that moves graph size out of the comparison
 HEADLINE = "track_building.trackml_score"
 POINT_KEYS = {"name", "keys", "controls"}
 
@@ -310,9 +313,10 @@ def table(points: list[dict[str, Any]]) -> str:
         "| point | vocabulary | softmax | width | epochs | tokens | FLOPs | pretraining | MDM top-1 − count "
         "(all / layer) | within 20 mm − count (layer) | NTP AUC | pretrained − random, TrackML | pretrained − random, "
         "eff. pT > 1 | finetune − learned, TrackML | finetune − learned, eff. pT > 1 | pretrained − shuffled, "
-        "TrackML | pretrained − geometry, TrackML |"
+        "TrackML | pretrained − geometry, TrackML | pretrained − random, TrackML at the baseline's graph size "
+        "| pretrained − shuffled, TrackML at the baseline's graph size |"
     )
-    lines = [head, "|" + " --- |" * 17]
+    lines = [head, "|" + " --- |" * 19]
     for p in sorted(points, key=lambda q: q["compute"]["flops"]):
         pr, fl, ps, pg = (
             p["downstream"].get(c, {})
@@ -326,7 +330,8 @@ def table(points: list[dict[str, Any]]) -> str:
             f"| {p['mdm_layer']['within_20mm_minus_count']:+.3f} | {auc} "
             f"| {_ci(pr.get(HEADLINE))} | {_ci(pr.get('track_building.two_way.efficiency_pt1'))} "
             f"| {_ci(fl.get(HEADLINE))} | {_ci(fl.get('track_building.two_way.efficiency_pt1'))} "
-            f"| {_ci(ps.get(HEADLINE))} | {_ci(pg.get(HEADLINE))} |"
+            f"| {_ci(ps.get(HEADLINE))} | {_ci(pg.get(HEADLINE))} "
+            f"| {_ci(pr.get(SIZE_MATCHED))} | {_ci(ps.get(SIZE_MATCHED))} |"
         )
     return "\n".join(lines)
 
@@ -380,6 +385,26 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def finished_point(out: Path, point: dict[str, Any]) -> dict[str, Any] | None:
+    """The point's point.json, its downstream differences re-read from its A/B's results.json (so a
+    metric added to DOWNSTREAM reaches old points), or None where it has not run or ran other keys."""
+    path = out / point["name"] / "point.json"
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    if done.get("keys", {}) != point.get("keys", {}):
+        print(
+            f"warning: {path} ran keys {done.get('keys')}, the sweep now asks {point.get('keys', {})}: "
+            "left out of the summary; delete the point's folder to rerun it",
+            file=sys.stderr,
+        )
+        return None
+    results = out / point["name"] / "results.json"
+    if results.is_file():
+        done["downstream"] = downstream(json.loads(results.read_text()))
+    return done
+
+
 def run(sweep: SweepConfig, only: list[str] | None = None) -> dict[str, Any]:
     """Every point (or the `only` ones), each saved as out_dir/<name>/point.json, then the summary files
     over every point of the sweep that has one (a point run alone joins the others' table)."""
@@ -395,8 +420,7 @@ def run(sweep: SweepConfig, only: list[str] | None = None) -> dict[str, Any]:
         print(f"[{i + 1}/{len(sweep.points)}] point {point['name']}: {point.get('keys', {})}", flush=True)
         done = run_point(sweep, point, first)
         write_text(out / point["name"] / "point.json", json.dumps(done, indent=2, default=json_default) + "\n")
-    files = [out / name / "point.json" for name in names]
-    points = [json.loads(f.read_text()) for f in files if f.is_file()]
+    points = [p for p in (finished_point(out, point) for point in sweep.points) if p is not None]
     best = first_significant(points)
     summary = {
         "sweep": {

@@ -122,9 +122,7 @@ def field_defaults(config_class: type) -> dict[str, Any]:
                 out[f.name] = json.loads(json.dumps(f.default, default=json_default))
             except TypeError:
                 continue
-    # a key whose default changed after it was added: a record that lacks it was written under the value
-    # it had then, not under today's default (the config class names them in RECORDED_BEFORE)
-    return {**out, **getattr(config_class, "RECORDED_BEFORE", {})}
+    return out
 
 
 def file_hash(path: Path) -> str:

@@ -56,6 +56,7 @@ def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, c
         for comparison in ("pretrained - random", "finetune - learned"):
             score = point["downstream"][comparison]["track_building.trackml_score"]
             assert score["ci_low"] <= score["estimate"] <= score["ci_high"]
+            assert "track_building.size_matched.trackml_score" in point["downstream"][comparison]
     # the second point reran its pretrained and finetune arms only: the random control (whose keys differ
     # in max_epochs and mdm_candidates alone, which it does not read), the baseline and learned are the first's
     assert not (out / "two" / "tracking_bert_random").exists()
@@ -73,6 +74,19 @@ def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, c
     assert (out / "one" / "tracking_bert" / "artifacts" / "best.ckpt").stat().st_mtime == before
     assert [p["name"] for p in json.loads((out / "scaling.json").read_text())["points"]] == ["one", "two"]
     assert bench.main([str(tmp_path / "sweep.yaml"), "--points", "three"]) == 2
+    # --summary re-reads each point's differences from its results.json (a metric added later reaches old
+    # points), and leaves out a point whose point.json ran other keys than the sweep file now asks
+    stored = json.loads((out / "two" / "point.json").read_text())
+    stored["downstream"] = {}
+    (out / "two" / "point.json").write_text(json.dumps(stored))
+    changed = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
+    changed["points"][0]["keys"]["max_epochs"] = 3
+    write_yaml(tmp_path / "sweep.yaml", changed)
+    capsys.readouterr()
+    assert bench.main([str(tmp_path / "sweep.yaml"), "--summary"]) == 0
+    (only,) = json.loads((out / "scaling.json").read_text())["points"]
+    assert only["name"] == "two" and "pretrained - shuffled" in only["downstream"]
+    assert "one/point.json ran keys" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

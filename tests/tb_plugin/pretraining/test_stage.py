@@ -285,17 +285,19 @@ def test_layer_softmax_trains_and_is_evaluated_both_ways(simulated_store, tmp_pa
 
 
 def test_a_record_from_before_mdm_candidates_means_the_full_softmax(simulated_store, tmp_path):
-    """The default became layer after records without the key were written (they trained the full
-    softmax): such a record is up to date for mdm_candidates: all, stale for the default."""
+    """Records written before the key existed trained the full softmax, the default: such a record is up
+    to date for the default and for mdm_candidates: all, and stale for layer."""
     from tb_plugin import stage_record
     from tb_plugin.pipeline import run_stage
 
-    stage = tb_stage(simulated_store, tmp_path / "old", mdm_candidates="all")
+    stage = tb_stage(simulated_store, tmp_path / "old")
     run_stage(stage)
     path = stage.stage_dir / "stage_record.json"
     record = json.loads(path.read_text())
+    assert record["keys"]["mdm_candidates"] == "all"
     del record["keys"]["mdm_candidates"]  # as written before the key existed
     path.write_text(json.dumps(record))
+    assert stage_record.status(tb_stage(simulated_store, tmp_path / "old")).state == "up to date"
     assert stage_record.status(tb_stage(simulated_store, tmp_path / "old", mdm_candidates="all")).state == "up to date"
-    default = stage_record.status(tb_stage(simulated_store, tmp_path / "old"))
-    assert default.state == "stale" and "mdm_candidates" in default.reason
+    layer = stage_record.status(tb_stage(simulated_store, tmp_path / "old", mdm_candidates="layer"))
+    assert layer.state == "stale" and "mdm_candidates" in layer.reason
