@@ -136,6 +136,10 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
     # shuffled (pretrained_dir's table, rows permuted within each volume), geometry (module descriptors)
     source: EmbeddingSource = "pretrained"
     pretrained_dir: Path | None = None  # source shuffled only: the stage_dir of a pretrained tracking_bert stage
+    # fine-tune instead of training from scratch: the stage_dir of a pretrained tracking_bert stage of the
+    # same vocabulary and model keys, whose weights start this training (e.g. a model pretrained on
+    # simulation, recalibrated on a run's own track candidates with tracks_from: track_building)
+    init_from: Path | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -160,6 +164,7 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
         self.model_config()  # checks the model keys (n_embd divisible by n_head, ...)
         self.optim_config()  # and the optimiser's (lr > 0, ...): at load, not in the first training step
         self.check_source()
+        self.check_init_from()
         if self.source == "geometry":
             check_table_options(self.normalize, self.dim, len(GEOMETRY_DESCRIPTORS), "the geometry descriptor count")
         else:
@@ -184,6 +189,21 @@ class TrackingBERTStageConfig(StageConfig, TrainerConfig):
             raise ValueError(
                 f"key 'pretrained_dir' must be another stage_dir than stage_dir ({self.stage_dir}): "
                 f"the shuffled checkpoint would replace the pretrained one"
+            )
+
+    def check_init_from(self) -> None:
+        """`init_from` starts pretraining: a control source trains nothing, and the folder must be another
+        stage's (its checkpoint is read, never written)."""
+        if self.init_from is None:
+            return
+        if self.source != "pretrained":
+            raise ValueError(
+                f"key 'init_from' starts pretraining, but source is {self.source!r}, which trains nothing; remove it"
+            )
+        if Path(self.init_from).resolve() == Path(self.stage_dir).resolve():
+            raise ValueError(
+                f"key 'init_from' must be another stage_dir than stage_dir ({self.stage_dir}): to continue a "
+                f"run of this stage, 'tb train' resumes from its last.ckpt"
             )
 
     def model_config(self, vocab_size: int = 8) -> TrackingBERTConfig:
@@ -313,6 +333,8 @@ class TrackingBERTStage(Stage):
         if not self.vocab_file.exists():
             tokenizer.save(self.vocab_file)
         module = self.new_module(tokenizer)
+        if self.config.init_from is not None and not resume:
+            self.load_initial_weights(module, tokenizer)
         print(
             f"TrackingBERT: {module.model.num_params():,} parameters "
             f"({module.model.num_params(non_embedding=True):,} outside the embeddings), vocabulary {tokenizer.vocab_size:,}"
@@ -329,6 +351,37 @@ class TrackingBERTStage(Stage):
             mdm_candidates=self.config.mdm_candidates,
             candidates=CandidateSets(tokenizer.layer_groups()),
         )
+
+    def load_initial_weights(self, module: TrackingBERTModule, tokenizer: ModuleTokenizer) -> None:
+        """`init_from`'s trained weights into the new module: refused unless that stage is a pretrained
+        model (not a control) of this vocabulary and these model keys, so each module's row stays its own."""
+        path = self.source_checkpoint(Path(self.config.init_from), "init_from", tokenizer, "to start from it")
+        module.load_state_dict(read_checkpoint(path)["state_dict"])
+        print(f"TrackingBERT: starting from the weights of {path}")
+
+    def source_checkpoint(self, source_dir: Path, key: str, tokenizer: ModuleTokenizer, remedy: str) -> Path:
+        """The trained checkpoint of another pretrained stage that `key` names, checked against this
+        stage's vocabulary and model keys (`remedy`: what setting a model key back achieves)."""
+        try:
+            path = trained_checkpoint(source_dir, "TrackingBERT")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"key '{key}': no trained TrackingBERT in {source_dir / 'artifacts'} (expected best.ckpt "
+                f"or last.ckpt); run 'tb train' on the pretrained stage first"
+            ) from None
+        theirs = ModuleTokenizer.load(source_dir / "artifacts" / "vocab.json", tokenizer.detector)
+        if not np.array_equal(theirs.token_to_module, tokenizer.token_to_module):
+            volumes = [list(t.volumes) if t.volumes else "all" for t in (theirs, tokenizer)]
+            raise ValueError(
+                f"key '{key}': {source_dir} has the vocabulary of volumes {volumes[0]}, this stage "
+                f"volumes {volumes[1]}; set volumes: {volumes[0]} as the pretrained stage has them"
+            )
+        checkpoint = read_checkpoint(path)
+        made = checkpoint.get(SOURCE_RECORD)
+        if isinstance(made, dict):
+            raise ValueError(f"key '{key}': {path} is a {made.get('source')} control, not a pretrained model")
+        self.check_checkpoint(path, checkpoint, tokenizer.vocab_size, remedy)
+        return path
 
     def write_control(self, checkpoint: Path | None) -> None:
         """`train` of a control source: artifacts/best.ckpt of random or shuffled (no optimisation step,
@@ -359,25 +412,8 @@ class TrackingBERTStage(Stage):
         """The checkpoint of source shuffled: pretrained_dir's trained checkpoint, refused unless it is a
         pretrained one of this vocabulary and these model keys, with its token rows permuted."""
         source_dir = Path(self.config.pretrained_dir)
-        try:
-            path = trained_checkpoint(source_dir, "TrackingBERT")
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"key 'pretrained_dir': no trained TrackingBERT in {source_dir / 'artifacts'} (expected best.ckpt "
-                f"or last.ckpt); run 'tb train' on the pretrained stage first"
-            ) from None
-        theirs = ModuleTokenizer.load(source_dir / "artifacts" / "vocab.json", tokenizer.detector)
-        if not np.array_equal(theirs.token_to_module, tokenizer.token_to_module):
-            volumes = [list(t.volumes) if t.volumes else "all" for t in (theirs, tokenizer)]
-            raise ValueError(
-                f"key 'pretrained_dir': {source_dir} has the vocabulary of volumes {volumes[0]}, this stage "
-                f"volumes {volumes[1]}; set volumes: {volumes[0]} as the pretrained stage has them"
-            )
+        path = self.source_checkpoint(source_dir, "pretrained_dir", tokenizer, "to shuffle this checkpoint")
         checkpoint = read_checkpoint(path)
-        made = checkpoint.get(SOURCE_RECORD)
-        if isinstance(made, dict):
-            raise ValueError(f"key 'pretrained_dir': {path} is a {made.get('source')} control, not a pretrained model")
-        self.check_checkpoint(path, checkpoint, tokenizer.vocab_size, "to shuffle this checkpoint")
         permutation = volume_permutation(tokenizer, self.config.seed)  # [V]
         return shuffled_checkpoint(checkpoint, path, permutation, self.config.seed, source_dir)
 

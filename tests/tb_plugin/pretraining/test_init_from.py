@@ -1,0 +1,77 @@
+"""`init_from`: pretraining that starts from another stage's weights (recalibration of a model
+pretrained on simulation, on a run's own track candidates), and its refusals."""
+
+import pytest
+import torch
+
+from tb_plugin.config import ConfigError
+from tb_plugin.pipeline import stage_from_mapping
+from tb_plugin.training import read_checkpoint, trained_checkpoint
+from tests.tb_plugin.pretraining.test_candidate_tracks import TINY, write_candidates
+
+
+def tiny_stage(store, stage_dir, **keys):
+    values = {
+        "stage": "tracking_bert",
+        "model": "TrackingBERT",
+        "input_dir": str(store),
+        "stage_dir": str(stage_dir),
+        "max_epochs": 1,
+        **TINY,
+        **keys,
+    }
+    return stage_from_mapping(values, "tb.yaml")
+
+
+def weights(stage_dir):
+    return read_checkpoint(trained_checkpoint(stage_dir, "TrackingBERT"))["state_dict"]
+
+
+def largest_difference(a, b):
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def simulation_model(simulated_store, tmp_path_factory):
+    stage_dir = tmp_path_factory.mktemp("init") / "simulation"
+    tiny_stage(simulated_store, stage_dir).train()
+    return stage_dir
+
+
+def test_recalibration_on_candidates_starts_from_the_simulation_weights(simulated_store, simulation_model, tmp_path):
+    """The recalibration loop at a tiny size: the candidates stand in for the pipeline's own tracks. With a
+    vanishing learning rate the result is the starting model, which a fresh start with another seed is not."""
+    write_candidates(simulated_store, tmp_path / "tracks")
+    keys = {"tracks_from": "track_building", "tracks_dir": str(tmp_path / "tracks"), "lr": 1e-12, "seed": 5}
+    recalibrated = tiny_stage(simulated_store, tmp_path / "recalibrated", init_from=str(simulation_model), **keys)
+    recalibrated.train()
+    start = weights(simulation_model)
+    assert largest_difference(weights(tmp_path / "recalibrated"), start) < 1e-6
+    fresh = tiny_stage(simulated_store, tmp_path / "fresh", **keys)
+    fresh.train()
+    assert largest_difference(weights(tmp_path / "fresh"), start) > 1e-2
+    assert recalibrated.evaluate()["mdm"]["trackingbert"]["top1"] >= 0.0
+
+
+def test_init_from_moves_the_weights_with_a_real_learning_rate(simulated_store, simulation_model, tmp_path):
+    tiny_stage(simulated_store, tmp_path / "tuned", init_from=str(simulation_model), seed=5).train()
+    tuned, start = weights(tmp_path / "tuned"), weights(simulation_model)
+    assert largest_difference(tuned, start) > 1e-6
+    assert torch.allclose(tuned["model.tok.weight"], start["model.tok.weight"], atol=0.5)  # one short epoch
+
+
+def test_init_from_refusals(simulated_store, simulation_model, tmp_path):
+    with pytest.raises(ConfigError, match="init_from' must be another stage_dir"):
+        tiny_stage(simulated_store, simulation_model, init_from=str(simulation_model))
+    with pytest.raises(ConfigError, match="source is 'random', which trains nothing"):
+        tiny_stage(simulated_store, tmp_path / "r", source="random", init_from=str(simulation_model))
+    with pytest.raises(FileNotFoundError, match="key 'init_from': no trained TrackingBERT"):
+        tiny_stage(simulated_store, tmp_path / "a", init_from=str(tmp_path / "nothing")).train()
+    random_dir = tmp_path / "random"
+    tiny_stage(simulated_store, random_dir, source="random").train()
+    with pytest.raises(ValueError, match="is a random control, not a pretrained model"):
+        tiny_stage(simulated_store, tmp_path / "b", init_from=str(random_dir)).train()
+    with pytest.raises(ValueError, match="key 'init_from': .* has the vocabulary of volumes"):
+        tiny_stage(simulated_store, tmp_path / "c", init_from=str(simulation_model), volumes=[8]).train()
+    with pytest.raises(Exception, match="was trained with n_embd: 16"):
+        tiny_stage(simulated_store, tmp_path / "d", init_from=str(simulation_model), n_embd=32, d_ff=64).train()
