@@ -37,8 +37,64 @@ def check_table_options(normalize: str, dim: int | None, width: int, width_name:
         raise ValueError(f"key 'dim' must be null or an integer from 1 to {width_name} = {width}, got {dim!r}")
 
 
+@dataclass(frozen=True)
+class TableFit:
+    """What conditioning learns from a table's in-vocabulary rows: kept apart from the table so that
+    another table (a fine-tuned copy, `init_from`) can be expressed in the same coordinates, which the
+    downstream stages trained on. None: that step is off."""
+
+    mean: np.ndarray | None = None  # [D] normalize standard
+    std: np.ndarray | None = None  # [D], 1 where the dimension is flat
+    flat: np.ndarray | None = None  # [D] bool: zero spread over the vocabulary, mapped to 0
+    centre: np.ndarray | None = None  # [D] dim k: the PCA centre (after normalisation)
+    components: np.ndarray | None = None  # [k, D]
+
+
+def fit_conditioning(table: torch.Tensor, in_vocab: np.ndarray, normalize: str, dim: int | None) -> TableFit:
+    """The statistics of `fit_table`, fitted on the rows of `in_vocab` of `table` [M, D]."""
+    check_table_options(normalize, dim, table.shape[1])
+    if normalize == "none" and dim is None:
+        return TableFit()
+    in_vocab = np.asarray(in_vocab, dtype=bool)
+    if in_vocab.shape != (table.shape[0],):
+        raise ValueError(f"in_vocab has shape {in_vocab.shape}, expected ({table.shape[0]},), one flag per table row")
+    if not in_vocab.any():
+        raise ValueError("no module of the table is in the vocabulary: nothing to fit normalize/dim on")
+    rows = table.detach().float().cpu().numpy().astype(np.float64)[in_vocab]  # [K, D]
+    fit: dict[str, np.ndarray] = {}
+    if normalize == "standard":
+        flat = np.ptp(rows, axis=0) == 0  # zero spread: the dimension carries nothing, it becomes 0
+        fit.update(mean=rows.mean(axis=0), std=np.where(flat, 1.0, rows.std(axis=0)), flat=flat)
+        rows = np.where(flat, 0.0, (rows - fit["mean"]) / fit["std"])
+    if dim is not None:
+        centre = rows.mean(axis=0)  # [D]
+        # full V also when there are fewer rows than dimensions (then U is only [K, K]), so k may reach D
+        _, _, vt = np.linalg.svd(rows - centre, full_matrices=rows.shape[0] < rows.shape[1])  # vt [D, D]
+        components = vt[:dim]  # [k, D], by decreasing singular value
+        peak = components[np.arange(dim), np.abs(components).argmax(axis=1)]  # [k]
+        fit.update(centre=centre, components=components * np.where(peak < 0, -1.0, 1.0)[:, None])
+    return TableFit(**fit)
+
+
+def apply_conditioning(fit: TableFit, table: torch.Tensor) -> torch.Tensor:
+    """`table` [M, D] in the coordinates of `fit`: [M, k] with a PCA, else [M, D]."""
+    table = table.detach().float().cpu()
+    if fit.mean is None and fit.components is None:
+        return table
+    x = table.numpy().astype(np.float64)  # [M, D]
+    if fit.mean is not None:
+        x = np.where(fit.flat, 0.0, (x - fit.mean) / fit.std)
+    if fit.components is not None:
+        x = (x - fit.centre) @ fit.components.T  # [M, k]
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
 def fit_table(
-    table: torch.Tensor, in_vocab: np.ndarray, normalize: str = "none", dim: int | None = None
+    table: torch.Tensor,
+    in_vocab: np.ndarray,
+    normalize: str = "none",
+    dim: int | None = None,
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The per-module table [M, D] conditioned for injection, fitted on the rows of `in_vocab` [M] only
     (modules outside the vocabulary share [UNK]'s row and would skew the statistics), applied to all.
@@ -46,34 +102,14 @@ def fit_table(
     normalize 'standard': per dimension (x - mean) / std (population std); a dimension with zero spread
     over the vocabulary becomes 0 for every row. dim k: the first k principal components, by SVD of the
     centred in-vocabulary rows, in decreasing variance, each with its largest-magnitude loading positive
-    (so the same table always gives the same output). Defaults return the table unchanged.
+    (so the same table always gives the same output). Defaults return the table unchanged. `reference`
+    [M, D]: fit on it instead and apply to `table`, so a fine-tuned table keeps the coordinates of the
+    table it started from (a downstream stage trained on those can read it without retraining).
     """
-    table = table.detach().float().cpu()
-    check_table_options(normalize, dim, table.shape[1])
-    if normalize == "none" and dim is None:
-        return table
-    in_vocab = np.asarray(in_vocab, dtype=bool)
-    if in_vocab.shape != (table.shape[0],):
-        raise ValueError(f"in_vocab has shape {in_vocab.shape}, expected ({table.shape[0]},), one flag per table row")
-    if not in_vocab.any():
-        raise ValueError("no module of the table is in the vocabulary: nothing to fit normalize/dim on")
-    x = table.numpy().astype(np.float64)  # [M, D]
-    rows = x[in_vocab]  # [K, D]
-    if normalize == "standard":
-        mean, std = rows.mean(axis=0), rows.std(axis=0)  # [D] each
-        flat = np.ptp(rows, axis=0) == 0  # zero spread: the dimension carries nothing, it becomes 0
-        x = np.where(flat, 0.0, (x - mean) / np.where(flat, 1.0, std))
-        rows = x[in_vocab]
-    if dim is not None:
-        centre = rows.mean(axis=0)  # [D]
-        centred = rows - centre
-        # full V also when there are fewer rows than dimensions (then U is only [K, K]), so k may reach D
-        _, _, vt = np.linalg.svd(centred, full_matrices=centred.shape[0] < centred.shape[1])  # vt [D, D]
-        components = vt[:dim]  # [k, D], by decreasing singular value
-        peak = components[np.arange(dim), np.abs(components).argmax(axis=1)]  # [k]
-        components = components * np.where(peak < 0, -1.0, 1.0)[:, None]
-        x = (x - centre) @ components.T  # [M, k]
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    fitted_on = table if reference is None else reference
+    if reference is not None and reference.shape != table.shape:
+        raise ValueError(f"the reference table has shape {tuple(reference.shape)}, the table {tuple(table.shape)}")
+    return apply_conditioning(fit_conditioning(fitted_on, in_vocab, normalize, dim), table)
 
 
 class ModuleEmbedding(BaseTransform):
@@ -101,10 +137,17 @@ class ModuleEmbedding(BaseTransform):
 
     @classmethod
     def from_table(
-        cls, table: torch.Tensor, in_vocab: np.ndarray, normalize: str = "none", dim: int | None = None, **kwargs
+        cls,
+        table: torch.Tensor,
+        in_vocab: np.ndarray,
+        normalize: str = "none",
+        dim: int | None = None,
+        reference: torch.Tensor | None = None,
+        **kwargs,
     ) -> ModuleEmbedding:
-        """The transform of `fit_table(table, in_vocab, normalize, dim)`: fitted here, once."""
-        return cls(fit_table(table, in_vocab, normalize, dim), normalize=normalize, pca_dim=dim, **kwargs)
+        """The transform of `fit_table(table, in_vocab, normalize, dim, reference)`: fitted here, once."""
+        fitted = fit_table(table, in_vocab, normalize, dim, reference)
+        return cls(fitted, normalize=normalize, pca_dim=dim, **kwargs)
 
     @classmethod
     def from_token_embeddings(
@@ -113,14 +156,16 @@ class ModuleEmbedding(BaseTransform):
         tokenizer: ModuleTokenizer,
         normalize: str = "none",
         dim: int | None = None,
+        reference_embeddings: torch.Tensor | None = None,
         **kwargs,
     ) -> ModuleEmbedding:
         """Per-module table from the model's token table; modules outside the vocabulary get [UNK]'s vector.
-        normalize / dim are fitted on the modules in the vocabulary (see `fit_table`)."""
+        normalize / dim are fitted on the modules in the vocabulary (see `fit_table`), of
+        `reference_embeddings` [V, D] (the token table a fine-tuned one started from) when given."""
         tokens = torch.from_numpy(tokenizer.module_to_token)  # [M] token of every detector module (UNK if outside)
-        return cls.from_table(
-            token_embeddings.detach()[tokens], tokenizer.module_to_token != UNK, normalize, dim, **kwargs
-        )
+        reference = None if reference_embeddings is None else reference_embeddings.detach()[tokens]
+        in_vocab = tokenizer.module_to_token != UNK
+        return cls.from_table(token_embeddings.detach()[tokens], in_vocab, normalize, dim, reference, **kwargs)
 
     @property
     def dim(self) -> int:

@@ -552,8 +552,17 @@ class TrackingBERTStage(Stage):
             table = torch.from_numpy(geometry_descriptors(detector))  # [M, 17]
             return ModuleEmbedding.from_table(table, tokenizer.module_to_token != UNK, **options), tokenizer, detector
         module, tokenizer, detector = self.trained()
-        inject = ModuleEmbedding.from_token_embeddings(module.model.module_embeddings(), tokenizer, **options)
+        start = self.initial_embeddings(tokenizer) if self.config.init_from is not None else None
+        table = module.model.module_embeddings()
+        inject = ModuleEmbedding.from_token_embeddings(table, tokenizer, reference_embeddings=start, **options)
         return inject, tokenizer, detector
+
+    def initial_embeddings(self, tokenizer: ModuleTokenizer) -> torch.Tensor:
+        """The token table [V, C] of `init_from`, which the injection's normalize / dim are fitted on: a
+        fine-tuned table is injected in the coordinates of the one it started from, so the downstream
+        stages trained on that one read the recalibrated vectors without retraining."""
+        path = self.source_checkpoint(Path(self.config.init_from), "init_from", tokenizer, "to read it")
+        return load_module(TrackingBERTModule, path).model.module_embeddings().detach()
 
     def infer(self, overwrite: bool = False) -> None:
         """hit_tb_emb on every event; input, checkpoint and the splits of earlier outputs are checked

@@ -174,3 +174,21 @@ def test_bad_options_name_the_key(options, pattern):
     with pytest.raises(ValueError, match=pattern) as err:
         ModuleEmbedding.from_table(TABLE, np.ones(3, bool), **options)
     assert "\n" not in str(err.value)
+
+
+def test_a_reference_table_fixes_the_coordinates():
+    """fit_table(..., reference=R): fitted on R, applied to the table, so a row moved by fine-tuning moves
+    alone, where a refit on the moved table shifts every row."""
+    generator = torch.Generator().manual_seed(3)
+    reference = torch.randn(12, 6, generator=generator)
+    moved = reference.clone()
+    moved[4] += 3.0
+    in_vocab = np.ones(12, bool)
+    before = fit_table(reference, in_vocab, "standard", 3)
+    after = fit_table(moved, in_vocab, "standard", 3, reference=reference)
+    assert torch.allclose(after[[0, 1, 2, 3, 5, 6]], before[[0, 1, 2, 3, 5, 6]], atol=1e-6)
+    assert not torch.allclose(after[4], before[4], atol=0.1)
+    assert not torch.allclose(fit_table(moved, in_vocab, "standard", 3)[0], before[0], atol=1e-3)
+    assert torch.equal(fit_table(reference, in_vocab, "standard", 3, reference=reference), before)
+    with pytest.raises(ValueError, match="reference table has shape"):
+        fit_table(moved, in_vocab, "standard", 3, reference=reference[:5])

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tb_plugin.config import ConfigError
+from tb_plugin.injection import ModuleEmbedding
 from tb_plugin.pipeline import stage_from_mapping
 from tb_plugin.training import read_checkpoint, trained_checkpoint
 from tests.tb_plugin.pretraining.test_candidate_tracks import TINY, write_candidates
@@ -57,7 +58,8 @@ def test_init_from_moves_the_weights_with_a_real_learning_rate(simulated_store, 
     tiny_stage(simulated_store, tmp_path / "tuned", init_from=str(simulation_model), seed=5).train()
     tuned, start = weights(tmp_path / "tuned"), weights(simulation_model)
     assert largest_difference(tuned, start) > 1e-6
-    assert torch.allclose(tuned["model.tok.weight"], start["model.tok.weight"], atol=0.5)  # one short epoch
+    table = "model.embeddings.tok.weight"
+    assert torch.allclose(tuned[table], start[table], atol=0.5)  # one short epoch: near where it began
 
 
 def test_init_from_refusals(simulated_store, simulation_model, tmp_path):
@@ -75,3 +77,17 @@ def test_init_from_refusals(simulated_store, simulation_model, tmp_path):
         tiny_stage(simulated_store, tmp_path / "c", init_from=str(simulation_model), volumes=[8]).train()
     with pytest.raises(Exception, match="was trained with n_embd: 16"):
         tiny_stage(simulated_store, tmp_path / "d", init_from=str(simulation_model), n_embd=32, d_ff=64).train()
+
+
+def test_a_fine_tuned_table_is_injected_in_the_coordinates_it_started_from(simulated_store, simulation_model, tmp_path):
+    """normalize and dim are fitted on init_from's table: the downstream stages trained on the starting
+    table read the fine-tuned one in the same coordinates (a refit would rotate its principal axes)."""
+    options = {"normalize": "standard", "dim": 4}
+    tuned = tiny_stage(simulated_store, tmp_path / "tuned", init_from=str(simulation_model), seed=5, **options)
+    tuned.train()
+    inject, tokenizer, _ = tuned.make_injection()
+    table = tuned.trained()[0].model.module_embeddings()
+    start = tiny_stage(simulated_store, simulation_model).trained()[0].model.module_embeddings()
+    kept = ModuleEmbedding.from_token_embeddings(table, tokenizer, reference_embeddings=start, **options).table
+    refit = ModuleEmbedding.from_token_embeddings(table, tokenizer, **options).table
+    assert torch.equal(inject.table, kept) and not torch.allclose(inject.table, refit, atol=1e-4)
