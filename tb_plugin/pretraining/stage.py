@@ -54,7 +54,7 @@ from tb_plugin.model import CandidateSets, OptimConfig, TrackingBERTConfig, Trac
 from tb_plugin.pretraining.datamodule import SequenceSettings, TrackingBERTDataModule, split_files
 from tb_plugin.pretraining.evaluation import evaluate_pretraining, summary_table
 from tb_plugin.pretraining.tracks import hit_module_index
-from tb_plugin.stage import EventProcessor, Stage, StageConfig
+from tb_plugin.stage import EventProcessor, Stage, StageConfig, TrainedArtifactsConfig
 from tb_plugin.tokenizer import UNK, ModuleTokenizer
 from tb_plugin.training import (
     CheckpointError,
@@ -87,7 +87,7 @@ PRETRAINING_ONLY_KEYS = frozenset(
 
 
 @dataclass(kw_only=True)
-class TrackingBERTStageConfig(StageConfig, TrainerConfig):
+class TrackingBERTStageConfig(StageConfig, TrainerConfig, TrainedArtifactsConfig):
     input_dir: Path = field()  # feature store written by data reading
     detector: Path | None = None  # None: input_dir/detectors.csv (written by data reading), else built-in
     volumes: list[int] | None = None  # vocabulary volumes, e.g. [7, 8, 9] as in the paper; None = all
@@ -255,7 +255,9 @@ class TrackingBERTStage(Stage):
 
     @property
     def artifacts(self) -> Path:
-        return self.stage_dir / "artifacts"
+        """Where the model and vocabulary are: a trained_stage_dir's (the table of a finished pretraining
+        injected into other events, e.g. another run's data) or this stage's own."""
+        return self.trained_dir / "artifacts"
 
     def unread_keys(self) -> frozenset[str]:
         """A control source trains nothing, so the keys of pretraining alone do not change its table: an
@@ -318,6 +320,11 @@ class TrackingBERTStage(Stage):
         """Pretrain, resuming from `checkpoint` or stage_dir/artifacts/last.ckpt. Input, vocabulary and
         the checkpoint's model keys are checked before anything is written. A control `source` trains
         nothing: `write_control`."""
+        if self.trained_elsewhere:
+            raise ValueError(
+                f"key 'trained_stage_dir': this stage infers with the model of {self.trained_dir}; remove the key "
+                f"to train into {self.stage_dir}"
+            )
         self.require_input()
         if self.config.source != "pretrained":
             self.write_control(checkpoint)
@@ -458,7 +465,7 @@ class TrackingBERTStage(Stage):
                 f"{self.stage_dir}: the geometry source has no TrackingBERT model (its table is the detector's "
                 f"module descriptors); the 'tb' scorers need a stage of source pretrained, random or shuffled"
             )
-        path = trained_checkpoint(self.stage_dir, "TrackingBERT")
+        path = trained_checkpoint(self.trained_dir, "TrackingBERT")
         if not self.vocab_file.exists():
             raise FileNotFoundError(
                 f"{self.vocab_file} is missing beside the checkpoint; run 'tb train' on this config again"

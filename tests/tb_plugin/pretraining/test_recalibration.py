@@ -1,10 +1,12 @@
-"""`init_from`: pretraining that starts from another stage's weights (recalibration of a model
-pretrained on simulation, on a run's own track candidates), and its refusals."""
+"""The pieces of recalibration: `init_from` (pretraining that starts from another stage's weights, e.g.
+a model pretrained on simulation fine-tuned on a run's own track candidates) with its refusals, and
+`trained_stage_dir` (a finished model's table injected into other events)."""
 
 import pytest
 import torch
 
 from tb_plugin.config import ConfigError
+from tb_plugin.event_store import list_event_files, load_event
 from tb_plugin.injection import ModuleEmbedding
 from tb_plugin.pipeline import stage_from_mapping
 from tb_plugin.training import read_checkpoint, trained_checkpoint
@@ -91,3 +93,19 @@ def test_a_fine_tuned_table_is_injected_in_the_coordinates_it_started_from(simul
     kept = ModuleEmbedding.from_token_embeddings(table, tokenizer, reference_embeddings=start, **options).table
     refit = ModuleEmbedding.from_token_embeddings(table, tokenizer, **options).table
     assert torch.equal(inject.table, kept) and not torch.allclose(inject.table, refit, atol=1e-4)
+
+
+def test_a_trained_model_is_injected_into_other_events_with_trained_stage_dir(
+    simulated_store, simulation_model, tmp_path
+):
+    options = {"normalize": "standard", "dim": 4}
+    trained = sorted(p.name for p in (simulation_model / "artifacts").iterdir())
+    applied = tiny_stage(simulated_store, tmp_path / "applied", trained_stage_dir=str(simulation_model), **options)
+    applied.infer()
+    own = tiny_stage(simulated_store, simulation_model, **options).make_injection()[0]
+    event = load_event(list_event_files(tmp_path / "applied", "testset")[0])
+    assert torch.equal(event.hit_tb_emb, own.table[event.hit_module_index])
+    assert sorted(p.name for p in (simulation_model / "artifacts").iterdir()) == trained  # only read
+    assert not (tmp_path / "applied" / "artifacts").exists()
+    with pytest.raises(ValueError, match="infers with the model of"):
+        applied.train()
