@@ -17,7 +17,7 @@ $(PY):
 	$(PY) -m pip install --quiet $(TORCH)
 
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,deploy]"
 	touch $(STAMP)
 
 setup: $(STAMP)

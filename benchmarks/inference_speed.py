@@ -433,8 +433,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def make_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The options of the setup and the timing; benchmarks/onnx_chain.py takes the same ones, so both
+    set up (and reuse) the same --work folder alike."""
+    parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=3, help="pile-up-200 test events timed (default 3)")
     parser.add_argument(
         "--map-events", type=int, default=30, help="pile-up-200 events the module map learns from (default 30)"
@@ -484,7 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path, default=SHARED, help="folder of the real TrackML files")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "inference_speed.json")
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)  # the setup child process
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Sizes the setup can work with, else parser.error naming the option."""
     for key in ("events", "map_events", "threads", "filter_epochs", "filter_sector"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
@@ -493,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
             f"--filter-events must be between 2 and --map-events ({args.map_events}), got {args.filter_events}"
         )
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     if args.prepare_only:
         with contextlib.redirect_stdout(sys.stderr):
             prepare(args)

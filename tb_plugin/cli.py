@@ -1,13 +1,15 @@
 """The `tb` command: simulate data, and train / infer / eval stages from YAML like `acorn`.
 
     tb simulate --events N --pileup MU --seed S --out DIR [--detector PATH] [--particles PATH]  (--events: 1 with --particles)
+                [--dead-fraction F] [--dead-modules CSV] [--efficiency-spread S] [--misalignment-mm S]
+                [--misalignment-mrad S] [--conditions-seed N] [--conditions CSV]  (detector conditions)
     tb train CONFIG.yaml [--checkpoint PATH] [--overwrite]
-    tb infer CONFIG.yaml [--overwrite]
+    tb infer CONFIG.yaml [--overwrite] [--shard K/N]  (K of N processes, e.g. $SLURM_ARRAY_TASK_ID/N; K from 1)
     tb eval  CONFIG.yaml
-    tb run   PIPELINE.yaml [--overwrite]
+    tb run   PIPELINE.yaml [--overwrite] [--shard K/N]  (trained stages only: training is not sharded)
     tb status PIPELINE.yaml|CONFIG.yaml
     tb ab    AB.yaml [--low-label]
-    tb export CONFIG.yaml [--format csv|npz|pt] [--out DIR]
+    tb export CONFIG.yaml [--format csv|npz|pt|onnx|torchscript] [--out DIR]
     tb stages
 
 Errors in the user's input (configs, data files) are printed as one message naming the file and the
@@ -102,15 +104,58 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         config = SimulationConfig(**options)
     except ValueError as err:
         raise ConfigError(f"tb simulate: {err}") from None
+    conditions = _simulate_conditions(args, detector)
     out = Path(args.out)
     detector.to_csv(out / "detectors.csv")
-    prefixes = simulate_dataset(config, detector, out, replay_particles=args.particles, progress=True)
+    prefixes = simulate_dataset(
+        config, detector, out, replay_particles=args.particles, progress=True, conditions=conditions
+    )
     print(f"simulated {len(prefixes)} events into {out} (geometry written to {out / 'detectors.csv'})")
+    if conditions is not None and conditions.active:
+        print(f"detector conditions of {len(conditions)} modules written to {out / 'detector_conditions.csv'}")
+
+
+_CONDITION_OPTIONS = {
+    "seed": "--conditions-seed",
+    "dead_fraction": "--dead-fraction",
+    "efficiency_spread": "--efficiency-spread",
+    "misalignment_mm": "--misalignment-mm",
+    "misalignment_mrad": "--misalignment-mrad",
+}
+
+
+def _simulate_conditions(args: argparse.Namespace, detector: Detector):
+    """The detector conditions `tb simulate` asks for (a ``DetectorConditions``), or None: read from
+    --conditions, or drawn from the other condition options. Checked before anything is written."""
+    from tb_plugin.simulation.detector_conditions import (
+        ConditionsError,
+        DetectorConditionsConfig,
+        read_conditions,
+        read_dead_modules,
+    )
+
+    given = {field: getattr(args, option[2:].replace("-", "_")) for field, option in _CONDITION_OPTIONS.items()}
+    drawn = {field: value for field, value in given.items() if value is not None}
+    try:
+        if args.conditions is not None:
+            if drawn or args.dead_modules is not None:
+                named = [_CONDITION_OPTIONS[field] for field in drawn] + ["--dead-modules"] * bool(args.dead_modules)
+                raise ConfigError(f"tb simulate: --conditions FILE replaces {', '.join(named)}: give one or the other")
+            return read_conditions(args.conditions, detector)
+        if args.dead_modules is not None:
+            drawn["dead_modules"] = read_dead_modules(args.dead_modules, detector)
+        return DetectorConditionsConfig(**drawn).draw(detector)
+    except ConditionsError as err:
+        message = str(err)
+        if err.option:
+            message = message.replace(f"{err.option} = ", f"{_CONDITION_OPTIONS[err.option]} ", 1)
+        raise ConfigError(f"tb simulate: {message}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from tb_plugin import stage_record
     from tb_plugin.pipeline import load_stage, run_phase
+    from tb_plugin.training import launched_as_rank_zero
 
     stage = load_stage(args.config)
     if not stage.trainable:
@@ -122,20 +167,28 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"{args.config}: key 'trained_stage_dir' makes this stage infer with the artifacts of "
             f"{stage.trained_dir}; remove it to train into {stage.stage_dir}, or use 'tb infer'"
         )
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if not launched_as_rank_zero():  # a DDP worker that Lightning started as this command: rank 0 alone
+        stage.train(checkpoint=checkpoint)  # clears, checks and records; the worker only joins the fit
+        return
     if args.overwrite:
         stage_record.clear_outputs(stage.stage_dir)  # retrain from scratch: the old model and events go
     elif stage_record.phase_done(stage, "train"):
         print(f"{stage.stage_dir}: trained already, with this config and input; --overwrite retrains from scratch")
         return
-    checkpoint = Path(args.checkpoint) if args.checkpoint else None
     run_phase(stage, "train", lambda: stage.train(checkpoint=checkpoint))
 
 
 def cmd_infer(args: argparse.Namespace) -> None:
-    from tb_plugin.pipeline import load_stage, run_phase
+    """The stage's inference, or with --shard K/N its shard K (tb_plugin/shard.py): N of them, run at
+    once or in any order, write the events of one unsharded run and record each shard's end."""
+    from tb_plugin.pipeline import infer_phase, load_stage
+    from tb_plugin.shard import parse_shard
 
+    shard = parse_shard(args.shard)  # a bad value is one line before the config is even read
     stage = load_stage(args.config)
-    run_phase(stage, "infer", lambda: stage.infer(overwrite=args.overwrite), args.overwrite)
+    stage.shard = shard
+    infer_phase(stage, args.overwrite)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -158,8 +211,9 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from tb_plugin.pipeline import run_pipeline
+    from tb_plugin.shard import parse_shard
 
-    run_pipeline(args.pipeline, overwrite=args.overwrite)
+    run_pipeline(args.pipeline, overwrite=args.overwrite, shard=parse_shard(args.shard))
 
 
 def cmd_ab(args: argparse.Namespace) -> None:
@@ -178,6 +232,13 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise stage_record.StaleOutputError(
             f"{stage.stage_dir}: stale ({status.reason}); rerun it with 'tb run ... --overwrite' before exporting"
         )
+    if args.format in ("onnx", "torchscript"):  # the trained networks (tb_plugin.model_export)
+        from stages.model_exports import exportable_models
+        from tb_plugin.model_export import export_models
+
+        out = Path(args.out) if args.out else stage.stage_dir / "export"
+        export_models(exportable_models(stage, args.config), out, args.format)
+        return
     if not hasattr(stage, "export"):
         raise ConfigError(
             f"{args.config}: stage '{stage.config.stage}' has no embeddings to export (use a tracking_bert config)"
@@ -228,6 +289,42 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a uniform 2 T field (default: the TrackML field, falling off towards the solenoid ends)",
     )
+    cond = sim.add_argument_group(
+        "detector conditions",
+        "modules that differ from detectors.csv: dead, less efficient, misaligned (default: none); "
+        "written to OUT/detector_conditions.csv, while detectors.csv keeps the nominal geometry",
+    )
+    cond.add_argument("--dead-fraction", type=float, metavar="F", help="fraction of the modules that are dead (0 to 1)")
+    cond.add_argument(
+        "--dead-modules", type=Path, metavar="CSV", help="csv of dead modules, columns volume_id,layer_id,module_id"
+    )
+    cond.add_argument(
+        "--efficiency-spread",
+        type=float,
+        metavar="S",
+        help="each module's efficiency is 1 - |N(0, S)|, on top of --inefficiency (S: 0 to 1)",
+    )
+    cond.add_argument(
+        "--misalignment-mm", type=float, metavar="S", help="sigma of each module's shifts along its local u, v, w (mm)"
+    )
+    cond.add_argument(
+        "--misalignment-mrad",
+        type=float,
+        metavar="S",
+        help="sigma of each module's rotations about its local u, v, w (mrad)",
+    )
+    cond.add_argument(
+        "--conditions-seed",
+        type=int,
+        metavar="N",
+        help="seed of the conditions (default 0, whatever --seed: the same detector across datasets)",
+    )
+    cond.add_argument(
+        "--conditions",
+        type=Path,
+        metavar="CSV",
+        help="reuse a detector_conditions.csv (instead of drawing the options above)",
+    )
     sim.set_defaults(func=cmd_simulate)
 
     train = sub.add_parser("train", help="train a stage from its YAML config")
@@ -243,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     infer = sub.add_parser("infer", help="run a stage over its input events")
     infer.add_argument("config")
     infer.add_argument("--overwrite", action="store_true", help="rewrite events already written")
+    infer.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="infer shard K (1..N) of N: the events at positions K-1, K-1+N, ... of each split; N such "
+        "processes (an array job: $SLURM_ARRAY_TASK_ID/N) write one stage_dir",
+    )
     infer.set_defaults(func=cmd_infer)
 
     evaluate = sub.add_parser("eval", help="evaluate a stage: metrics.json and plots in stage_dir/eval")
@@ -252,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a pipeline of stage configs in order (resumable)")
     run.add_argument("pipeline")
     run.add_argument("--overwrite", action="store_true", help="rewrite events already written")
+    run.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run shard K (1..N) of N of every stage's inference, waiting for all N after each stage; "
+        "stages that train must be trained first",
+    )
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser(
@@ -272,10 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     ab.set_defaults(func=cmd_ab)
 
     export = sub.add_parser(
-        "export", help="write the module embedding table and vocabulary of a trained tracking_bert stage"
+        "export",
+        help="write the module embedding table and vocabulary of a trained tracking_bert stage (csv, npz, pt), "
+        "or a trained stage's networks, checked, with a JSON sidecar each (onnx, torchscript)",
     )
     export.add_argument("config")
-    export.add_argument("--format", choices=("csv", "npz", "pt"), default="csv")
+    export.add_argument("--format", choices=("csv", "npz", "pt", "onnx", "torchscript"), default="csv")
     export.add_argument("--out", help="output folder (default: stage_dir/export)")
     export.set_defaults(func=cmd_export)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +21,7 @@ from tb_plugin.atomic import atomic_path, write_text
 from tb_plugin.config import ConfigError, to_record
 from tb_plugin.event_store import (
     SPLITS,
+    TEMP_FILE,
     SplitError,
     append_config,
     list_event_files,
@@ -29,6 +30,7 @@ from tb_plugin.event_store import (
     save_event,
     split_files,
 )
+from tb_plugin.shard import Shard
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,9 @@ class Stage:
 
     config_class: ClassVar[type[StageConfig]] = StageConfig
     trainable: ClassVar[bool] = False
+    # Set by `tb infer/run --shard K/N` (shard.py): inference writes this shard's events only
+    # (inference_files), and touches no other shard's files.
+    shard: Shard | None = None
 
     def __init__(self, config: StageConfig) -> None:
         self.config = config
@@ -165,6 +170,12 @@ class Stage:
             files = files[: self.config.data_split[SPLITS.index(split)]]
         return files
 
+    def inference_files(self, split: str) -> list[Path]:
+        """The input files of a split that this process infers: all of input_files, or under --shard K/N
+        the shard's share of them (positions K-1, K-1+N, ... of the sorted list: shard.py)."""
+        files = self.input_files(split)
+        return self.shard.share(files) if self.shard is not None else files
+
     def unread_keys(self) -> frozenset[str]:
         """Config keys this stage's outputs do not depend on as configured (none by default): its stage
         record leaves them out, so changing one does not make finished outputs stale."""
@@ -192,11 +203,12 @@ class Stage:
         name = self.config.stage
         self.prepare_outputs(overwrite)
         self.copy_detector()
+        shard = f" (shard {self.shard})" if self.shard is not None else ""
         for split in SPLITS:
-            files = self.input_files(split)
-            total += len(files)
+            total += len(self.input_files(split))  # a shard may own no event of a split, or of any
+            files = self.inference_files(split)
             written = 0
-            for path in tqdm(files, desc=f"{name} {split}", unit="event", leave=False):
+            for path in tqdm(files, desc=f"{name} {split}{shard}", unit="event", leave=False):
                 target = self.stage_dir / split / path.name
                 if target.exists() and not overwrite:
                     continue
@@ -206,7 +218,9 @@ class Stage:
                 save_event(data, target)
                 written += 1
             if files:
-                log.info("%s %s: %d events written, %d already there", name, split, written, len(files) - written)
+                log.info(
+                    "%s %s%s: %d events written, %d already there", name, split, shard, written, len(files) - written
+                )
         if total == 0:
             raise FileNotFoundError(
                 f"no event files in {self.config.input_dir}/{{{','.join(SPLITS)}}}: nothing for {name} to do"
@@ -228,9 +242,10 @@ class Stage:
         """Before a run writes events: delete the temporaries a killed run left, and make stage_dir's
         splits mirror input_dir's. An output whose event the input now holds in another split, or no
         longer holds (data reading ran again with another seed or data_split), is deleted with
-        `overwrite` and refused without: kept, it would sit beside the new copy in a second split."""
-        for path in remove_stale_temporaries(self.stage_dir):
-            log.info("%s: removed %s, left by a run that was killed while writing it", self.config.stage, path)
+        `overwrite` and refused without: kept, it would sit beside the new copy in a second split.
+        Under --shard this stays safe beside the other shards: such a file is no shard's output under
+        this input, and a temporary is removed only by the shard that writes its event."""
+        self.remove_temporaries({split: self.inference_files(split) for split in SPLITS} if self.shard else {})
         inputs = {split: {p.name for p in list_event_files(self.config.input_dir, split)} for split in SPLITS}
         if not any(inputs.values()):
             return  # no input at all: the caller says so, naming input_dir
@@ -254,12 +269,29 @@ class Stage:
                 f"this stage, or delete {self.stage_dir}"
             )
         for path in stale:
-            path.unlink()
+            path.unlink(missing_ok=True)  # another shard may have removed it first
         log.info(
             "%s: removed %d event files whose input event moved to another split or went away",
             self.config.stage,
             len(stale),
         )
+
+    def remove_temporaries(self, written: Mapping[str, list[Path]]) -> None:
+        """Delete the half-written event files (.event*.pyg.*.tmp) a killed run left in stage_dir. Under
+        --shard only those of the events this shard writes (`written`: per split, the files whose names
+        it writes): another shard's are its events being written right now."""
+        if self.shard is None:
+            removed = remove_stale_temporaries(self.stage_dir)
+        else:
+            removed = []
+            for split, files in written.items():
+                mine, folder = {path.name for path in files}, self.stage_dir / split
+                for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+                    if TEMP_FILE.match(path.name) and path.name[1:].rsplit(".", 2)[0] in mine:
+                        path.unlink(missing_ok=True)
+                        removed.append(path)
+        for path in removed:
+            log.info("%s: removed %s, left by a run that was killed while writing it", self.config.stage, path)
 
     def config_record(self) -> dict[str, Any]:
         return to_record(self.config)

@@ -11,6 +11,13 @@ exit 0. So every stage run through `tb` (train, infer, eval, run, ab) keeps `sta
   trained_stage_dir, pretrained_dir...), so a stage downstream of a rerun one is stale too;
 - `phases`: which of train / infer / eval have finished, and how long training took.
 
+A sharded inference (`--shard K/N`, shard.py) records `phases.infer = {"shards": N}` and each shard,
+when it finishes, writes its own marker `stage_dir/shards/infer-K-of-N.json` (atomically, a file per
+shard: concurrent shards never rewrite one file in turn, so no shard's news is lost, and no lock is
+needed on a shared filesystem). The marker holds the digest of the record it finished for; inference
+counts as finished only when all N markers match the record, so `tb status`, `tb eval` and every
+downstream stage see the stage complete only then.
+
 Like make, a changed input makes a stage stale; unlike make's timestamps, a file rewritten with the
 same bytes does not (the hash is recomputed only when size or mtime moved, as git's index does). A
 run whose record differs is refused with one line naming the first change, until `--overwrite`
@@ -24,6 +31,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -38,7 +46,10 @@ from tb_plugin.atomic import atomic_path, write_text
 from tb_plugin.config import ConfigError, to_record
 from tb_plugin.event_store import SPLITS
 
+log = logging.getLogger(__name__)
+
 RECORD = "stage_record.json"
+SHARDS = "shards"  # stage_dir/shards/infer-K-of-N.json: the shards of a sharded inference that finished
 FORMAT = "tb-plugin stage record v1"
 PHASES = ("train", "infer", "eval")
 NEUTRAL_KEYS = frozenset({"stage_dir"})  # where the outputs go, not what they are
@@ -46,6 +57,7 @@ NEUTRAL_KEYS = frozenset({"stage_dir"})  # where the outputs go, not what they a
 # record goes first: a clearing cut short leaves outputs without a record, which count as stale.
 OUTPUTS = (
     RECORD,
+    SHARDS,
     *SPLITS,
     "artifacts",
     "eval",
@@ -258,8 +270,9 @@ def status(stage: Any) -> Status:
     reason = difference(previous, fingerprint(stage, previous), type(stage.config))
     if reason:
         return Status("stale", reason)
-    phases = previous.get("phases") or {}
-    unfinished = [p for p in needed_phases(stage) if not (phases.get(p) or {}).get("done")]
+    unfinished = [p for p in needed_phases(stage) if not phase_finished(stage.stage_dir, previous, p)]
+    if unfinished and (progress := shard_progress(stage.stage_dir, previous)) and unfinished[0] == "infer":
+        return Status("incomplete", shards_unfinished(progress), "infer")
     if unfinished:
         return Status("incomplete", f"{unfinished[0]} has not finished; a rerun resumes", unfinished[0])
     return Status("up to date")
@@ -271,19 +284,103 @@ def phase_done(stage: Any, phase: str) -> bool:
     return (
         previous is not None
         and difference(previous, fingerprint(stage, previous), type(stage.config)) is None
-        and bool(((previous.get("phases") or {}).get(phase) or {}).get("done"))
+        and phase_finished(stage.stage_dir, previous, phase)
     )
 
 
-def begin(stage: Any, phase: str, overwrite: bool = False) -> None:
+def phase_finished(folder: Path, record: dict[str, Any], phase: str) -> bool:
+    """Whether the record says `phase` finished: its own flag, or for a sharded inference, every
+    shard's marker (the main record is never told: N shards rewriting one file would lose news)."""
+    if ((record.get("phases") or {}).get(phase) or {}).get("done"):
+        return True
+    progress = shard_progress(folder, record) if phase == "infer" else None
+    return progress is not None and progress.complete
+
+
+@dataclass(frozen=True)
+class ShardProgress:
+    """Where a sharded inference stands: N, the shards finished for this very record, those that failed."""
+
+    count: int
+    done: tuple[int, ...]
+    failed: dict[int, str]
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) == self.count
+
+    @property
+    def missing(self) -> list[int]:
+        return [k for k in range(1, self.count + 1) if k not in self.done]
+
+
+def shard_marker(folder: Path, index: int, count: int) -> Path:
+    return Path(folder) / SHARDS / f"infer-{index}-of-{count}.json"
+
+
+def shard_progress(folder: Path, record: dict[str, Any] | None) -> ShardProgress | None:
+    """The markers of a sharded inference that match `record` (its keys, inputs and upstream); None
+    when the record's inference is not sharded. A marker left by another config, input or N counts
+    for nothing."""
+    count = (((record or {}).get("phases") or {}).get("infer") or {}).get("shards")
+    if not isinstance(count, int) or count < 1:
+        return None
+    want = digest(record or {})
+    done, failed = [], {}
+    for index in range(1, count + 1):
+        marker = read_record_file(shard_marker(folder, index, count))
+        if not marker or marker.get("digest") != want:
+            continue
+        if marker.get("failed"):
+            failed[index] = str(marker["failed"])
+        elif marker.get("done"):
+            done.append(index)
+    return ShardProgress(count, tuple(done), failed)
+
+
+def shards_unfinished(progress: ShardProgress) -> str:
+    """Why a sharded inference is not finished, in one clause: which shards to (re)run."""
+    missing = ", ".join(f"{k}/{progress.count}" for k in progress.missing)
+    failed = next(iter(progress.failed.items()), None)
+    why = f"; shard {failed[0]}/{progress.count} failed: {failed[1]}" if failed else ""
+    return f"infer has finished in {len(progress.done)} of {progress.count} shards (to run: --shard {missing}){why}"
+
+
+def read_record_file(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def refuse_partial_upstream(folder: Path, current: dict[str, Any]) -> None:
+    """A stage reading the folder of a sharded inference that has not finished in every shard would
+    fingerprint, and process, part of its input: refused until the missing shards have run."""
+    for upstream in current.get("upstream") or {}:
+        progress = shard_progress(Path(upstream), read_record(Path(upstream)))
+        if progress is not None and not progress.complete:
+            raise StaleOutputError(
+                f"{folder}: its input {upstream} is not complete: {shards_unfinished(progress)}; "
+                f"run those first, then this stage"
+            )
+
+
+def begin(stage: Any, phase: str, overwrite: bool = False) -> bool:
     """Check the stage folder before `phase` writes into it, and record that the phase started.
 
     A stale folder is refused, or with `overwrite` (train, and infer of a stage that does not train
     here) emptied of its outputs so the stage reruns from scratch. Inference of a stage whose own
-    training is stale is refused either way: its model has to be retrained first."""
+    training is stale is refused either way: its model has to be retrained first. Returns whether the
+    phase must rewrite the outputs it finds (a shard of an inference begun over stale outputs:
+    `_begin_shard`); otherwise False."""
     folder = Path(stage.stage_dir)
     previous = read_record(folder)
     current = fingerprint(stage, previous)
+    refuse_partial_upstream(folder, current)
+    shard = getattr(stage, "shard", None)
+    if shard is not None and phase == "infer":
+        return _begin_shard(stage, shard, previous, current, overwrite)
     if previous is None:
         reason = "its outputs have no stage record (an older version of tb, or made by hand)"
         if phase == "eval":
@@ -296,10 +393,62 @@ def begin(stage: Any, phase: str, overwrite: bool = False) -> None:
     elif reason := difference(previous, current, type(stage.config)):
         _refuse_or_clear(stage, phase, reason, overwrite)
         previous = {**current, "phases": {}}
+    elif phase == "eval" and (progress := shard_progress(folder, previous)) and not progress.complete:
+        raise StaleOutputError(f"{folder}: nothing complete to evaluate yet: {shards_unfinished(progress)}")
     earlier = PHASES[: PHASES.index(phase)]
     phases = {p: v for p, v in (previous.get("phases") or {}).items() if p in earlier}
     phases[phase] = {"done": False}  # a rerun of a phase makes the later ones unfinished too
     _write(folder, {**current, "phases": phases})
+    return False
+
+
+def _begin_shard(
+    stage: Any, shard: Any, previous: dict[str, Any] | None, current: dict[str, Any], overwrite: bool
+) -> bool:
+    """`begin` for shard K/N of an inference, which shares stage_dir with the other shards: nothing is
+    ever cleared, since another shard may have written its events already. A stale folder is refused
+    without `overwrite`; with it, the record says so (`rewrite`) and every shard rewrites its own events
+    until it has finished once for the new record, whichever shards were given --overwrite; event files
+    that no shard writes are removed by Stage.prepare_outputs. The main record is written only where it
+    changes, and the same way by every shard. Returns whether this shard must rewrite its events."""
+    folder = Path(stage.stage_dir)
+    if previous is None and has_outputs(folder):
+        previous = read_record(folder)  # a shard begun since the first read wrote its record before any output
+    if trains_here(stage) and not (
+        previous is not None
+        and difference(previous, current, type(stage.config)) is None
+        and phase_finished(folder, previous, "train")
+    ):
+        raise StaleOutputError(
+            f"{folder}: --shard {shard}: this stage trains here and has not finished training for this config "
+            f"and input; training is not sharded: train it once first ('tb train CONFIG', or 'tb run PIPELINE' "
+            f"without --shard), then shard its inference"
+        )
+    if previous is None:
+        stale = (
+            "its outputs have no stage record (an older version of tb, or made by hand)"
+            if has_outputs(folder)
+            else None
+        )
+    else:
+        stale = difference(previous, current, type(stage.config))
+    if stale is not None and not overwrite:
+        raise StaleOutputError(
+            f"{folder}: its outputs were made from another config or input ({stale}); rerun the shards with "
+            f"--overwrite (each rewrites its own events, none deletes another's), or delete {folder} before they start"
+        )
+    entry = (((previous or {}).get("phases") or {}).get("infer") or {}) if stale is None else {}
+    rewrite = stale is not None or (bool(entry.get("rewrite")) and not phase_finished(folder, previous or {}, "infer"))
+    marker = shard_marker(folder, shard.index, shard.count)
+    own = read_record_file(marker) or {}
+    finished_once = own.get("done") is True and own.get("digest") == digest(current)
+    marker.unlink(missing_ok=True)  # while it runs, this shard is unfinished
+    kept = {p: v for p, v in ((previous or {}).get("phases") or {}).items() if p == "train" and stale is None}
+    infer = {"done": False, "shards": shard.count, **({"rewrite": True} if rewrite else {})}
+    record = {**current, "phases": {**kept, "infer": infer}}
+    if record != previous:
+        _write(folder, record)
+    return rewrite and not finished_once
 
 
 def _refuse_or_clear(stage: Any, phase: str, reason: str, overwrite: bool) -> None:
@@ -322,20 +471,52 @@ def _refuse_or_clear(stage: Any, phase: str, reason: str, overwrite: bool) -> No
 
 
 @contextlib.contextmanager
-def running(stage: Any, phase: str, overwrite: bool = False) -> Iterator[None]:
-    """`begin`, the phase, then `finish` with its wall time. A phase that fails having written nothing
-    (bad input found before the first output) leaves the folder as it found it, record included."""
+def running(stage: Any, phase: str, overwrite: bool = False) -> Iterator[bool]:
+    """`begin`, the phase, then `finish` with its wall time; yields begin's answer (whether the phase
+    must rewrite the outputs it finds). A phase that fails having written nothing (bad input found
+    before the first output) leaves the folder as it found it, record included."""
+    shard = getattr(stage, "shard", None)
+    if shard is not None and phase == "infer":
+        with _running_shard(stage, shard, overwrite) as rewrite:
+            yield rewrite
+        return
     folder = Path(stage.stage_dir)
     before, record, existed = _files(folder), _record_state(folder), folder.exists()
     start = time.perf_counter()
     try:
-        begin(stage, phase, overwrite)
-        yield
+        yield begin(stage, phase, overwrite)
     except BaseException:
         if _files(folder) == before:
             _restore(folder, record, existed)
         raise
     finish(stage, phase, time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _running_shard(stage: Any, shard: Any, overwrite: bool) -> Iterator[bool]:
+    """`running` for one shard of an inference. The folder is not restored when the shard fails: the
+    other shards share it (and its record); the shard's marker says that it failed and why, which
+    `tb status` shows and a `tb run --shard` waiting for it reports."""
+    start = time.perf_counter()
+    rewrite = begin(stage, "infer", overwrite)  # refused: nothing written, nothing to mark
+    try:
+        yield rewrite
+    except BaseException as err:
+        try:
+            _mark_shard(stage, shard, {"failed": f"{type(err).__name__}: {err}".strip()[:500]})
+        except Exception as marking:  # the shard's own error is the one to report
+            log.warning("%s: could not mark shard %s as failed: %s", stage.stage_dir, shard, marking)
+        raise
+    _mark_shard(stage, shard, {"done": True, "seconds": round(time.perf_counter() - start, 3)})
+
+
+def _mark_shard(stage: Any, shard: Any, state: dict[str, Any]) -> None:
+    """This shard's marker, for the record as it now reads (an input rewritten while the shard ran makes
+    it count for nothing, as the events written from it would be stale)."""
+    folder = Path(stage.stage_dir)
+    current = fingerprint(stage, read_record(folder))
+    marker = {"format": FORMAT, "shard": shard.index, "of": shard.count, "digest": digest(current), **state}
+    write_text(shard_marker(folder, shard.index, shard.count), json.dumps(marker, indent=1) + "\n")
 
 
 def _files(folder: Path) -> dict[str, int]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import random
+import re
 import time
 import warnings
 from collections.abc import Iterable
@@ -23,9 +25,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from torch.utils.data import DataLoader
+from lightning.pytorch.strategies import StrategyRegistry
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from tb_plugin.config import ConfigError
+from tb_plugin.config import ConfigError, nearest
 from tb_plugin.event_store import unpickling_reason
 
 log = logging.getLogger(__name__)
@@ -55,10 +58,64 @@ class TrainerConfig:
     max_time_s: float | None = None
 
     def __post_init__(self) -> None:
+        check_distributed_keys(self.devices, self.num_nodes, self.strategy)
         if isinstance(self.val_every_n_epochs, bool) or self.val_every_n_epochs < 1:
             raise ValueError(f"key 'val_every_n_epochs' must be an integer >= 1, got {self.val_every_n_epochs!r}")
         if self.max_time_s is not None and not self.max_time_s > 0:
             raise ValueError(f"key 'max_time_s' must be a positive number of seconds or null, got {self.max_time_s!r}")
+
+
+DEVICES_TEXT = re.compile(r"auto|-1|\d+(\s*,\s*\d+)*,?")  # Lightning's strings: a count, or ids "0,1" and "1,"
+
+
+def check_distributed_keys(devices: int | str, num_nodes: int, strategy: str) -> None:
+    """devices, num_nodes and strategy as Lightning takes them, checked where the YAML is loaded: a typo
+    in a multi-process run would otherwise fail only when training starts, in every process at once.
+    num_nodes is Lightning's own: the nodes a SLURM (srun) or torchrun launch spans; the launcher sets
+    the ranks in the environment, tb starts no processes on other nodes itself."""
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ValueError(f"key 'num_nodes' must be an integer >= 1, got {num_nodes!r}")
+    if isinstance(devices, bool) or (isinstance(devices, int) and devices < 1 and devices != -1):
+        raise ValueError(f"key 'devices' must be an integer >= 1, -1 (every device) or 'auto', got {devices!r}")
+    if isinstance(devices, str) and not DEVICES_TEXT.fullmatch(devices.strip()):
+        raise ValueError(
+            f"key 'devices' must be a count, -1, 'auto' or a list of device ids such as '0,1', got {devices!r}"
+        )
+    known = ["auto", *StrategyRegistry.available_strategies()]
+    if strategy not in known:
+        guess = nearest(strategy, known)
+        hint = f" (did you mean '{guess}'?)" if guess else ""
+        raise ValueError(
+            f"key 'strategy' has value {strategy!r}{hint}; Lightning's strategies: auto, ddp, ddp_spawn, fsdp, ..."
+        )
+
+
+# Every process of a distributed run but the first is a worker: it trains its share of the batches and
+# nothing else. Lightning's `strategy: ddp` launcher starts local ranks 1.. as the same command again
+# (`tb train CONFIG` included) with LOCAL_RANK set, and NODE_RANK on the other nodes; torchrun sets RANK
+# and GROUP_RANK; SLURM's srun sets SLURM_PROCID. The Trainer knows its rank only once it exists; what
+# runs before it (the command's checks and prints) can ask the environment.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
+def launched_as_rank_zero() -> bool:
+    """Whether this process is the first of a distributed run, or in none, as its launcher's environment
+    says (unlike Lightning's own guess before setup, the first process of a second node is no rank 0)."""
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in RANK_VARIABLES)
+
+
+class EveryRankSampler(DistributedSampler):
+    """The whole dataset, in order, on every rank: the validation sampler of a distributed fit.
+
+    Why not Lightning's default, a DistributedSampler splitting the valset across ranks: it pads the
+    ranks to equal lengths by repeating events, and each rank's epoch mean is then averaged with the
+    others unweighted, so the monitored val/loss (the best checkpoint) would count some events twice
+    whenever the valset does not divide by the ranks. Validated whole on every rank, it is the
+    single-process figure exactly. Lightning keeps a sampler that already is a DistributedSampler; this
+    one is of a single replica, so every rank reads every event (validation is not sped up by ranks)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        super().__init__(dataset, num_replicas=1, rank=0, shuffle=False)
 
 
 def inference_device(accelerator: str) -> torch.device:
@@ -115,7 +172,8 @@ class EpochTimer(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.start is not None:
-            module.log("train/epoch_time_s", time.perf_counter() - self.start)
+            # the slowest rank's time under DDP: the epoch ends when its last rank does
+            module.log("train/epoch_time_s", time.perf_counter() - self.start, sync_dist=True, reduce_fx="max")
             self.start = None
 
 

@@ -2,6 +2,8 @@
 stage meant for a GPU gets an optimizer its Trainer can clip."""
 
 import dataclasses
+import importlib.util
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -23,7 +25,8 @@ from tb_plugin.training import TrainerConfig, make_trainer
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STAGE_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("pipelines", "ab", "scaling"))
 PIPELINES = sorted((CONFIGS / "pipelines").glob("*.yaml"))
-AB_CONFIGS = sorted((CONFIGS / "ab").glob("*.yaml"))
+EXPERIMENTS = [CONFIGS / "ab" / "conditions.yaml"]  # read by a benchmark script, around an A/B config
+AB_CONFIGS = sorted(p for p in (CONFIGS / "ab").glob("*.yaml") if p not in EXPERIMENTS)
 SWEEPS = sorted((CONFIGS / "scaling").glob("*.yaml"))
 
 
@@ -57,6 +60,21 @@ def test_pipeline_loads(path):
     entries = load_pipeline(path)
     stages = [stage_from_mapping(e.values, e.source) for e in entries]
     assert stages[0].config.stage == "data_reading"
+
+
+def test_the_conditions_experiment_loads_with_its_ab_and_every_dataset():
+    """benchmarks/detector_conditions.py's config: its keys, its A/B (with the pretrained and random arms
+    it applies), and every dataset's condition options, which `tb simulate` takes."""
+    spec = importlib.util.spec_from_file_location(
+        "detector_conditions", CONFIGS.parent / "benchmarks" / "detector_conditions.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    config = bench.load_config(EXPERIMENTS[0])
+    sources = {s.source for s in load_runner(config.ab).config.arm_specs().values()}
+    assert {"pretrained", "random"} <= sources and len(config.datasets) >= 3
+    assert sum(config.data_split) <= config.events
 
 
 @pytest.mark.parametrize("path", AB_CONFIGS, ids=lambda p: p.name)
@@ -102,7 +120,7 @@ def meant_for_a_gpu(stage: Stage) -> bool:
 
 GPU_STAGES = [
     pytest.param(stage, id=f"{path.relative_to(CONFIGS)}[{i}]:{stage.config.model}")
-    for path in sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "scaling")
+    for path in sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "scaling" and p not in EXPERIMENTS)
     for i, stage in enumerate(stages_of(path))
     if meant_for_a_gpu(stage)
 ]

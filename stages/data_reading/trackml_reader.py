@@ -38,7 +38,6 @@ from tb_plugin.event_store import (
     event_id_string,
     event_number,
     iter_events,
-    remove_stale_temporaries,
     save_event,
     split_files,
     write_split_record,
@@ -187,12 +186,20 @@ class TrackMLReader(Stage):
         """Write every assigned event into its split. The config is checked against the input folder
         (data_split, geometry), and the first event read, before anything is written; events of an
         earlier run that this one assigns elsewhere are removed with `overwrite` and refused without,
-        so no event is ever in two splits; splits.json records the assignment for later stages."""
+        so no event is ever in two splits; splits.json records the assignment for later stages. Under
+        --shard K/N only the shard's share of each split's events is written (tb_plugin/shard.py);
+        splits.json and detectors.csv, the same for every shard, are written by each."""
         splits = self.splits()
         read = self.event_processor()
         assignment = {split: [event_id for event_id, _ in events] for split, events in splits.items()}
-        for path in remove_stale_temporaries(self.stage_dir):
-            log.info("data_reading: removed %s, left by a run that was killed while writing it", path)
+        if self.shard is not None:
+            splits = {split: self.shard.share(events) for split, events in splits.items()}
+        self.remove_temporaries(
+            {
+                split: [event_file(self.stage_dir, split, event_id) for event_id, _ in events]
+                for split, events in splits.items()
+            }
+        )
         self.remove_stale_events(assignment, overwrite)
         described = False
         for split, events in splits.items():
@@ -247,7 +254,7 @@ class TrackMLReader(Stage):
                 f"Rerun with --overwrite to remove them, or delete {self.stage_dir}"
             )
         for path in stale:
-            path.unlink()
+            path.unlink(missing_ok=True)  # another shard may have removed it first
         log.info(
             "data_reading: removed %d event files that this config assigns to another split or to none", len(stale)
         )

@@ -87,11 +87,13 @@ from tb_plugin.pretraining.metrics import roc_auc, roc_curve
 from tb_plugin.stage import EventProcessor, NoTruthError, Stage, StageConfig, TrainedArtifactsConfig
 from tb_plugin.training import (
     CheckpointError,
+    EveryRankSampler,
     RestoresRandomState,
     TrainerConfig,
     inference_autocast,
     inference_device,
     last_checkpoint,
+    launched_as_rank_zero,
     load_module,
     make_trainer,
     read_checkpoint,
@@ -445,6 +447,14 @@ def merge_arrays(collected: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray]
     return arrays, counts
 
 
+def end_worker() -> None:
+    """End a DDP worker process (rank > 0) once its fit is over. Lightning's `ddp` launcher, torchrun and
+    srun run the whole command in every rank, so whatever follows training in `tb train` or `tb run`
+    (the valset cut, inference, the next stages, the stage record) would run in every rank at once,
+    writing the same files as rank 0; it is rank 0's alone. Exit status 0: the worker's share is done."""
+    raise SystemExit(0)
+
+
 # ------------------------------------------------------------------------------------- the stage
 
 
@@ -523,16 +533,23 @@ class EdgeClassifierStage(Stage):
             raise FileNotFoundError(f"no event files in {self.config.input_dir / 'trainset'}: nothing to train on")
         c = self.config
         module = self.build_module(train_files)
-        print(self.describe(module, len(train_files), len(val_files)))
-        save_profile(self.artifacts, train_files)  # what inference checks its events against
+        if launched_as_rank_zero():  # not once per DDP rank
+            print(self.describe(module, len(train_files), len(val_files)))
+        # What inference checks its events against. Written by every rank, the same bytes atomically: a DDP
+        # worker that `tb train --overwrite` starts again clears the stage's outputs first, this file included.
+        save_profile(self.artifacts, train_files)
+        # Under DDP, Lightning replaces the shuffling sampler by a DistributedSampler drawing its order from
+        # `seed` (PL_GLOBAL_SEED) and the epoch: every rank draws the same order and takes every W-th event
+        # of it, so the split is the same in every process, every run and after a resume
         train_loader = GraphTrainingLoader(
             EventGraphs(train_files, c, cap_edges=True),
             batch_size=c.batch_size,
             shuffle=True,
             num_workers=c.num_workers,
         )
+        val_set = EventGraphs(val_files, c, cap_edges=False)
         val_loader = (
-            DataLoader(EventGraphs(val_files, c, cap_edges=False), batch_size=1, num_workers=c.num_workers)
+            DataLoader(val_set, batch_size=1, sampler=EveryRankSampler(val_set), num_workers=c.num_workers)
             if val_files
             else None
         )
@@ -543,8 +560,10 @@ class EdgeClassifierStage(Stage):
             val_dataloaders=val_loader,
             ckpt_path=str(resume) if resume else None,
         )
-        if isinstance(c.edge_cut, TargetEfficiency) and trainer.is_global_zero:
-            self._cut_record = self.choose_cut()
+        if not trainer.is_global_zero:
+            end_worker()
+        if isinstance(c.edge_cut, TargetEfficiency):
+            self._cut_record = self.choose_cut()  # on the whole valset, in rank 0 alone, with the checkpoint written
 
     def trainer(self, validate: bool = True) -> L.Trainer:
         c = self.config

@@ -539,7 +539,8 @@ class TrackBuilder(Stage):
         self.prepare_outputs(overwrite)
         total = 0
         for split in SPLITS:
-            files = self.input_files(split)
+            total += len(self.input_files(split))
+            files = self.inference_files(split)  # under --shard K/N, the shard's share
             if not files:
                 continue
             written = skipped = 0
@@ -552,7 +553,6 @@ class TrackBuilder(Stage):
                     continue
                 self.build_event(path, split, process)
                 written += 1
-            total += len(files)
             log.info("track_building %s: %d events written, %d already there", split, written, skipped)
         if total == 0:
             raise FileNotFoundError(
@@ -578,7 +578,7 @@ class TrackBuilder(Stage):
                 f"to rewrite this stage, or delete {self.stage_dir}"
             )
         for path in stale:
-            path.unlink()
+            path.unlink(missing_ok=True)  # another shard may have removed it first
         log.info("track_building: removed %d submission files of events that moved or went away", len(stale))
 
     def build_event(self, path: Path, split: str, process: EventProcessor) -> Data:

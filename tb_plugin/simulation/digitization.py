@@ -46,14 +46,24 @@ def at_readable_incidence(
 
 
 def smear_on_module(
-    rng: np.random.Generator, detector: Detector, module: np.ndarray, position: np.ndarray
+    rng: np.random.Generator,
+    detector: Detector,
+    module: np.ndarray,
+    position: np.ndarray,
+    reported_by: Detector | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Measured global positions [H, 3] and their local (u, v, w) [H, 3] for true crossings on `module`."""
+    """Measured global positions [H, 3] and their local (u, v, w) [H, 3] for true crossings on `module`.
+
+    The crossings are measured in the frames of `detector`, where the modules are; `reported_by`
+    (default `detector`) gives the frames the measurements are reported through: the nominal
+    geometry of a misaligned detector, as reconstruction knows no better.
+    """
     local = detector.to_local(module, position)  # [H, 3]
     local[:, 0] += rng.standard_normal(len(module)) * detector.pitch_u[module] / np.sqrt(12.0)
     local[:, 1] += rng.standard_normal(len(module)) * detector.pitch_v[module] / np.sqrt(12.0)
     local[:, 2] = 0.0
-    return detector.to_global(module, clip_to_module(detector, module, local)), local
+    reported_by = detector if reported_by is None else reported_by
+    return reported_by.to_global(module, clip_to_module(detector, module, local)), local
 
 
 def clip_to_module(detector: Detector, module: np.ndarray, local: np.ndarray) -> np.ndarray:

@@ -5,6 +5,10 @@ traced through the detector; their interactions with the material end some of th
 generation-1 secondaries, which are traced in turn, and so on. Then the crossings are digitised
 (inefficiency, smearing), noise is added, and the hits are numbered in (volume, layer, module)
 order as in the real files, so that hit_id order says nothing about the order along a trajectory.
+
+Detector conditions (``detector_conditions``), when given: particles are traced through the true,
+misaligned modules, dead and inefficient modules lose hits (from a random stream of their own), and
+the measured hits are reported through the nominal module frames, as reconstruction would.
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ from tb_plugin.atomic import write_text
 from tb_plugin.geometry import Detector
 from tb_plugin.simulation import digitization, interactions, kinematics
 from tb_plugin.simulation.config import SimulationConfig
+from tb_plugin.simulation.detector_conditions import (
+    CONDITIONS_FILE,
+    AppliedConditions,
+    DetectorConditions,
+    hit_loss_rng,
+    write_conditions,
+)
 from tb_plugin.simulation.field import SolenoidField
 from tb_plugin.simulation.kinematics import Particles
 from tb_plugin.simulation.propagation import PropagationOptions, layer_map, propagate
@@ -60,14 +71,21 @@ class TrueHits:
 
 
 def simulate_event(
-    config: SimulationConfig, detector: Detector, event_id: int, replay: pd.DataFrame | None = None
+    config: SimulationConfig,
+    detector: Detector,
+    event_id: int,
+    replay: pd.DataFrame | None = None,
+    conditions: DetectorConditions | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Frames ``hits``, ``particles``, ``truth`` (and ``cells`` when configured) of one event.
 
     ``replay``: a particles frame whose vertices, momenta, charges and particle_ids are traced instead
     of generated ones. No further secondaries are made, since a real file already lists its own; they
-    say where their parents were absorbed.
+    say where their parents were absorbed. ``conditions``: dead, inefficient and misaligned modules
+    (``detector_conditions``); `detector` stays the nominal geometry the hits are reported in.
     """
+    applied = conditions.applied(detector) if conditions is not None and conditions.active else None
+    sensed = detector if applied is None else applied.true_detector  # the modules the particles meet
     rng = event_rng(config.seed, event_id)
     if replay is None:
         first = kinematics.generate_primaries(
@@ -80,13 +98,15 @@ def simulate_event(
         )
     else:
         first = kinematics.particles_from_frame(replay)
-    particles, true_hits = trace_generations(config, detector, first, replay is not None, rng)
+    particles, true_hits = trace_generations(config, sensed, first, replay is not None, rng)
     recorded = rng.random(len(true_hits.particle)) >= config.hit_inefficiency
     recorded &= digitization.at_readable_incidence(
-        detector, true_hits.module, true_hits.momentum, config.min_cos_incidence
+        sensed, true_hits.module, true_hits.momentum, config.min_cos_incidence
     )
+    if applied is not None:  # its own stream: the main one makes the same draws with or without
+        recorded &= applied.kept(hit_loss_rng(config.seed, event_id), true_hits.module)
     true_hits = true_hits.subset(recorded)
-    return digitise(config, detector, particles, true_hits, rng)
+    return digitise(config, detector, particles, true_hits, rng, applied)
 
 
 def trace_generations(
@@ -149,13 +169,24 @@ def trace_generations(
 
 
 def digitise(
-    config: SimulationConfig, detector: Detector, particles: Particles, true_hits: TrueHits, rng: np.random.Generator
+    config: SimulationConfig,
+    detector: Detector,
+    particles: Particles,
+    true_hits: TrueHits,
+    rng: np.random.Generator,
+    applied: AppliedConditions | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Smear the true hits, add noise, number all hits in module order and build the event frames."""
-    measured, local = digitization.smear_on_module(rng, detector, true_hits.module, true_hits.position)
-    n_signal = len(true_hits.particle)
-    mean_noise = config.noise_fraction / (1.0 - config.noise_fraction) * n_signal
-    noise_module, noise_position = digitization.noise_hits(rng, detector, int(rng.poisson(mean_noise)))
+    """Smear the true hits, add noise, number all hits in module order and build the event frames.
+
+    With conditions, `true_hits` lie on the true modules: they are measured there and reported
+    through the nominal frames of `detector`; noise hits are made on the nominal frames directly
+    (a uniform point of a module, wherever it is) and dead modules have none.
+    """
+    sensed = detector if applied is None else applied.true_detector
+    measured, local = digitization.smear_on_module(
+        rng, sensed, true_hits.module, true_hits.position, reported_by=detector
+    )
+    noise_module, noise_position = noise(config, detector, len(true_hits.particle), rng, applied)
     n_noise = len(noise_module)
 
     module = np.concatenate([true_hits.module, noise_module])  # [N]
@@ -190,9 +221,25 @@ def digitise(
     if config.with_cells:
         # Noise clusters are made as if by a track along the module normal.
         local_all = np.concatenate([local, detector.to_local(noise_module, noise_position)])[order]
-        direction = np.concatenate([true_hits.momentum, detector.rotation[noise_module, :, 2]])[order]
-        frames["cells"] = digitization.make_cells(rng, detector, module, local_all, direction, hit_id)
+        direction = np.concatenate([true_hits.momentum, sensed.rotation[noise_module, :, 2]])[order]
+        frames["cells"] = digitization.make_cells(rng, sensed, module, local_all, direction, hit_id)
     return frames
+
+
+def noise(
+    config: SimulationConfig,
+    detector: Detector,
+    n_signal: int,
+    rng: np.random.Generator,
+    applied: AppliedConditions | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noise hits (module [K], position [K, 3]): `noise_fraction` of all hits, none on a dead module."""
+    mean_noise = config.noise_fraction / (1.0 - config.noise_fraction) * n_signal
+    module, position = digitization.noise_hits(rng, detector, int(rng.poisson(mean_noise)))
+    if applied is None:
+        return module, position
+    live = ~applied.dead[module]
+    return module[live], position[live]
 
 
 def module_order(module: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
@@ -207,6 +254,15 @@ def module_order(module: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
     return order
 
 
+def active_conditions(conditions: DetectorConditions | None, detector: Detector) -> DetectorConditions | None:
+    """None for no conditions or an empty table (the files are then those of a plain simulation);
+    else the table, checked against the detector before any event is made."""
+    if conditions is None or not conditions.active:
+        return None
+    conditions.applied(detector)  # refuses unknown modules
+    return conditions
+
+
 def simulate_dataset(
     config: SimulationConfig,
     detector: Detector,
@@ -214,16 +270,21 @@ def simulate_dataset(
     replay_particles: str | os.PathLike | None = None,
     progress: bool = True,
     workers: int | None = None,
+    conditions: DetectorConditions | None = None,
 ) -> list[Path]:
     """Simulate and write ``config.n_events`` events as ``out_dir/event{ID:09d}-{part}.csv``.
 
     ``replay_particles``: a real particles file (csv or csv.gz) whose kinematics every event replays
     (each event with its own scattering, inefficiency and noise). ``workers``: processes simulating
     and writing events side by side (default: up to the CPU count, one for a single event); every
-    event has its own random stream, so the files do not depend on it. Returns the event prefixes.
+    event has its own random stream, so the files do not depend on it. ``conditions``: dead,
+    inefficient and misaligned modules, written to ``out_dir/detector_conditions.csv`` and recorded
+    in simulation.json; none (or an empty table) writes exactly what a simulation without them does.
+    Returns the event prefixes.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    conditions = active_conditions(conditions, detector)
     replay = None
     if replay_particles is not None:
         path = Path(replay_particles)
@@ -241,41 +302,56 @@ def simulate_dataset(
     prefixes = []
     if workers == 1:
         for event_id in event_ids:
-            prefixes.append(_simulate_and_write(config, detector, event_id, replay, out_dir))
+            prefixes.append(_simulate_and_write(config, detector, event_id, replay, out_dir, conditions))
             bar.update()
     else:
         # Forked workers need no import guard in the caller's script (spawned ones would), and they
         # inherit the detector and its lookup tables, built here once rather than once per worker.
-        layer_map(detector)
+        layer_map(detector if conditions is None else conditions.applied(detector).true_detector)
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(
             max_workers=workers,
             mp_context=context,
             initializer=_set_worker_state,
-            initargs=(config, detector, replay, out_dir),
+            initargs=(config, detector, replay, out_dir, conditions),
         ) as pool:
             futures = [pool.submit(_worker_event, event_id) for event_id in event_ids]
             for _ in as_completed(futures):
                 bar.update()
             prefixes = [future.result() for future in futures]
     bar.close()
-    write_provenance(config, detector, out_dir, replay_particles)
+    if conditions is not None:
+        write_conditions(conditions, out_dir / CONDITIONS_FILE)
+    write_provenance(config, detector, out_dir, replay_particles, conditions)
     return prefixes
 
 
 def write_provenance(
-    config: SimulationConfig, detector: Detector, out_dir: Path, replay_particles: str | os.PathLike | None
+    config: SimulationConfig,
+    detector: Detector,
+    out_dir: Path,
+    replay_particles: str | os.PathLike | None,
+    conditions: DetectorConditions | None = None,
 ) -> Path:
     """``out_dir/simulation.json``: the config, geometry and replayed file the events were made with.
 
-    Written after the events, so a folder with this file holds every event it describes.
+    Written after the events, so a folder with this file holds every event it describes. Detector
+    conditions add a ``detector_conditions`` entry (where the table came from: the drawing options
+    and seed, or a file; its file name; counts); without them the record is what it always was.
     """
-    record = {
+    record: dict[str, object] = {
         "simulation": config.record(),
         "geometry_hash": detector.geometry_hash(),
         "ids_hash": detector.ids_hash(),
         "replay_particles": None if replay_particles is None else str(replay_particles),
     }
+    if conditions is not None:
+        record["detector_conditions"] = {
+            "file": CONDITIONS_FILE,
+            **conditions.source,
+            "modules": len(conditions),
+            "dead": int(conditions.dead.sum()),
+        }
     path = out_dir / "simulation.json"
     write_text(path, json.dumps(record, indent=2) + "\n")
     return path
@@ -284,20 +360,31 @@ def write_provenance(
 _WORKER_STATE: tuple = ()
 
 
-def _set_worker_state(config: SimulationConfig, detector: Detector, replay: pd.DataFrame | None, out_dir: Path) -> None:
+def _set_worker_state(
+    config: SimulationConfig,
+    detector: Detector,
+    replay: pd.DataFrame | None,
+    out_dir: Path,
+    conditions: DetectorConditions | None,
+) -> None:
     global _WORKER_STATE
-    _WORKER_STATE = (config, detector, replay, out_dir)
+    _WORKER_STATE = (config, detector, replay, out_dir, conditions)
 
 
 def _worker_event(event_id: int) -> Path:
-    config, detector, replay, out_dir = _WORKER_STATE
-    return _simulate_and_write(config, detector, event_id, replay, out_dir)
+    config, detector, replay, out_dir, conditions = _WORKER_STATE
+    return _simulate_and_write(config, detector, event_id, replay, out_dir, conditions)
 
 
 def _simulate_and_write(
-    config: SimulationConfig, detector: Detector, event_id: int, replay: pd.DataFrame | None, out_dir: Path
+    config: SimulationConfig,
+    detector: Detector,
+    event_id: int,
+    replay: pd.DataFrame | None,
+    out_dir: Path,
+    conditions: DetectorConditions | None = None,
 ) -> Path:
-    frames = simulate_event(config, detector, event_id, replay=replay)
+    frames = simulate_event(config, detector, event_id, replay=replay, conditions=conditions)
     prefix = trackml.event_prefix(out_dir, event_id)
     trackml.write_event(prefix, **frames)
     return prefix
