@@ -189,6 +189,11 @@ def edge_cut_record(stage: EdgeClassifierStage) -> dict[str, Any]:
     }
 
 
+def edge_network_name(stage: EdgeClassifierStage) -> str:
+    """The file stem of an edge classifier's export: filter or interaction_gnn."""
+    return "filter" if stage.architecture == "Filter" else "interaction_gnn"
+
+
 def edge_classifier_export(stage: EdgeClassifierStage) -> ExportableModel:
     """The edge network of a trained edge classifier (Filter or InteractionGNN) with its sigmoid."""
     c = stage.config
@@ -231,7 +236,7 @@ def edge_classifier_export(stage: EdgeClassifierStage) -> ExportableModel:
         refuses["onnx"] = "key 'aggregation' is max, which exports to torchscript only; use --format torchscript"
     path = trained_checkpoint(stage.trained_dir, c.model)
     return ExportableModel(
-        name="filter" if stage.architecture == "Filter" else "interaction_gnn",
+        name=edge_network_name(stage),
         module=EdgeScores(module, bool(edge_dim)).eval(),
         inputs=inputs,
         check_inputs=check,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import math
 import warnings
@@ -89,6 +90,25 @@ def deploy_modules() -> tuple[Any, Any]:
             f"--format onnx needs the packages {' and '.join(DEPLOY_PACKAGES)} ({err.name} is missing): "
             f"pip install 'tb-plugin[deploy]', or use --format torchscript"
         ) from None
+
+
+def missing_deploy_package() -> str | None:
+    """The first of DEPLOY_PACKAGES that is not installed, None when all are; nothing is imported (a
+    config checks this where it is loaded)."""
+    return next((name for name in DEPLOY_PACKAGES if importlib.util.find_spec(name) is None), None)
+
+
+def inference_session(path: Path, threads: int) -> Any:
+    """An onnxruntime CPU session on an exported model for scoring many events: `threads` intra-op
+    threads (a caller passes torch's, so both runtimes use the same cores), operators one at a time, no
+    spinning between runs (benchmarks/onnx_chain.py measured it so)."""
+    _, ort = deploy_modules()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def write_onnx(model: ExportableModel, path: Path) -> None:

@@ -55,7 +55,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import lightning as L
 import numpy as np
@@ -83,6 +83,7 @@ from tb_plugin.conditions import Condition, parse_conditions
 from tb_plugin.config import ConfigError
 from tb_plugin.event_store import list_event_files, load_event, require_field
 from tb_plugin.geometry import detector_for
+from tb_plugin.model_export import DEPLOY_PACKAGES, missing_deploy_package
 from tb_plugin.pretraining.metrics import roc_auc, roc_curve
 from tb_plugin.stage import EventProcessor, NoTruthError, Stage, StageConfig, TrainedArtifactsConfig
 from tb_plugin.training import (
@@ -100,10 +101,16 @@ from tb_plugin.training import (
     trained_checkpoint,
 )
 
+if TYPE_CHECKING:
+    from stages.edge_classifier.onnx_runtime import OnnxEdgeScorer
+
 log = logging.getLogger(__name__)
 
 SCORES_FIELD = "edge_scores"
 EDGE_CUT_FILE = "edge_cut.json"
+ONNX_DIR = "onnx"  # artifacts/onnx: the export that `runtime: onnx` scores with (onnx_runtime.py)
+ONNX_ACCELERATORS = ("cpu", "auto")  # onnxruntime scores on the CPU here
+ONNX_PRECISIONS = ("32-true", "32")  # the exported network is float32, with no autocast
 
 
 class GraphTrainingLoader(RestoresRandomState, DataLoader):
@@ -178,6 +185,12 @@ class EdgeClassifierConfig(StageConfig, TrainerConfig, TrainedArtifactsConfig):
     # 2-core CPU it made the pile-up-200 GNN forward 9.0 -> 6.5 s after a one-off compile of about 36 s per
     # process: worth it for many or large events, not for a demo's small ones.
     compile_inference: bool = False
+    # inference: which runtime scores the edges. onnx: onnxruntime on an ONNX export of the checkpoint,
+    # made once into artifacts/onnx and made again when the checkpoint changes (onnx_runtime.py); the
+    # scores equal PyTorch's within 1e-4. On 2 CPU cores at pile-up 200 it scored the filter about 2.5x
+    # faster (1.4-1.7 s against 3.2-4.1 s per event) and the Interaction GNN slower (4.2 s against 2.7 s),
+    # so torch by default (benchmarks/onnx_chain.py). Needs the `deploy` extra (tb-plugin[deploy]).
+    runtime: Literal["torch", "onnx"] = "torch"
 
     positive_keys: ClassVar[tuple[str, ...]] = ("max_epochs", "batch_size", "num_nodes")  # subclasses add their model's
 
@@ -205,6 +218,7 @@ class EdgeClassifierConfig(StageConfig, TrainerConfig, TrainedArtifactsConfig):
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"key 'dropout' must be in [0, 1), got {self.dropout}")
         self.check_edge_cut()
+        self.check_runtime()
         if self.max_train_edges is not None and self.max_train_edges < 1:
             raise ValueError(f"key 'max_train_edges' must be at least 1 or null (no cap), got {self.max_train_edges}")
         self.optim_config_checks()
@@ -226,6 +240,41 @@ class EdgeClassifierConfig(StageConfig, TrainerConfig, TrainedArtifactsConfig):
                 f"key 'edge_cut' must be in [0, 1) (edges with a score above it are kept), or a mapping "
                 f"{{target_efficiency: e}}, got {cut}"
             )
+
+    def check_runtime(self) -> None:
+        """`runtime: onnx` only where it can work: the first conflict (onnx_conflicts) or a missing deploy
+        package is one line."""
+        if self.runtime != "onnx":
+            return
+        conflicts = self.onnx_conflicts()
+        if conflicts:
+            raise ValueError(f"key 'runtime' is onnx, {conflicts[0]}; or use runtime: torch")
+        missing = missing_deploy_package()
+        if missing is not None:
+            raise ValueError(
+                f"key 'runtime' is onnx, which needs the packages {' and '.join(DEPLOY_PACKAGES)} ({missing} is "
+                f"missing): pip install 'tb-plugin[deploy]', or use runtime: torch"
+            )
+
+    def onnx_conflicts(self) -> list[str]:
+        """Why `runtime: onnx` cannot score with these keys (subclasses add their model's reasons), each
+        ending in what to change."""
+        out = []
+        if self.accelerator not in ONNX_ACCELERATORS:
+            out.append(
+                f"which scores on the CPU, but key 'accelerator' is {self.accelerator}: "
+                f"use accelerator {' or '.join(ONNX_ACCELERATORS)}"
+            )
+        if str(self.precision) not in ONNX_PRECISIONS:
+            out.append(
+                f"which scores in float32, but key 'precision' is {self.precision}: "
+                f"use precision {' or '.join(ONNX_PRECISIONS)}"
+            )
+        if self.compile_inference:
+            out.append(
+                "which does not run the PyTorch network that 'compile_inference' compiles: set compile_inference false"
+            )
+        return out
 
     def optim_config_checks(self) -> None:
         """lr, weight_decay, warmup_steps and the weighting weights: numbers the optimiser and loss can use."""
@@ -589,9 +638,20 @@ class EdgeClassifierStage(Stage):
         module.eval()
         return module
 
-    def inference_module(self) -> EdgeClassifierModule:
+    @property
+    def onnx_dir(self) -> Path:
+        """Where `runtime: onnx` keeps its export: this run's artifacts/onnx, also when the checkpoint is a
+        trained_stage_dir's (whose folder inference does not write to)."""
+        return self.stage_dir / "artifacts" / ONNX_DIR
+
+    def inference_module(self) -> EdgeClassifierModule | OnnxEdgeScorer:
         """The trained network on the inference device (the GPU when asked for and present), compiled when
-        `compile_inference` asks: the module keeps its weights and config, only its forward is compiled."""
+        `compile_inference` asks: the module keeps its weights and config, only its forward is compiled.
+        With `runtime: onnx`, an onnxruntime session on the checkpoint's export (onnx_runtime.py)."""
+        if self.config.runtime == "onnx":
+            from stages.edge_classifier.onnx_runtime import onnx_scorer  # it imports this module
+
+            return onnx_scorer(self, self.trained())
         module = self.trained().to(inference_device(self.config.accelerator))
         if self.config.compile_inference:
             module.model = torch.compile(module.model, dynamic=True)
@@ -606,8 +666,10 @@ class EdgeClassifierStage(Stage):
         return n_edges
 
     @torch.no_grad()
-    def score(self, module: EdgeClassifierModule, data: Data, source: str | Path) -> torch.Tensor:
-        """float32 [E] edge scores of a whole event (on the CPU), score_chunk(E) edges per forward pass."""
+    def score(self, module: EdgeClassifierModule | OnnxEdgeScorer, data: Data, source: str | Path) -> torch.Tensor:
+        """float32 [E] edge scores of a whole event (on the CPU), score_chunk(E) edges per forward pass; by
+        PyTorch, or by onnxruntime when `module` is inference_module's OnnxEdgeScorer (the same inputs
+        and chunks)."""
         edge_index = require_field(data, "edge_index", source).long()  # [2, E]
         x = node_feature_matrix(data, self.config.node_features, self.config.node_scales, source).to(
             module.device
@@ -625,6 +687,9 @@ class EdgeClassifierStage(Stage):
         for start in range(0, E, step):
             chunk = edge_index[:, start : start + step]  # [2, E']
             edge_attr = edge_inputs(data, chunk, self.config, source).to(module.device)  # [E', F_e]
+            if not isinstance(module, EdgeClassifierModule):  # runtime onnx
+                scores.append(module.edge_scores(x, chunk, edge_attr, hit_module))  # [E']
+                continue
             with inference_autocast(self.config.precision, module.device):
                 logits = module(x, chunk.to(module.device), edge_attr, hit_module)  # [E']
             scores.append(torch.sigmoid(logits.float()).cpu())  # [E']
@@ -658,7 +723,7 @@ class EdgeClassifierStage(Stage):
     def edge_cut_path(self) -> Path:
         return self.artifacts / EDGE_CUT_FILE
 
-    def operating_cut(self, module: EdgeClassifierModule | None = None) -> float:
+    def operating_cut(self, module: EdgeClassifierModule | OnnxEdgeScorer | None = None) -> float:
         """The cut in use: a fixed edge_cut, else the valset-chosen one (edge_cut.json, chosen and saved
         when missing or stale). `module`, when given, is the loaded checkpoint to choose it with."""
         if not isinstance(self.config.edge_cut, TargetEfficiency):
@@ -667,7 +732,7 @@ class EdgeClassifierStage(Stage):
             self._cut_record = self.saved_cut() or self.cut_chosen_here(module)
         return float(self._cut_record["edge_cut"])
 
-    def cut_chosen_here(self, module: EdgeClassifierModule | None = None) -> dict[str, Any]:
+    def cut_chosen_here(self, module: EdgeClassifierModule | OnnxEdgeScorer | None = None) -> dict[str, Any]:
         """choose_cut, unless the stage infers with another run's artifacts (trained_stage_dir): that
         run's cut is the one its checkpoint was tuned with, the new input may have no truth to choose
         one on, and the training run's folder is not written to."""
@@ -700,7 +765,7 @@ class EdgeClassifierStage(Stage):
             log.info("%s is stale (another target or a newer checkpoint): the cut is chosen again", path)
         return None if stale else record
 
-    def choose_cut(self, module: EdgeClassifierModule | None = None) -> dict[str, Any]:
+    def choose_cut(self, module: EdgeClassifierModule | OnnxEdgeScorer | None = None) -> dict[str, Any]:
         """Score input_dir's valset events whole, take the cut keeping the target share of their target
         truth edges (operating_point.cut_for_efficiency), write edge_cut.json."""
         efficiency = self.config.edge_cut.target_efficiency

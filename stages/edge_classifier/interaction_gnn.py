@@ -56,6 +56,13 @@ class InteractionGNNConfig(EdgeClassifierConfig):
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"key 'aggregation' must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
 
+    def onnx_conflicts(self) -> list[str]:
+        out = super().onnx_conflicts()
+        if self.aggregation == "max":  # PyG's scatter max fails under ONNX export (stages/model_exports.py)
+            others = " or ".join(a for a in AGGREGATIONS if a != "max")
+            out.append(f"but key 'aggregation' is max, which does not export to ONNX: train with aggregation {others}")
+        return out
+
     def model_config(self, node_dim: int, edge_dim: int) -> GNNConfig:
         return GNNConfig(
             node_dim=node_dim,
