@@ -33,7 +33,7 @@ def test_epoch_timer_ignores_an_epoch_end_without_a_start():
     from tb_plugin.training import EpochTimer
 
     logged = []
-    module = type("Module", (), {"log": lambda self, name, value: logged.append(name)})()
+    module = type("Module", (), {"log": lambda self, name, value, **options: logged.append(name)})()
     timer = EpochTimer()
     timer.on_train_epoch_end(None, module)  # no start: nothing to log, no error
     timer.on_train_epoch_start(None, module)
