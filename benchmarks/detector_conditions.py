@@ -274,13 +274,67 @@ def arm_results(data: Dataset) -> dict[str, Any]:
     return arms
 
 
+PARTICLE_CLASSES = {
+    "dead": "through a dead module",
+    "misaligned": "on a strongly misaligned module",
+    "other": "on neither",
+}
+CLASS_METRICS = tuple(
+    (f"particles_{c}.efficiency", f"track efficiency, particles {t}") for c, t in PARTICLE_CLASSES.items()
+)
+
+
+def particle_classes(data: Dataset, ideal: Dataset, event_ids: list[str]) -> dict[str, dict[int, str]]:
+    """Per test event, each particle's class from where it crossed the detector in the ideal twin (the
+    same particles; on the data a dead module's hit is gone): `dead` if a crossing is on one of this
+    dataset's dead modules, else `misaligned` if one is on a strongly misaligned module (module_classes),
+    else `other`."""
+    import pandas as pd
+
+    from tb_plugin.geometry import Detector
+
+    folder = ideal.root / "simulated"
+    detector = Detector.from_csv(folder / "detectors.csv")
+    modules = module_classes(data.root, detector)  # [M]
+    out = {}
+    for event in event_ids:
+        hits = pd.read_csv(folder / f"event{event}-hits.csv", usecols=["hit_id", "volume_id", "layer_id", "module_id"])
+        truth = pd.read_csv(folder / f"event{event}-truth.csv", usecols=["hit_id", "particle_id"])
+        merged = hits.merge(truth, on="hit_id")
+        index = detector.index(merged.volume_id.to_numpy(), merged.layer_id.to_numpy(), merged.module_id.to_numpy())
+        frame = pd.DataFrame({"particle_id": merged.particle_id, "class": modules[index]})
+        dead = set(frame.particle_id[frame["class"] == "dead"])
+        misaligned = set(frame.particle_id[frame["class"] == "misaligned"]) - dead
+        out[event] = {int(p): "dead" for p in dead} | {int(p): "misaligned" for p in misaligned}
+    return out
+
+
+def add_class_cells(arms: dict[str, Any], data: Dataset, classes: dict[str, dict[int, str]]) -> dict[str, Any]:
+    """A copy of `arms` with the two_way efficiency of each particle class per event (target particles),
+    from the track building of `data`'s arms, in the events' order of `arms`."""
+    out = json.loads(json.dumps(arms))
+    for arm, record in out.items():
+        for seed_record, stages in zip(record["seeds"], data.arms[arm].values()):
+            tracks = stages[-1]
+            cells = {name: {"num": [], "den": []} for name, _ in CLASS_METRICS}
+            for event in seed_record["event_ids"]:
+                particles = tracks.event_matches(tracks.stage_dir / "testset" / f"event{event}.pyg").particles
+                kind = particles.particle_id.map(lambda p, c=classes[event]: c.get(int(p), "other")).to_numpy()
+                found = particles["reconstructed_two_way"].to_numpy()
+                for (name, _), cls in zip(CLASS_METRICS, PARTICLE_CLASSES):
+                    cells[name]["num"].append(float(found[kind == cls].sum()))
+                    cells[name]["den"].append(float((kind == cls).sum()))
+            seed_record["per_event"].update(cells)
+    return out
+
+
 def differences(arms: dict[str, Any], pairs: list[tuple[str, str]], bootstrap: dict[str, Any]) -> dict[str, Any]:
     """Every (arm, control) pair's paired differences of the reported metrics."""
     out = {}
     options = {"n_boot": bootstrap["samples"], "confidence": bootstrap["confidence"], "seed": bootstrap["seed"]}
     for arm, control in pairs:
         found = compare({"arms": arms}, arm, control, **options)
-        out[f"{arm} - {control}"] = {m: vars(found[m]) for m, _ in METRICS if m in found}
+        out[f"{arm} - {control}"] = {m: vars(found[m]) for m, _ in (*METRICS, *CLASS_METRICS) if m in found}
     return out
 
 
@@ -296,7 +350,7 @@ def means(arms: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for arm, record in arms.items():
         out[arm] = {}
-        for metric, _ in METRICS:
+        for metric, _ in (*METRICS, *CLASS_METRICS):
             values = []
             for seed in record["seeds"]:
                 cells = seed["per_event"].get(metric)
@@ -408,6 +462,13 @@ def report(results: dict[str, Any]) -> str:
         ]
         for key, diff in rows:
             lines.append(f"| {key} | " + " | ".join(_cell(diff.get(m)) for m, _ in METRICS) + " |")
+        if block["means"]["baseline"].get(CLASS_METRICS[0][0]) is not None:  # the particles' classes
+            lines += ["", "| | " + " | ".join(label for _, label in CLASS_METRICS) + " |", "| --- |" + " --- |" * 3]
+            for arm in ARMS:
+                values = [block["means"][arm].get(m) for m, _ in CLASS_METRICS]
+                lines.append(f"| {arm} | " + " | ".join("n/a" if v is None else f"{v:.4f}" for v in values) + " |")
+            for key, diff in rows:
+                lines.append(f"| {key} | " + " | ".join(_cell(diff.get(m)) for m, _ in CLASS_METRICS) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -436,18 +497,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results: dict[str, Any] = {"config": json.loads(json.dumps(vars(config), default=json_default)), "datasets": {}}
     arms_by_name: dict[str, Any] = {}
+    datasets: dict[str, Dataset] = {}
     shifts: dict[str, Any] = {}
     for name in names:
         print(f"conditions: dataset {name}", file=sys.stderr)
         data = prepare_dataset(runner, config, name, seeds, args.jobs)
         arms_by_name[name] = arm_results(data)
+        datasets[name] = data
+        if name != "ideal":  # each particle's class, on the data and on its ideal twin
+            classes = particle_classes(data, datasets["ideal"], arms_by_name[name]["baseline"]["seeds"][0]["event_ids"])
+            arms_by_name[name] = add_class_cells(arms_by_name[name], data, classes)
+            ideal_twin = add_class_cells(arms_by_name["ideal"], datasets["ideal"], classes)
         block = {
             "conditions": config.datasets[name] or {},
             "means": means(arms_by_name[name]),
             "differences": differences(arms_by_name[name], list(COMPARISONS), config.bootstrap),
         }
         if name != "ideal":
-            block["loss"] = losses(arms_by_name["ideal"], arms_by_name[name], config.bootstrap)
+            block["loss"] = losses(ideal_twin, arms_by_name[name], config.bootstrap)
         shifts[name] = table_shift(runner, data)
         block["shift"] = {
             c: {"modules": v["modules"], "mean": float(np.mean(v["shift"])) if v["shift"] else None}

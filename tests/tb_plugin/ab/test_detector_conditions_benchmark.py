@@ -55,6 +55,10 @@ def test_every_arm_on_ideal_and_conditions(ab_setup, tmp_path, capsys):
     score = broken["loss"]["baseline"]["track_building.trackml_score"]
     assert score["ci_low"] <= score["estimate"] <= score["ci_high"] and score["n_events"] == 2
     assert broken["shift"]["dead"]["modules"] > 0 and ideal["shift"]["dead"]["modules"] == 0
+    # efficiency by particle class, on the data and against the same particles on the ideal events
+    dead = broken["loss"]["baseline"]["particles_dead.efficiency"]
+    assert dead["n_events"] == 2 and dead["ci_low"] <= dead["estimate"] <= dead["ci_high"]
+    assert "particles_other.efficiency" in broken["differences"]["recalibrated - pretrained"]
     # the data's events really have the conditions: fewer hits than the ideal twin of the same particles
     hits = {name: (out / name / "simulated").glob("*-hits.csv") for name in ("ideal", "broken")}
     lines = {name: sum(len(p.read_text().splitlines()) for p in paths) for name, paths in hits.items()}

@@ -20,10 +20,10 @@ def fake_stage(values: dict, source: str, log_path: str) -> float:
     if folder.name == "killed":
         os._exit(9)  # as the kernel's OOM killer would end it
     start = time.time()
-    time.sleep(1.0)  # long beside worker start-up, so the overlap test below cannot race it
+    time.sleep(3.0)  # long beside worker start-up (about 1 s on 2 loaded cores), so the overlap test cannot race it
     folder.mkdir(parents=True)
     (folder / "span.json").write_text(json.dumps([start, time.time()]))
-    return 1.0
+    return 3.0
 
 
 def span(folder: Path) -> list[float]:
