@@ -20,8 +20,10 @@ geometry. On each dataset's test events, for every downstream seed of the A/B:
                   trained): the upper bound of what the classifiers, where module vectors enter, can recover
 
 Paired bootstrap differences (seeds x events) of each arm against its control, and of each arm on the
-conditions against itself on the ideal events (the loss). Only fixed-cut rows are compared: the cuts
-the stages chose on simulation (the matched rows would re-choose them with the data's truth). The
+conditions against itself on the ideal events (the loss): at the cuts the stages chose on simulation
+(what a run without truth has), and, as the check that a difference is not an operating point that
+moved, with each arm's GNN cut to the baseline's efficiency and its filter to the baseline's graph size
+on the data's valset (which uses the valset's truth). The
 recalibrated table's shift from the simulation table, per module class (dead, inefficient, strongly
 misaligned, other), against the same fine-tuning on ideal events, is plotted.
 
@@ -70,6 +72,8 @@ METRICS = (
     ("track_building.two_way.efficiency_pt1", "track efficiency, pT > 1 GeV"),
     ("track_building.two_way.fake_rate", "fake rate"),
     ("track_building.trackml_score", "TrackML score"),
+    ("track_building.matched.trackml_score", "TrackML score, GNN at the baseline's efficiency"),
+    ("track_building.size_matched.trackml_score", "TrackML score, at the baseline's graph size"),
     ("edge_classifier.target_efficiency", "edge efficiency, pT > 1 GeV"),
     ("graph_construction.target_efficiency", "graph efficiency, pT > 1 GeV"),
 )
@@ -129,15 +133,26 @@ def load_config(path: Path) -> ExperimentConfig:
 # ------------------------------------------------------------------------------------------- the data
 
 
+SIMULATED_WITH = "simulated_with.json"  # the `tb simulate` options a dataset's folder was written with
+
+
 def simulate(config: ExperimentConfig, name: str, folder: Path) -> None:
-    """`tb simulate` of one dataset: the same particles for every dataset, its own detector conditions."""
-    if (folder / "simulation.json").is_file():
-        return
+    """`tb simulate` of one dataset: the same particles for every dataset, its own detector conditions.
+    A folder written with other options is refused (the stages downstream would be refused as stale)."""
     options = ["--events", str(config.events), "--pileup", str(config.pileup), "--seed", str(config.seed)]
     options += ["--first-event", str(config.first_event), "--out", str(folder)]
     for key, value in (config.datasets[name] or {}).items():
         options += [f"--{key.replace('_', '-')}", str(value)]
+    record = folder / SIMULATED_WITH
+    if (folder / "simulation.json").is_file():
+        if record.is_file() and json.loads(record.read_text()) == options:
+            return
+        raise ConfigError(
+            f"{folder} was simulated with other options than dataset {name!r} of the config now asks "
+            f"({' '.join(options)}); remove {folder.parent} to simulate it again"
+        )
     subprocess.run([sys.executable, "-m", "tb_plugin.cli", "-q", "simulate", *options], check=True, cwd=ROOT)
+    write_text(record, json.dumps(options) + "\n")
 
 
 def read_events(runner: ABRunner, config: ExperimentConfig, root: Path) -> Path:
@@ -265,11 +280,12 @@ def prepare_dataset(runner: ABRunner, config: ExperimentConfig, name: str, seeds
 def arm_results(data: Dataset) -> dict[str, Any]:
     """results.json's `arms` of one dataset (per seed: event ids and per-event cells), for the paired
     bootstrap of tb_plugin.ab.statistics; each arm's matched rows take the baseline's operating point."""
-    arms: dict[str, Any] = {}
-    for arm in ARMS:
-        arms[arm] = {"seeds": []}
+    arms: dict[str, Any] = {arm: {"seeds": []} for arm in ARMS}
+    reference: dict[int, dict[str, float]] = {}  # the baseline's operating points, per seed
+    for arm in ARMS:  # the baseline first
         for seed, stages in data.arms[arm].items():
-            events = collect_arm_events(stages)
+            events = collect_arm_events(stages, reference=reference.get(seed))
+            reference.setdefault(seed, events.operating_points)
             arms[arm]["seeds"].append({"seed": seed, "event_ids": events.event_ids, "per_event": events.per_event})
     return arms
 
@@ -495,13 +511,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        results = run(runner, config, names, seeds, args.jobs)
+    except ConfigError as err:  # a folder from other options, a stale stage: one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report(results))
+    return 0
+
+
+def run(runner: ABRunner, config: ExperimentConfig, names: list[str], seeds: list[int], jobs: int) -> dict[str, Any]:
+    """Every dataset's arms, their comparisons and losses, the table's shift; results.json, REPORT.md
+    and the plot written under out_dir."""
     results: dict[str, Any] = {"config": json.loads(json.dumps(vars(config), default=json_default)), "datasets": {}}
     arms_by_name: dict[str, Any] = {}
     datasets: dict[str, Dataset] = {}
     shifts: dict[str, Any] = {}
     for name in names:
         print(f"conditions: dataset {name}", file=sys.stderr)
-        data = prepare_dataset(runner, config, name, seeds, args.jobs)
+        data = prepare_dataset(runner, config, name, seeds, jobs)
         arms_by_name[name] = arm_results(data)
         datasets[name] = data
         if name != "ideal":  # each particle's class, on the data and on its ideal twin
@@ -525,8 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     results["plot"] = str(plot_shift(shifts, out / "embedding_shift.png"))
     write_text(out / "results.json", json.dumps(results, indent=2, default=json_default) + "\n")
     write_text(out / "REPORT.md", report(results))
-    print(report(results))
-    return 0
+    return results
 
 
 if __name__ == "__main__":

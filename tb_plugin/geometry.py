@@ -194,8 +194,8 @@ class Detector:
             )
         if len(table) == 0:
             raise DetectorFormatError(f"{path}: no modules (expected one row per module)")
-        ints = {c: _parse_column(table[c], path, c, integer=True) for c in ID_COLUMNS}
-        floats = {c: _parse_column(table[c], path, c, integer=False) for c in CSV_COLUMNS[3:]}
+        ints = {c: parse_column(table[c], path, c, integer=True) for c in ID_COLUMNS}
+        floats = {c: parse_column(table[c], path, c, integer=False) for c in CSV_COLUMNS[3:]}
         _check_ids(ints, path)
         _check_sizes(floats, path)
         return cls.from_arrays(
@@ -447,7 +447,7 @@ def refusal_reason(ids_hash: str | None) -> str:
 # ---------------------------------------------------------------------- csv checks
 
 
-def _parse_column(column: pd.Series, path: Path, name: str, integer: bool) -> np.ndarray:
+def parse_column(column: pd.Series, path: Path, name: str, integer: bool) -> np.ndarray:
     """Parse one csv column of text, naming the first bad row instead of letting NaN slip through."""
     values = pd.to_numeric(column.str.strip(), errors="coerce").to_numpy(dtype=np.float64)  # [M]
     bad = ~np.isfinite(values)

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRACKML = REPO_ROOT.parent / "shared" / "trackml"
+
+
+def load_benchmark(name: str) -> types.ModuleType:
+    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package), registered in
+    sys.modules so that its dataclasses resolve their annotations."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

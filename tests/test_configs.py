@@ -2,8 +2,6 @@
 stage meant for a GPU gets an optimizer its Trainer can clip."""
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -21,6 +19,7 @@ from tb_plugin.pipeline import load_pipeline, load_stage, stage_from_mapping
 from tb_plugin.pretraining.stage import TrackingBERTStageConfig
 from tb_plugin.stage import Stage
 from tb_plugin.training import TrainerConfig, make_trainer
+from tests.conftest import load_benchmark
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STAGE_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("pipelines", "ab", "scaling"))
@@ -39,15 +38,7 @@ def test_stage_config_loads(path):
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_scaling_sweep_loads_and_every_point_is_a_valid_stage(path):
     """benchmarks/pretraining_scaling.py's sweep files: the file, its base A/B, each point's keys."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location(
-        "pretraining_scaling", CONFIGS.parent / "benchmarks" / "pretraining_scaling.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("pretraining_scaling")
     sweep = bench.SweepConfig.load(path)
     base = load_yaml(sweep.ab)
     tb = load_yaml((sweep.ab.parent / base["tracking_bert"]).resolve())
@@ -65,12 +56,7 @@ def test_pipeline_loads(path):
 def test_the_conditions_experiment_loads_with_its_ab_and_every_dataset():
     """benchmarks/detector_conditions.py's config: its keys, its A/B (with the pretrained and random arms
     it applies), and every dataset's condition options, which `tb simulate` takes."""
-    spec = importlib.util.spec_from_file_location(
-        "detector_conditions", CONFIGS.parent / "benchmarks" / "detector_conditions.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("detector_conditions")
     config = bench.load_config(EXPERIMENTS[0])
     sources = {s.source for s in load_runner(config.ab).config.arm_specs().values()}
     assert {"pretrained", "random"} <= sources and len(config.datasets) >= 3

@@ -4,16 +4,14 @@ pretraining runs: the benchmark's plumbing is what is tested, not the prior's qu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, simulated_feature_store
+from tests.conftest import load_benchmark, simulated_feature_store
 
 TB_TINY = {
     "stage": "tracking_bert",
@@ -26,13 +24,6 @@ TB_TINY = {
     "accelerator": "cpu",
     "source": "random",
 }
-
-
-def load_benchmark() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("module_map_prior", REPO_ROOT / "benchmarks" / "module_map_prior.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def random_table_config(root: Path, store: Path, name: str, seed: int) -> Path:
@@ -61,7 +52,7 @@ def benchmark_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
         *("--arms", "none", "tb-none-propose", "tb_same-none-propose", "tb_other-none-propose"),
         *("--compare", "tb-none:tb_same-none", "tb-none:tb_other-none"),
     ]
-    module = load_benchmark()
+    module = load_benchmark("module_map_prior")
     old = sys.argv
     sys.argv = argv
     try:
@@ -104,7 +95,7 @@ def test_comparisons_have_intervals_and_a_table_against_itself_differs_by_exactl
 
 
 def test_bad_table_names_are_refused_with_the_option_named() -> None:
-    module = load_benchmark()
+    module = load_benchmark("module_map_prior")
     for item in ("tb-x=a.yaml", "random=a.yaml", "tb_all=a.yaml", "tb_x"):
         with pytest.raises(SystemExit, match="--tables"):
             module.parse_tables([item])

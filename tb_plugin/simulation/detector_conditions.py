@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from tb_plugin.atomic import atomic_path
-from tb_plugin.geometry import ID_COLUMNS, Detector
+from tb_plugin.geometry import ID_COLUMNS, Detector, DetectorFormatError, parse_column
 
 CONDITIONS_FILE = "detector_conditions.csv"
 """Name of the conditions table, written beside detectors.csv when any condition is on."""
@@ -346,15 +346,11 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
 
 def _column(table: pd.DataFrame, name: str, path: Path, integer: bool) -> np.ndarray:
-    values = pd.to_numeric(table[name].str.strip(), errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if integer:
-        bad |= np.isfinite(values) & (values != np.round(values))
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        kind = "an integer" if integer else "a finite number"
-        raise ConditionsError(f"{path}: column {name}, row {row + 1}: {table[name].iloc[row]!r} is not {kind}")
-    return values.astype(np.int64) if integer else values
+    """geometry.parse_column (the first bad row named), as a ConditionsError for `tb simulate`'s message."""
+    try:
+        return parse_column(table[name], path, name, integer)
+    except DetectorFormatError as err:
+        raise ConditionsError(str(err)) from None
 
 
 def _stream(seed: int, quantity: int) -> np.random.Generator:

@@ -307,13 +307,9 @@ def test_the_geometry_source_has_no_network(tiny_trackml_folder, tmp_path):
 
 def test_the_export_benchmark_compares_on_the_stage_events(graph_folder, tmp_path):
     """benchmarks/export_check.py at tiny size: the exported file against the stage's scores on its events."""
-    import importlib.util
+    from tests.conftest import load_benchmark
 
-    from tests.conftest import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("export_check", REPO_ROOT / "benchmarks" / "export_check.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("export_check")
     stage = hand_trained_edge_stage(graph_folder, tmp_path / "filter", "filter_tb")
     config = write_config(tmp_path / "filter.yaml", edge_values(graph_folder, stage.stage_dir, "filter_tb"))
     out = tmp_path / "bench"

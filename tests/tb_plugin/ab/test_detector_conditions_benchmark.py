@@ -4,25 +4,13 @@ the paired differences, the losses from ideal, the table's shift by module class
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import types
 
 import yaml
 
 from tb_plugin.ab.runner import load_runner
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_benchmark
 from tests.tb_plugin.ab.conftest import write_yaml
-
-
-def load_benchmark() -> types.ModuleType:
-    path = REPO_ROOT / "benchmarks" / "detector_conditions.py"
-    spec = importlib.util.spec_from_file_location("detector_conditions", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_arm_on_ideal_and_conditions(ab_setup, tmp_path, capsys):
@@ -45,7 +33,7 @@ def test_every_arm_on_ideal_and_conditions(ab_setup, tmp_path, capsys):
         "recalibration": {"max_epochs": 1},
         "bootstrap": {"samples": 50, "confidence": 0.95, "seed": 0},
     }
-    bench = load_benchmark()
+    bench = load_benchmark("detector_conditions")
     assert bench.main([str(write_yaml(tmp_path / "conditions.yaml", config))]) == 0
     out = tmp_path / "conditions"
     results = json.loads((out / "results.json").read_text())
@@ -77,10 +65,14 @@ def test_every_arm_on_ideal_and_conditions(ab_setup, tmp_path, capsys):
     capsys.readouterr()
     assert bench.main([str(tmp_path / "conditions.yaml"), "--datasets", "nowhere"]) == 2
     assert "'nowhere' is not in" in capsys.readouterr().err
+    # a dataset whose options changed is refused, not read as if it still matched
+    config["datasets"]["broken"] = {**conditions, "misalignment_mm": 0.1}
+    assert bench.main([str(write_yaml(tmp_path / "conditions.yaml", config))]) == 2
+    assert "was simulated with other options" in capsys.readouterr().err
 
 
 def test_a_bad_config_is_one_line(tmp_path, capsys):
-    bench = load_benchmark()
+    bench = load_benchmark("detector_conditions")
     path = write_yaml(tmp_path / "c.yaml", {"ab": "ab.yaml", "out_dir": "x", "datasets": {"broken": {}}})
     assert bench.main([str(path)]) == 2
     assert "needs an 'ideal' entry" in capsys.readouterr().err

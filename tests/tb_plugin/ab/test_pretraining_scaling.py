@@ -4,26 +4,14 @@ summary files, and one-line refusals of a bad sweep file."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_benchmark
 from tests.tb_plugin.ab.conftest import write_yaml
-
-
-def load_benchmark() -> types.ModuleType:
-    path = REPO_ROOT / "benchmarks" / "pretraining_scaling.py"
-    spec = importlib.util.spec_from_file_location("pretraining_scaling", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass resolves annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def sweep_file(ab_setup: Path, tmp_path: Path, points: list) -> Path:
@@ -37,7 +25,7 @@ def sweep_file(ab_setup: Path, tmp_path: Path, points: list) -> Path:
 
 
 def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, capsys):
-    bench = load_benchmark()
+    bench = load_benchmark("pretraining_scaling")
     points = [
         {"name": "one", "keys": {"max_epochs": 1, "mdm_candidates": "all"}},
         {"name": "two", "keys": {"max_epochs": 2, "mdm_candidates": "layer"}, "controls": ["shuffled"]},
@@ -101,7 +89,7 @@ def test_two_points_run_share_their_controls_and_summarise(ab_setup, tmp_path, c
     ],
 )
 def test_a_bad_sweep_file_gets_one_line_and_exit_2(ab_setup, tmp_path, capsys, points, message):
-    bench = load_benchmark()
+    bench = load_benchmark("pretraining_scaling")
     assert bench.main([str(sweep_file(ab_setup, tmp_path, points))]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
@@ -124,7 +112,7 @@ def test_a_pretraining_only_sweep_trains_and_evaluates_each_point(ab_setup, tmp_
             {"name": "layer", "keys": {"mdm_candidates": "layer", "max_epochs": 2}},
         ],
     }
-    bench = load_benchmark()
+    bench = load_benchmark("pretraining_scaling")
     assert bench.main([str(write_yaml(tmp_path / "sweep.yaml", sweep))]) == 0
     every, layer = json.loads((tmp_path / "sweep" / "scaling.json").read_text())["points"]
     assert every["downstream"] == layer["downstream"] == {}

@@ -215,7 +215,10 @@ def test_a_dataset_with_conditions_writes_and_records_them(tmp_path, detector):
     "text, message",
     [
         ("volume_id,layer_id\n8,2\n", "missing column(s) module_id"),
-        ("volume_id,layer_id,module_id\n8,2,x\n", "column module_id, row 1: 'x' is not an integer"),
+        (
+            "volume_id,layer_id,module_id\n8,2,x\n",
+            "column module_id has 1 value(s) that are not an integer, first at data row 1: 'x'",
+        ),
         ("volume_id,layer_id,module_id\n8,2,99999\n", "unknown (volume_id, layer_id, module_id)"),
     ],
 )
