@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,17 +144,23 @@ def write_split_record(stage_dir: str | Path, assignment: dict[str, list[int]], 
     return path
 
 
-def remove_stale_temporaries(stage_dir: str | Path) -> list[Path]:
+def remove_stale_temporaries(stage_dir: str | Path, owned: Mapping[str, set[str]] | None = None) -> list[Path]:
     """Delete the half-written event files (.event*.pyg.*.tmp) that a killed run leaves in the split
-    folders; atomic writes keep them from being read, but nothing else would ever remove them."""
+    folders; atomic writes keep them from being read, but nothing else would ever remove them. `owned`
+    (per split, the event file names this process writes): only their temporaries, as one shard of
+    several must leave the others' events being written alone."""
     removed = []
     for split in SPLITS:
         folder = Path(stage_dir) / split
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if TEMP_FILE.match(path.name) and path.is_file():
-                    path.unlink()
-                    removed.append(path)
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if not (TEMP_FILE.match(path.name) and path.is_file()):
+                continue
+            if owned is not None and path.name[1:].rsplit(".", 2)[0] not in owned.get(split, set()):
+                continue
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 

@@ -21,7 +21,6 @@ from tb_plugin.atomic import atomic_path, write_text
 from tb_plugin.config import ConfigError, to_record
 from tb_plugin.event_store import (
     SPLITS,
-    TEMP_FILE,
     SplitError,
     append_config,
     list_event_files,
@@ -245,7 +244,7 @@ class Stage:
         `overwrite` and refused without: kept, it would sit beside the new copy in a second split.
         Under --shard this stays safe beside the other shards: such a file is no shard's output under
         this input, and a temporary is removed only by the shard that writes its event."""
-        self.remove_temporaries({split: self.inference_files(split) for split in SPLITS} if self.shard else {})
+        self.remove_temporaries()
         inputs = {split: {p.name for p in list_event_files(self.config.input_dir, split)} for split in SPLITS}
         if not any(inputs.values()):
             return  # no input at all: the caller says so, naming input_dir
@@ -276,21 +275,15 @@ class Stage:
             len(stale),
         )
 
-    def remove_temporaries(self, written: Mapping[str, list[Path]]) -> None:
-        """Delete the half-written event files (.event*.pyg.*.tmp) a killed run left in stage_dir. Under
-        --shard only those of the events this shard writes (`written`: per split, the files whose names
-        it writes): another shard's are its events being written right now."""
+    def remove_temporaries(self, owned: Mapping[str, set[str]] | None = None) -> None:
+        """Delete the half-written event files a killed run left in stage_dir; under --shard only those of
+        this shard's events (`owned`: per split, the file names it writes; by default those of
+        inference_files), as another shard's are being written right now."""
         if self.shard is None:
-            removed = remove_stale_temporaries(self.stage_dir)
-        else:
-            removed = []
-            for split, files in written.items():
-                mine, folder = {path.name for path in files}, self.stage_dir / split
-                for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-                    if TEMP_FILE.match(path.name) and path.name[1:].rsplit(".", 2)[0] in mine:
-                        path.unlink(missing_ok=True)
-                        removed.append(path)
-        for path in removed:
+            owned = None
+        elif owned is None:
+            owned = {split: {path.name for path in self.inference_files(split)} for split in SPLITS}
+        for path in remove_stale_temporaries(self.stage_dir, owned):
             log.info("%s: removed %s, left by a run that was killed while writing it", self.config.stage, path)
 
     def config_record(self) -> dict[str, Any]:

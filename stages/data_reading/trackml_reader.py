@@ -196,7 +196,7 @@ class TrackMLReader(Stage):
             splits = {split: self.shard.share(events) for split, events in splits.items()}
         self.remove_temporaries(
             {
-                split: [event_file(self.stage_dir, split, event_id) for event_id, _ in events]
+                split: {event_file(self.stage_dir, split, event_id).name for event_id, _ in events}
                 for split, events in splits.items()
             }
         )
